@@ -1,0 +1,400 @@
+//! The configuration file as operators write it: a serde model that refuses unknown keys.
+//!
+//! Every section has documented defaults (its `Default` impl), so a minimal file names only the
+//! topology. Semantic checks (references, duplicates, ranges) live in `validate.rs`; this file only
+//! says what may be written.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use super::units::{Bytes, Dur};
+
+/// The whole file. Top-level sections are deserialised one by one (see `load.rs`) so that one
+/// broken section does not hide the errors of the others.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub ops: OpsConfig,
+    pub geo: GeoConfig,
+    pub regions: BTreeMap<String, RegionConfig>,
+    pub silos: Vec<SiloConfig>,
+    pub tenants: Vec<TenantConfig>,
+    pub policies: BTreeMap<String, PolicyConfig>,
+    pub edge: EdgeConfig,
+    pub engine: EngineConfig,
+    pub dns: DnsConfig,
+    /// Extra files or directories of `*.toml` files holding `[[tenant]]` entries.
+    pub tenant_files: Vec<PathBuf>,
+}
+
+/// Who this process is inside the topology.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The silo this node runs in; its location answers for loopback and private clients, and
+    /// it is the receiving silo for routing. Defaults to the first silo in the file.
+    pub silo: Option<String>,
+    /// A name for logs and `/status`; defaults to the host name.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// HTTP listener for `/metrics`, `/healthz`, `/readyz`, `/status`. Default `127.0.0.1:9125`.
+    pub listen: SocketAddr,
+    /// How long SIGTERM waits for sessions to finish before cutting them. Default 30 s.
+    pub grace_period: Dur,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9125)),
+            grace_period: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind DB file: GeoIP2/GeoLite2 Country or City, or the flat `country_code` shape.
+    /// Relative paths are relative to the config file. Optional: without it only overrides and
+    /// the local-silo rule place clients.
+    pub database: Option<PathBuf>,
+    /// How often the database file is checked for replacement (by rename). Default 60 s.
+    pub reload_interval: Dur,
+    /// CIDR overrides, most specific first wins; they beat the database.
+    #[serde(rename = "override")]
+    pub overrides: Vec<GeoOverride>,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        GeoConfig {
+            database: None,
+            reload_interval: Dur::secs(60),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoOverride {
+    pub cidr: IpNetwork,
+    /// ISO 3166-1 alpha-2 code; its representative location is used unless lat/lon are given.
+    pub country: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Human name, e.g. "United Kingdom".
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiloConfig {
+    pub name: String,
+    /// Public DNS name of this silo's edges, e.g. `lon1.in.example.net`.
+    pub hostname: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// Public edge addresses (v4 and v6) that GeoDNS hands out for this silo.
+    #[serde(default)]
+    pub edge_addresses: Vec<IpAddr>,
+    /// SMTP port of the edges (for GeoDNS health probes). Default 25.
+    #[serde(default = "default_smtp_port")]
+    pub edge_port: u16,
+    /// Operator drain: the silo leaves DNS answers and takes no new routed sessions.
+    #[serde(default)]
+    pub drain: bool,
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V2 => "v2",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::None => "none",
+        }
+    }
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub region: String,
+    #[serde(default, rename = "engine")]
+    pub engines: Vec<EngineRef>,
+}
+
+/// How the edge introduces a client to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// PROXY protocol v2 with our TLVs (session id, tenant, TLS, country). Our engines.
+    #[default]
+    V2,
+    V1,
+    /// Plain SMTP (e.g. `smtp-sink`); the backend sees the edge's address.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineRef {
+    /// SMTP address the edges connect to.
+    pub address: SocketAddr,
+    /// Ops address (`/readyz` load reports). Optional.
+    pub ops: Option<SocketAddr>,
+    /// Relative share of new sessions. Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Most concurrent sessions an edge sends it. Default 500.
+    #[serde(default = "default_engine_max")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub proxy: ProxyProtocol,
+    /// Operator drain: no new sessions, current ones finish.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_engine_max() -> u32 {
+    500
+}
+
+/// What a tenant's mail may do when no cluster in its regions can take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    /// Data residency: never processed outside the tenant's regions (senders get 4xx and retry).
+    #[default]
+    RegionOnly,
+    /// After the tenant's regions, any healthy cluster, nearest first.
+    Any,
+}
+
+impl Failover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failover::RegionOnly => "region-only",
+            Failover::Any => "any",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Short stable id: lowercase letters, digits and `-`.
+    pub id: String,
+    pub name: Option<String>,
+    /// Recipient domains (case-insensitive).
+    pub domains: Vec<String>,
+    /// Also accept any subdomain of the listed domains.
+    #[serde(default)]
+    pub subdomains: bool,
+    /// Allowed regions in order of preference. Empty: any region, nearest to the client.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub failover: Failover,
+    /// The tenant's own mail servers, tried in order: `host[:port]` (port 25 by default).
+    pub delivery: Vec<String>,
+    /// Policy name (see `[policy.NAME]`); default `default`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Webmail users.
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserConfig>,
+}
+
+fn default_policy() -> String {
+    "default".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub address: String,
+    /// An argon2 PHC string; never a plain password.
+    pub password_hash: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A named filtering policy. The scanning issue fills in the rules; the name is referenced by
+/// tenants and checked here. `default` always exists.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub description: Option<String>,
+}
+
+/// `--role edge`: port 25, admission control, routing to engines.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// SMTP listeners. Default `127.0.0.1:2525`.
+    pub listen: Vec<SocketAddr>,
+    /// Kernel accept backlog. Default 1024.
+    pub backlog: u32,
+    /// Most concurrent client connections on this node. Default 10 000.
+    pub max_connections: u32,
+    /// Most concurrent connections from one address. Default 20.
+    pub max_connections_per_ip: u32,
+    /// Most concurrent connections from one /24 (v4) or /64 (v6). Default 100.
+    pub max_connections_per_prefix: u32,
+    /// New connections per second from one address. Default 10.
+    pub connect_rate_per_ip: u32,
+    /// New connections per second from one prefix. Default 50.
+    pub connect_rate_per_prefix: u32,
+    /// Pause before the banner to catch early talkers. Default 0 (off).
+    pub greeting_delay: Dur,
+    /// Idle time allowed between commands. Default 5 m (RFC 5321 4.5.3.2).
+    pub command_timeout: Dur,
+    /// Health probe settings for engines.
+    pub health: HealthConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            backlog: 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 20,
+            max_connections_per_prefix: 100,
+            connect_rate_per_ip: 10,
+            connect_rate_per_prefix: 50,
+            greeting_delay: Dur::secs(0),
+            command_timeout: Dur::secs(300),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between probes. Default 2 s.
+    pub interval: Dur,
+    /// Probe timeout. Default 1 s.
+    pub timeout: Dur,
+    /// Consecutive successes to come up. Default 2.
+    pub rise: u32,
+    /// Consecutive failures to go down. Default 2.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Dur::secs(2),
+            timeout: Dur::secs(1),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// `--role engine`: reception, spool, delivery, webmail.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// SMTP listeners for edges (and direct senders). Default `127.0.0.1:2526`.
+    pub listen: Vec<SocketAddr>,
+    /// Spool directory. Relative paths are relative to the config file. Default `spool`.
+    pub spool_dir: PathBuf,
+    /// Networks whose PROXY headers are believed (the edges).
+    pub trusted_proxies: Vec<IpNetwork>,
+    /// Refuse connections without a PROXY header (from trusted networks). Default false.
+    pub require_proxy: bool,
+    /// Largest message accepted (SIZE and while streaming). Default 25 MiB.
+    pub max_message_size: Bytes,
+    /// Recipients per message. Default 100 (RFC 5321 4.5.3.1.8 minimum).
+    pub max_recipients: u32,
+    /// Longest command line. Default 512 octets... with extensions we allow 4 KiB.
+    pub max_line_length: Bytes,
+    /// Commands per session before 421. Default 1000.
+    pub max_commands: u32,
+    /// Errors per session before 421. Default 10.
+    pub max_errors: u32,
+    /// Idle time between commands. Default 5 m.
+    pub command_timeout: Dur,
+    /// Time allowed for the whole DATA transfer. Default 10 m.
+    pub data_timeout: Dur,
+    /// Concurrent sessions. Default 2000.
+    pub max_sessions: u32,
+    /// How long undeliverable mail is kept before a DSN. Default 5 d.
+    pub message_lifetime: Dur,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2526))],
+            spool_dir: PathBuf::from("spool"),
+            trusted_proxies: Vec::new(),
+            require_proxy: false,
+            max_message_size: Bytes(25 << 20),
+            max_recipients: 100,
+            max_line_length: Bytes(4096),
+            max_commands: 1000,
+            max_errors: 10,
+            command_timeout: Dur::secs(300),
+            data_timeout: Dur::secs(600),
+            max_sessions: 2000,
+            message_lifetime: Dur::secs(5 * 86_400),
+        }
+    }
+}
+
+/// `--role dns`: the authoritative GeoDNS server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP listeners. Default `127.0.0.1:5353`.
+    pub listen: Vec<SocketAddr>,
+    /// The zone served, e.g. `in.example.net`.
+    pub zone: String,
+    /// Names answered with the nearest healthy silo's edges (relative to the zone or absolute).
+    pub service_names: Vec<String>,
+    /// TTL of geo answers. Default 60 s.
+    pub ttl: Dur,
+    /// Health probe settings for silo edges.
+    pub health: HealthConfig,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
+            zone: "in.example.net".to_owned(),
+            service_names: vec!["mx".to_owned()],
+            ttl: Dur::secs(60),
+            health: HealthConfig::default(),
+        }
+    }
+}

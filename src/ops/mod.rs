@@ -1,0 +1,205 @@
+//! Operations: the metrics registry, the ops HTTP listener (`/metrics`, `/healthz`, `/readyz`,
+//! `/status`, `POST /-/reload`), config and geo reload, and the one shutdown path.
+//!
+//! Signals: SIGHUP reloads the config (build, validate, swap; a broken file is refused, logged
+//! error by error, and the old config keeps serving). SIGTERM and SIGINT start a graceful
+//! shutdown: listeners stop accepting, sessions get `grace_period` to finish, then are cut and the
+//! process says so loudly.
+
+mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigErrors, RoleSet, Shared, Snapshot};
+
+pub use http::serve;
+pub use metrics::Metrics;
+
+/// Shared by every role of one process: the config in force, metrics, readiness and the
+/// shutdown token.
+#[derive(Debug)]
+pub struct Ops {
+    pub config: Shared,
+    pub config_path: PathBuf,
+    pub roles: RoleSet,
+    pub metrics: Metrics,
+    /// Cancelled when the process starts draining.
+    pub shutdown: CancellationToken,
+    ready: AtomicBool,
+    /// Live sessions across roles (for `/readyz` load reports).
+    pub sessions: AtomicI64,
+    /// Messages in the spool (engine), for `/readyz`.
+    pub queue_depth: AtomicI64,
+    /// Bound ops listener, once bound.
+    pub ops_addr: std::sync::OnceLock<SocketAddr>,
+    /// Sections roles add to `/status` (health tables, queues).
+    status: std::sync::RwLock<Vec<Arc<dyn StatusSection>>>,
+}
+
+/// A block of HTML a role contributes to `/status`. Implementations escape what they print.
+pub trait StatusSection: Send + Sync + std::fmt::Debug {
+    fn html(&self) -> String;
+}
+
+impl Ops {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, roles: RoleSet) -> Arc<Ops> {
+        let metrics = Metrics::new(&role_label(roles), snapshot.local_silo_name());
+        metrics.config_info(&snapshot.version);
+        Arc::new(Ops {
+            config: Arc::new(ArcSwap::from_pointee(snapshot)),
+            config_path,
+            roles,
+            metrics,
+            shutdown: CancellationToken::new(),
+            ready: AtomicBool::new(false),
+            sessions: AtomicI64::new(0),
+            queue_depth: AtomicI64::new(0),
+            ops_addr: std::sync::OnceLock::new(),
+            status: std::sync::RwLock::new(Vec::new()),
+        })
+    }
+
+    /// Called once every listener of every role is bound.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn add_status(&self, section: Arc<dyn StatusSection>) {
+        self.status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(section);
+    }
+
+    pub fn status_sections(&self) -> Vec<Arc<dyn StatusSection>> {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Build, validate, swap. On error the old snapshot stays and every error is logged.
+    pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let old = self.config.load_full();
+        match Snapshot::load(&self.config_path, self.roles, Some(&old)) {
+            Ok(new) => {
+                if new.local_silo_name() != old.local_silo_name() {
+                    tracing::warn!(
+                        old = old.local_silo_name(),
+                        new = new.local_silo_name(),
+                        "node.silo changed: metrics keep the old silo label until restart"
+                    );
+                }
+                for w in &new.warnings {
+                    tracing::warn!(warning = %w, "config warning");
+                }
+                tracing::info!(version = %new.version, previous = %old.version, "config reloaded");
+                self.metrics.reload("ok");
+                self.metrics.config_info(&new.version);
+                let new = Arc::new(new);
+                self.config.store(new.clone());
+                Ok(new)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(path = %e.path, "config reload refused: {}", e.message);
+                }
+                tracing::error!(
+                    errors = errors.0.len(),
+                    version = %old.version,
+                    "config reload failed; still serving the previous config"
+                );
+                self.metrics.reload("error");
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// The `role` label value: the roles this process runs, joined by `+`.
+pub fn role_label(r: RoleSet) -> String {
+    if r == RoleSet::ALL {
+        return "all".into();
+    }
+    let mut v = Vec::new();
+    if r.edge {
+        v.push("edge");
+    }
+    if r.dns {
+        v.push("dns");
+    }
+    if r.engine {
+        v.push("engine");
+    }
+    if v.is_empty() {
+        v.push("ops");
+    }
+    v.join("+")
+}
+
+/// SIGHUP -> reload; SIGTERM/SIGINT -> cancel `ops.shutdown`. Runs until shutdown.
+pub async fn handle_signals(ops: Arc<Ops>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let ops = ops.clone();
+                // Reading a large tenant directory is blocking file I/O.
+                let _ = tokio::task::spawn_blocking(move || ops.reload()).await;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                ops.shutdown.cancel();
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                ops.shutdown.cancel();
+                return Ok(());
+            }
+            _ = ops.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Checks the geo database file every `geo.reload_interval` and swaps it in when replaced.
+pub async fn watch_geo(ops: Arc<Ops>) {
+    loop {
+        let interval = ops.config.load().config.geo.reload_interval.get();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = ops.shutdown.cancelled() => return,
+        }
+        let snap = ops.config.load_full();
+        let Some(handle) = snap.geo.database().cloned() else {
+            continue;
+        };
+        match tokio::task::spawn_blocking(move || handle.reload_if_changed()).await {
+            Ok(Ok(true)) => {
+                tracing::info!("geo database replaced on disk: new version in force");
+                ops.metrics.geo_reload("ok");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "geo database reload failed; keeping the loaded one");
+                ops.metrics.geo_reload("error");
+            }
+            Err(e) => tracing::error!(error = %e, "geo reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Silos, clusters, engines and tenants, and the routing decisions made over them.
+//!
+//! Pure: health and load come in as values through [`LoadView`]; probing them is the edge's work.
+//! Routing answers two questions for a recipient's tenant:
+//! 1. **Which clusters, in what order** ([`Topology::route`]): clusters with no healthy engine
+//!    last (listed, never tried); then the tenant's allowed regions in the tenant's order; within
+//!    a region, clusters with spare capacity before saturated ones (spill-over), then distance
+//!    from the receiving silo. Tenants without regions take any cluster nearest to the client. Under
+//!    `failover = "any"`, clusters outside the regions follow, nearest first; under
+//!    `region-only` they are never candidates.
+//! 2. **Which engine in a cluster** ([`Topology::pick_engine`]): power of two choices, sampled by
+//!    weight, the one with fewer outstanding sessions per unit of weight wins.
+
+mod route;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use crate::config::{Config, Failover, ProxyProtocol};
+use crate::geo::Point;
+
+pub use route::{Candidate, EngineLoad, LoadView, Route, Tier, Unloaded};
+
+/// Index of a silo in [`Topology::silos`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiloIdx(pub usize);
+/// Index of a cluster in [`Topology::clusters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterIdx(pub usize);
+/// Index of an engine in [`Topology::engines`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EngineIdx(pub usize);
+
+/// A tenant's stable id, as written in config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub String);
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Silo {
+    pub name: String,
+    pub hostname: String,
+    pub point: Point,
+    pub edge_addresses: Vec<IpAddr>,
+    pub edge_port: u16,
+    pub drain: bool,
+    pub clusters: Vec<ClusterIdx>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub silo: SiloIdx,
+    pub region: String,
+    pub engines: Vec<EngineIdx>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub address: SocketAddr,
+    pub ops: Option<SocketAddr>,
+    pub weight: u32,
+    pub max_connections: u32,
+    pub proxy: ProxyProtocol,
+    pub drain: bool,
+    pub cluster: ClusterIdx,
+}
+
+/// A tenant's mail server: `host[:port]`, `[v6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryHost {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for DeliveryHost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not host[:port]");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
+            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            match tail.strip_prefix(':') {
+                Some(p) => (h, p.parse().map_err(|_| bad())?),
+                None if tail.is_empty() => (h, 25),
+                None => return Err(bad()),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (s, 25),
+            }
+        };
+        let ok = host.parse::<IpAddr>().is_ok()
+            || (!host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(DeliveryHost {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for DeliveryHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: Option<String>,
+    /// Lower case, without trailing dot.
+    pub domains: Vec<String>,
+    pub subdomains: bool,
+    pub regions: Vec<String>,
+    pub failover: Failover,
+    pub delivery: Vec<DeliveryHost>,
+    pub policy: String,
+}
+
+/// The whole fleet as one process sees it. Built from a validated [`Config`].
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub silos: Vec<Silo>,
+    pub clusters: Vec<Cluster>,
+    pub engines: Vec<Engine>,
+    pub tenants: Vec<Tenant>,
+    /// Lower-case domain -> index into `tenants`.
+    domains: HashMap<String, usize>,
+    /// True when some tenant accepts subdomains (else lookups skip the parent walk).
+    any_subdomains: bool,
+}
+
+impl Topology {
+    /// Builds from a config that passed validation (unparseable entries are skipped, not panicked on).
+    pub fn build(c: &Config) -> Topology {
+        let mut t = Topology::default();
+        for s in &c.silos {
+            let sidx = SiloIdx(t.silos.len());
+            let mut clusters = Vec::new();
+            for cl in &s.clusters {
+                let cidx = ClusterIdx(t.clusters.len());
+                let mut engines = Vec::new();
+                for e in &cl.engines {
+                    engines.push(EngineIdx(t.engines.len()));
+                    t.engines.push(Engine {
+                        address: e.address,
+                        ops: e.ops,
+                        weight: e.weight.max(1),
+                        max_connections: e.max_connections,
+                        proxy: e.proxy,
+                        drain: e.drain,
+                        cluster: cidx,
+                    });
+                }
+                clusters.push(cidx);
+                t.clusters.push(Cluster {
+                    name: cl.name.clone(),
+                    silo: sidx,
+                    region: cl.region.clone(),
+                    engines,
+                });
+            }
+            t.silos.push(Silo {
+                name: s.name.clone(),
+                hostname: s.hostname.trim_end_matches('.').to_ascii_lowercase(),
+                point: Point::new(s.lat, s.lon).unwrap_or(Point { lat: 0.0, lon: 0.0 }),
+                edge_addresses: s.edge_addresses.clone(),
+                edge_port: s.edge_port,
+                drain: s.drain,
+                clusters,
+            });
+        }
+        for tc in &c.tenants {
+            let idx = t.tenants.len();
+            let domains: Vec<String> = tc
+                .domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            for d in &domains {
+                t.domains.entry(d.clone()).or_insert(idx);
+            }
+            t.any_subdomains |= tc.subdomains;
+            t.tenants.push(Tenant {
+                id: TenantId(tc.id.clone()),
+                name: tc.name.clone(),
+                domains,
+                subdomains: tc.subdomains,
+                regions: tc.regions.clone(),
+                failover: tc.failover,
+                delivery: tc.delivery.iter().filter_map(|h| h.parse().ok()).collect(),
+                policy: tc.policy.clone(),
+            });
+        }
+        t
+    }
+
+    pub fn silo_by_name(&self, name: &str) -> Option<SiloIdx> {
+        self.silos.iter().position(|s| s.name == name).map(SiloIdx)
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id.0 == id)
+    }
+
+    /// The tenant that owns a recipient domain: exact match (case-insensitive, trailing dot
+    /// ignored), else the nearest parent domain of a tenant that accepts subdomains.
+    pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(&i) = self.domains.get(&d) {
+            return Some(&self.tenants[i]);
+        }
+        if !self.any_subdomains {
+            return None;
+        }
+        let mut rest = d.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(&i) = self.domains.get(parent)
+                && self.tenants[i].subdomains
+            {
+                return Some(&self.tenants[i]);
+            }
+            rest = parent;
+        }
+        None
+    }
+
+    /// The tenant of a recipient address (`local@domain`); `None` for an address without domain.
+    pub fn tenant_for_address(&self, address: &str) -> Option<&Tenant> {
+        let (_, domain) = address.rsplit_once('@')?;
+        self.tenant_for_domain(domain)
+    }
+
+    /// `silo/cluster`, for logs and explanations.
+    pub fn cluster_label(&self, c: ClusterIdx) -> String {
+        let cl = &self.clusters[c.0];
+        format!("{}/{}", self.silos[cl.silo.0].name, cl.name)
+    }
+}

@@ -1,0 +1,213 @@
+//! Shipped configs validate; broken configs report every error with its path and never panic.
+
+use maildistiller::config::{RoleSet, Snapshot};
+
+use crate::support::*;
+
+#[test]
+fn every_shipped_config_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let snap = Snapshot::load(&path, RoleSet::ALL, None)
+            .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
+        assert!(!snap.topology.silos.is_empty(), "{}", path.display());
+        n += 1;
+    }
+    assert!(
+        n >= 5,
+        "expected the default, fleet and three role examples, found {n}"
+    );
+}
+
+#[test]
+fn tenant_files_and_includes_are_read() {
+    let snap = Snapshot::load(
+        &repo().join("config/engine.example.toml"),
+        RoleSet::ALL,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        snap.topology.silos.len(),
+        3,
+        "silos come from the included fleet file"
+    );
+    assert!(
+        snap.topology
+            .tenant_for_domain("acme-group.example")
+            .is_some(),
+        "tenants come from tenants.d"
+    );
+    assert_eq!(snap.local_silo_name(), "lon1");
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.toml", text);
+    match Snapshot::load(&path, RoleSet::ALL, None) {
+        Ok(_) => panic!("config should not validate:\n{text}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn assert_has(errors: &[String], want: &str) {
+    assert!(
+        errors.iter().any(|e| e.contains(want)),
+        "no error containing {want:?} in:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn broken_config_reports_every_error_with_its_path() {
+    let extra = r#"
+[[tenant]]
+id = "dup"
+domains = ["ACME.example"]
+regions = ["uk", "xx"]
+delivery = ["mx.dup.example:0"]
+colour = "blue"
+
+[[tenant]]
+id = "nodelivery"
+domains = ["nodelivery.example"]
+
+[[tenant]]
+id = "typo"
+domains = ["typo.example"]
+delivery = ["mx.typo.example"]
+failover = "sometimes"
+
+[[tenant]]
+id = "dup2"
+domains = ["dup2.example"]
+regions = ["uk", "xx"]
+delivery = ["mx.dup2.example:0"]
+
+[edge]
+max_connections = 0
+command_timeout = "5 minutes"
+
+[engine]
+max_message_size = "tiny"
+require_proxy = true
+
+[bogus]
+x = 1
+"#;
+    let errors = errors_of(&fleet_config(extra));
+    // Unknown key, wrong value, missing field: each names the tenant and the key.
+    assert_has(&errors, "tenant[dup].colour: unknown field `colour`");
+    assert_has(&errors, "tenant[nodelivery]: missing field `delivery`");
+    assert_has(
+        &errors,
+        "tenant[typo].failover: unknown variant `sometimes`",
+    );
+    // Semantic errors of the tenants that did parse are reported in the same run.
+    assert_has(&errors, r#"tenant[dup2].regions[1]: unknown region "xx""#);
+    assert_has(&errors, "tenant[dup2].delivery[0]");
+    assert_has(
+        &errors,
+        r#"edge.command_timeout: invalid duration "5 minutes": unknown unit"#,
+    );
+    assert_has(&errors, "engine.max_message_size: invalid size");
+    assert_has(&errors, "bogus: unknown section");
+    assert!(errors.len() >= 8, "{errors:#?}");
+}
+
+#[test]
+fn duplicates_unreachable_tenants_and_nonsense_limits() {
+    let extra = r#"
+[regions.us]
+
+[[tenant]]
+id = "copycat"
+domains = ["Acme.Example."]
+delivery = ["mx.copycat.example"]
+
+[[tenant]]
+id = "lonely"
+domains = ["lonely.example"]
+regions = ["us"]
+delivery = ["mx.lonely.example"]
+
+[[silo]]
+name = "lon1"
+hostname = "not a hostname"
+lat = 95.0
+lon = 0.0
+  [[silo.cluster]]
+  name = "x"
+  region = "uk"
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:2601"
+    weight = 0
+
+[edge]
+max_connections = 10
+max_connections_per_ip = 50
+
+[ops]
+listen = "127.0.0.1:2525"
+"#;
+    let errors = errors_of(&fleet_config(extra));
+    assert_has(
+        &errors,
+        r#"tenant[copycat].domains[0]: domain "acme.example" already belongs to tenant "acme""#,
+    );
+    assert_has(
+        &errors,
+        "tenant[lonely]: unreachable: no cluster serves any of its regions",
+    );
+    assert_has(&errors, "silo[lon1]: duplicate silo name");
+    assert_has(&errors, "silo[lon1].hostname");
+    assert_has(&errors, "lat must be within");
+    assert_has(
+        &errors,
+        "silo[lon1].cluster[x].engine[0].address: 127.0.0.1:2601 is already used by silo[lon1].cluster[uk-a].engine[0]",
+    );
+    assert_has(&errors, "engine[0].weight: 0 is out of range");
+    assert_has(&errors, "edge.max_connections_per_ip: 50 is out of range");
+    assert_has(
+        &errors,
+        "edge.listen[0]: 127.0.0.1:2525 is also the listener of ops.listen",
+    );
+}
+
+#[test]
+fn geo_database_missing_or_not_an_mmdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = fleet_config("").replace(&geo_db(), "/nonexistent/geo.mmdb");
+    let errors = errors_of(&missing);
+    assert_has(
+        &errors,
+        "geo.database: cannot read geo database /nonexistent/geo.mmdb",
+    );
+    let junk = write(dir.path(), "junk.mmdb", "this is not a MaxMind database\n");
+    let errors = errors_of(&fleet_config("").replace(&geo_db(), &junk.display().to_string()));
+    assert_has(&errors, "geo.database: cannot open geo database");
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    for text in [
+        "",
+        "[[[",
+        "silo = 3",
+        "[[silo]]\nname = 1",
+        "tenant = \"x\"",
+        "\u{0}\u{1}binary",
+        "[geo]\noverride = 5",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "g.toml", text);
+        assert!(
+            Snapshot::load(&path, RoleSet::ALL, None).is_err(),
+            "{text:?} should not validate"
+        );
+    }
+}
