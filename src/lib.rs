@@ -9,6 +9,9 @@
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
+//! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
+//! | [`dns`] | GeoDNS: the only module naming hickory types |
+//! | [`engine`] | the MDE: SMTP reception, scan + policy, spool, delivery, webmail |
 //!
 //! The binary (`src/main.rs`) parses the command line, loads and validates the config without
 //! binding anything, then binds and runs the roles it was asked for.
@@ -16,7 +19,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dns;
+pub mod engine;
 pub mod explain;
 pub mod geo;
+pub mod health;
 pub mod ops;
 pub mod topology;

@@ -274,6 +274,9 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
             "maildistiller started"
         );
         let mut tasks = tokio::task::JoinSet::new();
+        // Bind every role's listeners before declaring readiness; a role's `bind` returns the
+        // future that serves until `ops.shutdown` and then drains.
+        // (role binds go here, one block per role, in the order engine, dns, edge)
         tasks.spawn(ops::serve(ops.clone(), listener));
         tasks.spawn(watch(ops.clone()));
         ops.set_ready(true);
@@ -292,6 +295,13 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
             }
         }
     })
+}
+
+/// Logs a listener that could not be bound and gives the exit code for it.
+#[allow(dead_code)]
+fn bind_failed(role: &str, e: std::io::Error) -> ExitCode {
+    tracing::error!(role, error = %e, "cannot bind a listener; nothing started");
+    ExitCode::from(EX_OSERR)
 }
 
 async fn watch(ops: Arc<Ops>) -> std::io::Result<()> {

@@ -12,6 +12,9 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::units::{Bytes, Dur};
+pub use crate::dns::DnsConfig;
+pub use crate::engine::policy::PolicyConfig;
+pub use crate::health::HealthConfig;
 
 /// The whole file. Top-level sections are deserialised one by one (see `load.rs`) so that one
 /// broken section does not hide the errors of the others.
@@ -244,14 +247,6 @@ pub struct UserConfig {
     pub admin: bool,
 }
 
-/// A named filtering policy. The scanning issue fills in the rules; the name is referenced by
-/// tenants and checked here. `default` always exists.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    pub description: Option<String>,
-}
-
 /// `--role edge`: port 25, admission control, routing to engines.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,30 +286,6 @@ impl Default for EdgeConfig {
             greeting_delay: Dur::secs(0),
             command_timeout: Dur::secs(300),
             health: HealthConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HealthConfig {
-    /// Time between probes. Default 2 s.
-    pub interval: Dur,
-    /// Probe timeout. Default 1 s.
-    pub timeout: Dur,
-    /// Consecutive successes to come up. Default 2.
-    pub rise: u32,
-    /// Consecutive failures to go down. Default 2.
-    pub fall: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            interval: Dur::secs(2),
-            timeout: Dur::secs(1),
-            rise: 2,
-            fall: 2,
         }
     }
 }
@@ -371,30 +342,3 @@ impl Default for EngineConfig {
     }
 }
 
-/// `--role dns`: the authoritative GeoDNS server.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DnsConfig {
-    /// UDP and TCP listeners. Default `127.0.0.1:5353`.
-    pub listen: Vec<SocketAddr>,
-    /// The zone served, e.g. `in.example.net`.
-    pub zone: String,
-    /// Names answered with the nearest healthy silo's edges (relative to the zone or absolute).
-    pub service_names: Vec<String>,
-    /// TTL of geo answers. Default 60 s.
-    pub ttl: Dur,
-    /// Health probe settings for silo edges.
-    pub health: HealthConfig,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
-            zone: "in.example.net".to_owned(),
-            service_names: vec!["mx".to_owned()],
-            ttl: Dur::secs(60),
-            health: HealthConfig::default(),
-        }
-    }
-}

@@ -26,21 +26,25 @@ impl RoleSet {
     };
 }
 
-struct Checker {
+/// Collects problems while checking; role modules check their own sections with it.
+pub struct Checker {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
 
 impl Checker {
-    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub fn warn(&mut self, msg: impl Into<String>) {
+        self.warnings.push(msg.into());
+    }
+    pub fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(ConfigError::new(path, msg));
     }
-    fn range(&mut self, path: &str, v: u64, lo: u64, hi: u64) {
+    pub fn range(&mut self, path: &str, v: u64, lo: u64, hi: u64) {
         if v < lo || v > hi {
             self.err(path, format!("{v} is out of range (allowed {lo}..={hi})"));
         }
     }
-    fn dur(&mut self, path: &str, v: crate::config::Dur, lo_ms: u64, hi_s: u64) {
+    pub fn dur(&mut self, path: &str, v: crate::config::Dur, lo_ms: u64, hi_s: u64) {
         let ms = v.get().as_millis() as u64;
         if ms < lo_ms || ms > hi_s * 1000 {
             self.err(
@@ -112,7 +116,10 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     k.dur("ops.grace_period", c.ops.grace_period, 0, 3600);
     check_edge(&c.edge, &mut k);
     check_engine(&c.engine, &mut k);
-    check_dns(&c.dns, &mut k);
+    c.dns.check(&mut k);
+    for (name, p) in &c.policies {
+        p.check(&format!("policy.{name}"), &mut k);
+    }
     check_listeners(c, roles, &mut k);
 
     if k.errors.is_empty() {
@@ -363,20 +370,7 @@ fn check_edge(e: &EdgeConfig, k: &mut Checker) {
     );
     k.dur("edge.greeting_delay", e.greeting_delay, 0, 60);
     k.dur("edge.command_timeout", e.command_timeout, 1000, 3600);
-    check_health("edge.health", &e.health, k);
-}
-
-fn check_health(p: &str, h: &HealthConfig, k: &mut Checker) {
-    k.dur(&format!("{p}.interval"), h.interval, 100, 3600);
-    k.dur(&format!("{p}.timeout"), h.timeout, 10, 600);
-    if h.timeout > h.interval {
-        k.err(
-            format!("{p}.timeout"),
-            "must not be longer than the interval",
-        );
-    }
-    k.range(&format!("{p}.rise"), h.rise.into(), 1, 100);
-    k.range(&format!("{p}.fall"), h.fall.into(), 1, 100);
+    e.health.check("edge.health", k);
 }
 
 fn check_engine(e: &EngineConfig, k: &mut Checker) {
@@ -405,23 +399,6 @@ fn check_engine(e: &EngineConfig, k: &mut Checker) {
             "requires engine.trusted_proxies (no network may send PROXY headers)",
         );
     }
-}
-
-fn check_dns(d: &DnsConfig, k: &mut Checker) {
-    if !is_domain(&d.zone) {
-        k.err("dns.zone", format!("{:?} is not a DNS name", d.zone));
-    }
-    for (i, n) in d.service_names.iter().enumerate() {
-        let ok = n.split('.').all(|l| !l.is_empty() && l.len() <= 63);
-        if !ok {
-            k.err(
-                format!("dns.service_names[{i}]"),
-                format!("{n:?} is not a DNS name"),
-            );
-        }
-    }
-    k.dur("dns.ttl", d.ttl, 0, 86_400);
-    check_health("dns.health", &d.health, k);
 }
 
 /// Two listeners of the roles this process runs on one address would fail at bind time: say so
