@@ -7,6 +7,8 @@
 //! | [`config`] | the TOML model, reading with every error collected, validation, the reloadable [`config::Snapshot`] |
 //! | [`geo`] | MaxMind DB lookups (the only module naming `maxminddb`), the country table, distances, CIDR overrides |
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
+//! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
+//! | [`smtp`] | sans-I/O SMTP: commands, replies, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
@@ -25,4 +27,7 @@ pub mod explain;
 pub mod geo;
 pub mod health;
 pub mod ops;
+pub mod proxy;
+pub mod smtp;
+pub mod tls;
 pub mod topology;

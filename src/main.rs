@@ -81,11 +81,41 @@ enum Command {
         #[arg(long)]
         down: Vec<String>,
     },
+    /// Look at and change a running engine's queue (through its ops listener).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        /// The engine's ops listener (default: ops.listen from the config).
+        #[arg(long)]
+        ops: Option<std::net::SocketAddr>,
+    },
     /// Show where an address is: country, coordinates used, nearest silos.
     Geo {
         /// An IPv4 or IPv6 address.
         ip: IpAddr,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueAction {
+    /// One line per message: id, state, tenant, age, size, envelope, reason.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// queued, deferred, held, delivering, hold, quarantined
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Envelope, per-recipient state, verdict and retry state of one message.
+    Show { id: String },
+    /// Retry now: one message, or every deferred message (and re-probe down destinations).
+    Flush { id: Option<String> },
+    /// Put a queued message on hold (not delivered until released).
+    Hold { id: String },
+    /// Release a held or quarantined message for delivery.
+    Release { id: String },
+    /// Delete a message from the queue (no DSN).
+    Delete { id: String },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +147,7 @@ fn role_set(roles: &[Role]) -> RoleSet {
 
 /// Roles this build can run. The others are announced, not faked.
 fn built(role: &str) -> bool {
-    matches!(role, "")
+    matches!(role, "engine")
 }
 
 fn main() -> ExitCode {
@@ -174,6 +204,16 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
+        Some(Command::Queue { action, ops }) => {
+            let addr = match ops {
+                Some(a) => *a,
+                None => match load() {
+                    Ok(snap) => snap.config.ops.listen,
+                    Err(code) => return code,
+                },
+            };
+            queue_command(addr, action)
+        }
         Some(Command::Geo { ip }) => match load() {
             Ok(snap) => {
                 print!("{}", explain::geo(&snap, *ip));
@@ -199,6 +239,62 @@ fn main() -> ExitCode {
                 roles,
                 cli.role.contains(&Role::All),
             )
+        }
+    }
+}
+
+fn queue_command(addr: std::net::SocketAddr, action: &QueueAction) -> ExitCode {
+    let enc = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            .then(|| s.to_owned())
+    };
+    let (method, path) = match action {
+        QueueAction::List { tenant, state } => {
+            let mut q = Vec::new();
+            if let Some(t) = tenant.as_deref().and_then(enc) {
+                q.push(format!("tenant={t}"));
+            }
+            if let Some(s) = state.as_deref().and_then(enc) {
+                q.push(format!("state={s}"));
+            }
+            ("GET", format!("/queue?{}", q.join("&")))
+        }
+        QueueAction::Show { id } => ("GET", format!("/queue/{}", enc(id).unwrap_or_default())),
+        QueueAction::Flush { id: None } => ("POST", "/queue/flush".to_owned()),
+        QueueAction::Flush { id: Some(id) } => (
+            "POST",
+            format!("/queue/{}/flush", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Hold { id } => (
+            "POST",
+            format!("/queue/{}/hold", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Release { id } => (
+            "POST",
+            format!("/queue/{}/release", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Delete { id } => (
+            "POST",
+            format!("/queue/{}/delete", enc(id).unwrap_or_default()),
+        ),
+    };
+    match maildistiller::ops::client::request(addr, method, &path) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((404, body)) if body.is_empty() => {
+            eprintln!("maildistiller: {addr} has no queue API (is an engine running there?)");
+            ExitCode::FAILURE
+        }
+        Ok((_, body)) => {
+            eprint!("{body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("maildistiller: cannot reach the ops listener at {addr}: {e}");
+            ExitCode::from(EX_UNAVAILABLE)
         }
     }
 }
@@ -277,6 +373,15 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
         // Bind every role's listeners before declaring readiness; a role's `bind` returns the
         // future that serves until `ops.shutdown` and then drains.
         // (role binds go here, one block per role, in the order engine, dns, edge)
+        if roles.engine {
+            match maildistiller::engine::bind(&ops).await {
+                Ok(bound) => {
+                    tracing::info!(smtp = ?bound.addrs, "engine listening");
+                    tasks.spawn(bound.serving);
+                }
+                Err(e) => return bind_failed("engine", e),
+            }
+        }
         tasks.spawn(ops::serve(ops.clone(), listener));
         tasks.spawn(watch(ops.clone()));
         ops.set_ready(true);
@@ -298,7 +403,6 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
 }
 
 /// Logs a listener that could not be bound and gives the exit code for it.
-#[allow(dead_code)]
 fn bind_failed(role: &str, e: std::io::Error) -> ExitCode {
     tracing::error!(role, error = %e, "cannot bind a listener; nothing started");
     ExitCode::from(EX_OSERR)

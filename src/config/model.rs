@@ -231,6 +231,26 @@ pub struct TenantConfig {
     /// Webmail users.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Known recipients (full addresses or local parts). Empty: every address of the domains is
+    /// accepted; otherwise others get `550 5.1.1`.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// TLS when delivering to the tenant's servers.
+    #[serde(default)]
+    pub tls: DeliveryTls,
+}
+
+/// STARTTLS towards a tenant's mail server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryTls {
+    /// Use STARTTLS when offered, without certificate checks (as MTAs do); plain otherwise.
+    #[default]
+    Opportunistic,
+    /// Require STARTTLS with a certificate valid for the host name (webpki roots or `tls_ca`).
+    Required,
+    /// Never use TLS.
+    None,
 }
 
 fn default_policy() -> String {
@@ -320,6 +340,65 @@ pub struct EngineConfig {
     pub max_sessions: u32,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
     pub message_lifetime: Dur,
+    /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
+    pub hostname: Option<String>,
+    /// How long a trusted peer that does not require PROXY gets to send one before the banner.
+    /// Default 250 ms.
+    pub proxy_wait: Dur,
+    /// PEM certificate chain and key for STARTTLS. Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub delivery: DeliveryConfig,
+}
+
+/// `[engine.delivery]`: how the engine delivers to tenants' servers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Concurrent connections to one destination (tenant). Default 10.
+    pub connections_per_destination: u32,
+    /// Concurrent outgoing connections in all. Default 200.
+    pub max_connections: u32,
+    /// Messages sent over one connection before it is closed. Default 100.
+    pub messages_per_connection: u32,
+    /// TCP connect timeout. Default 10 s.
+    pub connect_timeout: Dur,
+    /// Timeout for each reply from the destination. Default 2 m (RFC 5321 4.5.3.2 suggests
+    /// longer for DATA; our own default for the final reply is 10 m).
+    pub command_timeout: Dur,
+    /// First retry after a temporary failure; doubled each time, with ±20 % jitter. Default 1 m.
+    pub retry_base: Dur,
+    /// Longest retry interval. Default 1 h.
+    pub retry_max: Dur,
+    /// Consecutive connection failures after which a destination is marked down and its mail
+    /// held (no retries until a probe succeeds). Default 3.
+    pub dead_after: u32,
+    /// How often a down destination is probed (connect, 220, QUIT). When a probe succeeds, held
+    /// mail is delivered at once. Default 3 s.
+    pub probe_interval: Dur,
+    /// Smart host for mail to non-tenant domains (DSNs to senders): `host[:port]`. Without it,
+    /// MX records are looked up.
+    pub relay: Option<String>,
+    /// Source addresses for outgoing connections (egress); the first of the right family is used.
+    pub source_addresses: Vec<std::net::IpAddr>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            connections_per_destination: 10,
+            max_connections: 200,
+            messages_per_connection: 100,
+            connect_timeout: Dur::secs(10),
+            command_timeout: Dur::secs(120),
+            retry_base: Dur::secs(60),
+            retry_max: Dur::secs(3600),
+            dead_after: 3,
+            probe_interval: Dur::secs(3),
+            relay: None,
+            source_addresses: Vec::new(),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -338,7 +417,11 @@ impl Default for EngineConfig {
             data_timeout: Dur::secs(600),
             max_sessions: 2000,
             message_lifetime: Dur::secs(5 * 86_400),
+            hostname: None,
+            proxy_wait: Dur::millis(250),
+            tls_cert: None,
+            tls_key: None,
+            delivery: DeliveryConfig::default(),
         }
     }
 }
-

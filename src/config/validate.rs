@@ -390,9 +390,71 @@ fn check_engine(e: &EngineConfig, k: &mut Checker) {
     k.dur(
         "engine.message_lifetime",
         e.message_lifetime,
-        60_000,
+        1000,
         60 * 86_400,
     );
+    k.dur("engine.proxy_wait", e.proxy_wait, 0, 10);
+    if e.tls_cert.is_some() != e.tls_key.is_some() {
+        k.err(
+            "engine.tls_cert",
+            "give both tls_cert and tls_key, or neither",
+        );
+    }
+    if let Some(h) = &e.hostname
+        && !is_domain(h)
+    {
+        k.err("engine.hostname", format!("{h:?} is not a DNS name"));
+    }
+    let d = &e.delivery;
+    k.range(
+        "engine.delivery.connections_per_destination",
+        d.connections_per_destination.into(),
+        1,
+        1000,
+    );
+    k.range(
+        "engine.delivery.max_connections",
+        d.max_connections.into(),
+        d.connections_per_destination.max(1).into(),
+        100_000,
+    );
+    k.range(
+        "engine.delivery.messages_per_connection",
+        d.messages_per_connection.into(),
+        1,
+        100_000,
+    );
+    k.dur(
+        "engine.delivery.connect_timeout",
+        d.connect_timeout,
+        100,
+        300,
+    );
+    k.dur(
+        "engine.delivery.command_timeout",
+        d.command_timeout,
+        100,
+        3600,
+    );
+    k.dur("engine.delivery.retry_base", d.retry_base, 100, 86_400);
+    k.dur(
+        "engine.delivery.retry_max",
+        d.retry_max,
+        d.retry_base.get().as_millis() as u64,
+        7 * 86_400,
+    );
+    k.range("engine.delivery.dead_after", d.dead_after.into(), 1, 1000);
+    k.dur(
+        "engine.delivery.probe_interval",
+        d.probe_interval,
+        100,
+        3600,
+    );
+    if let Some(r) = &d.relay
+        && let Err(msg) = r.parse::<DeliveryHost>()
+    {
+        k.err("engine.delivery.relay", msg);
+    }
     if e.require_proxy && e.trusted_proxies.is_empty() {
         k.err(
             "engine.require_proxy",

@@ -1,4 +1,246 @@
 //! The Maildistiller Engine (MDE, `--role engine`): SMTP reception, scanning, durable spool,
 //! delivery to the tenant's servers, held mail.
+//!
+//! Lifecycle: [`bind`] opens the spool, recovers every queued message into the index, binds the
+//! SMTP listeners and returns the future that serves; it accepts until `ops.shutdown`, then
+//! stops accepting, lets sessions reach a command boundary (`421`) or finish their DATA, lets
+//! in-flight deliveries finish, and returns.
 
+pub mod api;
+pub mod delivery;
+mod metrics;
 pub mod policy;
+pub mod queue;
+pub mod scan;
+pub mod smtp;
+pub mod spool;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpListener;
+
+use crate::config::{DeliveryConfig, Snapshot};
+use crate::ops::Ops;
+pub use metrics::EngineMetrics;
+use queue::{Dest, Queue};
+use spool::Spool;
+
+/// What every engine task shares.
+pub struct Shared {
+    pub ops: Arc<Ops>,
+    pub spool: Spool,
+    pub queue: Arc<Queue>,
+    pub metrics: EngineMetrics,
+    pub hostname: String,
+    /// STARTTLS config, when a certificate is configured.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// The scanner built for the config version in force (built at bind, so one always exists).
+    scanner: Mutex<(String, Arc<scan::Scanner>)>,
+}
+
+impl Shared {
+    pub fn delivery(&self) -> DeliveryConfig {
+        self.ops.config.load().config.engine.delivery.clone()
+    }
+
+    /// The scanner for `snap`, rebuilt when the config version changes. A snapshot whose
+    /// policies fail to build keeps the previous scanner (and says so).
+    pub fn scanner(&self, snap: &Snapshot) -> Arc<scan::Scanner> {
+        let mut g = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 != snap.version {
+            match scan::Scanner::new(snap) {
+                Ok(s) => *g = (snap.version.clone(), Arc::new(s)),
+                Err(e) => {
+                    tracing::error!(errors = %e, "policies of the new config do not build; keeping the previous scanner");
+                    g.0 = snap.version.clone();
+                }
+            }
+        }
+        g.1.clone()
+    }
+}
+
+/// The host name for banners and headers: `engine.hostname`, else the system's.
+fn hostname(snap: &Snapshot) -> String {
+    snap.config.engine.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+/// A role bound and ready: the future serves until shutdown and drains.
+pub type Serving = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// A bound engine.
+pub struct Bound {
+    /// Serves until shutdown, then drains.
+    pub serving: Serving,
+    pub shared: Arc<Shared>,
+    /// SMTP listener addresses (the real ports when configured with port 0).
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+/// Opens the spool, recovers it, binds the listeners, mounts the queue API on the ops listener.
+pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
+    let snap = ops.config.load_full();
+    let ecfg = &snap.config.engine;
+    let spool = Spool::open(&ecfg.spool_dir)?;
+    let tls = match (&ecfg.tls_cert, &ecfg.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(std::io::Error::other)?),
+        _ => None,
+    };
+    let scanner =
+        scan::Scanner::new(&snap).map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
+    let shared = Arc::new(Shared {
+        ops: ops.clone(),
+        spool: spool.clone(),
+        queue: Arc::new(Queue::default()),
+        metrics: EngineMetrics::new(&ops.metrics),
+        hostname: hostname(&snap),
+        tls: ArcSwapOption::new(tls),
+        scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+    });
+    let s2 = spool.clone();
+    let (found, problems) = tokio::task::spawn_blocking(move || s2.recover())
+        .await
+        .map_err(std::io::Error::other)??;
+    for p in &problems {
+        tracing::error!(problem = %p, "spool recovery");
+    }
+    let n = found.len();
+    for r in found {
+        let dest = match r.envelope.kind {
+            spool::Kind::Dsn => match snap.topology.tenant_for_address(&r.envelope.rcpts[0]) {
+                Some(t) => Dest::Tenant(t.id.0.clone()),
+                None => {
+                    Dest::Domain(crate::smtp::domain_of(&r.envelope.rcpts[0]).unwrap_or_default())
+                }
+            },
+            spool::Kind::Message => Dest::Tenant(r.envelope.tenant.clone()),
+        };
+        shared.queue.insert(Arc::new(r.envelope), r.state, dest);
+    }
+    tracing::info!(messages = n, spool = %ecfg.spool_dir.display(), "spool recovered");
+    let mut listeners = Vec::new();
+    for addr in &ecfg.listen {
+        listeners.push(
+            TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("engine listener {addr}: {e}"))
+            })?,
+        );
+    }
+    let addrs = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    ops.add_routes(api::routes(shared.clone()));
+    let serving = Box::pin(run(shared.clone(), listeners));
+    Ok(Bound {
+        serving,
+        shared,
+        addrs,
+    })
+}
+
+async fn run(shared: Arc<Shared>, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+    let tracker = tokio_util::task::TaskTracker::new();
+    let max_sessions = shared.ops.config.load().config.engine.max_sessions as usize;
+    let sessions = Arc::new(tokio::sync::Semaphore::new(max_sessions));
+    for l in listeners {
+        let shared = shared.clone();
+        let sessions = sessions.clone();
+        let t = tracker.clone();
+        tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = l.accept() => a,
+                    _ = shared.ops.shutdown.cancelled() => return,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match sessions.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let s = shared.clone();
+                        t.spawn(async move {
+                            smtp::serve(s, stream, peer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        // Over max_sessions: a bounded, immediate answer.
+                        t.spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let mut stream = stream;
+                            let _ = stream
+                                .write_all(b"421 4.3.2 Too many sessions, try again later\r\n")
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+    }
+    tracker.spawn(delivery::dispatcher(shared.clone()));
+    tracker.spawn(gauges(shared.clone()));
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("engine drained");
+    Ok(())
+}
+
+/// Refreshes queue gauges every few seconds (queue depth, held counts and ages per tenant).
+async fn gauges(shared: Arc<Shared>) {
+    loop {
+        let list = shared.queue.list();
+        shared
+            .ops
+            .queue_depth
+            .store(list.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        shared.metrics.queue_depth.reset();
+        shared.metrics.held.reset();
+        shared.metrics.oldest_held.reset();
+        let now = queue::now_secs();
+        let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for l in &list {
+            shared
+                .metrics
+                .queue_depth
+                .with_label_values(&[&l.env.tenant, l.display])
+                .inc();
+            if l.display == "held" {
+                shared
+                    .metrics
+                    .held
+                    .with_label_values(&[&l.env.tenant])
+                    .inc();
+                let age = now.saturating_sub(l.env.received);
+                let e = oldest.entry(&l.env.tenant).or_default();
+                *e = (*e).max(age);
+            }
+        }
+        for (t, age) in oldest {
+            shared
+                .metrics
+                .oldest_held
+                .with_label_values(&[t])
+                .set(age as i64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shared.ops.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -23,14 +23,19 @@ use tokio::net::TcpListener;
 use super::Ops;
 
 pub fn router(ops: Arc<Ops>) -> Router {
-    Router::new()
+    let extra = ops.take_routes();
+    let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/", get(status))
         .route("/-/reload", post(reload))
-        .with_state(ops)
+        .with_state(ops);
+    for e in extra {
+        r = r.merge(e);
+    }
+    r
 }
 
 /// Serves until `ops.shutdown` is cancelled; in-flight requests finish.

@@ -6,6 +6,7 @@
 //! shutdown: listeners stop accepting, sessions get `grace_period` to finish, then are cut and the
 //! process says so loudly.
 
+pub mod client;
 mod http;
 pub mod metrics;
 
@@ -41,6 +42,9 @@ pub struct Ops {
     pub ops_addr: std::sync::OnceLock<SocketAddr>,
     /// Sections roles add to `/status` (health tables, queues).
     status: std::sync::RwLock<Vec<Arc<dyn StatusSection>>>,
+    /// Routes roles add to the ops listener (e.g. the engine's `/queue` API); mounted by
+    /// [`serve`], so roles add them at bind time.
+    routes: std::sync::Mutex<Vec<axum::Router>>,
 }
 
 /// A block of HTML a role contributes to `/status`. Implementations escape what they print.
@@ -63,6 +67,7 @@ impl Ops {
             queue_depth: AtomicI64::new(0),
             ops_addr: std::sync::OnceLock::new(),
             status: std::sync::RwLock::new(Vec::new()),
+            routes: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -73,6 +78,17 @@ impl Ops {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn add_routes(&self, r: axum::Router) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+    }
+
+    pub fn take_routes(&self) -> Vec<axum::Router> {
+        std::mem::take(&mut *self.routes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn add_status(&self, section: Arc<dyn StatusSection>) {

@@ -136,6 +136,22 @@ pub struct Tenant {
     pub failover: Failover,
     pub delivery: Vec<DeliveryHost>,
     pub policy: String,
+    /// Known recipients, lower-cased (full addresses, or local parts meaning any listed domain).
+    /// Empty: all accepted.
+    pub recipients: std::collections::HashSet<String>,
+    pub tls: crate::config::DeliveryTls,
+}
+
+impl Tenant {
+    /// Whether the tenant's recipient list (if any) knows `address`.
+    pub fn knows(&self, address: &str) -> bool {
+        if self.recipients.is_empty() {
+            return true;
+        }
+        let a = address.to_ascii_lowercase();
+        let local = a.rsplit_once('@').map(|(l, _)| l).unwrap_or(&a);
+        self.recipients.contains(&a) || self.recipients.contains(local)
+    }
 }
 
 /// The whole fleet as one process sees it. Built from a validated [`Config`].
@@ -211,6 +227,12 @@ impl Topology {
                 failover: tc.failover,
                 delivery: tc.delivery.iter().filter_map(|h| h.parse().ok()).collect(),
                 policy: tc.policy.clone(),
+                recipients: tc
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_ascii_lowercase())
+                    .collect(),
+                tls: tc.tls,
             });
         }
         t

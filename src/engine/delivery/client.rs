@@ -1,0 +1,271 @@
+//! A small SMTP client for delivery: connect, EHLO (HELO fallback), then any number of
+//! transactions over one connection with PIPELINING when offered, then QUIT.
+//!
+//! Every read has a timeout and a size bound; a server that misbehaves costs a deferral, never a
+//! hang or unbounded memory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::smtp::data::stuff;
+use crate::smtp::reply::{self, Received};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("{0}: timed out waiting for a reply")]
+    Timeout(&'static str),
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server answered the greeting or EHLO with an error.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// An open session with a destination server.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub peer: SocketAddr,
+    pub pipelining: bool,
+    pub size_limit: Option<u64>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    timeout: Duration,
+}
+
+/// What the server said to one transaction.
+#[derive(Debug)]
+pub struct TransactionResult {
+    pub mail: Received,
+    /// Per recipient, in the order given.
+    pub rcpts: Vec<Received>,
+    /// The final reply to the message; `None` when DATA was refused or no recipient was accepted.
+    pub data: Option<Received>,
+    /// The reply to the DATA command itself when it was not 354 (a refusal).
+    pub data_refused: Option<Received>,
+}
+
+impl Client {
+    /// Connects (from `source` if given) and greets. `helo` is our name.
+    pub async fn connect(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        helo: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let connect = async {
+            match source {
+                Some(ip) => {
+                    let socket = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let stream = tokio::time::timeout(connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(addr))?
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Client {
+            stream,
+            buf: Vec::with_capacity(4096),
+            peer: addr,
+            pipelining: false,
+            size_limit: None,
+            eight_bit: false,
+            smtputf8: false,
+            timeout,
+        };
+        let greeting = c.read_reply("greeting").await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused(format!("{} {}", greeting.code, greeting.text())));
+        }
+        c.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let ehlo = c.read_reply("EHLO").await?;
+        if ehlo.code == 250 {
+            c.pipelining = ehlo.has_extension("PIPELINING");
+            c.eight_bit = ehlo.has_extension("8BITMIME");
+            c.smtputf8 = ehlo.has_extension("SMTPUTF8");
+            c.size_limit = ehlo
+                .lines
+                .iter()
+                .skip(1)
+                .find_map(|l| l.strip_prefix("SIZE ").and_then(|n| n.trim().parse().ok()))
+                .filter(|n| *n > 0);
+        } else {
+            c.send(format!("HELO {helo}\r\n").as_bytes()).await?;
+            let r = c.read_reply("HELO").await?;
+            if r.code != 250 {
+                return Err(ClientError::Refused(format!("{} {}", r.code, r.text())));
+            }
+        }
+        Ok(c)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        tokio::time::timeout(self.timeout, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| ClientError::Timeout("write"))??;
+        Ok(())
+    }
+
+    pub async fn read_reply(&mut self, what: &'static str) -> Result<Received, ClientError> {
+        self.read_reply_within(what, self.timeout).await
+    }
+
+    async fn read_reply_within(&mut self, what: &'static str, limit: Duration) -> Result<Received, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match reply::parse(&self.buf).map_err(ClientError::Protocol)? {
+                Some((r, used)) => {
+                    self.buf.drain(..used);
+                    return Ok(r);
+                }
+                None => {
+                    let mut chunk = [0u8; 4096];
+                    let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                        .await
+                        .map_err(|_| ClientError::Timeout(what))??;
+                    if n == 0 {
+                        return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    /// One transaction. `message` is not dot-stuffed; this stuffs it.
+    pub async fn transaction(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        message: &[u8],
+        data_timeout: Duration,
+    ) -> Result<TransactionResult, ClientError> {
+        let mut mail = format!("MAIL FROM:<{from}>");
+        if self.size_limit.is_some() {
+            mail.push_str(&format!(" SIZE={}", message.len()));
+        }
+        if self.eight_bit && !message.is_ascii() {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if self.smtputf8 && (!from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii())) {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        let mut out = mail.into_bytes();
+        let mut replies = Vec::with_capacity(rcpts.len() + 1);
+        if self.pipelining {
+            for r in rcpts {
+                out.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"DATA\r\n");
+            self.send(&out).await?;
+            for _ in 0..rcpts.len() + 2 {
+                replies.push(self.read_reply("MAIL/RCPT/DATA").await?);
+            }
+        } else {
+            self.send(&out).await?;
+            let m = self.read_reply("MAIL").await?;
+            let ok = m.is_positive();
+            replies.push(m);
+            if ok {
+                for r in rcpts {
+                    self.send(format!("RCPT TO:<{r}>\r\n").as_bytes()).await?;
+                    replies.push(self.read_reply("RCPT").await?);
+                }
+                if replies[1..].iter().any(Received::is_positive) {
+                    self.send(b"DATA\r\n").await?;
+                    replies.push(self.read_reply("DATA").await?);
+                }
+            }
+        }
+        let mail = replies.remove(0);
+        if !mail.is_positive() {
+            // MAIL refused: nothing else counts; reset in case DATA was pipelined.
+            let rcpts = rcpts.iter().map(|_| mail.clone()).collect();
+            self.rset_after_failure(&replies).await?;
+            return Ok(TransactionResult { mail, rcpts, data: None, data_refused: None });
+        }
+        let rcpt_replies: Vec<Received> = replies.drain(..rcpts.len().min(replies.len())).collect();
+        let data_go = replies.pop();
+        let any_ok = rcpt_replies.iter().any(Received::is_positive);
+        match data_go {
+            Some(r) if r.code == 354 && any_ok => {
+                let mut body = Vec::with_capacity(message.len() + message.len() / 64 + 8);
+                stuff(message, &mut body);
+                self.send(&body).await?;
+                let fin = self.read_reply_within("end of data", data_timeout).await?;
+                Ok(TransactionResult { mail, rcpts: rcpt_replies, data: Some(fin), data_refused: None })
+            }
+            Some(r) if r.code == 354 => {
+                // Pipelined DATA was accepted although no recipient was: send an empty message
+                // terminator? No: RFC 2920 says the server must not do this; end it cleanly.
+                self.send(b".\r\n").await?;
+                let _ = self.read_reply("end of data").await?;
+                Ok(TransactionResult { mail, rcpts: rcpt_replies, data: None, data_refused: None })
+            }
+            refused => Ok(TransactionResult { mail, rcpts: rcpt_replies, data: None, data_refused: refused }),
+        }
+    }
+
+    async fn rset_after_failure(&mut self, _pending: &[Received]) -> Result<(), ClientError> {
+        self.send(b"RSET\r\n").await?;
+        let _ = self.read_reply("RSET").await?;
+        Ok(())
+    }
+
+    /// Resets between transactions when the previous one ended in an error reply.
+    pub async fn rset(&mut self) -> Result<(), ClientError> {
+        self.send(b"RSET\r\n").await?;
+        let r = self.read_reply("RSET").await?;
+        if r.code != 250 {
+            return Err(ClientError::Protocol(format!("RSET answered {}", r.code)));
+        }
+        Ok(())
+    }
+
+    pub async fn quit(mut self) {
+        if self.send(b"QUIT\r\n").await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.read_reply("QUIT")).await;
+        }
+    }
+}
+
+/// Is there an SMTP server? Connect, read a 220, QUIT (the cheap probe for down destinations).
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((r, _)) = reply::parse(&buf).ok()? {
+                let _ = s.write_all(b"QUIT\r\n").await;
+                return Some(r.code == 220);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
+}

@@ -1,0 +1,235 @@
+//! The DATA phase as a byte-at-a-time state machine: finds the end of data, removes
+//! dot-stuffing, counts size, and notices bare CR / bare LF.
+//!
+//! **End of data is `<CRLF>.<CRLF>` only** (RFC 5321 4.1.1.4), and the message is taken to start
+//! at a line start. A bare LF or bare CR never starts or ends a line for this purpose, so
+//! `<LF>.<LF>` or `<LF>.<CRLF>` inside a message cannot end it (SMTP smuggling). Messages that
+//! contain a bare CR or LF are flagged, and the engine rejects them (`550 5.6.0`) after reading to
+//! the real end of data: nothing in them is delivered, and nothing after them is taken as a
+//! new command. The edge runs the same machine, so both agree on where a message ends.
+
+/// Where in a line the reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line (after CRLF).
+    LineStart,
+    /// Saw `.` at a line start.
+    Dot,
+    /// Saw `.` `CR` at a line start.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// Saw `CR` inside a line.
+    Cr,
+}
+
+/// Streaming DATA decoder. Feed it bytes; it tells how many belonged to the message.
+#[derive(Debug)]
+pub struct DataReader {
+    state: State,
+    /// Decoded (unstuffed) message bytes, up to `max` (when collecting).
+    out: Vec<u8>,
+    collect: bool,
+    max: usize,
+    size: usize,
+    /// A bare CR or LF was seen.
+    pub bare_newline: bool,
+}
+
+/// Result of [`DataReader::feed`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// All input consumed, end not reached.
+    More,
+    /// End of data reached after consuming this many bytes of the input (the rest is the
+    /// next command, pipelined).
+    Done(usize),
+}
+
+impl DataReader {
+    /// `max`: largest message kept; bytes beyond are counted, not stored. `collect = false`
+    /// only finds the end (the edge).
+    pub fn new(max: usize, collect: bool) -> DataReader {
+        DataReader {
+            state: State::LineStart,
+            out: Vec::new(),
+            collect,
+            max,
+            size: 0,
+            bare_newline: false,
+        }
+    }
+
+    /// Decoded size so far (also beyond `max`).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn oversized(&self) -> bool {
+        self.size > self.max
+    }
+
+    pub fn into_message(self) -> Vec<u8> {
+        self.out
+    }
+
+    #[inline]
+    fn emit(&mut self, bytes: &[u8]) {
+        self.size += bytes.len();
+        if self.collect && self.size <= self.max {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn feed(&mut self, input: &[u8]) -> Feed {
+        let mut i = 0;
+        while i < input.len() {
+            // Fast path: copy a run of ordinary bytes inside a line.
+            if self.state == State::Mid {
+                let run = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.emit(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (State::LineStart, b'.') => State::Dot,
+                (State::DotCr, b'\n') => return Feed::Done(i),
+                (State::Dot, b'\r') => State::DotCr,
+                (State::DotCr, b'\r') => {
+                    // ". CR CR": the first CR is bare.
+                    self.bare_newline = true;
+                    self.emit(b"\r");
+                    State::Cr
+                }
+                (State::DotCr, other) => {
+                    self.bare_newline = true;
+                    self.emit(b"\r");
+                    self.mid(other)
+                }
+                (State::Cr, b'\n') => {
+                    self.emit(b"\r\n");
+                    State::LineStart
+                }
+                (State::Cr, b'\r') => {
+                    self.bare_newline = true;
+                    self.emit(b"\r");
+                    State::Cr
+                }
+                (State::Cr, other) => {
+                    self.bare_newline = true;
+                    self.emit(b"\r");
+                    self.mid(other)
+                }
+                (State::LineStart | State::Dot | State::Mid, other) => self.mid(other),
+            };
+        }
+        Feed::More
+    }
+
+    /// A byte inside a line (after a removed stuffing dot, or anywhere).
+    #[inline]
+    fn mid(&mut self, b: u8) -> State {
+        match b {
+            b'\r' => State::Cr,
+            b'\n' => {
+                self.bare_newline = true;
+                self.emit(b"\n");
+                State::Mid
+            }
+            _ => {
+                self.emit(&[b]);
+                State::Mid
+            }
+        }
+    }
+}
+
+/// Dot-stuffs `message` for sending (a line starting with `.` gets another), appending to `out`,
+/// and terminates it with `.CRLF` (adding a CRLF first if the message does not end with one).
+pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(chunks: &[&[u8]]) -> (Vec<u8>, bool, Option<usize>) {
+        let mut r = DataReader::new(1 << 20, true);
+        let mut done = None;
+        for (n, c) in chunks.iter().enumerate() {
+            if let Feed::Done(k) = r.feed(c) {
+                done = Some(n * 1000 + k);
+                break;
+            }
+        }
+        let bare = r.bare_newline;
+        (r.into_message(), bare, done)
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf_and_unstuffs() {
+        let (m, bare, done) = read_all(&[b"Subject: x\r\n\r\n..hidden\r\n.\r\nQUIT\r\n"]);
+        assert_eq!(m, b"Subject: x\r\n\r\n.hidden\r\n");
+        assert!(!bare);
+        assert_eq!(done, Some(27));
+        // Split across every possible chunk boundary.
+        let whole: &[u8] = b"a\r\n.b\r\n.\r\n";
+        for cut in 0..whole.len() {
+            let (m, _, done) = read_all(&[&whole[..cut], &whole[cut..]]);
+            assert_eq!(m, b"a\r\nb\r\n", "cut {cut}");
+            assert!(done.is_some(), "cut {cut}");
+        }
+        // Empty message.
+        assert_eq!(read_all(&[b".\r\n"]).0, b"");
+    }
+
+    #[test]
+    fn smuggling_sequences_do_not_end_the_message() {
+        for evil in [&b"x\n.\nMAIL FROM:<a@b>\r\n"[..], b"x\n.\r\nMAIL FROM:<a@b>\r\n", b"x\r.\r\nMAIL", b"x\r\n.\nMAIL", b"x\r\n.\rMAIL"] {
+            let (m, bare, done) = read_all(&[evil]);
+            assert_eq!(done, None, "{evil:?} must not end data");
+            assert!(bare, "{evil:?} is flagged");
+            assert!(m.ends_with(b"MAIL FROM:<a@b>\r\n") || m.ends_with(b"MAIL"), "{m:?}");
+        }
+        let (_, bare, done) = read_all(&[b"x\n.\nsmuggled\r\n.\r\n"]);
+        assert!(bare && done.is_some(), "the real end is found, and the message is flagged");
+    }
+
+    #[test]
+    fn size_is_counted_beyond_the_limit_without_storing() {
+        let mut r = DataReader::new(4, true);
+        assert_eq!(r.feed(b"123456789\r\n.\r\n"), Feed::Done(14));
+        assert!(r.oversized());
+        assert_eq!(r.size(), 11);
+        assert!(r.into_message().len() <= 4);
+    }
+
+    #[test]
+    fn stuffing_round_trips() {
+        let msg = b"a\r\n.b\r\n..c\r\n.\r\nend";
+        let mut wire = Vec::new();
+        stuff(msg, &mut wire);
+        let mut r = DataReader::new(1 << 20, true);
+        assert_eq!(r.feed(&wire), Feed::Done(wire.len()));
+        assert_eq!(r.into_message(), b"a\r\n.b\r\n..c\r\n.\r\nend\r\n");
+    }
+}

@@ -1,0 +1,365 @@
+//! The engine in-process against a sink standing in for tenants' servers: reception rules,
+//! PROXY trust, smuggling, limits, delivery, held mail and its fast drain, DSNs, restart recovery.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::engine;
+use maildistiller::ops::Ops;
+
+use crate::mail::{Client, Sink, until};
+use crate::support::write;
+
+/// A running engine with its own spool; dropped = shut down.
+pub struct TestEngine {
+    pub ops: Arc<Ops>,
+    pub shared: Arc<engine::Shared>,
+    pub smtp: SocketAddr,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestEngine {
+    /// `acme` and `globex` deliver to `acme_sink` / `globex_sink`; `extra` is appended to `[engine]`.
+    pub async fn start(spool: &Path, acme_sink: SocketAddr, globex_sink: SocketAddr, extra: &str) -> TestEngine {
+        let text = format!(
+            r#"
+[ops]
+listen = "127.0.0.1:0"
+[regions.uk]
+[[silo]]
+name = "lon1"
+hostname = "lon1.test"
+lat = 51.5
+lon = -0.1
+  [[silo.cluster]]
+  name = "uk"
+  region = "uk"
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:1"
+[[tenant]]
+id = "acme"
+domains = ["acme.example"]
+regions = ["uk"]
+delivery = ["{acme_sink}"]
+[[tenant]]
+id = "globex"
+domains = ["globex.example"]
+recipients = ["known", "boss@globex.example"]
+regions = ["uk"]
+delivery = ["{globex_sink}"]
+[engine]
+listen = ["127.0.0.1:0"]
+spool_dir = "{spool}"
+hostname = "mde1.test"
+{extra}
+"#,
+            spool = spool.display()
+        );
+        let cfg = write(spool.parent().unwrap(), "engine.toml", &text);
+        let snap = Snapshot::load(&cfg, RoleSet { engine: true, ..RoleSet::default() }, None).expect("test config is valid");
+        let ops = Ops::new(snap, cfg, RoleSet { engine: true, ..RoleSet::default() });
+        let bound = engine::bind(&ops).await.expect("engine binds");
+        let smtp = bound.addrs[0];
+        let shared = bound.shared.clone();
+        let task = tokio::spawn(bound.serving);
+        ops.set_ready(true);
+        TestEngine { ops, shared, smtp, task: Some(task) }
+    }
+
+    /// Graceful stop; waits for the drain.
+    pub async fn stop(mut self) {
+        self.ops.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        self.ops.shutdown.cancel();
+    }
+}
+
+const FAST: &str = r#"
+[engine.delivery]
+retry_base = "200ms"
+retry_max = "1s"
+dead_after = 2
+probe_interval = "200ms"
+connect_timeout = "1s"
+"#;
+
+fn msg(subject: &str) -> String {
+    format!("From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: {subject}\r\n\r\nHello.\r\n..leading dot\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_delivery_is_byte_identical_with_one_received_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg("one")).await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    c.cmd("QUIT", "221").await;
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await, "delivered");
+    let got = &a.messages()[0];
+    assert_eq!(got.from, "alice@sender.example");
+    assert_eq!(got.rcpts, ["bob@acme.example"]);
+    let (received, rest) = got.data.split_once("\r\n\t").unwrap();
+    assert!(received.starts_with("Received: from client.example ([127.0.0.1])"), "{}", got.data);
+    assert!(rest.starts_with("by mde1.test (maildistiller) with ESMTP id "), "{}", got.data);
+    let body_start = got.data.find("From: Alice").unwrap();
+    assert_eq!(&got.data[body_start..], "From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: one\r\n\r\nHello.\r\n.leading dot\r\n");
+    assert_eq!(got.data.matches("Received:").count(), 1);
+    assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await, "removed from the queue");
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_get_replies_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO pipe.example", "250").await;
+    c.send(b"MAIL FROM:<a@sender.example>\r\nRCPT TO:<x@acme.example>\r\nRCPT TO:<nobody@elsewhere.example>\r\nRCPT TO:<y@acme.example>\r\nDATA\r\n").await;
+    c.expect("250 2.1.0").await;
+    c.expect("250 2.1.5").await;
+    c.expect("550 5.7.1").await;
+    c.expect("250 2.1.5").await;
+    c.expect("354").await;
+    c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nMAIL FROM:<b@sender.example>\r\nRCPT TO:<z@acme.example>\r\nDATA\r\n").await;
+    c.expect("250 2.0.0").await;
+    c.expect("250 2.1.0").await;
+    c.expect("250 2.1.5").await;
+    c.expect("354").await;
+    c.send(b"Subject: q\r\n\r\nbody\r\n.\r\nQUIT\r\n").await;
+    c.expect("250 2.0.0").await;
+    c.expect("221").await;
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 2).await);
+    let rcpts: Vec<Vec<String>> = a.messages().iter().map(|m| m.rcpts.clone()).collect();
+    assert!(rcpts.contains(&vec!["x@acme.example".to_string(), "y@acme.example".to_string()]), "{rcpts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_are_checked_per_tenant_and_never_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO x.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<victim@gmail.example>", "550 5.7.1").await;
+    c.cmd("RCPT TO:<stranger@globex.example>", "550 5.1.1").await;
+    c.cmd("RCPT TO:<known@globex.example>", "250").await;
+    c.cmd("RCPT TO:<BOSS@Globex.Example>", "250").await;
+    // A second tenant in the same transaction: the sender retries it separately.
+    c.cmd("RCPT TO:<bob@acme.example>", "452 4.5.3").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: x\r\n\r\nx\r\n.\r\n").await;
+    c.expect("250").await;
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempt_is_one_rejected_message_not_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO x.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    // "<LF>.<LF>" then a smuggled transaction; the real end of data comes later.
+    c.send(b"Subject: innocent\r\n\r\nhi\n.\nMAIL FROM:<ceo@acme.example>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nwire money\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    // The connection is in a clean state: the next command is a command.
+    c.cmd("NOOP", "250").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(a.messages().is_empty(), "nothing delivered: {:?}", a.messages());
+    assert!(e.shared.queue.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_malformed_input_get_the_right_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, "max_message_size = \"2k\"\nmax_errors = 6\n").await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("MAIL FROM:<a@sender.example>", "503 5.5.1").await;
+    c.cmd("EHLO x.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example> SIZE=999999", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    let big = "x".repeat(100) + "\r\n";
+    c.send(big.repeat(40).as_bytes()).await;
+    c.send(b".\r\n").await;
+    c.expect("552 5.3.4").await;
+    c.cmd("RSET", "250").await;
+    c.send(format!("NOOP {}\r\n", "y".repeat(10_000)).as_bytes()).await;
+    c.expect("500 5.5.2").await;
+    c.cmd("NOOP", "250").await;
+    // Errors add up to a 421.
+    c.cmd("BOGUS", "500").await;
+    c.cmd("MAIL FROM:no-brackets@sender.example", "421 4.7.0").await;
+    assert!(c.closed().await);
+    assert!(a.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_believed_only_from_trusted_networks() {
+    use maildistiller::proxy::{ProxyInfo, Version, encode};
+    let header = |client: &str| {
+        let mut v = Vec::new();
+        encode(
+            &ProxyInfo {
+                client: Some(client.parse().unwrap()),
+                destination: Some("127.0.0.1:25".parse().unwrap()),
+                session_id: Some("edge-sess-42".into()),
+                ..ProxyInfo::default()
+            },
+            Version::V2,
+            &mut v,
+        );
+        v
+    };
+    let (a, g) = (Sink::start().await, Sink::start().await);
+
+    // Untrusted: the header is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect_raw(e.smtp).await;
+    c.send(&header("81.2.69.160:4000")).await;
+    let banner = c.reply().await;
+    assert!(banner.starts_with("220"), "{banner}");
+    c.expect("554 5.7.0").await;
+    assert!(c.closed().await);
+    e.stop().await;
+
+    // Trusted and required: the real client address is used; no header -> 421.
+    let dir = tempfile::tempdir().unwrap();
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &format!("trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n{FAST}")).await;
+    let mut c = Client::connect_raw(e.smtp).await;
+    c.send(&header("81.2.69.160:4000")).await;
+    c.expect("220").await;
+    let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg("proxied")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await);
+    assert!(a.messages()[0].data.starts_with("Received: from client.example ([81.2.69.160])"), "{}", a.messages()[0].data);
+    let l = e.shared.queue.list();
+    assert!(l.is_empty() || l[0].env.session == "edge-sess-42");
+
+    let mut c = Client::connect_raw(e.smtp).await;
+    c.send(b"EHLO direct.example\r\n").await;
+    c.expect("421 4.7.0").await;
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_recipient_results_deliver_bounce_and_defer_independently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    a.rcpt_reply("gone@acme.example", "550 5.1.1 no such user");
+    a.rcpt_reply("full@acme.example", "452 4.2.2 mailbox full");
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    // The sender is a globex user, so the DSN lands in globex's sink.
+    let r = c.mail("boss@globex.example", &["ok@acme.example", "gone@acme.example", "full@acme.example"], &msg("mixed")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 1 && g.messages().len() == 1).await);
+    assert_eq!(a.messages()[0].rcpts, ["ok@acme.example"]);
+    let dsn = &g.messages()[0];
+    assert_eq!(dsn.from, "", "DSNs come from the null sender");
+    assert_eq!(dsn.rcpts, ["boss@globex.example"]);
+    assert!(dsn.data.contains("Final-Recipient: rfc822; gone@acme.example"), "{}", dsn.data);
+    assert!(!dsn.data.contains("full@acme.example\r\nAction"), "deferred is not bounced");
+    // The deferred recipient is retried; once the mailbox has room it is delivered.
+    let id = e.shared.queue.list()[0].env.id.clone();
+    assert_eq!(e.shared.queue.list()[0].state.pending().count(), 1);
+    a.rcpt_reply("full@acme.example", "250 ok now");
+    assert!(until(Duration::from_secs(10), || e.shared.queue.get(&id).is_none()).await, "retried and done: {:?}", e.shared.queue.get(&id));
+    assert_eq!(a.messages().len(), 2);
+    assert_eq!(a.messages()[1].rcpts, ["full@acme.example"]);
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_down_holds_mail_and_drains_fast_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Sink::start().await;
+    // The tenant's server is down: nothing listens on its address.
+    let down_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = TestEngine::start(&dir.path().join("spool"), down_addr, g.addr, &FAST.replace("retry_max = \"1s\"", "retry_max = \"1h\"").replace("retry_base = \"200ms\"", "retry_base = \"1h\"")).await;
+    let mut c = Client::connect(e.smtp).await;
+    for i in 0..20 {
+        let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg(&format!("held {i}"))).await;
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("RSET", "250").await;
+    }
+    let held = || e.shared.queue.list().iter().filter(|l| l.display == "held").count();
+    assert!(until(Duration::from_secs(10), || held() == 20).await, "all held: {}", held());
+    // Back up: held mail goes out at once, not on the (1 h) retry timer.
+    let a = Sink::start_on(down_addr).await;
+    assert!(until(Duration::from_secs(5), || a.messages().len() == 20).await, "drained: {}", a.messages().len());
+    assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await);
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_sends_a_dsn_and_null_senders_get_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    a.data_reply(Some("451 4.3.0 try again later"));
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &format!("message_lifetime = \"2s\"\n{FAST}")).await;
+    let mut c = Client::connect(e.smtp).await;
+    assert!(c.mail("boss@globex.example", &["bob@acme.example"], &msg("expiring")).await.starts_with("250"));
+    c.cmd("RSET", "250").await;
+    assert!(c.mail("", &["bob@acme.example"], &msg("bounce of a bounce")).await.starts_with("250"));
+    assert!(until(Duration::from_secs(15), || g.messages().len() == 1 && e.shared.queue.is_empty()).await, "one DSN, queue empty");
+    let dsn = &g.messages()[0];
+    assert!(dsn.data.contains("expired after"), "{}", dsn.data);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(g.messages().len(), 1, "no DSN for the null sender");
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_queued_mail_and_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let g = Sink::start().await;
+    let down_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = TestEngine::start(&spool, down_addr, g.addr, FAST).await;
+    let mut c = Client::connect(e.smtp).await;
+    for i in 0..5 {
+        assert!(c.mail("alice@sender.example", &["bob@acme.example"], &msg(&format!("r{i}"))).await.starts_with("250"));
+        c.cmd("RSET", "250").await;
+    }
+    let id = e.shared.queue.list()[0].env.id.clone();
+    e.stop().await;
+    // Never-acknowledged leftovers in tmp/ are discarded at start.
+    std::fs::write(spool.join("tmp").join("000000000000000000000000.msg"), b"half a message").unwrap();
+    let a = Sink::start_on(down_addr).await;
+    let e = TestEngine::start(&spool, down_addr, g.addr, FAST).await;
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 5).await, "{}", a.messages().len());
+    assert!(e.shared.queue.get(&id).is_none());
+    assert!(!spool.join("tmp").join("000000000000000000000000.msg").exists());
+    e.stop().await;
+}

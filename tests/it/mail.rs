@@ -1,0 +1,222 @@
+//! Test peers that speak SMTP: a client with a small command language, and a sink standing in for
+//! a tenant's mail server that records what it got and can be told to refuse.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A client session: `s.cmd("RCPT TO:<a@b>", "250").await`.
+pub struct Client {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects and reads the banner (expects 220).
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_raw(addr).await;
+        c.expect("220").await;
+        c
+    }
+
+    pub async fn connect_raw(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = s.into_split();
+        Client { r: BufReader::new(r), w }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its full text. Panics on timeout.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+                .await
+                .expect("reply within 10 s")
+                .expect("read");
+            if n == 0 {
+                return if all.is_empty() { "EOF".into() } else { all };
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    /// Reads a reply and checks it starts with `want`.
+    pub async fn expect(&mut self, want: &str) -> String {
+        let r = self.reply().await;
+        assert!(r.starts_with(want), "expected {want:?}, got {r:?}");
+        r
+    }
+
+    pub async fn cmd(&mut self, line: &str, want: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.expect(want).await
+    }
+
+    /// EHLO, MAIL, RCPTs, DATA, message; returns the final reply.
+    pub async fn mail(&mut self, from: &str, rcpts: &[&str], message: &str) -> String {
+        self.cmd("EHLO client.example", "250").await;
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+        for r in rcpts {
+            self.cmd(&format!("RCPT TO:<{r}>"), "250").await;
+        }
+        self.cmd("DATA", "354").await;
+        self.send(message.as_bytes()).await;
+        self.send(b".\r\n").await;
+        self.reply().await
+    }
+
+    /// True when the server closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(5), self.r.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+}
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: String,
+}
+
+/// What the sink answers to RCPT for an address (default 250).
+#[derive(Default)]
+struct Behaviour {
+    rcpt: HashMap<String, String>,
+    data_reply: Option<String>,
+}
+
+/// A tenant's mail server stand-in.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Sink::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Sink {
+        let l = TcpListener::bind(addr).await.expect("bind sink");
+        let sink = Sink {
+            addr: l.local_addr().unwrap(),
+            got: Arc::default(),
+            behaviour: Arc::default(),
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else { continue };
+                let s2 = s.clone();
+                tokio::spawn(async move { s2.session(stream).await });
+            }
+        });
+        sink
+    }
+
+    pub fn rcpt_reply(&self, addr: &str, reply: &str) {
+        self.behaviour.lock().unwrap().rcpt.insert(addr.to_ascii_lowercase(), reply.to_owned());
+    }
+
+    pub fn data_reply(&self, reply: Option<&str>) {
+        self.behaviour.lock().unwrap().data_reply = reply.map(str::to_owned);
+    }
+
+    pub fn messages(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    async fn session(&self, stream: TcpStream) {
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
+        let mut from = String::new();
+        let mut rcpts = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = line.to_ascii_uppercase();
+            let reply: String = if upper.starts_with("EHLO") {
+                "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+            } else if upper.starts_with("MAIL FROM:") {
+                from = line[10..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_owned();
+                rcpts.clear();
+                "250 ok\r\n".into()
+            } else if upper.starts_with("RCPT TO:") {
+                let a = line[8..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_owned();
+                let custom = self.behaviour.lock().unwrap().rcpt.get(&a.to_ascii_lowercase()).cloned();
+                let reply = custom.unwrap_or_else(|| "250 ok".into());
+                if reply.starts_with('2') {
+                    rcpts.push(a);
+                }
+                format!("{reply}\r\n")
+            } else if upper.starts_with("DATA") {
+                if rcpts.is_empty() {
+                    "554 no valid recipients\r\n".into()
+                } else {
+                    let _ = w.write_all(b"354 go\r\n").await;
+                    let mut data = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if l == ".\r\n" {
+                            break;
+                        }
+                        data.push_str(l.strip_prefix('.').filter(|_| l.starts_with("..")).unwrap_or(&l));
+                    }
+                    let custom = self.behaviour.lock().unwrap().data_reply.clone();
+                    match custom {
+                        Some(r) => format!("{r}\r\n"),
+                        None => {
+                            self.got.lock().unwrap().push(Got { from: from.clone(), rcpts: rcpts.clone(), data });
+                            "250 2.0.0 ok\r\n".into()
+                        }
+                    }
+                }
+            } else if upper.starts_with("RSET") {
+                rcpts.clear();
+                "250 ok\r\n".into()
+            } else if upper.starts_with("QUIT") {
+                let _ = w.write_all(b"221 bye\r\n").await;
+                return;
+            } else {
+                "250 ok\r\n".into()
+            };
+            if w.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it is true, for at most `limit`.
+pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
