@@ -76,7 +76,8 @@ pub fn parse(buf: &[u8]) -> Result<(ProxyInfo, usize), ProxyError> {
 
 fn ascii(v: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(v).ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_owned())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_owned())
 }
 
 fn info(h: &ProxyHeader<'_>) -> ProxyInfo {
@@ -191,7 +192,10 @@ mod tests {
         assert_eq!(parse(&local).unwrap().0.client, None);
 
         assert_eq!(parse(&local[..10]), Err(ProxyError::Incomplete));
-        assert!(matches!(parse(b"PROXY TCP4 not an address\r\n"), Err(ProxyError::Invalid(_))));
+        assert!(matches!(
+            parse(b"PROXY TCP4 not an address\r\n"),
+            Err(ProxyError::Invalid(_))
+        ));
         assert_eq!(looks_like_proxy(b"EHLO"), Some(false));
         assert_eq!(looks_like_proxy(b"PRO"), None);
         assert_eq!(looks_like_proxy(b"\r\n\r\n"), None);

@@ -24,7 +24,10 @@ pub fn install_provider() {
 /// A server config from a PEM certificate chain and a PEM private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     install_provider();
-    let load = |p: &Path, msg: String| TlsError::Load { path: p.display().to_string(), msg };
+    let load = |p: &Path, msg: String| TlsError::Load {
+        path: p.display().to_string(),
+        msg,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| load(cert, e.to_string()))?
         .collect::<Result<_, _>>()

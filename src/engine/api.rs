@@ -53,16 +53,25 @@ fn line(l: &Listed, now: u64) -> String {
         l.env.size,
         l.env.from,
         l.env.rcpts.join(","),
-        if reason.is_empty() { String::new() } else { format!("  ({reason})") }
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!("  ({reason})")
+        }
     )
 }
 
-async fn list(AxState(s): AxState<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> String {
+async fn list(
+    AxState(s): AxState<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> String {
     let now = now_secs();
     let mut out = String::new();
     let mut n = 0;
     for l in s.queue.list() {
-        if q.get("tenant").is_some_and(|t| *t != l.env.tenant) || q.get("state").is_some_and(|st| st != l.display) {
+        if q.get("tenant").is_some_and(|t| *t != l.env.tenant)
+            || q.get("state").is_some_and(|st| st != l.display)
+        {
             continue;
         }
         n += 1;
@@ -76,9 +85,15 @@ fn parse_id(id: &str) -> Result<QueueId, (StatusCode, String)> {
     QueueId::parse(id).ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))
 }
 
-async fn show(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Result<String, (StatusCode, String)> {
+async fn show(
+    AxState(s): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<String, (StatusCode, String)> {
     let id = parse_id(&id)?;
-    let l = s.queue.get(&id).ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
+    let l = s
+        .queue
+        .get(&id)
+        .ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
     let e = &l.env;
     let mut o = String::new();
     let _ = writeln!(o, "id:          {}", e.id);
@@ -87,7 +102,12 @@ async fn show(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Resul
         let _ = writeln!(o, "quarantined: {reason}");
     }
     let _ = writeln!(o, "tenant:      {}", e.tenant);
-    let _ = writeln!(o, "received:    {} ({} ago)", crate::smtp::date::rfc5322(e.received), age(now_secs().saturating_sub(e.received)));
+    let _ = writeln!(
+        o,
+        "received:    {} ({} ago)",
+        crate::smtp::date::rfc5322(e.received),
+        age(now_secs().saturating_sub(e.received))
+    );
     let _ = writeln!(o, "session:     {}", e.session);
     let _ = writeln!(o, "client:      {} (helo {})", e.client, e.helo);
     let _ = writeln!(o, "from:        <{}>", e.from);
@@ -104,7 +124,9 @@ async fn show(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Resul
     for (i, r) in e.rcpts.iter().enumerate() {
         let st = match l.state.rcpts.get(i).cloned().flatten() {
             None => "pending".to_owned(),
-            Some(RcptOutcome::Delivered { at }) => format!("delivered {}", crate::smtp::date::rfc5322(at)),
+            Some(RcptOutcome::Delivered { at }) => {
+                format!("delivered {}", crate::smtp::date::rfc5322(at))
+            }
             Some(RcptOutcome::Failed { reply }) => format!("failed: {reply}"),
         };
         let _ = writeln!(o, "rcpt:        <{r}> {st}");
@@ -116,23 +138,46 @@ async fn flush_all(AxState(s): AxState<Arc<Shared>>) -> String {
     format!("{} messages due now\n", s.queue.flush(None))
 }
 
-async fn act(AxState(s): AxState<Arc<Shared>>, Path((id, action)): Path<(String, String)>) -> Result<String, (StatusCode, String)> {
+async fn act(
+    AxState(s): AxState<Arc<Shared>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<String, (StatusCode, String)> {
     let id = parse_id(&id)?;
     let conflict = |e: String| (StatusCode::CONFLICT, format!("{e}\n"));
     match action.as_str() {
         "hold" | "release" => {
-            let current = s.queue.get(&id).ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
+            let current = s
+                .queue
+                .get(&id)
+                .ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
             let status = match (action.as_str(), &current.state.status) {
                 ("hold", Status::Queued) => Status::Hold,
-                ("hold", _) => return Err(conflict(format!("{id} is {}: only queued mail can be held", current.state.status.as_str()))),
+                ("hold", _) => {
+                    return Err(conflict(format!(
+                        "{id} is {}: only queued mail can be held",
+                        current.state.status.as_str()
+                    )));
+                }
                 ("release", Status::Hold | Status::Quarantined { .. }) => Status::Queued,
                 (_, _) => return Err(conflict(format!("{id} is not held or quarantined"))),
             };
             let was_quarantined = matches!(current.state.status, Status::Quarantined { .. });
             let state = s.queue.set_status(&id, status).map_err(conflict)?;
-            s.spool.write_state(&id, &state).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot persist: {e}\n")))?;
+            s.spool.write_state(&id, &state).await.map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot persist: {e}\n"),
+                )
+            })?;
             tracing::info!(id = %id, action, was_quarantined, "queue change by operator");
-            Ok(format!("{id}: {}\n", if action == "hold" { "on hold" } else { "released for delivery" }))
+            Ok(format!(
+                "{id}: {}\n",
+                if action == "hold" {
+                    "on hold"
+                } else {
+                    "released for delivery"
+                }
+            ))
         }
         "flush" => match s.queue.flush(Some(&id)) {
             0 => Err(conflict(format!("{id} is not waiting for a retry"))),
@@ -140,10 +185,18 @@ async fn act(AxState(s): AxState<Arc<Shared>>, Path((id, action)): Path<(String,
         },
         "delete" => {
             s.queue.remove(&id).map_err(conflict)?;
-            s.spool.remove(&id).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot remove: {e}\n")))?;
+            s.spool.remove(&id).await.map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot remove: {e}\n"),
+                )
+            })?;
             tracing::info!(id = %id, "message deleted by operator");
             Ok(format!("{id}: deleted\n"))
         }
-        other => Err((StatusCode::NOT_FOUND, format!("unknown action {other:?} (hold, release, flush, delete)\n"))),
+        other => Err((
+            StatusCode::NOT_FOUND,
+            format!("unknown action {other:?} (hold, release, flush, delete)\n"),
+        )),
     }
 }

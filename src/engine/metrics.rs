@@ -36,28 +36,85 @@ fn gauge(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 impl EngineMetrics {
     pub fn new(m: &Metrics) -> EngineMetrics {
-        let sessions = IntGauge::new("engine_sessions", "Open SMTP sessions.").expect("valid metric");
+        let sessions =
+            IntGauge::new("engine_sessions", "Open SMTP sessions.").expect("valid metric");
         m.register(Box::new(sessions.clone()));
         let latency = HistogramVec::new(
-            HistogramOpts::new("engine_delivery_seconds", "Time from acceptance to delivery.")
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0]),
+            HistogramOpts::new(
+                "engine_delivery_seconds",
+                "Time from acceptance to delivery.",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                14_400.0, 86_400.0,
+            ]),
             &["tenant"],
         )
         .expect("valid metric");
         m.register(Box::new(latency.clone()));
         EngineMetrics {
-            received: counter(m, "engine_messages_received_total", "Messages whose DATA completed.", &["tenant"]),
-            queued: counter(m, "engine_messages_queued_total", "Messages accepted into the spool (250 sent).", &["tenant", "status"]),
-            rejected: counter(m, "engine_messages_rejected_total", "Messages refused after DATA, by reason.", &["tenant", "reason"]),
-            delivered: counter(m, "engine_recipients_delivered_total", "Recipients delivered to the tenant's server.", &["tenant"]),
-            deferred: counter(m, "engine_delivery_deferred_total", "Delivery attempts that left recipients pending.", &["tenant"]),
-            bounced: counter(m, "engine_recipients_bounced_total", "Recipients failed permanently (DSN sent).", &["tenant"]),
+            received: counter(
+                m,
+                "engine_messages_received_total",
+                "Messages whose DATA completed.",
+                &["tenant"],
+            ),
+            queued: counter(
+                m,
+                "engine_messages_queued_total",
+                "Messages accepted into the spool (250 sent).",
+                &["tenant", "status"],
+            ),
+            rejected: counter(
+                m,
+                "engine_messages_rejected_total",
+                "Messages refused after DATA, by reason.",
+                &["tenant", "reason"],
+            ),
+            delivered: counter(
+                m,
+                "engine_recipients_delivered_total",
+                "Recipients delivered to the tenant's server.",
+                &["tenant"],
+            ),
+            deferred: counter(
+                m,
+                "engine_delivery_deferred_total",
+                "Delivery attempts that left recipients pending.",
+                &["tenant"],
+            ),
+            bounced: counter(
+                m,
+                "engine_recipients_bounced_total",
+                "Recipients failed permanently (DSN sent).",
+                &["tenant"],
+            ),
             sessions,
-            queue_depth: gauge(m, "engine_queue_messages", "Messages in the spool by tenant and state.", &["tenant", "state"]),
-            held: gauge(m, "engine_held_messages", "Messages held because the destination is down.", &["tenant"]),
-            oldest_held: gauge(m, "engine_oldest_held_seconds", "Age of the oldest held message.", &["tenant"]),
+            queue_depth: gauge(
+                m,
+                "engine_queue_messages",
+                "Messages in the spool by tenant and state.",
+                &["tenant", "state"],
+            ),
+            held: gauge(
+                m,
+                "engine_held_messages",
+                "Messages held because the destination is down.",
+                &["tenant"],
+            ),
+            oldest_held: gauge(
+                m,
+                "engine_oldest_held_seconds",
+                "Age of the oldest held message.",
+                &["tenant"],
+            ),
             latency,
-            dest_up: gauge(m, "engine_destination_up", "1 when the destination answers, 0 when marked down.", &["destination"]),
+            dest_up: gauge(
+                m,
+                "engine_destination_up",
+                "1 when the destination answers, 0 when marked down.",
+                &["destination"],
+            ),
         }
     }
 
@@ -72,7 +129,9 @@ impl EngineMetrics {
     }
     pub fn delivered(&self, tenant: &str, n: usize, age_secs: u64) {
         self.delivered.with_label_values(&[tenant]).inc_by(n as u64);
-        self.latency.with_label_values(&[tenant]).observe(age_secs as f64);
+        self.latency
+            .with_label_values(&[tenant])
+            .observe(age_secs as f64);
     }
     pub fn deferred(&self, tenant: &str) {
         self.deferred.with_label_values(&[tenant]).inc();
@@ -81,6 +140,8 @@ impl EngineMetrics {
         self.bounced.with_label_values(&[tenant]).inc_by(n as u64);
     }
     pub fn destination_up(&self, d: &Dest, up: bool) {
-        self.dest_up.with_label_values(&[&d.to_string()]).set(i64::from(up));
+        self.dest_up
+            .with_label_values(&[&d.to_string()])
+            .set(i64::from(up));
     }
 }

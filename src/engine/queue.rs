@@ -104,7 +104,15 @@ impl Queue {
         let mut g = self.lock();
         let queued = state.status == Status::Queued;
         let next = state.next;
-        g.msgs.insert(id.clone(), Entry { env, state, dest: dest.clone(), in_flight: false });
+        g.msgs.insert(
+            id.clone(),
+            Entry {
+                env,
+                state,
+                dest: dest.clone(),
+                in_flight: false,
+            },
+        );
         let d = g.dests.entry(dest).or_default();
         if queued {
             if next <= now_secs() {
@@ -190,7 +198,11 @@ impl Queue {
         let Some(e) = g.msgs.get_mut(id) else { return };
         e.in_flight = false;
         e.state = state;
-        let (next, dest, queued) = (e.state.next, e.dest.clone(), e.state.status == Status::Queued);
+        let (next, dest, queued) = (
+            e.state.next,
+            e.dest.clone(),
+            e.state.status == Status::Queued,
+        );
         if queued && let Some(d) = g.dests.get_mut(&dest) {
             d.waiting.insert((next, id.clone()));
         }
@@ -244,7 +256,9 @@ impl Queue {
     /// A probe succeeded: everything of `dest` is ready now.
     pub fn dest_up(&self, dest: &Dest) -> usize {
         let mut g = self.lock();
-        let Some(d) = g.dests.get_mut(dest) else { return 0 };
+        let Some(d) = g.dests.get_mut(dest) else {
+            return 0;
+        };
         d.down = false;
         d.probing = false;
         d.failures = 0;
@@ -263,7 +277,11 @@ impl Queue {
 
     /// Destinations and whether they are up, for metrics.
     pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
-        self.lock().dests.iter().map(|(k, d)| (k.clone(), !d.down, d.down_since)).collect()
+        self.lock()
+            .dests
+            .iter()
+            .map(|(k, d)| (k.clone(), !d.down, d.down_since))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -204,14 +204,26 @@ mod tests {
 
     #[test]
     fn smuggling_sequences_do_not_end_the_message() {
-        for evil in [&b"x\n.\nMAIL FROM:<a@b>\r\n"[..], b"x\n.\r\nMAIL FROM:<a@b>\r\n", b"x\r.\r\nMAIL", b"x\r\n.\nMAIL", b"x\r\n.\rMAIL"] {
+        for evil in [
+            &b"x\n.\nMAIL FROM:<a@b>\r\n"[..],
+            b"x\n.\r\nMAIL FROM:<a@b>\r\n",
+            b"x\r.\r\nMAIL",
+            b"x\r\n.\nMAIL",
+            b"x\r\n.\rMAIL",
+        ] {
             let (m, bare, done) = read_all(&[evil]);
             assert_eq!(done, None, "{evil:?} must not end data");
             assert!(bare, "{evil:?} is flagged");
-            assert!(m.ends_with(b"MAIL FROM:<a@b>\r\n") || m.ends_with(b"MAIL"), "{m:?}");
+            assert!(
+                m.ends_with(b"MAIL FROM:<a@b>\r\n") || m.ends_with(b"MAIL"),
+                "{m:?}"
+            );
         }
         let (_, bare, done) = read_all(&[b"x\n.\nsmuggled\r\n.\r\n"]);
-        assert!(bare && done.is_some(), "the real end is found, and the message is flagged");
+        assert!(
+            bare && done.is_some(),
+            "the real end is found, and the message is flagged"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! RFC 5322 dates from Unix time, in UTC (no time-zone database needed).
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `Thu, 26 Nov 2026 23:48:50 +0000`.
 pub fn rfc5322(unix: u64) -> String {
@@ -39,7 +41,13 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(super::rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(super::rfc5322(1_795_736_930), "Thu, 26 Nov 2026 23:48:50 +0000");
-        assert_eq!(super::rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(
+            super::rfc5322(1_795_736_930),
+            "Thu, 26 Nov 2026 23:48:50 +0000"
+        );
+        assert_eq!(
+            super::rfc5322(951_782_400),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
     }
 }

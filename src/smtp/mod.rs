@@ -100,7 +100,8 @@ fn syntax(text: &str) -> Reply {
 
 /// Parses one command line (without CRLF).
 pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
-    let line = std::str::from_utf8(line).map_err(|_| Reply::new(500, "5.5.2", "Invalid UTF-8 in command"))?;
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Reply::new(500, "5.5.2", "Invalid UTF-8 in command"))?;
     let (verb, rest) = match line.find(' ') {
         Some(i) => (&line[..i], line[i + 1..].trim()),
         None => (line, ""),
@@ -164,7 +165,11 @@ fn parse_mail(rest: &str) -> Result<MailFrom, Reply> {
         }
     }
     if !m.smtputf8 && !m.address.is_ascii() {
-        return Err(Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"));
+        return Err(Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address requires SMTPUTF8",
+        ));
     }
     Ok(m)
 }
@@ -187,8 +192,10 @@ fn parse_rcpt(rest: &str) -> Result<String, Reply> {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s.is_char_boundary(prefix.len()) && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    (s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+    .then(|| &s[prefix.len()..])
 }
 
 /// `<path> rest`: the address inside the brackets (source route dropped) and what follows.
@@ -221,7 +228,10 @@ fn path(s: &str) -> Result<(String, &str), Reply> {
     }
     if addr.starts_with('@') {
         // RFC 5321 4.1.1.3: source routes are accepted and ignored.
-        addr = addr.split_once(':').map(|(_, a)| a).ok_or_else(|| syntax("Invalid source route"))?;
+        addr = addr
+            .split_once(':')
+            .map(|(_, a)| a)
+            .ok_or_else(|| syntax("Invalid source route"))?;
     }
     if !addr.is_empty() {
         validate_address(addr)?;
@@ -241,14 +251,17 @@ pub fn validate_address(addr: &str) -> Result<(), Reply> {
     if domain.is_empty() || domain.len() > 255 {
         return bad("Invalid domain");
     }
-    if addr.bytes().any(|b| b.is_ascii_control() || b == b' ' && !local.starts_with('"')) {
+    if addr
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' && !local.starts_with('"'))
+    {
         return bad("Invalid characters in address");
     }
     let literal = domain.starts_with('[') && domain.ends_with(']');
     if !literal
-        && !domain
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+        && !domain.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
     {
         return bad("Invalid domain");
     }
@@ -266,16 +279,36 @@ mod tests {
 
     #[test]
     fn commands_parse_like_real_mtas_send_them() {
-        assert_eq!(parse_command(b"ehlo mx.example.org"), Ok(Command::Ehlo("mx.example.org".into())));
+        assert_eq!(
+            parse_command(b"ehlo mx.example.org"),
+            Ok(Command::Ehlo("mx.example.org".into()))
+        );
         assert_eq!(
             parse_command(b"MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME"),
-            Ok(Command::Mail(MailFrom { address: "a@b.example".into(), size: Some(1000), body_8bit: true, smtputf8: false }))
+            Ok(Command::Mail(MailFrom {
+                address: "a@b.example".into(),
+                size: Some(1000),
+                body_8bit: true,
+                smtputf8: false
+            }))
         );
-        assert_eq!(parse_command(b"MAIL FROM: <>"), Ok(Command::Mail(MailFrom::default())));
-        assert_eq!(parse_command(b"rcpt to:<@relay.example:bob@acme.example>"), Ok(Command::Rcpt("bob@acme.example".into())));
-        assert_eq!(parse_command(b"RCPT TO:<\"odd>name\"@acme.example> NOTIFY=NEVER"), Ok(Command::Rcpt("\"odd>name\"@acme.example".into())));
+        assert_eq!(
+            parse_command(b"MAIL FROM: <>"),
+            Ok(Command::Mail(MailFrom::default()))
+        );
+        assert_eq!(
+            parse_command(b"rcpt to:<@relay.example:bob@acme.example>"),
+            Ok(Command::Rcpt("bob@acme.example".into()))
+        );
+        assert_eq!(
+            parse_command(b"RCPT TO:<\"odd>name\"@acme.example> NOTIFY=NEVER"),
+            Ok(Command::Rcpt("\"odd>name\"@acme.example".into()))
+        );
         assert_eq!(parse_command(b"DATA"), Ok(Command::Data));
-        assert_eq!(parse_command(b"BDAT 100 LAST"), Ok(Command::NotImplemented("BDAT".into())));
+        assert_eq!(
+            parse_command(b"BDAT 100 LAST"),
+            Ok(Command::NotImplemented("BDAT".into()))
+        );
     }
 
     #[test]
@@ -298,7 +331,11 @@ mod tests {
 
     #[test]
     fn replies_render_multiline_with_enhanced_codes() {
-        let r = Reply { code: 250, enhanced: "", lines: vec!["mx".into(), "PIPELINING".into()] };
+        let r = Reply {
+            code: 250,
+            enhanced: "",
+            lines: vec!["mx".into(), "PIPELINING".into()],
+        };
         assert_eq!(r.to_string(), "250-mx\r\n250 PIPELINING");
         let r = Reply::new(550, "5.7.1", "Relaying denied");
         let mut v = Vec::new();

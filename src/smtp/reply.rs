@@ -48,9 +48,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Received, usize)>, String> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         pos += nl + 1;
         if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
-            return Err(format!("not an SMTP reply: {:?}", String::from_utf8_lossy(line)));
+            return Err(format!(
+                "not an SMTP reply: {:?}",
+                String::from_utf8_lossy(line)
+            ));
         }
-        let c: u16 = std::str::from_utf8(&line[..3]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let c: u16 = std::str::from_utf8(&line[..3])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if *code.get_or_insert(c) != c {
             return Err("reply code changed within a multi-line reply".into());
         }
@@ -76,7 +82,11 @@ mod tests {
         let buf = b"250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n220 next";
         let (r, used) = parse(buf).unwrap().unwrap();
         assert_eq!(r.code, 250);
-        assert!(r.has_extension("pipelining") && r.has_extension("STARTTLS") && !r.has_extension("SIZE"));
+        assert!(
+            r.has_extension("pipelining")
+                && r.has_extension("STARTTLS")
+                && !r.has_extension("SIZE")
+        );
         assert_eq!(&buf[used..], b"220 next");
         assert_eq!(parse(b"250-a\r\n250 b").unwrap(), None);
         assert!(parse(b"hello\r\n").is_err());

@@ -23,7 +23,12 @@ pub struct TestEngine {
 
 impl TestEngine {
     /// `acme` and `globex` deliver to `acme_sink` / `globex_sink`; `extra` is appended to `[engine]`.
-    pub async fn start(spool: &Path, acme_sink: SocketAddr, globex_sink: SocketAddr, extra: &str) -> TestEngine {
+    pub async fn start(
+        spool: &Path,
+        acme_sink: SocketAddr,
+        globex_sink: SocketAddr,
+        extra: &str,
+    ) -> TestEngine {
         let text = format!(
             r#"
 [ops]
@@ -59,14 +64,34 @@ hostname = "mde1.test"
             spool = spool.display()
         );
         let cfg = write(spool.parent().unwrap(), "engine.toml", &text);
-        let snap = Snapshot::load(&cfg, RoleSet { engine: true, ..RoleSet::default() }, None).expect("test config is valid");
-        let ops = Ops::new(snap, cfg, RoleSet { engine: true, ..RoleSet::default() });
+        let snap = Snapshot::load(
+            &cfg,
+            RoleSet {
+                engine: true,
+                ..RoleSet::default()
+            },
+            None,
+        )
+        .expect("test config is valid");
+        let ops = Ops::new(
+            snap,
+            cfg,
+            RoleSet {
+                engine: true,
+                ..RoleSet::default()
+            },
+        );
         let bound = engine::bind(&ops).await.expect("engine binds");
         let smtp = bound.addrs[0];
         let shared = bound.shared.clone();
         let task = tokio::spawn(bound.serving);
         ops.set_ready(true);
-        TestEngine { ops, shared, smtp, task: Some(task) }
+        TestEngine {
+            ops,
+            shared,
+            smtp,
+            task: Some(task),
+        }
     }
 
     /// Graceful stop; waits for the drain.
@@ -94,7 +119,9 @@ connect_timeout = "1s"
 "#;
 
 fn msg(subject: &str) -> String {
-    format!("From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: {subject}\r\n\r\nHello.\r\n..leading dot\r\n")
+    format!(
+        "From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: {subject}\r\n\r\nHello.\r\n..leading dot\r\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,20 +130,39 @@ async fn plain_delivery_is_byte_identical_with_one_received_header() {
     let (a, g) = (Sink::start().await, Sink::start().await);
     let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
     let mut c = Client::connect(e.smtp).await;
-    let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg("one")).await;
+    let r = c
+        .mail("alice@sender.example", &["bob@acme.example"], &msg("one"))
+        .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     c.cmd("QUIT", "221").await;
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await, "delivered");
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 1).await,
+        "delivered"
+    );
     let got = &a.messages()[0];
     assert_eq!(got.from, "alice@sender.example");
     assert_eq!(got.rcpts, ["bob@acme.example"]);
     let (received, rest) = got.data.split_once("\r\n\t").unwrap();
-    assert!(received.starts_with("Received: from client.example ([127.0.0.1])"), "{}", got.data);
-    assert!(rest.starts_with("by mde1.test (maildistiller) with ESMTP id "), "{}", got.data);
+    assert!(
+        received.starts_with("Received: from client.example ([127.0.0.1])"),
+        "{}",
+        got.data
+    );
+    assert!(
+        rest.starts_with("by mde1.test (maildistiller) with ESMTP id "),
+        "{}",
+        got.data
+    );
     let body_start = got.data.find("From: Alice").unwrap();
-    assert_eq!(&got.data[body_start..], "From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: one\r\n\r\nHello.\r\n.leading dot\r\n");
+    assert_eq!(
+        &got.data[body_start..],
+        "From: Alice <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: one\r\n\r\nHello.\r\n.leading dot\r\n"
+    );
     assert_eq!(got.data.matches("Received:").count(), 1);
-    assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await, "removed from the queue");
+    assert!(
+        until(Duration::from_secs(5), || e.shared.queue.is_empty()).await,
+        "removed from the queue"
+    );
     e.stop().await;
 }
 
@@ -143,7 +189,13 @@ async fn pipelined_commands_get_replies_in_order() {
     c.expect("221").await;
     assert!(until(Duration::from_secs(10), || a.messages().len() == 2).await);
     let rcpts: Vec<Vec<String>> = a.messages().iter().map(|m| m.rcpts.clone()).collect();
-    assert!(rcpts.contains(&vec!["x@acme.example".to_string(), "y@acme.example".to_string()]), "{rcpts:?}");
+    assert!(
+        rcpts.contains(&vec![
+            "x@acme.example".to_string(),
+            "y@acme.example".to_string()
+        ]),
+        "{rcpts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +207,8 @@ async fn recipients_are_checked_per_tenant_and_never_relayed() {
     c.cmd("EHLO x.example", "250").await;
     c.cmd("MAIL FROM:<a@sender.example>", "250").await;
     c.cmd("RCPT TO:<victim@gmail.example>", "550 5.7.1").await;
-    c.cmd("RCPT TO:<stranger@globex.example>", "550 5.1.1").await;
+    c.cmd("RCPT TO:<stranger@globex.example>", "550 5.1.1")
+        .await;
     c.cmd("RCPT TO:<known@globex.example>", "250").await;
     c.cmd("RCPT TO:<BOSS@Globex.Example>", "250").await;
     // A second tenant in the same transaction: the sender retries it separately.
@@ -186,7 +239,11 @@ async fn smuggling_attempt_is_one_rejected_message_not_two() {
     // The connection is in a clean state: the next command is a command.
     c.cmd("NOOP", "250").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(a.messages().is_empty(), "nothing delivered: {:?}", a.messages());
+    assert!(
+        a.messages().is_empty(),
+        "nothing delivered: {:?}",
+        a.messages()
+    );
     assert!(e.shared.queue.is_empty());
 }
 
@@ -194,11 +251,18 @@ async fn smuggling_attempt_is_one_rejected_message_not_two() {
 async fn oversize_and_malformed_input_get_the_right_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, "max_message_size = \"2k\"\nmax_errors = 6\n").await;
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        "max_message_size = \"2k\"\nmax_errors = 6\n",
+    )
+    .await;
     let mut c = Client::connect(e.smtp).await;
     c.cmd("MAIL FROM:<a@sender.example>", "503 5.5.1").await;
     c.cmd("EHLO x.example", "250").await;
-    c.cmd("MAIL FROM:<a@sender.example> SIZE=999999", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<a@sender.example> SIZE=999999", "552 5.3.4")
+        .await;
     c.cmd("MAIL FROM:<a@sender.example>", "250").await;
     c.cmd("RCPT TO:<bob@acme.example>", "250").await;
     c.cmd("DATA", "354").await;
@@ -207,12 +271,14 @@ async fn oversize_and_malformed_input_get_the_right_codes() {
     c.send(b".\r\n").await;
     c.expect("552 5.3.4").await;
     c.cmd("RSET", "250").await;
-    c.send(format!("NOOP {}\r\n", "y".repeat(10_000)).as_bytes()).await;
+    c.send(format!("NOOP {}\r\n", "y".repeat(10_000)).as_bytes())
+        .await;
     c.expect("500 5.5.2").await;
     c.cmd("NOOP", "250").await;
     // Errors add up to a 421.
     c.cmd("BOGUS", "500").await;
-    c.cmd("MAIL FROM:no-brackets@sender.example", "421 4.7.0").await;
+    c.cmd("MAIL FROM:no-brackets@sender.example", "421 4.7.0")
+        .await;
     assert!(c.closed().await);
     assert!(a.messages().is_empty());
 }
@@ -249,14 +315,32 @@ async fn proxy_headers_are_believed_only_from_trusted_networks() {
 
     // Trusted and required: the real client address is used; no header -> 421.
     let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &format!("trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n{FAST}")).await;
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        &format!("trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n{FAST}"),
+    )
+    .await;
     let mut c = Client::connect_raw(e.smtp).await;
     c.send(&header("81.2.69.160:4000")).await;
     c.expect("220").await;
-    let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg("proxied")).await;
+    let r = c
+        .mail(
+            "alice@sender.example",
+            &["bob@acme.example"],
+            &msg("proxied"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await);
-    assert!(a.messages()[0].data.starts_with("Received: from client.example ([81.2.69.160])"), "{}", a.messages()[0].data);
+    assert!(
+        a.messages()[0]
+            .data
+            .starts_with("Received: from client.example ([81.2.69.160])"),
+        "{}",
+        a.messages()[0].data
+    );
     let l = e.shared.queue.list();
     assert!(l.is_empty() || l[0].env.session == "edge-sess-42");
 
@@ -275,20 +359,47 @@ async fn mixed_recipient_results_deliver_bounce_and_defer_independently() {
     let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
     let mut c = Client::connect(e.smtp).await;
     // The sender is a globex user, so the DSN lands in globex's sink.
-    let r = c.mail("boss@globex.example", &["ok@acme.example", "gone@acme.example", "full@acme.example"], &msg("mixed")).await;
+    let r = c
+        .mail(
+            "boss@globex.example",
+            &["ok@acme.example", "gone@acme.example", "full@acme.example"],
+            &msg("mixed"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 1 && g.messages().len() == 1).await);
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 1
+            && g.messages().len() == 1)
+        .await
+    );
     assert_eq!(a.messages()[0].rcpts, ["ok@acme.example"]);
     let dsn = &g.messages()[0];
     assert_eq!(dsn.from, "", "DSNs come from the null sender");
     assert_eq!(dsn.rcpts, ["boss@globex.example"]);
-    assert!(dsn.data.contains("Final-Recipient: rfc822; gone@acme.example"), "{}", dsn.data);
-    assert!(!dsn.data.contains("full@acme.example\r\nAction"), "deferred is not bounced");
+    assert!(
+        dsn.data
+            .contains("Final-Recipient: rfc822; gone@acme.example"),
+        "{}",
+        dsn.data
+    );
+    assert!(
+        !dsn.data.contains("full@acme.example\r\nAction"),
+        "deferred is not bounced"
+    );
     // The deferred recipient is retried; once the mailbox has room it is delivered.
     let id = e.shared.queue.list()[0].env.id.clone();
     assert_eq!(e.shared.queue.list()[0].state.pending().count(), 1);
     a.rcpt_reply("full@acme.example", "250 ok now");
-    assert!(until(Duration::from_secs(10), || e.shared.queue.get(&id).is_none()).await, "retried and done: {:?}", e.shared.queue.get(&id));
+    assert!(
+        until(Duration::from_secs(10), || e
+            .shared
+            .queue
+            .get(&id)
+            .is_none())
+        .await,
+        "retried and done: {:?}",
+        e.shared.queue.get(&id)
+    );
     assert_eq!(a.messages().len(), 2);
     assert_eq!(a.messages()[1].rcpts, ["full@acme.example"]);
     e.stop().await;
@@ -303,18 +414,47 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let e = TestEngine::start(&dir.path().join("spool"), down_addr, g.addr, &FAST.replace("retry_max = \"1s\"", "retry_max = \"1h\"").replace("retry_base = \"200ms\"", "retry_base = \"1h\"")).await;
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        down_addr,
+        g.addr,
+        &FAST
+            .replace("retry_max = \"1s\"", "retry_max = \"1h\"")
+            .replace("retry_base = \"200ms\"", "retry_base = \"1h\""),
+    )
+    .await;
     let mut c = Client::connect(e.smtp).await;
     for i in 0..20 {
-        let r = c.mail("alice@sender.example", &["bob@acme.example"], &msg(&format!("held {i}"))).await;
+        let r = c
+            .mail(
+                "alice@sender.example",
+                &["bob@acme.example"],
+                &msg(&format!("held {i}")),
+            )
+            .await;
         assert!(r.starts_with("250"), "{r}");
         c.cmd("RSET", "250").await;
     }
-    let held = || e.shared.queue.list().iter().filter(|l| l.display == "held").count();
-    assert!(until(Duration::from_secs(10), || held() == 20).await, "all held: {}", held());
+    let held = || {
+        e.shared
+            .queue
+            .list()
+            .iter()
+            .filter(|l| l.display == "held")
+            .count()
+    };
+    assert!(
+        until(Duration::from_secs(10), || held() == 20).await,
+        "all held: {}",
+        held()
+    );
     // Back up: held mail goes out at once, not on the (1 h) retry timer.
     let a = Sink::start_on(down_addr).await;
-    assert!(until(Duration::from_secs(5), || a.messages().len() == 20).await, "drained: {}", a.messages().len());
+    assert!(
+        until(Duration::from_secs(5), || a.messages().len() == 20).await,
+        "drained: {}",
+        a.messages().len()
+    );
     assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await);
     e.stop().await;
 }
@@ -324,12 +464,35 @@ async fn expiry_sends_a_dsn_and_null_senders_get_none() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);
     a.data_reply(Some("451 4.3.0 try again later"));
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &format!("message_lifetime = \"2s\"\n{FAST}")).await;
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        &format!("message_lifetime = \"2s\"\n{FAST}"),
+    )
+    .await;
     let mut c = Client::connect(e.smtp).await;
-    assert!(c.mail("boss@globex.example", &["bob@acme.example"], &msg("expiring")).await.starts_with("250"));
+    assert!(
+        c.mail(
+            "boss@globex.example",
+            &["bob@acme.example"],
+            &msg("expiring")
+        )
+        .await
+        .starts_with("250")
+    );
     c.cmd("RSET", "250").await;
-    assert!(c.mail("", &["bob@acme.example"], &msg("bounce of a bounce")).await.starts_with("250"));
-    assert!(until(Duration::from_secs(15), || g.messages().len() == 1 && e.shared.queue.is_empty()).await, "one DSN, queue empty");
+    assert!(
+        c.mail("", &["bob@acme.example"], &msg("bounce of a bounce"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        until(Duration::from_secs(15), || g.messages().len() == 1
+            && e.shared.queue.is_empty())
+        .await,
+        "one DSN, queue empty"
+    );
     let dsn = &g.messages()[0];
     assert!(dsn.data.contains("expired after"), "{}", dsn.data);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -349,17 +512,246 @@ async fn restart_recovers_queued_mail_and_its_state() {
     let e = TestEngine::start(&spool, down_addr, g.addr, FAST).await;
     let mut c = Client::connect(e.smtp).await;
     for i in 0..5 {
-        assert!(c.mail("alice@sender.example", &["bob@acme.example"], &msg(&format!("r{i}"))).await.starts_with("250"));
+        assert!(
+            c.mail(
+                "alice@sender.example",
+                &["bob@acme.example"],
+                &msg(&format!("r{i}"))
+            )
+            .await
+            .starts_with("250")
+        );
         c.cmd("RSET", "250").await;
     }
     let id = e.shared.queue.list()[0].env.id.clone();
     e.stop().await;
     // Never-acknowledged leftovers in tmp/ are discarded at start.
-    std::fs::write(spool.join("tmp").join("000000000000000000000000.msg"), b"half a message").unwrap();
+    std::fs::write(
+        spool.join("tmp").join("000000000000000000000000.msg"),
+        b"half a message",
+    )
+    .unwrap();
     let a = Sink::start_on(down_addr).await;
     let e = TestEngine::start(&spool, down_addr, g.addr, FAST).await;
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 5).await, "{}", a.messages().len());
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 5).await,
+        "{}",
+        a.messages().len()
+    );
     assert!(e.shared.queue.get(&id).is_none());
-    assert!(!spool.join("tmp").join("000000000000000000000000.msg").exists());
+    assert!(
+        !spool
+            .join("tmp")
+            .join("000000000000000000000000.msg")
+            .exists()
+    );
+    e.stop().await;
+}
+
+/// Sends a command over any stream and reads the whole reply.
+async fn reply<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut tokio::io::BufReader<S>,
+    cmd: &str,
+) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    s.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+    let mut all = String::new();
+    loop {
+        let mut l = String::new();
+        s.read_line(&mut l).await.unwrap();
+        all.push_str(&l);
+        if l.len() < 4 || l.as_bytes()[3] == b' ' {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_upgrades_and_refuses_injected_commands() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["mde1.test".to_string()]).unwrap();
+    let cert = write(dir.path(), "cert.pem", &ck.cert.pem());
+    let key = write(dir.path(), "key.pem", &ck.signing_key.serialize_pem());
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let extra = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n{FAST}",
+        cert.display(),
+        key.display()
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+
+    // Injection: commands pipelined after STARTTLS must not be executed.
+    let mut c = Client::connect(e.smtp).await;
+    let ehlo = c.cmd("EHLO x.example", "250").await;
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    c.send(b"STARTTLS\r\nMAIL FROM:<evil@sender.example>\r\n")
+        .await;
+    c.expect("220").await;
+    assert!(
+        c.closed().await,
+        "plaintext after STARTTLS closes the session"
+    );
+
+    // A real upgrade.
+    maildistiller::tls::install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(e.smtp).await.unwrap();
+    let mut plain = BufReader::new(tcp);
+    let mut line = String::new();
+    plain.read_line(&mut line).await.unwrap();
+    plain
+        .get_mut()
+        .write_all(b"EHLO x.example\r\n")
+        .await
+        .unwrap();
+    loop {
+        line.clear();
+        plain.read_line(&mut line).await.unwrap();
+        if line.as_bytes()[3] == b' ' {
+            break;
+        }
+    }
+    plain.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    line.clear();
+    plain.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("220 2.0.0"), "{line}");
+    let name = rustls_pki_types::ServerName::try_from("mde1.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, plain.into_inner())
+        .await
+        .expect("handshake");
+    let mut s = BufReader::new(tls);
+    let ehlo = reply(&mut s, "EHLO x.example\r\n").await;
+    assert!(
+        ehlo.starts_with("250") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(
+        reply(&mut s, "MAIL FROM:<a@sender.example>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        reply(&mut s, "RCPT TO:<bob@acme.example>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(reply(&mut s, "DATA\r\n").await.starts_with("354"));
+    assert!(
+        reply(&mut s, "Subject: tls\r\n\r\nsecret\r\n.\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await);
+    assert!(
+        a.messages()[0].data.contains("with ESMTPS id"),
+        "{}",
+        a.messages()[0].data
+    );
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_api_lists_holds_releases_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Sink::start().await;
+    let down_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = TestEngine::start(&dir.path().join("spool"), down_addr, g.addr, FAST).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = listener.local_addr().unwrap();
+    tokio::spawn(maildistiller::ops::serve(e.ops.clone(), listener));
+    let mut c = Client::connect(e.smtp).await;
+    for i in 0..2 {
+        assert!(
+            c.mail(
+                "alice@sender.example",
+                &["bob@acme.example"],
+                &msg(&format!("q{i}"))
+            )
+            .await
+            .starts_with("250")
+        );
+        c.cmd("RSET", "250").await;
+    }
+    let ids: Vec<String> = e
+        .shared
+        .queue
+        .list()
+        .iter()
+        .map(|l| l.env.id.to_string())
+        .collect();
+    let ops = move |method: &'static str, path: String| {
+        tokio::task::spawn_blocking(move || {
+            maildistiller::ops::client::request(ops_addr, method, &path).unwrap()
+        })
+    };
+    let (code, body) = ops("GET", "/queue".into()).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&ids[0]) && body.contains("-- 2 messages"),
+        "{body}"
+    );
+    let (_, body) = ops("GET", format!("/queue/{}", ids[0])).await.unwrap();
+    assert!(
+        body.contains("subject:     q0")
+            && body.contains("rcpt:        <bob@acme.example> pending"),
+        "{body}"
+    );
+    assert_eq!(
+        ops("POST", format!("/queue/{}/hold", ids[0]))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        ops("POST", format!("/queue/{}/hold", ids[0]))
+            .await
+            .unwrap()
+            .0,
+        409,
+        "already on hold"
+    );
+    let (_, body) = ops("GET", "/queue?state=hold".into()).await.unwrap();
+    assert!(body.contains("-- 1 message"), "{body}");
+    assert_eq!(
+        ops("POST", format!("/queue/{}/delete", ids[1]))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        ops("GET", format!("/queue/{}", ids[1])).await.unwrap().0,
+        404
+    );
+    assert_eq!(
+        ops("GET", "/queue/../../etc/passwd".into())
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+    // The held message is not delivered when the destination comes back; released, it is.
+    let a = Sink::start_on(down_addr).await;
+    assert_eq!(ops("POST", "/queue/flush".into()).await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(a.messages().is_empty(), "on hold means not delivered");
+    assert_eq!(
+        ops("POST", format!("/queue/{}/release", ids[0]))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(until(Duration::from_secs(5), || a.messages().len() == 1).await);
     e.stop().await;
 }

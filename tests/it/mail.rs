@@ -26,7 +26,10 @@ impl Client {
     pub async fn connect_raw(addr: SocketAddr) -> Client {
         let s = TcpStream::connect(addr).await.expect("connect");
         let (r, w) = s.into_split();
-        Client { r: BufReader::new(r), w }
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -80,7 +83,10 @@ impl Client {
     /// True when the server closed the connection.
     pub async fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(tokio::time::timeout(Duration::from_secs(5), self.r.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.r.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }
 
@@ -122,7 +128,9 @@ impl Sink {
         let s = sink.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = l.accept().await else { continue };
+                let Ok((stream, _)) = l.accept().await else {
+                    continue;
+                };
                 let s2 = s.clone();
                 tokio::spawn(async move { s2.session(stream).await });
             }
@@ -131,7 +139,11 @@ impl Sink {
     }
 
     pub fn rcpt_reply(&self, addr: &str, reply: &str) {
-        self.behaviour.lock().unwrap().rcpt.insert(addr.to_ascii_lowercase(), reply.to_owned());
+        self.behaviour
+            .lock()
+            .unwrap()
+            .rcpt
+            .insert(addr.to_ascii_lowercase(), reply.to_owned());
     }
 
     pub fn data_reply(&self, reply: Option<&str>) {
@@ -157,12 +169,30 @@ impl Sink {
             let reply: String = if upper.starts_with("EHLO") {
                 "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
-                from = line[10..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_owned();
+                from = line[10..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
                 rcpts.clear();
                 "250 ok\r\n".into()
             } else if upper.starts_with("RCPT TO:") {
-                let a = line[8..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_owned();
-                let custom = self.behaviour.lock().unwrap().rcpt.get(&a.to_ascii_lowercase()).cloned();
+                let a = line[8..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let custom = self
+                    .behaviour
+                    .lock()
+                    .unwrap()
+                    .rcpt
+                    .get(&a.to_ascii_lowercase())
+                    .cloned();
                 let reply = custom.unwrap_or_else(|| "250 ok".into());
                 if reply.starts_with('2') {
                     rcpts.push(a);
@@ -182,13 +212,21 @@ impl Sink {
                         if l == ".\r\n" {
                             break;
                         }
-                        data.push_str(l.strip_prefix('.').filter(|_| l.starts_with("..")).unwrap_or(&l));
+                        data.push_str(
+                            l.strip_prefix('.')
+                                .filter(|_| l.starts_with(".."))
+                                .unwrap_or(&l),
+                        );
                     }
                     let custom = self.behaviour.lock().unwrap().data_reply.clone();
                     match custom {
                         Some(r) => format!("{r}\r\n"),
                         None => {
-                            self.got.lock().unwrap().push(Got { from: from.clone(), rcpts: rcpts.clone(), data });
+                            self.got.lock().unwrap().push(Got {
+                                from: from.clone(),
+                                rcpts: rcpts.clone(),
+                                data,
+                            });
                             "250 2.0.0 ok\r\n".into()
                         }
                     }

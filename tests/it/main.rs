@@ -5,6 +5,8 @@
 mod cli;
 /// Every shipped config validates; broken ones report every error with its path.
 mod config_files;
+/// The real engine binary under SIGKILL: no acknowledged message is lost.
+mod crash;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
 /// SMTP test peers: a client command language and a recording sink.

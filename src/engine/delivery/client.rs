@@ -94,7 +94,11 @@ impl Client {
         };
         let greeting = c.read_reply("greeting").await?;
         if greeting.code != 220 {
-            return Err(ClientError::Refused(format!("{} {}", greeting.code, greeting.text())));
+            return Err(ClientError::Refused(format!(
+                "{} {}",
+                greeting.code,
+                greeting.text()
+            )));
         }
         c.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
         let ehlo = c.read_reply("EHLO").await?;
@@ -129,7 +133,11 @@ impl Client {
         self.read_reply_within(what, self.timeout).await
     }
 
-    async fn read_reply_within(&mut self, what: &'static str, limit: Duration) -> Result<Received, ClientError> {
+    async fn read_reply_within(
+        &mut self,
+        what: &'static str,
+        limit: Duration,
+    ) -> Result<Received, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match reply::parse(&self.buf).map_err(ClientError::Protocol)? {
@@ -202,7 +210,12 @@ impl Client {
             // MAIL refused: nothing else counts; reset in case DATA was pipelined.
             let rcpts = rcpts.iter().map(|_| mail.clone()).collect();
             self.rset_after_failure(&replies).await?;
-            return Ok(TransactionResult { mail, rcpts, data: None, data_refused: None });
+            return Ok(TransactionResult {
+                mail,
+                rcpts,
+                data: None,
+                data_refused: None,
+            });
         }
         let rcpt_replies: Vec<Received> = replies.drain(..rcpts.len().min(replies.len())).collect();
         let data_go = replies.pop();
@@ -213,16 +226,31 @@ impl Client {
                 stuff(message, &mut body);
                 self.send(&body).await?;
                 let fin = self.read_reply_within("end of data", data_timeout).await?;
-                Ok(TransactionResult { mail, rcpts: rcpt_replies, data: Some(fin), data_refused: None })
+                Ok(TransactionResult {
+                    mail,
+                    rcpts: rcpt_replies,
+                    data: Some(fin),
+                    data_refused: None,
+                })
             }
             Some(r) if r.code == 354 => {
                 // Pipelined DATA was accepted although no recipient was: send an empty message
                 // terminator? No: RFC 2920 says the server must not do this; end it cleanly.
                 self.send(b".\r\n").await?;
                 let _ = self.read_reply("end of data").await?;
-                Ok(TransactionResult { mail, rcpts: rcpt_replies, data: None, data_refused: None })
+                Ok(TransactionResult {
+                    mail,
+                    rcpts: rcpt_replies,
+                    data: None,
+                    data_refused: None,
+                })
             }
-            refused => Ok(TransactionResult { mail, rcpts: rcpt_replies, data: None, data_refused: refused }),
+            refused => Ok(TransactionResult {
+                mail,
+                rcpts: rcpt_replies,
+                data: None,
+                data_refused: refused,
+            }),
         }
     }
 
@@ -267,5 +295,9 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
             }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

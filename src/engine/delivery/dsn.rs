@@ -21,14 +21,22 @@ fn status_of(diag: &str) -> String {
         .nth(1)
         .filter(|s| {
             let p: Vec<&str> = s.split('.').collect();
-            p.len() == 3 && p.iter().all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+            p.len() == 3
+                && p.iter()
+                    .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(|s| s.to_owned())
         .unwrap_or_else(|| "5.0.0".into())
 }
 
 /// Builds the DSN message for `original` (its headers are attached, not its body).
-pub fn build(hostname: &str, original: &Envelope, original_message: &[u8], failures: &[Failure<'_>], now: u64) -> Vec<u8> {
+pub fn build(
+    hostname: &str,
+    original: &Envelope,
+    original_message: &[u8],
+    failures: &[Failure<'_>],
+    now: u64,
+) -> Vec<u8> {
     let boundary = format!("{}/{}", original.id, hostname);
     let headers_end = original_message
         .windows(4)
@@ -85,7 +93,10 @@ pub fn build(hostname: &str, original: &Envelope, original_message: &[u8], failu
             let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", f.diagnostic);
         }
     }
-    let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    );
     let mut out = m.into_bytes();
     out.extend_from_slice(&original_message[..headers_end]);
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -120,13 +131,19 @@ mod tests {
             "mx.example.net",
             &env,
             msg,
-            &[Failure { rcpt: "bob@acme.example", diagnostic: "550 5.1.1 no such user", remote: true }],
+            &[Failure {
+                rcpt: "bob@acme.example",
+                diagnostic: "550 5.1.1 no such user",
+                remote: true,
+            }],
             1_700_000_100,
         );
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("To: <alice@sender.example>"));
         assert!(text.contains("multipart/report; report-type=delivery-status"));
-        assert!(text.contains("Final-Recipient: rfc822; bob@acme.example\r\nAction: failed\r\nStatus: 5.1.1"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; bob@acme.example\r\nAction: failed\r\nStatus: 5.1.1"
+        ));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
         assert!(text.contains("Subject: hi"), "original headers attached");
         assert!(!text.contains("secret body"), "original body not returned");

@@ -59,11 +59,18 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
     let snap = shared.ops.config.load();
     let hosts: Vec<(String, u16)> = match dest {
         Dest::Tenant(id) => match snap.topology.tenant(id) {
-            Some(t) => t.delivery.iter().map(|h| (h.host.clone(), h.port)).collect(),
+            Some(t) => t
+                .delivery
+                .iter()
+                .map(|h| (h.host.clone(), h.port))
+                .collect(),
             None => Vec::new(),
         },
         Dest::Domain(domain) => match &snap.config.engine.delivery.relay {
-            Some(r) => r.parse::<crate::topology::DeliveryHost>().map(|h| vec![(h.host, h.port)]).unwrap_or_default(),
+            Some(r) => r
+                .parse::<crate::topology::DeliveryHost>()
+                .map(|h| vec![(h.host, h.port)])
+                .unwrap_or_default(),
             // Implicit MX (RFC 5321 5.1): the domain's own address records.
             None => vec![(domain.clone(), 25)],
         },
@@ -73,7 +80,11 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
     for (host, port) in hosts {
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             out.push(SocketAddr::new(ip, port));
-        } else if let Ok(addrs) = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host((host.as_str(), port))).await
+        } else if let Ok(addrs) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
             && let Ok(addrs) = addrs
         {
             out.extend(addrs);
@@ -85,10 +96,24 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
 async fn connect(shared: &Shared, dest: &Dest) -> Option<Client> {
     let cfg = shared.delivery();
     for addr in resolve(shared, dest).await {
-        let source = cfg.source_addresses.iter().find(|s| s.is_ipv4() == addr.is_ipv4()).copied();
-        match Client::connect(addr, source, &shared.hostname, cfg.connect_timeout.get(), cfg.command_timeout.get()).await {
+        let source = cfg
+            .source_addresses
+            .iter()
+            .find(|s| s.is_ipv4() == addr.is_ipv4())
+            .copied();
+        match Client::connect(
+            addr,
+            source,
+            &shared.hostname,
+            cfg.connect_timeout.get(),
+            cfg.command_timeout.get(),
+        )
+        .await
+        {
             Ok(c) => return Some(c),
-            Err(e) => tracing::info!(destination = %dest, address = %addr, error = %e, "delivery connection failed"),
+            Err(e) => {
+                tracing::info!(destination = %dest, address = %addr, error = %e, "delivery connection failed")
+            }
         }
     }
     None
@@ -110,7 +135,9 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         if shared.ops.shutdown.is_cancelled() {
             break;
         }
-        let Some((env, state)) = shared.queue.take(dest) else { break };
+        let Some((env, state)) = shared.queue.take(dest) else {
+            break;
+        };
         let message = match shared.spool.read_message(&env.id).await {
             Ok(m) => m,
             Err(e) => {
@@ -125,9 +152,18 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         let pending: Vec<usize> = state.pending().collect();
         let rcpts: Vec<&str> = pending.iter().map(|&i| env.rcpts[i].as_str()).collect();
         let data_timeout = cfg.command_timeout.get().max(Duration::from_secs(600));
-        let result = client.transaction(&env.from, &rcpts, &message, data_timeout).await;
+        let result = client
+            .transaction(&env.from, &rcpts, &message, data_timeout)
+            .await;
         let broken = result.is_err();
-        let lifetime = shared.ops.config.load().config.engine.message_lifetime.get();
+        let lifetime = shared
+            .ops
+            .config
+            .load()
+            .config
+            .engine
+            .message_lifetime
+            .get();
         let outcome = apply(&env, &state, &pending, result, now_secs(), lifetime, &cfg);
         finish(shared, &env, &message, outcome).await;
         if broken {
@@ -144,7 +180,11 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
 pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o: Outcome) {
     let tenant = env.tenant.as_str();
     if !o.delivered.is_empty() {
-        shared.metrics.delivered(tenant, o.delivered.len(), now_secs().saturating_sub(env.received));
+        shared.metrics.delivered(
+            tenant,
+            o.delivered.len(),
+            now_secs().saturating_sub(env.received),
+        );
     }
     if !o.failures.is_empty() {
         shared.metrics.bounced(tenant, o.failures.len());
@@ -152,7 +192,11 @@ pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o
             let failures: Vec<dsn::Failure<'_>> = o
                 .failures
                 .iter()
-                .map(|(i, text, remote)| dsn::Failure { rcpt: &env.rcpts[*i], diagnostic: text, remote: *remote })
+                .map(|(i, text, remote)| dsn::Failure {
+                    rcpt: &env.rcpts[*i],
+                    diagnostic: text,
+                    remote: *remote,
+                })
                 .collect();
             let body = dsn::build(&shared.hostname, env, message, &failures, now_secs());
             if let Err(e) = queue_dsn(shared, env, body).await {
@@ -182,7 +226,11 @@ pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o
 }
 
 /// Spools a DSN to the original sender.
-async fn queue_dsn(shared: &Arc<Shared>, original: &Envelope, body: Vec<u8>) -> std::io::Result<()> {
+async fn queue_dsn(
+    shared: &Arc<Shared>,
+    original: &Envelope,
+    body: Vec<u8>,
+) -> std::io::Result<()> {
     let snap = shared.ops.config.load();
     let dest = match snap.topology.tenant_for_address(&original.from) {
         Some(t) => Dest::Tenant(t.id.0.clone()),
@@ -222,7 +270,11 @@ fn spawn_probe(shared: Arc<Shared>, dest: Dest) {
                 _ = shared.ops.shutdown.cancelled() => return,
             }
             let addrs = resolve(&shared, &dest).await;
-            let timeout = shared.delivery().connect_timeout.get().min(Duration::from_secs(5));
+            let timeout = shared
+                .delivery()
+                .connect_timeout
+                .get()
+                .min(Duration::from_secs(5));
             for a in addrs {
                 if client::probe(a, timeout).await {
                     let n = shared.queue.dest_up(&dest);

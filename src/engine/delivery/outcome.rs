@@ -41,8 +41,14 @@ pub fn apply(
     let mut st = state.clone();
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
-    let fail = |st: &mut State, failures: &mut Vec<(usize, String, bool)>, i: usize, text: String, remote: bool| {
-        st.rcpts[i] = Some(RcptOutcome::Failed { reply: text.clone() });
+    let fail = |st: &mut State,
+                failures: &mut Vec<(usize, String, bool)>,
+                i: usize,
+                text: String,
+                remote: bool| {
+        st.rcpts[i] = Some(RcptOutcome::Failed {
+            reply: text.clone(),
+        });
         failures.push((i, text, remote));
     };
     match result {
@@ -88,7 +94,9 @@ pub fn apply(
                             fail(&mut st, &mut failures, i, text.clone(), true);
                         }
                     }
-                    Some(d) if !accepted.is_empty() => st.error = format!("{} {}", d.code, d.text()),
+                    Some(d) if !accepted.is_empty() => {
+                        st.error = format!("{} {}", d.code, d.text())
+                    }
                     _ if !accepted.is_empty() => st.error = "DATA was not accepted".into(),
                     _ => {}
                 },
@@ -99,7 +107,11 @@ pub fn apply(
     if !still.is_empty() {
         st.attempts += 1;
         if now >= env.received + lifetime.as_secs() {
-            let text = format!("expired after {} days in the queue; last error: {}", lifetime.as_secs() / 86_400, st.error);
+            let text = format!(
+                "expired after {} days in the queue; last error: {}",
+                lifetime.as_secs() / 86_400,
+                st.error
+            );
             for i in still {
                 fail(&mut st, &mut failures, i, text.clone(), false);
             }
@@ -108,7 +120,12 @@ pub fn apply(
         }
     }
     let done = st.pending().next().is_none();
-    Outcome { state: st, delivered, failures, done }
+    Outcome {
+        state: st,
+        delivered,
+        failures,
+        done,
+    }
 }
 
 #[cfg(test)]
@@ -137,7 +154,10 @@ mod tests {
     }
 
     fn r(code: u16) -> Received {
-        Received { code, lines: vec!["x".into()] }
+        Received {
+            code,
+            lines: vec!["x".into()],
+        }
     }
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -146,19 +166,49 @@ mod tests {
     fn mixed_recipients_deliver_fail_and_defer_independently() {
         let e = env(3);
         let s = State::initial(&e);
-        let tr = TransactionResult { mail: r(250), rcpts: vec![r(250), r(550), r(451)], data: Some(r(250)), data_refused: None };
-        let o = apply(&e, &s, &[0, 1, 2], Ok(tr), 2000, DAY, &DeliveryConfig::default());
+        let tr = TransactionResult {
+            mail: r(250),
+            rcpts: vec![r(250), r(550), r(451)],
+            data: Some(r(250)),
+            data_refused: None,
+        };
+        let o = apply(
+            &e,
+            &s,
+            &[0, 1, 2],
+            Ok(tr),
+            2000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert_eq!(o.delivered, [0]);
         assert_eq!(o.failures.len(), 1);
         assert_eq!(o.failures[0].0, 1);
         assert!(!o.done);
         assert_eq!(o.state.pending().collect::<Vec<_>>(), [2]);
         assert_eq!(o.state.attempts, 1);
-        assert!(o.state.next >= 2000 + 48 && o.state.next <= 2000 + 72, "{}", o.state.next);
+        assert!(
+            o.state.next >= 2000 + 48 && o.state.next <= 2000 + 72,
+            "{}",
+            o.state.next
+        );
 
         // Next attempt: only recipient 2 is sent; it succeeds.
-        let tr = TransactionResult { mail: r(250), rcpts: vec![r(250)], data: Some(r(250)), data_refused: None };
-        let o = apply(&e, &o.state, &[2], Ok(tr), 3000, DAY, &DeliveryConfig::default());
+        let tr = TransactionResult {
+            mail: r(250),
+            rcpts: vec![r(250)],
+            data: Some(r(250)),
+            data_refused: None,
+        };
+        let o = apply(
+            &e,
+            &o.state,
+            &[2],
+            Ok(tr),
+            3000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert!(o.done);
         assert_eq!(o.delivered, [2]);
     }
@@ -171,7 +221,15 @@ mod tests {
         let o = apply(&e, &s, &[0], err, 2000, DAY, &DeliveryConfig::default());
         assert!(!o.done && o.failures.is_empty());
         let err = Err(ClientError::Timeout("greeting"));
-        let o = apply(&e, &o.state, &[0], err, 1000 + 86_400, DAY, &DeliveryConfig::default());
+        let o = apply(
+            &e,
+            &o.state,
+            &[0],
+            err,
+            1000 + 86_400,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert!(o.done);
         assert!(o.failures[0].1.starts_with("expired after 1 days"));
         assert!(!o.failures[0].2, "our own text, not the server's");
@@ -181,14 +239,53 @@ mod tests {
     fn data_5xx_fails_accepted_and_mail_5xx_fails_all() {
         let e = env(2);
         let s = State::initial(&e);
-        let tr = TransactionResult { mail: r(250), rcpts: vec![r(250), r(250)], data: Some(r(554)), data_refused: None };
-        let o = apply(&e, &s, &[0, 1], Ok(tr), 2000, DAY, &DeliveryConfig::default());
+        let tr = TransactionResult {
+            mail: r(250),
+            rcpts: vec![r(250), r(250)],
+            data: Some(r(554)),
+            data_refused: None,
+        };
+        let o = apply(
+            &e,
+            &s,
+            &[0, 1],
+            Ok(tr),
+            2000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert!(o.done && o.failures.len() == 2 && o.delivered.is_empty());
-        let tr = TransactionResult { mail: r(553), rcpts: vec![r(553), r(553)], data: None, data_refused: None };
-        let o = apply(&e, &s, &[0, 1], Ok(tr), 2000, DAY, &DeliveryConfig::default());
+        let tr = TransactionResult {
+            mail: r(553),
+            rcpts: vec![r(553), r(553)],
+            data: None,
+            data_refused: None,
+        };
+        let o = apply(
+            &e,
+            &s,
+            &[0, 1],
+            Ok(tr),
+            2000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert!(o.done && o.failures.len() == 2);
-        let tr = TransactionResult { mail: r(451), rcpts: vec![r(451), r(451)], data: None, data_refused: None };
-        let o = apply(&e, &s, &[0, 1], Ok(tr), 2000, DAY, &DeliveryConfig::default());
+        let tr = TransactionResult {
+            mail: r(451),
+            rcpts: vec![r(451), r(451)],
+            data: None,
+            data_refused: None,
+        };
+        let o = apply(
+            &e,
+            &s,
+            &[0, 1],
+            Ok(tr),
+            2000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
         assert!(!o.done && o.failures.is_empty());
     }
 

@@ -92,7 +92,12 @@ impl Conn {
     }
 
     /// Next line without CRLF. Flushes pending replies before blocking.
-    async fn line(&mut self, max: usize, timeout: Duration, shutdown: &tokio_util::sync::CancellationToken) -> Result<Vec<u8>, LineError> {
+    async fn line(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<u8>, LineError> {
         let mut discarding = false;
         loop {
             if let Some(nl) = self.buffered().iter().position(|&b| b == b'\n') {
@@ -131,7 +136,11 @@ impl Conn {
     }
 
     /// Reads a DATA body into `reader` until end of data (or error).
-    async fn data(&mut self, reader: &mut DataReader, deadline: tokio::time::Instant) -> Result<(), LineError> {
+    async fn data(
+        &mut self,
+        reader: &mut DataReader,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), LineError> {
         loop {
             if !self.buffered().is_empty()
                 && let Feed::Done(n) = reader.feed(&self.rbuf[self.rpos..])
@@ -201,7 +210,10 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
     let snap = shared.ops.config.load_full();
     let ecfg = &snap.config.engine;
     let mut conn = Conn::new(Box::new(stream));
-    let trusted = ecfg.trusted_proxies.iter().any(|n| n.contains(peer.ip().to_canonical()));
+    let trusted = ecfg
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(peer.ip().to_canonical()));
     let mut info = ConnInfo {
         client: peer,
         session_id: String::new(),
@@ -211,7 +223,11 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
         quiet: false,
     };
     if trusted {
-        let wait = if ecfg.require_proxy { ecfg.command_timeout.get().min(Duration::from_secs(10)) } else { ecfg.proxy_wait.get() };
+        let wait = if ecfg.require_proxy {
+            ecfg.command_timeout.get().min(Duration::from_secs(10))
+        } else {
+            ecfg.proxy_wait.get()
+        };
         match read_proxy(&mut conn, wait).await {
             Ok(Some(p)) => {
                 info.proxied = true;
@@ -242,7 +258,10 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
         info.session_id = new_session_id();
     }
     shared.metrics.sessions.inc();
-    shared.ops.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .ops
+        .sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if info.quiet {
         tracing::debug!(session = %info.session_id, peer = %peer, "health probe");
     } else {
@@ -251,10 +270,19 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
     run_session(&shared, &snap, &mut conn, &info, trusted).await;
     let _ = conn.flush().await;
     shared.metrics.sessions.dec();
-    shared.ops.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .ops
+        .sessions
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn, info: &ConnInfo, trusted: bool) {
+async fn run_session(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    conn: &mut Conn,
+    info: &ConnInfo,
+    trusted: bool,
+) {
     let ecfg = &snap.config.engine;
     let limits = Limits {
         max_message_size: ecfg.max_message_size.0,
@@ -282,12 +310,19 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
             })
             .await;
             if proxy::looks_like_proxy(conn.buffered()) == Some(true) {
-                conn.reply(&Reply::new(554, "5.7.0", "PROXY protocol not accepted from your address"));
+                conn.reply(&Reply::new(
+                    554,
+                    "5.7.0",
+                    "PROXY protocol not accepted from your address",
+                ));
                 tracing::warn!(session = %info.session_id, peer = %info.client, "untrusted peer sent a PROXY header: refused");
                 return;
             }
         }
-        let line = match conn.line(max_line, ecfg.command_timeout.get(), &shared.ops.shutdown).await {
+        let line = match conn
+            .line(max_line, ecfg.command_timeout.get(), &shared.ops.shutdown)
+            .await
+        {
             Ok(l) => l,
             Err(LineError::TooLong) => {
                 match session.line_too_long() {
@@ -304,7 +339,11 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
                 return;
             }
             Err(LineError::Shutdown) => {
-                conn.reply(&Reply::new(421, "4.3.2", "Service shutting down, try again later"));
+                conn.reply(&Reply::new(
+                    421,
+                    "4.3.2",
+                    "Service shutting down, try again later",
+                ));
                 return;
             }
             Err(LineError::Closed | LineError::Io) => return,
@@ -316,7 +355,9 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
                 return;
             }
             Step::StartTls(r) => {
-                let Some(tls) = shared.tls.load_full() else { return };
+                let Some(tls) = shared.tls.load_full() else {
+                    return;
+                };
                 conn.reply(&r);
                 if conn.flush().await.is_err() || !conn.buffered().is_empty() {
                     // Data pipelined after STARTTLS is an injection attempt (RFC 3207 5.1).
@@ -341,7 +382,11 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
                 match conn.data(&mut reader, deadline).await {
                     Ok(()) => {}
                     Err(LineError::Timeout) => {
-                        conn.reply(&Reply::new(421, "4.4.2", "Timeout during DATA, closing connection"));
+                        conn.reply(&Reply::new(
+                            421,
+                            "4.4.2",
+                            "Timeout during DATA, closing connection",
+                        ));
                         return;
                     }
                     Err(_) => {
@@ -354,7 +399,11 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
                 conn.reply(&reply);
                 session.data_done();
                 if failed && session.count_error() {
-                    conn.reply(&Reply::new(421, "4.7.0", "Too many errors, closing connection"));
+                    conn.reply(&Reply::new(
+                        421,
+                        "4.7.0",
+                        "Too many errors, closing connection",
+                    ));
                     return;
                 }
             }
@@ -364,7 +413,10 @@ async fn run_session(shared: &Arc<Shared>, snap: &Arc<Snapshot>, conn: &mut Conn
 
 /// The first value of a header (unfolded, truncated), for listings.
 fn header_value(msg: &[u8], name: &str) -> String {
-    let end = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(msg.len().min(64 * 1024));
+    let end = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(msg.len().min(64 * 1024));
     let head = String::from_utf8_lossy(&msg[..end]);
     let mut found: Option<String> = None;
     for line in head.split("\r\n") {
@@ -380,7 +432,9 @@ fn header_value(msg: &[u8], name: &str) -> String {
             }
         }
     }
-    found.map(|v| v.chars().take(300).collect()).unwrap_or_default()
+    found
+        .map(|v| v.chars().take(300).collect())
+        .unwrap_or_default()
 }
 
 fn received_header(shared: &Shared, info: &ConnInfo, session: &Session, id: &QueueId) -> String {
@@ -392,7 +446,12 @@ fn received_header(shared: &Shared, info: &ConnInfo, session: &Session, id: &Que
         [one] => format!("\r\n\tfor <{one}>"),
         _ => String::new(),
     };
-    let helo: String = session.helo.chars().filter(|c| !c.is_control()).take(100).collect();
+    let helo: String = session
+        .helo
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
     format!(
         "Received: from {helo} ([{ip}])\r\n\tby {host} (maildistiller) with {with} id {id}{for_clause};\r\n\t{date}\r\n",
         ip = info.client.ip().to_canonical(),
@@ -402,7 +461,13 @@ fn received_header(shared: &Shared, info: &ConnInfo, session: &Session, id: &Que
 }
 
 /// Decides and spools a complete message; returns the reply to DATA.
-async fn accept_message(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnInfo, session: &Session, reader: DataReader) -> Reply {
+async fn accept_message(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    info: &ConnInfo,
+    session: &Session,
+    reader: DataReader,
+) -> Reply {
     let id = QueueId::generate();
     let Some(tenant) = session.tenant.clone() else {
         return Reply::new(503, "5.5.1", "No valid recipients");
@@ -412,16 +477,31 @@ async fn accept_message(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnI
     if reader.bare_newline {
         shared.metrics.rejected(tid, "bare-newline");
         tracing::info!(session = %info.session_id, client = %info.client, "message with bare CR/LF refused");
-        return Reply::new(550, "5.6.0", "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)");
+        return Reply::new(
+            550,
+            "5.6.0",
+            "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
+        );
     }
     if reader.oversized() {
         shared.metrics.rejected(tid, "size");
-        return Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {} bytes", snap.config.engine.max_message_size.0));
+        return Reply::new(
+            552,
+            "5.3.4",
+            format!(
+                "Message size exceeds fixed limit of {} bytes",
+                snap.config.engine.max_message_size.0
+            ),
+        );
     }
     let body = reader.into_message();
     let mut message = received_header(shared, info, session, &id).into_bytes();
     message.extend_from_slice(&body);
-    let mail_from = session.mail.as_ref().map(|m| m.address.clone()).unwrap_or_default();
+    let mail_from = session
+        .mail
+        .as_ref()
+        .map(|m| m.address.clone())
+        .unwrap_or_default();
     let scanner = shared.scanner(snap);
     let verdict = scanner
         .scan(
@@ -441,7 +521,9 @@ async fn accept_message(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnI
         .await;
     let status = match &verdict.action {
         scan::Action::Deliver => Status::Queued,
-        scan::Action::Quarantine { reason } => Status::Quarantined { reason: reason.clone() },
+        scan::Action::Quarantine { reason } => Status::Quarantined {
+            reason: reason.clone(),
+        },
         scan::Action::Reject { reply } | scan::Action::TempFail { reply } => {
             shared.metrics.rejected(tid, "policy");
             tracing::info!(session = %info.session_id, id = %id, tenant = tid, client = %info.client, verdict = %verdict.summary, "message refused by policy");
@@ -481,9 +563,13 @@ async fn accept_message(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnI
         verdict = %verdict.summary, "message queued"
     );
     let state = State::initial(&env);
-    shared.queue.insert(Arc::new(env), state, Dest::Tenant(tid.to_owned()));
+    shared
+        .queue
+        .insert(Arc::new(env), state, Dest::Tenant(tid.to_owned()));
     match status {
-        Status::Quarantined { .. } => Reply::new(250, "2.0.0", format!("Ok: queued as {id} (quarantined)")),
+        Status::Quarantined { .. } => {
+            Reply::new(250, "2.0.0", format!("Ok: queued as {id} (quarantined)"))
+        }
         _ => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
     }
 }
@@ -491,7 +577,11 @@ async fn accept_message(shared: &Arc<Shared>, snap: &Arc<Snapshot>, info: &ConnI
 /// A policy's full reply text (`550 5.7.1 text`) as a [`Reply`].
 fn parse_reply(text: &str) -> Reply {
     let mut parts = text.splitn(3, ' ');
-    let code = parts.next().and_then(|c| c.parse().ok()).filter(|c| (400..600).contains(c)).unwrap_or(550);
+    let code = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(550);
     let rest: Vec<&str> = parts.collect();
     let (enh, msg) = match rest.as_slice() {
         [e, m] if e.split('.').count() == 3 => (*e, *m),

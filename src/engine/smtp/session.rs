@@ -77,7 +77,11 @@ impl Session {
     }
 
     pub fn banner(&self) -> Reply {
-        Reply::new(220, "", format!("{} ESMTP maildistiller", self.limits.hostname))
+        Reply::new(
+            220,
+            "",
+            format!("{} ESMTP maildistiller", self.limits.hostname),
+        )
     }
 
     fn reset(&mut self) {
@@ -93,7 +97,11 @@ impl Session {
     fn error(&mut self, r: Reply) -> Step {
         self.errors += 1;
         if self.errors >= self.limits.max_errors {
-            return Step::Close(Reply::new(421, "4.7.0", "Too many errors, closing connection"));
+            return Step::Close(Reply::new(
+                421,
+                "4.7.0",
+                "Too many errors, closing connection",
+            ));
         }
         Step::Reply(r)
     }
@@ -107,7 +115,11 @@ impl Session {
     pub fn command(&mut self, line: &[u8], snap: &Snapshot) -> Step {
         self.commands += 1;
         if self.commands > self.limits.max_commands {
-            return Step::Close(Reply::new(421, "4.7.0", "Too many commands, closing connection"));
+            return Step::Close(Reply::new(
+                421,
+                "4.7.0",
+                "Too many commands, closing connection",
+            ));
         }
         let cmd = match parse_command(line) {
             Ok(c) => c,
@@ -150,7 +162,10 @@ impl Session {
                     return self.error(Reply::new(
                         552,
                         "5.3.4",
-                        format!("Message size exceeds fixed limit of {} bytes", self.limits.max_message_size),
+                        format!(
+                            "Message size exceeds fixed limit of {} bytes",
+                            self.limits.max_message_size
+                        ),
                     ));
                 }
                 if (m.body_8bit || m.smtputf8) && !self.esmtp {
@@ -164,7 +179,9 @@ impl Session {
                 self.error(Reply::new(503, "5.5.1", "Need MAIL before RCPT"))
             }
             Command::Rcpt(addr) => self.rcpt(addr, snap),
-            Command::Data if self.mail.is_none() => self.error(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Command::Data if self.mail.is_none() => {
+                self.error(Reply::new(503, "5.5.1", "Need MAIL command"))
+            }
             Command::Data if self.rcpts.is_empty() => {
                 self.error(Reply::new(554, "5.5.1", "No valid recipients"))
             }
@@ -175,7 +192,11 @@ impl Session {
             }
             Command::Noop => Step::Reply(Reply::new(250, "2.0.0", "OK")),
             Command::Quit => Step::Close(Reply::new(221, "2.0.0", "Bye")),
-            Command::Vrfy => Step::Reply(Reply::new(252, "2.5.2", "Cannot VRFY user, but will accept message")),
+            Command::Vrfy => Step::Reply(Reply::new(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept message",
+            )),
             Command::Help => Step::Reply(Reply::new(214, "2.0.0", "See RFC 5321")),
             Command::NotImplemented(v) => {
                 self.error(Reply::new(502, "5.5.1", format!("{v} not implemented")))
@@ -188,7 +209,11 @@ impl Session {
             return Step::Reply(Reply::new(452, "4.5.3", "Too many recipients"));
         }
         if !self.esmtp_utf8_ok(&addr) {
-            return self.error(Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"));
+            return self.error(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII address requires SMTPUTF8",
+            ));
         }
         let Some(tenant) = snap.topology.tenant_for_address(&addr) else {
             return self.error(Reply::new(550, "5.7.1", "Relaying denied"));
@@ -197,10 +222,18 @@ impl Session {
             && t.id != tenant.id
         {
             // One tenant per transaction: the sender retries the rest in another one.
-            return Step::Reply(Reply::new(452, "4.5.3", "Too many recipients in this transaction; retry later"));
+            return Step::Reply(Reply::new(
+                452,
+                "4.5.3",
+                "Too many recipients in this transaction; retry later",
+            ));
         }
         if !tenant.knows(&addr) {
-            return self.error(Reply::new(550, "5.1.1", "Recipient address rejected: user unknown"));
+            return self.error(Reply::new(
+                550,
+                "5.1.1",
+                "Recipient address rejected: user unknown",
+            ));
         }
         if self.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
             return Step::Reply(Reply::new(250, "2.1.5", "Recipient OK (duplicate)"));

@@ -30,10 +30,11 @@ impl DirSync {
                     batch.push(w);
                 }
                 let d = dir.clone();
-                let result = tokio::task::spawn_blocking(move || std::fs::File::open(&d)?.sync_all())
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)))
-                    .map_err(|e| e.kind());
+                let result =
+                    tokio::task::spawn_blocking(move || std::fs::File::open(&d)?.sync_all())
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)))
+                        .map_err(|e| e.kind());
                 for w in batch.drain(..) {
                     let _ = w.send(result);
                 }

@@ -51,14 +51,20 @@ impl QueueId {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        QueueId(format!("{:012X}{:012X}", micros & 0xFFFF_FFFF_FFFF, fastrand::u64(..) & 0xFFFF_FFFF_FFFF))
+        QueueId(format!(
+            "{:012X}{:012X}",
+            micros & 0xFFFF_FFFF_FFFF,
+            fastrand::u64(..) & 0xFFFF_FFFF_FFFF
+        ))
     }
 
     /// Accepts only ids of our shape (24 upper-case hex digits), so an id is always a safe
     /// file name.
     pub fn parse(s: &str) -> Option<QueueId> {
-        (s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
-            .then(|| QueueId(s.to_owned()))
+        (s.len() == 24
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+        .then(|| QueueId(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -146,8 +152,12 @@ impl Spool {
     pub async fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
         let path = self.msg_path(id);
         let data = tokio::fs::read(&path).await?;
-        let start = record::body_offset(&data)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "spool file without envelope end"))?;
+        let start = record::body_offset(&data).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "spool file without envelope end",
+            )
+        })?;
         Ok(data[start..].to_vec())
     }
 
@@ -169,15 +179,25 @@ impl Spool {
         let mut problems = Vec::new();
         for entry in std::fs::read_dir(&self.inner.q)? {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            let Some((stem, ext)) = name.split_once('.') else { continue };
-            let Some(id) = QueueId::parse(stem) else { continue };
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let Some((stem, ext)) = name.split_once('.') else {
+                continue;
+            };
+            let Some(id) = QueueId::parse(stem) else {
+                continue;
+            };
             match ext {
                 "msg" => match read_envelope(&path) {
                     Ok(envelope) => {
                         let state = match std::fs::read(self.st_path(&id)) {
                             Ok(bytes) => State::decode(&bytes).unwrap_or_else(|e| {
-                                problems.push(format!("{name}: state unreadable ({e}); retrying from the start"));
+                                problems.push(format!(
+                                    "{name}: state unreadable ({e}); retrying from the start"
+                                ));
                                 State::initial(&envelope)
                             }),
                             Err(_) => State::initial(&envelope),

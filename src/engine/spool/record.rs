@@ -62,9 +62,13 @@ pub struct Envelope {
 /// One recipient that is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptOutcome {
-    Delivered { at: u64 },
+    Delivered {
+        at: u64,
+    },
     /// Permanently failed: the reply (a DSN has been queued for it, unless the sender was null).
-    Failed { reply: String },
+    Failed {
+        reply: String,
+    },
 }
 
 /// The mutable part.
@@ -91,7 +95,11 @@ impl State {
     }
 
     pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rcpts.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i)
+        self.rcpts
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(i, _)| i)
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -104,8 +112,12 @@ impl State {
         line(out, "error", &self.error);
         for (i, r) in self.rcpts.iter().enumerate() {
             match r {
-                Some(RcptOutcome::Delivered { at }) => line(out, "rcpt", &format!("{i} delivered {at}")),
-                Some(RcptOutcome::Failed { reply }) => line(out, "rcpt", &format!("{i} failed {reply}")),
+                Some(RcptOutcome::Delivered { at }) => {
+                    line(out, "rcpt", &format!("{i} delivered {at}"))
+                }
+                Some(RcptOutcome::Failed { reply }) => {
+                    line(out, "rcpt", &format!("{i} failed {reply}"))
+                }
                 None => line(out, "rcpt", &format!("{i} pending")),
             }
         }
@@ -131,7 +143,10 @@ impl State {
                 "error" => s.error = v.to_owned(),
                 "rcpt" => {
                     let mut parts = v.splitn(3, ' ');
-                    let i: usize = parts.next().and_then(|x| x.parse().ok()).ok_or("bad rcpt index")?;
+                    let i: usize = parts
+                        .next()
+                        .and_then(|x| x.parse().ok())
+                        .ok_or("bad rcpt index")?;
                     let outcome = match parts.next() {
                         Some("delivered") => Some(RcptOutcome::Delivered {
                             at: parts.next().and_then(|x| x.parse().ok()).unwrap_or(0),
@@ -183,7 +198,9 @@ fn line(out: &mut Vec<u8>, k: &str, v: &str) {
 
 /// Where the body starts (after the first empty line).
 pub fn body_offset(data: &[u8]) -> Option<usize> {
-    data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    data.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
 }
 
 fn fields(bytes: &[u8]) -> Result<Vec<(&str, &str)>, String> {
@@ -191,7 +208,10 @@ fn fields(bytes: &[u8]) -> Result<Vec<(&str, &str)>, String> {
     let text = std::str::from_utf8(&bytes[..end]).map_err(|_| "header is not UTF-8")?;
     Ok(text
         .split("\r\n")
-        .filter_map(|l| l.split_once(": ").or_else(|| l.strip_suffix(':').map(|k| (k, ""))))
+        .filter_map(|l| {
+            l.split_once(": ")
+                .or_else(|| l.strip_suffix(':').map(|k| (k, "")))
+        })
         .collect())
 }
 
@@ -200,7 +220,15 @@ impl Envelope {
         out.extend_from_slice(MAGIC.as_bytes());
         out.extend_from_slice(b"\r\n");
         line(out, "id", self.id.as_str());
-        line(out, "kind", if self.kind == Kind::Dsn { "dsn" } else { "message" });
+        line(
+            out,
+            "kind",
+            if self.kind == Kind::Dsn {
+                "dsn"
+            } else {
+                "message"
+            },
+        );
         line(out, "received", &self.received.to_string());
         line(out, "tenant", &self.tenant);
         line(out, "session", &self.session);
@@ -287,7 +315,9 @@ mod tests {
             helo: "mx.sender.example".into(),
             from: String::new(),
             rcpts: vec!["a@acme.example".into(), "b@acme.example".into()],
-            status: Status::Quarantined { reason: "spam score 9.1\r\ninjected: yes".into() },
+            status: Status::Quarantined {
+                reason: "spam score 9.1\r\ninjected: yes".into(),
+            },
             verdict: "quarantine: spam".into(),
             subject: "Hello\nthere".into(),
             header_from: "Alice <a@sender.example>".into(),
@@ -306,7 +336,12 @@ mod tests {
         let d = Envelope::decode(&buf).unwrap();
         assert_eq!(d.rcpts, e.rcpts);
         assert_eq!(d.from, "");
-        assert_eq!(d.status, Status::Quarantined { reason: "spam score 9.1  injected: yes".into() });
+        assert_eq!(
+            d.status,
+            Status::Quarantined {
+                reason: "spam score 9.1  injected: yes".into()
+            }
+        );
         assert_eq!(d.subject, "Hello there");
         assert!(Envelope::decode(b"garbage\r\n\r\n").is_err());
         assert!(Envelope::decode(b"MDSPOOL 1\r\nid: nope\r\n\r\n").is_err());
@@ -319,7 +354,9 @@ mod tests {
         s.attempts = 3;
         s.next = 1_700_000_600;
         s.error = "451 4.3.0 try later".into();
-        s.rcpts[1] = Some(RcptOutcome::Failed { reply: "550 5.1.1 no such user".into() });
+        s.rcpts[1] = Some(RcptOutcome::Failed {
+            reply: "550 5.1.1 no such user".into(),
+        });
         let mut buf = Vec::new();
         s.encode(&mut buf);
         assert_eq!(State::decode(&buf).unwrap(), s);
