@@ -12,6 +12,7 @@
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
+//! | [`edge`] | the edge: listeners, admission, the SMTP-aware front session, routing to engines, layer-4 mode |
 //! | [`dns`] | GeoDNS: the only module naming hickory types |
 //! | [`engine`] | the MDE: SMTP reception, scan + policy, spool, delivery, webmail |
 //!
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod edge;
 pub mod engine;
 pub mod explain;
 pub mod geo;

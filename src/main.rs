@@ -147,7 +147,7 @@ fn role_set(roles: &[Role]) -> RoleSet {
 
 /// Roles this build can run. The others are announced, not faked.
 fn built(role: &str) -> bool {
-    matches!(role, "engine")
+    matches!(role, "engine" | "edge")
 }
 
 fn main() -> ExitCode {
@@ -380,6 +380,15 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
                     tasks.spawn(bound.serving);
                 }
                 Err(e) => return bind_failed("engine", e),
+            }
+        }
+        if roles.edge {
+            match maildistiller::edge::bind(&ops).await {
+                Ok(bound) => {
+                    tracing::info!(smtp = ?bound.smtp, tcp = ?bound.tcp, "edge listening");
+                    tasks.spawn(bound.serving);
+                }
+                Err(e) => return bind_failed("edge", e),
             }
         }
         tasks.spawn(ops::serve(ops.clone(), listener));

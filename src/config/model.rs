@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Bytes, Dur};
 pub use crate::dns::DnsConfig;
+pub use crate::edge::EdgeConfig;
 pub use crate::engine::policy::PolicyConfig;
 pub use crate::health::HealthConfig;
 
@@ -265,49 +266,6 @@ pub struct UserConfig {
     pub password_hash: String,
     #[serde(default)]
     pub admin: bool,
-}
-
-/// `--role edge`: port 25, admission control, routing to engines.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EdgeConfig {
-    /// SMTP listeners. Default `127.0.0.1:2525`.
-    pub listen: Vec<SocketAddr>,
-    /// Kernel accept backlog. Default 1024.
-    pub backlog: u32,
-    /// Most concurrent client connections on this node. Default 10 000.
-    pub max_connections: u32,
-    /// Most concurrent connections from one address. Default 20.
-    pub max_connections_per_ip: u32,
-    /// Most concurrent connections from one /24 (v4) or /64 (v6). Default 100.
-    pub max_connections_per_prefix: u32,
-    /// New connections per second from one address. Default 10.
-    pub connect_rate_per_ip: u32,
-    /// New connections per second from one prefix. Default 50.
-    pub connect_rate_per_prefix: u32,
-    /// Pause before the banner to catch early talkers. Default 0 (off).
-    pub greeting_delay: Dur,
-    /// Idle time allowed between commands. Default 5 m (RFC 5321 4.5.3.2).
-    pub command_timeout: Dur,
-    /// Health probe settings for engines.
-    pub health: HealthConfig,
-}
-
-impl Default for EdgeConfig {
-    fn default() -> Self {
-        EdgeConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
-            backlog: 1024,
-            max_connections: 10_000,
-            max_connections_per_ip: 20,
-            max_connections_per_prefix: 100,
-            connect_rate_per_ip: 10,
-            connect_rate_per_prefix: 50,
-            greeting_delay: Dur::secs(0),
-            command_timeout: Dur::secs(300),
-            health: HealthConfig::default(),
-        }
-    }
 }
 
 /// `--role engine`: reception, spool, delivery, webmail.

@@ -114,7 +114,7 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     }
 
     k.dur("ops.grace_period", c.ops.grace_period, 0, 3600);
-    check_edge(&c.edge, &mut k);
+    c.edge.check(&mut k);
     check_engine(&c.engine, &mut k);
     c.dns.check(&mut k);
     for (name, p) in &c.policies {
@@ -334,43 +334,6 @@ fn check_tenants(c: &Config, k: &mut Checker) {
             }
         }
     }
-}
-
-fn check_edge(e: &EdgeConfig, k: &mut Checker) {
-    k.range("edge.backlog", e.backlog.into(), 1, 65_535);
-    k.range(
-        "edge.max_connections",
-        e.max_connections.into(),
-        1,
-        1_000_000,
-    );
-    k.range(
-        "edge.max_connections_per_ip",
-        e.max_connections_per_ip.into(),
-        1,
-        e.max_connections.max(1).into(),
-    );
-    k.range(
-        "edge.max_connections_per_prefix",
-        e.max_connections_per_prefix.into(),
-        e.max_connections_per_ip.max(1).into(),
-        e.max_connections.max(1).into(),
-    );
-    k.range(
-        "edge.connect_rate_per_ip",
-        e.connect_rate_per_ip.into(),
-        1,
-        1_000_000,
-    );
-    k.range(
-        "edge.connect_rate_per_prefix",
-        e.connect_rate_per_prefix.into(),
-        e.connect_rate_per_ip.max(1).into(),
-        1_000_000,
-    );
-    k.dur("edge.greeting_delay", e.greeting_delay, 0, 60);
-    k.dur("edge.command_timeout", e.command_timeout, 1000, 3600);
-    e.health.check("edge.health", k);
 }
 
 fn check_engine(e: &EngineConfig, k: &mut Checker) {

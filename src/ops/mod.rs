@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigErrors, RoleSet, Shared, Snapshot};
 
-pub use http::serve;
+pub use http::{esc, serve};
 pub use metrics::Metrics;
 
 /// Shared by every role of one process: the config in force, metrics, readiness and the

@@ -29,6 +29,17 @@ impl TestEngine {
         globex_sink: SocketAddr,
         extra: &str,
     ) -> TestEngine {
+        Self::start_named(spool, acme_sink, globex_sink, extra, "mde1.test").await
+    }
+
+    /// Like `start`, with the engine's host name (it appears in `Received:`).
+    pub async fn start_named(
+        spool: &Path,
+        acme_sink: SocketAddr,
+        globex_sink: SocketAddr,
+        extra: &str,
+        hostname: &str,
+    ) -> TestEngine {
         let text = format!(
             r#"
 [ops]
@@ -58,7 +69,7 @@ delivery = ["{globex_sink}"]
 [engine]
 listen = ["127.0.0.1:0"]
 spool_dir = "{spool}"
-hostname = "mde1.test"
+hostname = "{hostname}"
 {extra}
 "#,
             spool = spool.display()
@@ -549,12 +560,14 @@ async fn restart_recovers_queued_mail_and_its_state() {
 }
 
 /// Sends a command over any stream and reads the whole reply.
-async fn reply<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+pub async fn reply<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut tokio::io::BufReader<S>,
     cmd: &str,
 ) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    s.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+    if !cmd.is_empty() {
+        s.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+    }
     let mut all = String::new();
     loop {
         let mut l = String::new();

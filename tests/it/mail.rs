@@ -24,7 +24,10 @@ impl Client {
     }
 
     pub async fn connect_raw(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).await.expect("connect");
+        Client::from_stream(TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    pub fn from_stream(s: TcpStream) -> Client {
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),

@@ -7,6 +7,8 @@ mod cli;
 mod config_files;
 /// The real engine binary under SIGKILL: no acknowledged message is lost.
 mod crash;
+/// The edge in front of in-process engines: routing, failover, spill-over, admission, TLS, layer 4.
+mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
 /// SMTP test peers: a client command language and a recording sink.

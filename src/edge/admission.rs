@@ -1,0 +1,364 @@
+//! Admission before the banner: deny/allow lists, the node's connection cap, per-address and
+//! per-prefix (/24, /64) concurrency and connection rate. Each refusal has a reason (a metric
+//! label and a log field) and the reply the client gets.
+//!
+//! Bounds: the tracking map holds at most `max_tracked_addresses` entries; when full, idle
+//! entries (no live connection) are forgotten, least recently used first, so a flood from many
+//! sources costs a fixed amount of memory. Entries with live connections are never evicted (their
+//! number is bounded by `max_connections`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ratelimit::Ratelimiter;
+
+use super::EdgeConfig;
+use crate::smtp::Reply;
+
+/// Why a client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Denied,
+    NotAllowed,
+    Overloaded,
+    IpConcurrency,
+    PrefixConcurrency,
+    IpRate,
+    PrefixRate,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Denied => "deny_list",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::Overloaded => "overloaded",
+            Refusal::IpConcurrency => "ip_concurrency",
+            Refusal::PrefixConcurrency => "prefix_concurrency",
+            Refusal::IpRate => "ip_rate",
+            Refusal::PrefixRate => "prefix_rate",
+        }
+    }
+
+    pub fn reply(self) -> Reply {
+        match self {
+            Refusal::Denied | Refusal::NotAllowed => Reply::new(554, "5.7.1", "Access denied"),
+            Refusal::Overloaded => Reply::new(421, "4.3.2", "Service busy, try again later"),
+            Refusal::IpConcurrency | Refusal::PrefixConcurrency => Reply::new(
+                421,
+                "4.7.0",
+                "Too many connections from your network, try again later",
+            ),
+            Refusal::IpRate | Refusal::PrefixRate => Reply::new(
+                421,
+                "4.7.0",
+                "Connection rate limit exceeded, try again later",
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Ip(IpAddr),
+    /// /24 of a v4 address or /64 of a v6 address.
+    Prefix(u128),
+}
+
+fn prefix_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xFFFF_FF00),
+        IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 64) - 1)) | 1, // |1: never equal to a v4 key
+    }
+}
+
+struct Slot {
+    conns: u32,
+    bucket: Ratelimiter,
+    last: Instant,
+}
+
+/// Limits in force (copied from the config snapshot when it changes).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    global: u32,
+    per_ip: u32,
+    per_prefix: u32,
+    rate_ip: u32,
+    rate_prefix: u32,
+    tracked: usize,
+}
+
+pub struct Admission {
+    live: AtomicU32,
+    map: Mutex<HashMap<Key, Slot>>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("live", &self.live.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A live, admitted connection; dropping it releases its counts.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission.live.fetch_sub(1, Ordering::AcqRel);
+        let mut m = self.admission.map.lock().unwrap_or_else(|e| e.into_inner());
+        for k in [Key::Ip(self.ip), Key::Prefix(prefix_of(self.ip))] {
+            if let Some(s) = m.get_mut(&k) {
+                s.conns = s.conns.saturating_sub(1);
+            }
+        }
+    }
+}
+
+fn bucket(rate: u32) -> Ratelimiter {
+    let r = u64::from(rate.max(1));
+    Ratelimiter::builder(r)
+        .max_tokens(r)
+        .initial_available(r)
+        .build()
+        .unwrap_or_else(|_| Ratelimiter::new(r))
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            live: AtomicU32::new(0),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Admission {
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Decides for a new connection from `ip`.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, cfg: &EdgeConfig) -> Result<Permit, Refusal> {
+        let ip = ip.to_canonical();
+        if cfg.deny.iter().any(|n| n.contains(ip)) {
+            return Err(Refusal::Denied);
+        }
+        if !cfg.allow.is_empty() && !cfg.allow.iter().any(|n| n.contains(ip)) {
+            return Err(Refusal::NotAllowed);
+        }
+        let l = Limits {
+            global: cfg.max_connections,
+            per_ip: cfg.max_connections_per_ip,
+            per_prefix: cfg.max_connections_per_prefix,
+            rate_ip: cfg.connect_rate_per_ip,
+            rate_prefix: cfg.connect_rate_per_prefix,
+            tracked: cfg.max_tracked_addresses as usize,
+        };
+        if self.live.fetch_add(1, Ordering::AcqRel) >= l.global {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Overloaded);
+        }
+        let now = Instant::now();
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() + 2 > l.tracked {
+            evict(&mut m, l.tracked);
+        }
+        let kp = Key::Prefix(prefix_of(ip));
+        let ki = Key::Ip(ip);
+        let check = |m: &mut HashMap<Key, Slot>,
+                     k: Key,
+                     max: u32,
+                     rate: u32,
+                     conc: Refusal,
+                     rated: Refusal|
+         -> Result<(), Refusal> {
+            let s = m.entry(k).or_insert_with(|| Slot {
+                conns: 0,
+                bucket: bucket(rate),
+                last: now,
+            });
+            s.last = now;
+            if s.conns >= max {
+                return Err(conc);
+            }
+            if s.bucket.try_wait().is_err() {
+                return Err(rated);
+            }
+            Ok(())
+        };
+        let r = check(
+            &mut m,
+            kp,
+            l.per_prefix,
+            l.rate_prefix,
+            Refusal::PrefixConcurrency,
+            Refusal::PrefixRate,
+        )
+        .and_then(|_| {
+            check(
+                &mut m,
+                ki,
+                l.per_ip,
+                l.rate_ip,
+                Refusal::IpConcurrency,
+                Refusal::IpRate,
+            )
+        });
+        if let Err(e) = r {
+            drop(m);
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        for k in [ki, kp] {
+            if let Some(s) = m.get_mut(&k) {
+                s.conns += 1;
+            }
+        }
+        Ok(Permit {
+            admission: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Forgets the least recently used idle entries until the map is at 7/8 of its bound.
+fn evict(m: &mut HashMap<Key, Slot>, bound: usize) {
+    let target = bound - bound / 8;
+    let mut idle: Vec<(Instant, Key)> = m
+        .iter()
+        .filter(|(_, s)| s.conns == 0)
+        .map(|(k, s)| (s.last, *k))
+        .collect();
+    if m.len() <= target || idle.is_empty() {
+        return;
+    }
+    let n = (m.len() - target).min(idle.len());
+    idle.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+    for (_, k) in idle.into_iter().take(n) {
+        m.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EdgeConfig {
+        EdgeConfig {
+            max_connections: 5,
+            max_connections_per_ip: 2,
+            max_connections_per_prefix: 3,
+            connect_rate_per_ip: 100,
+            connect_rate_per_prefix: 100,
+            max_tracked_addresses: 1000,
+            ..EdgeConfig::default()
+        }
+    }
+
+    #[test]
+    fn concurrency_caps_per_ip_prefix_and_node() {
+        let a = Arc::new(Admission::default());
+        let c = cfg();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p1 = a.admit(ip("192.0.2.1"), &c).unwrap();
+        let _p2 = a.admit(ip("192.0.2.1"), &c).unwrap();
+        assert_eq!(
+            a.admit(ip("192.0.2.1"), &c).unwrap_err(),
+            Refusal::IpConcurrency
+        );
+        let _p3 = a.admit(ip("192.0.2.2"), &c).unwrap();
+        assert_eq!(
+            a.admit(ip("192.0.2.3"), &c).unwrap_err(),
+            Refusal::PrefixConcurrency
+        );
+        let _p4 = a.admit(ip("198.51.100.1"), &c).unwrap();
+        let _p5 = a.admit(ip("203.0.113.1"), &c).unwrap();
+        assert_eq!(
+            a.admit(ip("203.0.113.2"), &c).unwrap_err(),
+            Refusal::Overloaded
+        );
+        drop(p1);
+        assert!(
+            a.admit(ip("192.0.2.1"), &c).is_ok(),
+            "a closed connection frees its slot"
+        );
+        // v6 prefixes are /64.
+        let c6 = EdgeConfig {
+            max_connections: 100,
+            ..cfg()
+        };
+        let _x: Vec<_> = (1..=3)
+            .map(|i| a.admit(ip(&format!("2001:db8::{i}")), &c6).unwrap())
+            .collect();
+        assert_eq!(
+            a.admit(ip("2001:db8::99"), &c6).unwrap_err(),
+            Refusal::PrefixConcurrency
+        );
+        assert!(a.admit(ip("2001:db8:0:1::1"), &c6).is_ok());
+    }
+
+    #[test]
+    fn rates_and_lists() {
+        let a = Arc::new(Admission::default());
+        let c = EdgeConfig {
+            connect_rate_per_ip: 3,
+            connect_rate_per_prefix: 10,
+            max_connections_per_ip: 100,
+            max_connections_per_prefix: 100,
+            deny: vec!["192.0.2.66/32".parse().unwrap()],
+            ..cfg()
+        };
+        let c = EdgeConfig {
+            max_connections: 1000,
+            ..c
+        };
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            drop(a.admit(ip, &c).unwrap());
+        }
+        assert_eq!(a.admit(ip, &c).unwrap_err(), Refusal::IpRate);
+        assert_eq!(
+            a.admit("192.0.2.66".parse().unwrap(), &c).unwrap_err(),
+            Refusal::Denied
+        );
+        let allow_only = EdgeConfig {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            ..c.clone()
+        };
+        assert_eq!(
+            a.admit("192.0.2.8".parse().unwrap(), &allow_only)
+                .unwrap_err(),
+            Refusal::NotAllowed
+        );
+        assert_eq!(a.live(), 0, "refusals hold nothing");
+    }
+
+    #[test]
+    fn a_flood_of_sources_cannot_grow_the_map() {
+        let a = Arc::new(Admission::default());
+        let c = EdgeConfig {
+            max_connections: 1_000_000,
+            max_tracked_addresses: 1000,
+            ..cfg()
+        };
+        for i in 0..50_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i * 256));
+            drop(a.admit(ip, &c));
+        }
+        assert!(a.tracked() <= 1000, "{}", a.tracked());
+    }
+}

@@ -1,0 +1,340 @@
+//! What the edge knows about engines: health (active SMTP probes with rise/fall, plus passive
+//! ejection on connect failures and 421 greetings), outstanding sessions per engine, and
+//! connecting to the best engine for a route with bounded failover.
+//!
+//! State is keyed by engine address, so it survives config reloads that renumber engines. One
+//! probe task per engine address; it ends when the address leaves the config.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::metrics::EdgeMetrics;
+use crate::config::{ProxyProtocol, Snapshot};
+use crate::ops::Ops;
+use crate::proxy::{self, ProxyInfo};
+use crate::smtp::reply;
+use crate::topology::{EngineIdx, EngineLoad, LoadView, Route, Topology};
+
+/// Live state of one engine.
+#[derive(Debug)]
+pub struct EngineHealth {
+    pub address: SocketAddr,
+    healthy: AtomicBool,
+    /// Sessions this edge has open to it.
+    outstanding: AtomicU32,
+    /// Consecutive failures (probe or passive) while up; consecutive successes while down.
+    streak: AtomicU32,
+    /// Still in the config (its probe task stops when false).
+    current: AtomicBool,
+}
+
+impl EngineHealth {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts an engine session; dropping it releases the count.
+#[derive(Debug)]
+pub struct Outstanding(Arc<EngineHealth>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Backends {
+    by_addr: ArcSwap<HashMap<SocketAddr, Arc<EngineHealth>>>,
+}
+
+/// [`LoadView`] over the live state for one topology.
+pub struct View<'a> {
+    map: &'a HashMap<SocketAddr, Arc<EngineHealth>>,
+    topology: &'a Topology,
+}
+
+impl LoadView for View<'_> {
+    fn engine(&self, e: EngineIdx) -> EngineLoad {
+        match self.map.get(&self.topology.engines[e.0].address) {
+            Some(h) => EngineLoad {
+                healthy: h.healthy(),
+                outstanding: h.outstanding(),
+            },
+            None => EngineLoad {
+                healthy: true,
+                outstanding: 0,
+            },
+        }
+    }
+}
+
+/// An open connection to an engine, introduced (PROXY sent) and greeted (220 read).
+pub struct EngineConn {
+    pub stream: TcpStream,
+    pub engine: EngineIdx,
+    pub address: SocketAddr,
+    /// Bytes the engine sent after its greeting (pipelined replies), to relay later.
+    pub leftover: Vec<u8>,
+    pub greeting: reply::Received,
+    _outstanding: Outstanding,
+}
+
+/// Why no engine could be reached.
+#[derive(Debug)]
+pub struct NoEngine {
+    pub tried: usize,
+}
+
+impl Backends {
+    pub fn map(&self) -> arc_swap::Guard<Arc<HashMap<SocketAddr, Arc<EngineHealth>>>> {
+        self.by_addr.load()
+    }
+
+    pub fn view<'a>(
+        &self,
+        map: &'a HashMap<SocketAddr, Arc<EngineHealth>>,
+        topology: &'a Topology,
+    ) -> View<'a> {
+        View { map, topology }
+    }
+
+    /// Makes the state match the topology: new engines get state and a probe task; removed
+    /// ones are marked so their probe ends.
+    pub fn sync(self: &Arc<Self>, ops: &Arc<Ops>, metrics: &EdgeMetrics, snap: &Snapshot) {
+        let old = self.by_addr.load_full();
+        let mut new = HashMap::new();
+        for e in &snap.topology.engines {
+            let h = match old.get(&e.address) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = Arc::new(EngineHealth {
+                        address: e.address,
+                        healthy: AtomicBool::new(true),
+                        outstanding: AtomicU32::new(0),
+                        streak: AtomicU32::new(0),
+                        current: AtomicBool::new(true),
+                    });
+                    metrics.engine_up(e.address, true);
+                    tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
+                    h
+                }
+            };
+            new.insert(e.address, h);
+        }
+        for (a, h) in old.iter() {
+            if !new.contains_key(a) {
+                h.current.store(false, Ordering::Relaxed);
+            }
+        }
+        self.by_addr.store(Arc::new(new));
+    }
+
+    /// Connects to the first engine that answers, following the route's cluster order and P2C
+    /// within each cluster, at most `edge.max_connect_attempts` attempts in all. `greet`: read
+    /// the engine's 220 (SMTP-aware mode) or leave it for the client (layer 4).
+    pub async fn connect(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        client: &ProxyInfo,
+        metrics: &EdgeMetrics,
+        rng: &mut fastrand::Rng,
+        greet: bool,
+    ) -> Result<EngineConn, NoEngine> {
+        let attempts = snap.config.edge.max_connect_attempts;
+        let timeout = snap.config.edge.connect_timeout.get();
+        let map = self.by_addr.load_full();
+        let mut tried: Vec<EngineIdx> = Vec::new();
+        for cand in route.usable() {
+            loop {
+                if tried.len() as u32 >= attempts {
+                    return Err(NoEngine { tried: tried.len() });
+                }
+                let view = self.view(&map, &snap.topology);
+                let Some(e) = snap.topology.pick_engine(cand.cluster, &view, &tried, rng) else {
+                    break;
+                };
+                tried.push(e);
+                let eng = &snap.topology.engines[e.0];
+                let Some(h) = map.get(&eng.address).cloned() else {
+                    continue;
+                };
+                h.outstanding.fetch_add(1, Ordering::Relaxed);
+                let guard = Outstanding(h.clone());
+                match introduce(eng.address, eng.proxy, client, timeout, greet).await {
+                    Ok((stream, greeting, leftover)) => {
+                        passive(&h, true, &snap.config.edge.health, metrics);
+                        return Ok(EngineConn {
+                            stream,
+                            engine: e,
+                            address: eng.address,
+                            leftover,
+                            greeting,
+                            _outstanding: guard,
+                        });
+                    }
+                    Err(why) => {
+                        metrics.connect_failure(eng.address);
+                        tracing::info!(engine = %eng.address, session = client.session_id.as_deref().unwrap_or(""), error = %why, "engine connection failed; trying the next");
+                        passive(&h, false, &snap.config.edge.health, metrics);
+                    }
+                }
+            }
+        }
+        Err(NoEngine { tried: tried.len() })
+    }
+}
+
+/// Connects, sends the PROXY header, reads the 220 greeting.
+async fn introduce(
+    addr: SocketAddr,
+    proto: ProxyProtocol,
+    client: &ProxyInfo,
+    timeout: Duration,
+    greet: bool,
+) -> Result<(TcpStream, reply::Received, Vec<u8>), String> {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        let mut header = Vec::new();
+        match proto {
+            ProxyProtocol::V2 => proxy::encode(client, proxy::Version::V2, &mut header),
+            ProxyProtocol::V1 => proxy::encode(client, proxy::Version::V1, &mut header),
+            ProxyProtocol::None => {}
+        }
+        if !header.is_empty() {
+            s.write_all(&header).await.map_err(|e| e.to_string())?;
+        }
+        if !greet {
+            return Ok((
+                s,
+                reply::Received {
+                    code: 0,
+                    lines: Vec::new(),
+                },
+                Vec::new(),
+            ));
+        }
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before greeting".to_string());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((r, used)) = reply::parse(&buf)? {
+                if r.code != 220 {
+                    return Err(format!("greeting {} {}", r.code, r.text()));
+                }
+                let rest = buf.split_off(used);
+                return Ok((s, r, rest));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// Passive health: a failed connection counts like a failed probe; a good one resets the streak.
+fn passive(h: &EngineHealth, ok: bool, cfg: &crate::health::HealthConfig, metrics: &EdgeMetrics) {
+    if h.healthy() {
+        if ok {
+            h.streak.store(0, Ordering::Relaxed);
+        } else if h.streak.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.fall {
+            transition(h, false, "passive: connection failures", metrics);
+        }
+    }
+}
+
+fn transition(h: &EngineHealth, up: bool, why: &str, metrics: &EdgeMetrics) {
+    if h.healthy.swap(up, Ordering::Relaxed) != up {
+        h.streak.store(0, Ordering::Relaxed);
+        metrics.engine_up(h.address, up);
+        if up {
+            tracing::info!(engine = %h.address, why, "engine up");
+        } else {
+            tracing::warn!(engine = %h.address, why, "engine down: no new sessions until it passes its probes");
+        }
+    }
+}
+
+/// One probe: connect, PROXY LOCAL when the engine expects PROXY, 220, EHLO, 250, QUIT.
+async fn probe(addr: SocketAddr, proto: ProxyProtocol, timeout: Duration) -> Result<(), String> {
+    let work = async {
+        let (mut s, _, mut buf) =
+            introduce(addr, proto, &ProxyInfo::default(), timeout, true).await?;
+        s.write_all(b"EHLO health-probe.maildistiller\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Some((r, _)) = reply::parse(&buf)? {
+                if r.code != 250 {
+                    return Err(format!("EHLO answered {}", r.code));
+                }
+                let _ = s.write_all(b"QUIT\r\n").await;
+                return Ok(());
+            }
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed after greeting".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let snap = ops.config.load_full();
+        let cfg = snap.config.edge.health.clone();
+        let proto = snap
+            .topology
+            .engines
+            .iter()
+            .find(|e| e.address == h.address)
+            .map(|e| e.proxy)
+            .unwrap_or_default();
+        drop(snap);
+        // Spread probes so many edges do not hit an engine in lockstep.
+        let jitter = cfg.interval.get().mul_f64(0.9 + 0.2 * rng.f64());
+        tokio::select! {
+            _ = tokio::time::sleep(jitter) => {}
+            _ = ops.shutdown.cancelled() => return,
+        }
+        if !h.current.load(Ordering::Relaxed) {
+            return;
+        }
+        let ok = probe(h.address, proto, cfg.timeout.get()).await;
+        metrics.probe(h.address, ok.is_ok());
+        let streak = h.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        match (h.healthy(), &ok) {
+            (true, Ok(())) | (false, Err(_)) => h.streak.store(0, Ordering::Relaxed),
+            (true, Err(e)) if streak >= cfg.fall => {
+                transition(&h, false, &format!("probe failed: {e}"), &metrics)
+            }
+            (false, Ok(())) if streak >= cfg.rise => {
+                transition(&h, true, "probes passed", &metrics)
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The edge (`--role edge`): owns port 25, keeps abusers out, finds the tenant from the
+//! recipients and hands each connection to a healthy engine of the tenant's regional cluster.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `config.rs` | `[edge]` |
+//! | `admission.rs` | deny/allow, connection caps and rates per node, address and prefix |
+//! | `backends.rs` | engine health (probes, passive ejection), outstanding counts, connecting with failover |
+//! | `front.rs` | the SMTP-aware session (default mode) |
+//! | `tcp.rs` | layer-4 mode |
+//! | `metrics.rs` | `maildistiller_edge_*` |
+//!
+//! Lifecycle: [`bind`] binds every listener (socket2: SO_REUSEPORT, backlog, v6-only for v6
+//! addresses) and starts health probes; the returned future accepts until shutdown, then stops
+//! accepting and waits for sessions: idle ones get `421` at their next command boundary, DATA in
+//! flight finishes (the process's grace period bounds it). Config reloads re-sync engine health
+//! state and reload the TLS certificate.
+
+mod admission;
+mod backends;
+mod config;
+mod front;
+mod metrics;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpListener;
+
+use crate::engine::Serving;
+pub use crate::engine::smtp::Stream;
+use crate::ops::{Ops, StatusSection};
+use crate::topology::{Tenant, TenantId};
+pub use admission::{Admission, Refusal};
+pub use config::EdgeConfig;
+use metrics::EdgeMetrics;
+
+/// Shared by every edge task.
+pub struct EdgeShared {
+    pub ops: Arc<Ops>,
+    pub admission: Arc<Admission>,
+    pub backends: Arc<backends::Backends>,
+    metrics: EdgeMetrics,
+    pub hostname: String,
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// The pseudo-tenant of layer-4 mode: any region, nearest to the client.
+    any_tenant: Tenant,
+}
+
+/// A bound edge.
+pub struct Bound {
+    pub serving: Serving,
+    pub shared: Arc<EdgeShared>,
+    /// SMTP-aware listener addresses, then layer-4 ones.
+    pub smtp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// A listening socket as operators expect: SO_REUSEPORT (several processes may share a port),
+/// the configured backlog, v6 sockets v6-only.
+fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
+fn tls_config(cfg: &EdgeConfig) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => crate::tls::server_config(c, k)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        _ => Ok(None),
+    }
+}
+
+pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
+    let snap = ops.config.load_full();
+    let cfg = &snap.config.edge;
+    let metrics = EdgeMetrics::new(&ops.metrics);
+    let hostname = cfg.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    let shared = Arc::new(EdgeShared {
+        ops: ops.clone(),
+        admission: Arc::new(Admission::default()),
+        backends: Arc::new(backends::Backends::default()),
+        metrics,
+        hostname,
+        tls: ArcSwapOption::new(tls_config(cfg)?),
+        any_tenant: Tenant {
+            id: TenantId("*".into()),
+            name: None,
+            domains: Vec::new(),
+            subdomains: false,
+            regions: Vec::new(),
+            failover: crate::config::Failover::Any,
+            delivery: Vec::new(),
+            policy: String::new(),
+            recipients: Default::default(),
+            tls: Default::default(),
+        },
+    });
+    let mut smtp = Vec::new();
+    for a in &cfg.listen {
+        smtp.push(
+            listener(*a, cfg.backlog)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("edge listener {a}: {e}")))?,
+        );
+    }
+    let mut tcp = Vec::new();
+    for a in &cfg.tcp_listen {
+        tcp.push(
+            listener(*a, cfg.backlog).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("edge tcp listener {a}: {e}"))
+            })?,
+        );
+    }
+    shared.backends.sync(ops, &shared.metrics, &snap);
+    ops.add_status(Arc::new(Status(shared.clone())));
+    let bound = Bound {
+        smtp: smtp.iter().filter_map(|l| l.local_addr().ok()).collect(),
+        tcp: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
+        shared: shared.clone(),
+        serving: Box::pin(run(shared, smtp, tcp)),
+    };
+    Ok(bound)
+}
+
+async fn run(
+    shared: Arc<EdgeShared>,
+    smtp: Vec<TcpListener>,
+    tcp: Vec<TcpListener>,
+) -> std::io::Result<()> {
+    let tracker = tokio_util::task::TaskTracker::new();
+    for (l, layer4) in smtp
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(tcp.into_iter().map(|l| (l, true)))
+    {
+        let shared = shared.clone();
+        let t = tracker.clone();
+        tracker.spawn(accept_loop(shared, l, layer4, t));
+    }
+    tracker.spawn(follow_config(shared.clone()));
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("edge drained");
+    Ok(())
+}
+
+/// Bound on tasks that only write a refusal (a flood of refused clients cannot spawn without limit).
+const REFUSAL_WRITERS: usize = 1024;
+
+async fn accept_loop(
+    shared: Arc<EdgeShared>,
+    l: TcpListener,
+    layer4: bool,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSAL_WRITERS));
+    let local = l.local_addr().ok();
+    let mode = if layer4 { "tcp" } else { "smtp" };
+    loop {
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            _ = shared.ops.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let snap = shared.ops.config.load();
+        let admitted = shared.admission.admit(peer.ip(), &snap.config.edge);
+        drop(snap);
+        match admitted {
+            Ok(permit) => {
+                shared.metrics.connections.with_label_values(&[mode]).inc();
+                let s = shared.clone();
+                if layer4 {
+                    tracker.spawn(tcp::serve(s, stream, peer, local, permit));
+                } else {
+                    tracker.spawn(front::serve(s, stream, peer, local, permit));
+                }
+            }
+            Err(refusal) => {
+                shared.metrics.refused(refusal.label());
+                tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
+                if let Ok(p) = refusals.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let mut stream = stream;
+                        let mut out = Vec::new();
+                        refusal.reply().write_to(&mut out);
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out))
+                                .await;
+                        drop(p);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Follows config reloads: engine health state and the TLS certificate.
+async fn follow_config(shared: Arc<EdgeShared>) {
+    let mut version = shared.ops.config.load().version.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shared.ops.shutdown.cancelled() => return,
+        }
+        let snap = shared.ops.config.load_full();
+        if snap.version == version {
+            continue;
+        }
+        version = snap.version.clone();
+        shared.backends.sync(&shared.ops, &shared.metrics, &snap);
+        match tls_config(&snap.config.edge) {
+            Ok(t) => shared.tls.store(t),
+            Err(e) => {
+                tracing::error!(error = %e, "edge TLS certificate reload failed; keeping the previous one")
+            }
+        }
+    }
+}
+
+/// The edge's part of `/status`: every engine with its health and sessions.
+struct Status(Arc<EdgeShared>);
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("edge status")
+    }
+}
+
+impl StatusSection for Status {
+    fn html(&self) -> String {
+        use crate::ops::esc;
+        use std::fmt::Write;
+        let snap = self.0.ops.config.load_full();
+        let map = self.0.backends.map();
+        let mut o = format!(
+            "<h2>Edge</h2><p>{} client connections open; {} addresses tracked.</p><table><tr><th>cluster</th><th>engine</th><th>health</th><th>sessions</th><th>max</th></tr>",
+            self.0.admission.live(),
+            self.0.admission.tracked()
+        );
+        for e in &snap.topology.engines {
+            let (up, n) = map
+                .get(&e.address)
+                .map(|h| (h.healthy(), h.outstanding()))
+                .unwrap_or((true, 0));
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&snap.topology.cluster_label(e.cluster)),
+                esc(&e.address.to_string()),
+                if up { "up" } else { "down" },
+                if e.drain {
+                    "drained"
+                } else if up {
+                    "up"
+                } else {
+                    "DOWN"
+                },
+                n,
+                e.max_connections
+            );
+        }
+        o.push_str("</table>");
+        o
+    }
+}
