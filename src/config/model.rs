@@ -307,6 +307,7 @@ pub struct EngineConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub delivery: DeliveryConfig,
+    pub webmail: crate::engine::webmail::WebmailConfig,
 }
 
 /// `[engine.delivery]`: how the engine delivers to tenants' servers.
@@ -380,6 +381,7 @@ impl Default for EngineConfig {
             tls_cert: None,
             tls_key: None,
             delivery: DeliveryConfig::default(),
+            webmail: Default::default(),
         }
     }
 }

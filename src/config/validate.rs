@@ -418,6 +418,7 @@ fn check_engine(e: &EngineConfig, k: &mut Checker) {
     {
         k.err("engine.delivery.relay", msg);
     }
+    e.webmail.check(k);
     if e.require_proxy && e.trusted_proxies.is_empty() {
         k.err(
             "engine.require_proxy",

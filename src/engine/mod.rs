@@ -14,6 +14,7 @@ pub mod queue;
 pub mod scan;
 pub mod smtp;
 pub mod spool;
+pub mod webmail;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -140,7 +141,8 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     ops.add_routes(api::routes(shared.clone()));
-    let serving = Box::pin(run(shared.clone(), listeners));
+    let webmail = webmail::bind(&shared).await?;
+    let serving = Box::pin(run(shared.clone(), listeners, webmail));
     Ok(Bound {
         serving,
         shared,
@@ -148,8 +150,15 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     })
 }
 
-async fn run(shared: Arc<Shared>, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    webmail: Option<Serving>,
+) -> std::io::Result<()> {
     let tracker = tokio_util::task::TaskTracker::new();
+    if let Some(w) = webmail {
+        tracker.spawn(w);
+    }
     let max_sessions = shared.ops.config.load().config.engine.max_sessions as usize;
     let sessions = Arc::new(tokio::sync::Semaphore::new(max_sessions));
     for l in listeners {
