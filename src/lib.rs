@@ -9,6 +9,7 @@
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
 //! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
 //! | [`smtp`] | sans-I/O SMTP: commands, replies, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
+//! | [`sys`] | the only `unsafe`: adopting sockets from systemd socket activation |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
@@ -19,7 +20,8 @@
 //! The binary (`src/main.rs`) parses the command line, loads and validates the config without
 //! binding anything, then binds and runs the roles it was asked for.
 
-#![forbid(unsafe_code)]
+// No unsafe code anywhere but `sys` (socket activation), which says why it needs it.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod dns;
@@ -31,5 +33,6 @@ pub mod health;
 pub mod ops;
 pub mod proxy;
 pub mod smtp;
+pub mod sys;
 pub mod tls;
 pub mod topology;

@@ -33,6 +33,12 @@ pub struct EngineHealth {
     streak: AtomicU32,
     /// Still in the config (its probe task stops when false).
     current: AtomicBool,
+    /// Drained at run time through the ops API (no new sessions).
+    drained: AtomicBool,
+    /// Sessions the engine reports on its `/readyz` (all edges together); 0 when unknown.
+    reported_sessions: AtomicU32,
+    /// The engine's `/readyz` says it is not ready (starting, draining).
+    not_ready: AtomicBool,
 }
 
 impl EngineHealth {
@@ -41,6 +47,22 @@ impl EngineHealth {
     }
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
+    }
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+    pub fn set_drained(&self, d: bool) {
+        self.drained.store(d, Ordering::Relaxed);
+    }
+    /// What routing sees: usable unless down, drained or reporting not ready; load is the
+    /// larger of our own sessions and what the engine reports (other edges' sessions count too).
+    fn load(&self) -> EngineLoad {
+        EngineLoad {
+            healthy: self.healthy() && !self.drained() && !self.not_ready.load(Ordering::Relaxed),
+            outstanding: self
+                .outstanding()
+                .max(self.reported_sessions.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -68,10 +90,7 @@ pub struct View<'a> {
 impl LoadView for View<'_> {
     fn engine(&self, e: EngineIdx) -> EngineLoad {
         match self.map.get(&self.topology.engines[e.0].address) {
-            Some(h) => EngineLoad {
-                healthy: h.healthy(),
-                outstanding: h.outstanding(),
-            },
+            Some(h) => h.load(),
             None => EngineLoad {
                 healthy: true,
                 outstanding: 0,
@@ -125,6 +144,9 @@ impl Backends {
                         outstanding: AtomicU32::new(0),
                         streak: AtomicU32::new(0),
                         current: AtomicBool::new(true),
+                        drained: AtomicBool::new(false),
+                        reported_sessions: AtomicU32::new(0),
+                        not_ready: AtomicBool::new(false),
                     });
                     metrics.engine_up(e.address, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
@@ -301,18 +323,48 @@ async fn probe(addr: SocketAddr, proto: ProxyProtocol, timeout: Duration) -> Res
         .map_err(|_| "timed out".to_string())?
 }
 
+/// Reads the engine's `/readyz` (`{"ready":..,"sessions":N,...}`) into its load. A failed read
+/// leaves the last report; the SMTP probe decides health.
+async fn load_report(h: &EngineHealth, ops: SocketAddr, timeout: Duration) {
+    let work = async {
+        let mut s = TcpStream::connect(ops).await.ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        (&mut s).take(8192).read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let Ok(Some(text)) = tokio::time::timeout(timeout, work).await else {
+        return;
+    };
+    let field = |name: &str| {
+        text.split(&format!("\"{name}\":"))
+            .nth(1)
+            .map(|r| r.split([',', '}']).next().unwrap_or("").trim().to_owned())
+    };
+    h.not_ready.store(
+        field("ready").as_deref() == Some("false"),
+        Ordering::Relaxed,
+    );
+    if let Some(n) = field("sessions").and_then(|v| v.parse::<i64>().ok()) {
+        h.reported_sessions
+            .store(n.clamp(0, u32::MAX as i64) as u32, Ordering::Relaxed);
+    }
+}
+
 async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
     let mut rng = fastrand::Rng::new();
     loop {
         let snap = ops.config.load_full();
         let cfg = snap.config.edge.health.clone();
-        let proto = snap
+        let engine = snap
             .topology
             .engines
             .iter()
-            .find(|e| e.address == h.address)
-            .map(|e| e.proxy)
-            .unwrap_or_default();
+            .find(|e| e.address == h.address);
+        let proto = engine.map(|e| e.proxy).unwrap_or_default();
+        let ops_addr = engine.and_then(|e| e.ops);
         drop(snap);
         // Spread probes so many edges do not hit an engine in lockstep.
         let jitter = cfg.interval.get().mul_f64(0.9 + 0.2 * rng.f64());
@@ -325,6 +377,9 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         }
         let ok = probe(h.address, proto, cfg.timeout.get()).await;
         metrics.probe(h.address, ok.is_ok());
+        if let Some(a) = ops_addr {
+            load_report(&h, a, cfg.timeout.get()).await;
+        }
         let streak = h.streak.fetch_add(1, Ordering::Relaxed) + 1;
         match (h.healthy(), &ok) {
             (true, Ok(())) | (false, Err(_)) => h.streak.store(0, Ordering::Relaxed),

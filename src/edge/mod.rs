@@ -117,7 +117,15 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         },
     });
     let mut smtp = Vec::new();
-    for a in &cfg.listen {
+    // systemd socket activation (maildistiller-edge.socket): the passed sockets replace
+    // `edge.listen`.
+    let inherited = crate::sys::listen_fds()?;
+    let activated = !inherited.is_empty();
+    for (name, l) in inherited {
+        tracing::info!(name, address = ?l.local_addr().ok(), "using a socket passed by systemd");
+        smtp.push(TcpListener::from_std(l)?);
+    }
+    for a in cfg.listen.iter().filter(|_| !activated) {
         smtp.push(
             listener(*a, cfg.backlog)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("edge listener {a}: {e}")))?,
@@ -133,6 +141,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     }
     shared.backends.sync(ops, &shared.metrics, &snap);
     ops.add_status(Arc::new(Status(shared.clone())));
+    ops.add_routes(api(shared.clone()));
     let bound = Bound {
         smtp: smtp.iter().filter_map(|l| l.local_addr().ok()).collect(),
         tcp: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
@@ -246,6 +255,65 @@ async fn follow_config(shared: Arc<EdgeShared>) {
     }
 }
 
+/// Ops API of the edge: `GET /edge/engines` (health and sessions, one line each);
+/// `POST /edge/engines/{address}/drain` and `/undrain` (no new sessions; current ones finish).
+/// A drain lasts until undrained or the process restarts; for a permanent one set `drain = true`
+/// on the engine in the config and reload.
+fn api(shared: Arc<EdgeShared>) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    async fn list(State(s): State<Arc<EdgeShared>>) -> String {
+        let snap = s.ops.config.load_full();
+        let map = s.backends.map();
+        let mut o = String::new();
+        for e in &snap.topology.engines {
+            let (up, n, drained) = map
+                .get(&e.address)
+                .map(|h| (h.healthy(), h.outstanding(), h.drained()))
+                .unwrap_or((true, 0, false));
+            o.push_str(&format!(
+                "{} {} {} sessions={}{}\n",
+                e.address,
+                snap.topology.cluster_label(e.cluster),
+                if up { "up" } else { "down" },
+                n,
+                if drained || e.drain { " drained" } else { "" }
+            ));
+        }
+        o
+    }
+    async fn set(
+        State(s): State<Arc<EdgeShared>>,
+        Path((addr, action)): Path<(String, String)>,
+    ) -> (StatusCode, String) {
+        let Ok(a) = addr.parse::<SocketAddr>() else {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{addr:?} is not an address\n"),
+            );
+        };
+        let map = s.backends.map();
+        let Some(h) = map.get(&a) else {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no engine {a} in the config\n"),
+            );
+        };
+        match action.as_str() {
+            "drain" => h.set_drained(true),
+            "undrain" => h.set_drained(false),
+            _ => return (StatusCode::NOT_FOUND, "actions: drain, undrain\n".into()),
+        }
+        tracing::info!(engine = %a, action, "engine drain changed by operator");
+        (StatusCode::OK, format!("{a}: {action}ed\n"))
+    }
+    axum::Router::new()
+        .route("/edge/engines", get(list))
+        .route("/edge/engines/{addr}/{action}", post(set))
+        .with_state(shared)
+}
+
 /// The edge's part of `/status`: every engine with its health and sessions.
 struct Status(Arc<EdgeShared>);
 
@@ -267,17 +335,17 @@ impl StatusSection for Status {
             self.0.admission.tracked()
         );
         for e in &snap.topology.engines {
-            let (up, n) = map
+            let (up, n, drained) = map
                 .get(&e.address)
-                .map(|h| (h.healthy(), h.outstanding()))
-                .unwrap_or((true, 0));
+                .map(|h| (h.healthy(), h.outstanding(), h.drained()))
+                .unwrap_or((true, 0, false));
             let _ = write!(
                 o,
                 "<tr><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&snap.topology.cluster_label(e.cluster)),
                 esc(&e.address.to_string()),
                 if up { "up" } else { "down" },
-                if e.drain {
+                if e.drain || drained {
                     "drained"
                 } else if up {
                     "up"

@@ -491,3 +491,45 @@ async fn layer4_mode_forwards_to_the_nearest_cluster_with_proxy_v2() {
         f.acme.messages()[0].data
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_drain_engines_through_the_ops_api() {
+    let f = Fleet::start("", 100).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = listener.local_addr().unwrap();
+    tokio::spawn(maildistiller::ops::serve(f.edge_ops.clone(), listener));
+    let e0 = f.engines[0].as_ref().unwrap().smtp;
+    let e1 = f.engines[1].as_ref().unwrap().smtp;
+    let req = move |method: &'static str, path: String| {
+        tokio::task::spawn_blocking(move || {
+            maildistiller::ops::client::request(ops_addr, method, &path).unwrap()
+        })
+    };
+    for e in [e0, e1] {
+        let (code, body) = req("POST", format!("/edge/engines/{e}/drain"))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    let (_, list) = req("GET", "/edge/engines".into()).await.unwrap();
+    assert_eq!(list.matches(" drained").count(), 2, "{list}");
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    assert!(
+        c.mail("a@sender.example", &["bob@acme.example"], &msg("drained"))
+            .await
+            .starts_with("250")
+    );
+    assert!(until(Duration::from_secs(10), || f.acme.messages().len() == 1).await);
+    assert_eq!(
+        by(&f.acme.messages()[0]),
+        "e2.test",
+        "drained lon1 engines take no new sessions"
+    );
+    assert_eq!(
+        req("POST", "/edge/engines/192.0.2.1:25/drain".into())
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+}

@@ -163,3 +163,55 @@ fn sigterm_drains_and_exits_zero() {
     });
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn the_edge_takes_its_socket_from_systemd_socket_activation() {
+    // systemd-socket-activate (package systemd; .ci/run installs it) plays systemd: it listens,
+    // and on the first connection starts the edge with the socket as fd 3 and LISTEN_PID set.
+    let tool = "/usr/bin/systemd-socket-activate";
+    assert!(
+        std::path::Path::new(tool).exists(),
+        "{tool} missing: install the systemd package"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ops_port) = (free_port(), free_port());
+    // edge.listen names an address this machine does not have: binding it would fail, so a
+    // banner proves the inherited socket was used instead.
+    let cfg = write(
+        dir.path(),
+        "edge.toml",
+        &fleet_config(&format!(
+            "[ops]\nlisten = \"127.0.0.1:{ops_port}\"\n[edge]\nlisten = [\"192.0.2.1:25\"]\nhostname = \"activated.test\"\n"
+        )),
+    );
+    let child = std::process::Command::new(tool)
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            env!("CARGO_BIN_EXE_maildistiller"),
+            "--role",
+            "edge",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let mut r = Running {
+        child,
+        ops: SocketAddr::from(([127, 0, 0, 1], ops_port)),
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).ok()
+    })
+    .expect("the activator listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut banner).unwrap();
+    assert!(banner.starts_with("220 activated.test"), "{banner:?}");
+    let _ = r.child.kill();
+}
