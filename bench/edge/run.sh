@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Edge tier benchmark: smtp-source -> proxy -> two smtp-sink backends, through HAProxy 2.6
+# (mode tcp, leastconn, smtpchk) and through our edge in layer-4 (`tcp_listen`) and SMTP-aware
+# mode, in one run, on loopback. Prints msg/s, proxy CPU per message (utime+stime of all the
+# proxy's threads from /proc/PID/stat) and the ratios; then the edge's memory with 10,000 idle
+# client connections.
+#
+#   bash bench/edge/run.sh            # MESSAGES=10000 SESSIONS=20 by default
+#
+# Installs haproxy and postfix (for smtp-source/smtp-sink) if missing. Only 127.0.0.1 is used.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MESSAGES=${MESSAGES:-10000}
+SESSIONS=${SESSIONS:-20}
+IDLE=${IDLE:-10000}
+ROUNDS=${ROUNDS:-2}
+ulimit -n 65536 || true
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v smtp-source >/dev/null || need+=(postfix)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v smtp-source >/dev/null || export PATH="$PATH:/usr/sbin"
+cargo build --release -q
+BIN=${CARGO_TARGET_DIR:-target}/release/maildistiller
+
+W=$(mktemp -d /tmp/md-bench-edge.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+SINK1=27601; SINK2=27602; HAP=27525; EDGE_SMTP=27526; EDGE_TCP=27527; EDGE_OPS=27528
+smtp-sink -c 127.0.0.1:$SINK1 2000 & pids+=($!)
+smtp-sink -c 127.0.0.1:$SINK2 2000 & pids+=($!)
+
+cat > "$W/haproxy.cfg" <<CFG
+global
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client  60s
+    timeout server  60s
+    option  dontlognull
+frontend smtp_in
+    bind 127.0.0.1:$HAP
+    maxconn 20000
+    default_backend sinks
+backend sinks
+    balance leastconn
+    option smtpchk EHLO edge-hc.local
+    default-server check inter 2s fall 3 rise 2 maxconn 10000
+    server sink1 127.0.0.1:$SINK1
+    server sink2 127.0.0.1:$SINK2
+CFG
+
+cat > "$W/edge.toml" <<CFG
+[node]
+silo = "lon1"
+[ops]
+listen = "127.0.0.1:$EDGE_OPS"
+[regions.uk]
+[[silo]]
+name = "lon1"
+hostname = "lon1.bench"
+lat = 51.5
+lon = -0.12
+  [[silo.cluster]]
+  name = "uk"
+  region = "uk"
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:$SINK1"
+    proxy = "none"
+    max_connections = 10000
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:$SINK2"
+    proxy = "none"
+    max_connections = 10000
+[[tenant]]
+id = "bench"
+domains = ["bench.example"]
+regions = ["uk"]
+delivery = ["127.0.0.1:9"]
+[edge]
+listen = ["127.0.0.1:$EDGE_SMTP"]
+tcp_listen = ["127.0.0.1:$EDGE_TCP"]
+hostname = "edge.bench"
+backlog = 4096
+max_connections = 20000
+max_connections_per_ip = 20000
+max_connections_per_prefix = 20000
+connect_rate_per_ip = 1000000
+connect_rate_per_prefix = 1000000
+  [edge.health]
+  interval = "2s"
+  timeout = "1s"
+  rise = 2
+  fall = 3
+CFG
+
+cpu_ticks() { # all threads: utime+stime in clock ticks
+    awk '{print $14+$15}' "/proc/$1/stat"
+}
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+HZ=$(getconf CLK_TCK)
+
+# run LABEL PID PORT FLAGS...: prints "msg/s cpu_us_per_msg"
+run() {
+    local pid=$2 port=$3; shift 3
+    local c0 t0 t1 c1
+    c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    timeout 600 smtp-source -s "$SESSIONS" -m "$MESSAGES" -l 4096 -f from@sender.example -t to@bench.example "$@" 127.0.0.1:"$port" >/dev/null
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+    awk -v m="$MESSAGES" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$HZ" \
+        'BEGIN { printf "%.0f %.1f\n", m/(t1-t0), (c1-c0)/hz*1e6/m }'
+}
+
+haproxy -db -f "$W/haproxy.cfg" >/dev/null 2>&1 & HPID=$!; pids+=($HPID)
+"$BIN" --role edge --config "$W/edge.toml" --log-level warn >/dev/null 2>&1 & EPID=$!; pids+=($EPID)
+wait_port $HAP; wait_port $EDGE_SMTP; wait_port $EDGE_TCP
+sleep 2   # first health checks
+
+printf "\n%-44s %10s %10s   %s\n" "workload (smtp-source -s $SESSIONS -m $MESSAGES -l 4096)" "msg/s" "CPU µs/msg" "proxy"
+declare -A R
+for round in $(seq 1 "$ROUNDS"); do
+  for wl in conn persist; do
+    flags=(); [ "$wl" = persist ] && flags=(-d)
+    for who in haproxy edge-tcp edge-smtp; do
+        case $who in
+            haproxy) out=$(run "$who" $HPID $HAP "${flags[@]}");;
+            edge-tcp) out=$(run "$who" $EPID $EDGE_TCP "${flags[@]}");;
+            edge-smtp) out=$(run "$who" $EPID $EDGE_SMTP "${flags[@]}");;
+        esac
+        R[$round,$wl,$who]=$out
+        printf "%-44s %10s %10s   %s (round %s)\n" "$wl" ${out} "$who" "$round"
+    done
+  done
+done
+
+echo
+echo "ratios (round by round: ours / HAProxy; msg/s higher is better, CPU lower is better)"
+for round in $(seq 1 "$ROUNDS"); do
+  for wl in conn persist; do
+    read -r hm hc <<<"${R[$round,$wl,haproxy]}"
+    for who in edge-tcp edge-smtp; do
+        read -r m c <<<"${R[$round,$wl,$who]}"
+        awk -v wl="$wl" -v who="$who" -v m="$m" -v c="$c" -v hm="$hm" -v hc="$hc" -v r="$round" \
+            'BEGIN { printf "  round %s %-8s %-10s msg/s %.2fx   CPU/msg %.2fx\n", r, wl, who, m/hm, c/hc }'
+    done
+  done
+done
+
+echo
+echo "edge memory with $IDLE idle client connections (SMTP-aware listener, after the banner)"
+rss_before=$(awk '/VmRSS/ {print $2}' /proc/$EPID/status)
+python3 bench/edge/idle.py 127.0.0.1 $EDGE_SMTP "$IDLE" "$EPID"
+echo "  RSS before: $((rss_before / 1024)) MiB"
