@@ -278,7 +278,8 @@ pub fn route(
     };
     let _ = writeln!(
         o,
-        "regions   {regions}; failover {}",
+        "regions   {regions}; placement {}; failover {}",
+        tenant.placement.as_str(),
         tenant.failover.as_str()
     );
     let l = s.geo.locate(client);

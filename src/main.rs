@@ -89,6 +89,8 @@ enum Command {
         #[arg(long)]
         ops: Option<std::net::SocketAddr>,
     },
+    /// List every silo's egress ranges and the SPF record generated from them.
+    Egress,
     /// Show where an address is: country, coordinates used, nearest silos.
     Geo {
         /// An IPv4 or IPv6 address.
@@ -214,6 +216,16 @@ fn main() -> ExitCode {
             };
             queue_command(addr, action)
         }
+        Some(Command::Egress) => match load() {
+            Ok(snap) => {
+                print!(
+                    "{}",
+                    maildistiller::topology::egress::explain(&snap.topology)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Some(Command::Geo { ip }) => match load() {
             Ok(snap) => {
                 print!("{}", explain::geo(&snap, *ip));

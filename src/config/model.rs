@@ -122,6 +122,10 @@ pub struct SiloConfig {
     /// Operator drain: the silo leaves DNS answers and takes no new routed sessions.
     #[serde(default)]
     pub drain: bool,
+    /// Egress: the source ranges this silo's engines deliver from. Tenants allow port 25 only
+    /// from these; the SPF record and `maildistiller egress` are generated from them.
+    #[serde(default)]
+    pub egress: Vec<IpNetwork>,
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<ClusterConfig>,
 }
@@ -208,6 +212,29 @@ impl Failover {
     }
 }
 
+/// How a tenant's allowed regions are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// `regions` in the order written.
+    #[default]
+    Ordered,
+    /// Any allowed region, the cluster nearest the receiving silo first.
+    NearestToSilo,
+    /// Any allowed region, the cluster nearest the sender first.
+    NearestToSender,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Ordered => "ordered",
+            Placement::NearestToSilo => "nearest-to-silo",
+            Placement::NearestToSender => "nearest-to-sender",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
@@ -224,6 +251,10 @@ pub struct TenantConfig {
     pub regions: Vec<String>,
     #[serde(default)]
     pub failover: Failover,
+    /// How allowed regions are chosen among: in the listed order (default), or — for tenants
+    /// with offices in several regions — nearest first, to the receiving silo or to the sender.
+    #[serde(default)]
+    pub placement: Placement,
     /// The tenant's own mail servers, tried in order: `host[:port]` (port 25 by default).
     pub delivery: Vec<String>,
     /// Policy name (see `[policy.NAME]`); default `default`.

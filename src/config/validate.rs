@@ -109,6 +109,26 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     {
         k.err("node.silo", format!("unknown silo {s:?}"));
     }
+    // Engines must deliver from their silo's declared egress, or tenants' firewalls and the
+    // SPF record would disagree with reality.
+    let local = c
+        .node
+        .silo
+        .as_ref()
+        .and_then(|n| c.silos.iter().find(|s| &s.name == n))
+        .or(c.silos.first());
+    if let Some(silo) = local
+        && !silo.egress.is_empty()
+    {
+        for (i, a) in c.engine.delivery.source_addresses.iter().enumerate() {
+            if !silo.egress.iter().any(|n| n.contains(*a)) {
+                k.err(
+                    format!("engine.delivery.source_addresses[{i}]"),
+                    format!("{a} is outside silo {:?}'s egress ranges", silo.name),
+                );
+            }
+        }
+    }
     if c.silos.is_empty() {
         k.err("silo", "at least one [[silo]] is required");
     }

@@ -110,6 +110,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             subdomains: false,
             regions: Vec::new(),
             failover: crate::config::Failover::Any,
+            placement: Default::default(),
             delivery: Vec::new(),
             policy: String::new(),
             recipients: Default::default(),

@@ -11,6 +11,7 @@
 //! 2. **Which engine in a cluster** ([`Topology::pick_engine`]): power of two choices, sampled by
 //!    weight, the one with fewer outstanding sessions per unit of weight wins.
 
+pub mod egress;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,7 @@ pub struct Silo {
     pub edge_addresses: Vec<IpAddr>,
     pub edge_port: u16,
     pub drain: bool,
+    pub egress: Vec<ipnetwork::IpNetwork>,
     pub clusters: Vec<ClusterIdx>,
 }
 
@@ -134,6 +136,7 @@ pub struct Tenant {
     pub subdomains: bool,
     pub regions: Vec<String>,
     pub failover: Failover,
+    pub placement: crate::config::Placement,
     pub delivery: Vec<DeliveryHost>,
     pub policy: String,
     /// Known recipients, lower-cased (full addresses, or local parts meaning any listed domain).
@@ -204,6 +207,7 @@ impl Topology {
                 edge_addresses: s.edge_addresses.clone(),
                 edge_port: s.edge_port,
                 drain: s.drain,
+                egress: s.egress.clone(),
                 clusters,
             });
         }
@@ -225,6 +229,7 @@ impl Topology {
                 subdomains: tc.subdomains,
                 regions: tc.regions.clone(),
                 failover: tc.failover,
+                placement: tc.placement,
                 delivery: tc.delivery.iter().filter_map(|h| h.parse().ok()).collect(),
                 policy: tc.policy.clone(),
                 recipients: tc

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use super::{ClusterIdx, EngineIdx, SiloIdx, Tenant, Topology};
-use crate::config::Failover;
+use crate::config::{Failover, Placement};
 use crate::geo::Point;
 
 /// Live state of one engine, as the edge's health checks and load reports see it.
@@ -49,6 +49,7 @@ impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Tier::Region(n) => write!(f, "allowed region #{}", n + 1),
+            // (with `placement = nearest-*` every allowed region is #1)
             Tier::Nearest => f.write_str("any region (tenant has none), nearest to client"),
             Tier::Failover => f.write_str("outside tenant regions (failover = any)"),
         }
@@ -112,6 +113,13 @@ impl Topology {
             let cidx = ClusterIdx(i);
             let rank = tenant.regions.iter().position(|r| *r == cl.region);
             let (tier, origin) = match (rank, tenant.regions.is_empty(), tenant.failover) {
+                // Multi-office tenants: every allowed region ranks the same, nearest first.
+                (Some(_), _, _) if tenant.placement == Placement::NearestToSilo => {
+                    (Tier::Region(0), edge_point)
+                }
+                (Some(_), _, _) if tenant.placement == Placement::NearestToSender => {
+                    (Tier::Region(0), client.or(edge_point))
+                }
                 (Some(n), _, _) => (Tier::Region(n), edge_point),
                 (None, true, _) => (Tier::Nearest, client.or(edge_point)),
                 (None, false, Failover::Any) => (Tier::Failover, edge_point),

@@ -88,6 +88,20 @@ failover = "any"
 delivery = ["mx.globex.example:2525"]
 
 [[tenant]]
+id = "multi"
+domains = ["multi.example"]
+regions = ["uk", "us"]
+placement = "nearest-to-sender"
+delivery = ["mx.multi.example"]
+
+[[tenant]]
+id = "offices"
+domains = ["offices.example"]
+regions = ["us", "uk"]
+placement = "nearest-to-silo"
+delivery = ["mx.offices.example"]
+
+[[tenant]]
 id = "initech"
 domains = ["Initech.Example"]
 delivery = ["[2001:db8::25]:25"]
@@ -276,6 +290,40 @@ fn routing_table() {
             &[
                 "lon1/uk", "lon1/de", "fra1/de", "fra1/uk", "man1/uk", "nyc1/us",
             ],
+        ),
+        // Multi-office, nearest to the sender, never outside its regions (region-only).
+        (
+            "multi",
+            "lon1",
+            boston,
+            &[],
+            &[],
+            &["nyc1/us", "man1/uk", "lon1/uk", "fra1/uk"],
+        ),
+        (
+            "multi",
+            "nyc1",
+            paris,
+            &[],
+            &[],
+            &["lon1/uk", "fra1/uk", "man1/uk", "nyc1/us"],
+        ),
+        // Multi-office, nearest to the receiving silo whatever the listed order.
+        (
+            "offices",
+            "fra1",
+            None,
+            &[],
+            &[],
+            &["fra1/uk", "lon1/uk", "man1/uk", "nyc1/us"],
+        ),
+        (
+            "offices",
+            "nyc1",
+            None,
+            &[],
+            &[],
+            &["nyc1/us", "man1/uk", "lon1/uk", "fra1/uk"],
         ),
         // Client unknown: nearest to the receiving silo.
         (

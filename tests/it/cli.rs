@@ -219,3 +219,56 @@ fn usage_errors_say_so() {
     assert!(o.status.success());
     assert!(stdout(&o).contains("SIGHUP reloads"));
 }
+
+#[test]
+fn egress_lists_ranges_and_the_spf_record_from_the_same_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config("").replace(
+        "hostname = \"fra1.in.example.net\"",
+        "hostname = \"fra1.in.example.net\"\negress = [\"192.0.2.32/28\", \"2001:db8:f::/64\"]",
+    );
+    let path = write(dir.path(), "egress.toml", &cfg);
+    let o = run(&["egress", "--config", path.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("fra1       192.0.2.32/28 2001:db8:f::/64"),
+        "{out}"
+    );
+    assert!(
+        out.contains("v=spf1 ip4:192.0.2.32/28 ip6:2001:db8:f::/64 -all"),
+        "{out}"
+    );
+    // An engine may not deliver from outside its silo's egress.
+    let bad = cfg.replace("[[tenant]]\nid = \"acme\"", "[node]\nsilo = \"fra1\"\n[engine.delivery]\nsource_addresses = [\"203.0.113.9\"]\n\n[[tenant]]\nid = \"acme\"");
+    let path = write(dir.path(), "bad.toml", &bad);
+    let o = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("engine.delivery.source_addresses[0]: 203.0.113.9 is outside silo \"fra1\"'s egress ranges"), "{}", stderr(&o));
+}
+
+#[test]
+fn route_shows_multi_office_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(
+        "[[tenant]]\nid = \"multi\"\ndomains = [\"multi.example\"]\nregions = [\"de\", \"uk\"]\nplacement = \"nearest-to-sender\"\ndelivery = [\"127.0.0.1:10027\"]\n",
+    );
+    let path = write(dir.path(), "multi.toml", &cfg);
+    // A GB sender: the UK cluster in London, although "de" is listed first.
+    let o = run(&[
+        "route",
+        "--config",
+        path.to_str().unwrap(),
+        "--rcpt",
+        "x@multi.example",
+        "--client",
+        "127.0.0.2",
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("placement nearest-to-sender"), "{out}");
+    let first = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1. "))
+        .unwrap();
+    assert!(first.contains("lon1/uk-a"), "{out}");
+}
