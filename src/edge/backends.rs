@@ -26,6 +26,8 @@ use crate::topology::{EngineIdx, EngineLoad, LoadView, Route, Topology};
 #[derive(Debug)]
 pub struct EngineHealth {
     pub address: SocketAddr,
+    /// `silo/cluster`, for metrics and logs.
+    pub cluster: String,
     healthy: AtomicBool,
     /// Sessions this edge has open to it.
     outstanding: AtomicU32,
@@ -140,6 +142,7 @@ impl Backends {
                 None => {
                     let h = Arc::new(EngineHealth {
                         address: e.address,
+                        cluster: snap.topology.cluster_label(e.cluster),
                         healthy: AtomicBool::new(true),
                         outstanding: AtomicU32::new(0),
                         streak: AtomicU32::new(0),
@@ -148,7 +151,7 @@ impl Backends {
                         reported_sessions: AtomicU32::new(0),
                         not_ready: AtomicBool::new(false),
                     });
-                    metrics.engine_up(e.address, true);
+                    metrics.engine_up(e.address, &h.cluster, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
                     h
                 }
@@ -285,11 +288,11 @@ fn passive(h: &EngineHealth, ok: bool, cfg: &crate::health::HealthConfig, metric
 fn transition(h: &EngineHealth, up: bool, why: &str, metrics: &EdgeMetrics) {
     if h.healthy.swap(up, Ordering::Relaxed) != up {
         h.streak.store(0, Ordering::Relaxed);
-        metrics.engine_up(h.address, up);
+        metrics.engine_up(h.address, &h.cluster, up);
         if up {
-            tracing::info!(engine = %h.address, why, "engine up");
+            tracing::info!(engine = %h.address, cluster = %h.cluster, why, "engine up");
         } else {
-            tracing::warn!(engine = %h.address, why, "engine down: no new sessions until it passes its probes");
+            tracing::warn!(engine = %h.address, cluster = %h.cluster, why, "engine down: no new sessions until it passes its probes");
         }
     }
 }

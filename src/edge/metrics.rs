@@ -33,7 +33,7 @@ impl EdgeMetrics {
                 "edge_engine_up",
                 "1 when the engine passes its health checks.",
             ),
-            &["engine"],
+            &["engine", "cluster"],
         )
         .expect("valid metric");
         m.register(Box::new(engine_up.clone()));
@@ -76,9 +76,9 @@ impl EdgeMetrics {
             .with_label_values(&[tenant, cluster, result])
             .inc();
     }
-    pub fn engine_up(&self, a: SocketAddr, up: bool) {
+    pub fn engine_up(&self, a: SocketAddr, cluster: &str, up: bool) {
         self.engine_up
-            .with_label_values(&[&a.to_string()])
+            .with_label_values(&[a.to_string().as_str(), cluster])
             .set(i64::from(up));
     }
     pub fn probe(&self, a: SocketAddr, ok: bool) {

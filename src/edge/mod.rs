@@ -76,11 +76,14 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-fn tls_config(cfg: &EdgeConfig) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+fn tls_config(cfg: &EdgeConfig, ops: &Ops) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
     match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => crate::tls::server_config(c, k)
-            .map(Some)
-            .map_err(std::io::Error::other),
+        (Some(c), Some(k)) => {
+            let (config, expiry) =
+                crate::tls::server_config_with_expiry(c, k).map_err(std::io::Error::other)?;
+            ops.metrics.tls_expiry("edge", expiry);
+            Ok(Some(config))
+        }
         _ => Ok(None),
     }
 }
@@ -102,7 +105,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         backends: Arc::new(backends::Backends::default()),
         metrics,
         hostname,
-        tls: ArcSwapOption::new(tls_config(cfg)?),
+        tls: ArcSwapOption::new(tls_config(cfg, ops)?),
         any_tenant: Tenant {
             id: TenantId("*".into()),
             name: None,
@@ -247,7 +250,7 @@ async fn follow_config(shared: Arc<EdgeShared>) {
         }
         version = snap.version.clone();
         shared.backends.sync(&shared.ops, &shared.metrics, &snap);
-        match tls_config(&snap.config.edge) {
+        match tls_config(&snap.config.edge, &shared.ops) {
             Ok(t) => shared.tls.store(t),
             Err(e) => {
                 tracing::error!(error = %e, "edge TLS certificate reload failed; keeping the previous one")

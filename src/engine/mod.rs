@@ -93,7 +93,12 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     let ecfg = &snap.config.engine;
     let spool = Spool::open(&ecfg.spool_dir)?;
     let tls = match (&ecfg.tls_cert, &ecfg.tls_key) {
-        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(std::io::Error::other)?),
+        (Some(c), Some(k)) => {
+            let (config, expiry) =
+                crate::tls::server_config_with_expiry(c, k).map_err(std::io::Error::other)?;
+            ops.metrics.tls_expiry("engine", expiry);
+            Some(config)
+        }
         _ => None,
     };
     let scanner =

@@ -12,6 +12,7 @@ pub struct Metrics {
     reload_total: IntCounterVec,
     geo_reload_total: IntCounterVec,
     config_info: IntGaugeVec,
+    tls_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -43,6 +44,17 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
+        let tls_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the certificate in use, per listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_expiry.clone()))
+            .expect("registered once");
         for m in [&reload_total, &geo_reload_total] {
             registry
                 .register(Box::new(m.clone()))
@@ -60,6 +72,17 @@ impl Metrics {
             reload_total,
             geo_reload_total,
             config_info,
+            tls_expiry,
+        }
+    }
+
+    /// Records the certificate in use on a listener (`edge`, `engine`, `webmail`).
+    pub fn tls_expiry(&self, listener: &str, not_after: Option<u64>) {
+        match not_after {
+            Some(t) => self.tls_expiry.with_label_values(&[listener]).set(t as i64),
+            None => {
+                let _ = self.tls_expiry.remove_label_values(&[listener]);
+            }
         }
     }
 
