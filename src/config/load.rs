@@ -192,12 +192,26 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
              tenant_files, policy, edge, engine or dns)",
         ));
     }
-    if let Some(db) = &c.geo.database {
-        c.geo.database = Some(base.join(db));
-    }
+    c.geo.database = match &c.geo.database {
+        Some(db) => Some(base.join(db)),
+        None => shipped_geo_database(base),
+    };
     c.engine.spool_dir = base.join(&c.engine.spool_dir);
     c.tenant_files = c.tenant_files.iter().map(|p| base.join(p)).collect();
     c
+}
+
+/// Where the geo database shipped with maildistiller lives: beside the config in a checkout
+/// (`config/../geo/`), or where the package installs it. Used when `geo.database` is not set.
+pub const SHIPPED_GEO: &str = "geo-whois-asn-country.mmdb";
+
+fn shipped_geo_database(base: &Path) -> Option<PathBuf> {
+    [
+        base.join("../geo").join(SHIPPED_GEO),
+        Path::new("/usr/share/maildistiller").join(SHIPPED_GEO),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
 }
 
 /// Deserialises one top-level key; a missing key gives the section's defaults.

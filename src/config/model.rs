@@ -68,8 +68,8 @@ impl Default for OpsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
     /// A MaxMind DB file: GeoIP2/GeoLite2 Country or City, or the flat `country_code` shape.
-    /// Relative paths are relative to the config file. Optional: without it only overrides and
-    /// the local-silo rule place clients.
+    /// Relative paths are relative to the config file. Default: the database shipped with
+    /// maildistiller (`geo/` in a checkout, `/usr/share/maildistiller/` when installed).
     pub database: Option<PathBuf>,
     /// How often the database file is checked for replacement (by rename). Default 60 s.
     pub reload_interval: Dur,

@@ -85,7 +85,7 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     k.dur("geo.reload_interval", c.geo.reload_interval, 1000, 86_400);
     if c.geo.database.is_none() {
         k.warnings.push(
-            "geo.database is not set: only overrides and the local silo place clients".into(),
+            "geo.database is not set and the shipped database was not found: only overrides and the local silo place clients".into(),
         );
     }
 
