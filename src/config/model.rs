@@ -270,6 +270,12 @@ pub struct TenantConfig {
     /// TLS when delivering to the tenant's servers.
     #[serde(default)]
     pub tls: DeliveryTls,
+    /// Most concurrent delivery connections to this tenant's servers (per engine). Default:
+    /// `engine.delivery.connections_per_destination`.
+    pub delivery_connections: Option<u32>,
+    /// Most messages per second delivered to this tenant (per engine), so a recovering server
+    /// is not flooded. Default: unlimited.
+    pub delivery_rate: Option<u32>,
 }
 
 /// STARTTLS towards a tenant's mail server.

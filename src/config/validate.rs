@@ -324,6 +324,12 @@ fn check_tenants(c: &Config, k: &mut Checker) {
                 k.err(format!("{p}.delivery[{i}]"), e);
             }
         }
+        if let Some(n) = t.delivery_connections {
+            k.range(&format!("{p}.delivery_connections"), n.into(), 1, 10_000);
+        }
+        if let Some(n) = t.delivery_rate {
+            k.range(&format!("{p}.delivery_rate"), n.into(), 1, 1_000_000);
+        }
         if t.policy != "default" && !c.policies.contains_key(&t.policy) {
             k.err(
                 format!("{p}.policy"),

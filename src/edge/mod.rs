@@ -118,6 +118,8 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             policy: String::new(),
             recipients: Default::default(),
             tls: Default::default(),
+            delivery_connections: None,
+            delivery_rate: None,
         },
     });
     let mut smtp = Vec::new();

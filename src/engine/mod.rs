@@ -40,11 +40,44 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
+    /// Per-tenant delivery rate limiters (tenant id -> (rate, limiter)); bounded by the tenants.
+    limiters: Mutex<std::collections::HashMap<String, (u32, Arc<ratelimit::Ratelimiter>)>>,
 }
 
 impl Shared {
     pub fn delivery(&self) -> DeliveryConfig {
         self.ops.config.load().config.engine.delivery.clone()
+    }
+
+    /// The delivery rate limiter of a tenant destination with `delivery_rate` set (rebuilt when
+    /// the rate changes).
+    pub fn rate_limiter(&self, dest: &queue::Dest) -> Option<Arc<ratelimit::Ratelimiter>> {
+        let queue::Dest::Tenant(id) = dest else {
+            return None;
+        };
+        let rate = self
+            .ops
+            .config
+            .load()
+            .topology
+            .tenant(id)
+            .and_then(|t| t.delivery_rate)?;
+        let mut g = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get(id) {
+            Some((r, l)) if *r == rate => Some(l.clone()),
+            _ => {
+                let r = u64::from(rate.max(1));
+                let l = Arc::new(
+                    ratelimit::Ratelimiter::builder(r)
+                        .max_tokens(r)
+                        .initial_available(r)
+                        .build()
+                        .unwrap_or_else(|_| ratelimit::Ratelimiter::new(r)),
+                );
+                g.insert(id.clone(), (rate, l.clone()));
+                Some(l)
+            }
+        }
     }
 
     /// The scanner for `snap`, rebuilt when the config version changes. A snapshot whose
@@ -111,6 +144,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         hostname: hostname(&snap),
         tls: ArcSwapOption::new(tls),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+        limiters: Mutex::new(std::collections::HashMap::new()),
     });
     let s2 = spool.clone();
     let (found, problems) = tokio::task::spawn_blocking(move || s2.recover())

@@ -61,6 +61,8 @@ pub struct DestState {
 struct Inner {
     msgs: HashMap<QueueId, Entry>,
     dests: HashMap<Dest, DestState>,
+    /// Rotates the order `plan` visits destinations in.
+    round: usize,
 }
 
 /// A row of `queue list`.
@@ -126,15 +128,26 @@ impl Queue {
     }
 
     /// Moves due waiting messages to ready; returns destinations that want a new connection
-    /// (not down, not backing off, under `per_dest`), counting the connection as active.
-    /// `budget` is how many connections may start now. Also returns the earliest future due time.
-    pub fn plan(&self, per_dest: u32, mut budget: u32) -> (Vec<Dest>, Option<u64>) {
+    /// (not down, not backing off, under their cap `per_dest(dest)`), counting the connection as
+    /// active. `budget` is how many connections may start now; destinations are visited from a
+    /// rotating start so that, when the budget is short, one tenant's backlog cannot starve the
+    /// others. Also returns the earliest future due time.
+    pub fn plan(
+        &self,
+        per_dest: &dyn Fn(&Dest) -> u32,
+        mut budget: u32,
+    ) -> (Vec<Dest>, Option<u64>) {
         let now = now_secs();
         let now_ms = now_ms();
         let mut g = self.lock();
+        let round = g.round;
+        g.round = g.round.wrapping_add(1);
         let mut start = Vec::new();
         let mut earliest: Option<u64> = None;
-        for (dest, d) in g.dests.iter_mut() {
+        let n = g.dests.len().max(1);
+        let mut dests: Vec<(&Dest, &mut DestState)> = g.dests.iter_mut().collect();
+        dests.rotate_left(round % n);
+        for (dest, d) in dests {
             while let Some((due, _)) = d.waiting.first() {
                 if *due > now {
                     earliest = Some(earliest.map_or(*due, |e: u64| e.min(*due)));
@@ -150,7 +163,7 @@ impl Queue {
                 continue;
             }
             // One connection per few ready messages, up to the cap.
-            let want = (d.ready.len() as u32).div_ceil(4).min(per_dest);
+            let want = (d.ready.len() as u32).div_ceil(4).min(per_dest(dest));
             while d.active < want && budget > 0 {
                 d.active += 1;
                 budget -= 1;
@@ -163,7 +176,7 @@ impl Queue {
     /// The next ready message of `dest`, marked in flight.
     pub fn take(&self, dest: &Dest) -> Option<(Arc<Envelope>, State)> {
         let mut g = self.lock();
-        let Inner { msgs, dests } = &mut *g;
+        let Inner { msgs, dests, .. } = &mut *g;
         let d = dests.get_mut(dest)?;
         if d.down {
             return None;
@@ -211,7 +224,7 @@ impl Queue {
     /// The message went back without an attempt (connection lost before it was tried).
     pub fn requeue(&self, id: &QueueId) {
         let mut g = self.lock();
-        let Inner { msgs, dests } = &mut *g;
+        let Inner { msgs, dests, .. } = &mut *g;
         if let Some(e) = msgs.get_mut(id) {
             e.in_flight = false;
             if let Some(d) = dests.get_mut(&e.dest) {
@@ -334,7 +347,7 @@ impl Queue {
     /// for the caller to persist, or an error text.
     pub fn set_status(&self, id: &QueueId, status: Status) -> Result<State, String> {
         let mut g = self.lock();
-        let Inner { msgs, dests } = &mut *g;
+        let Inner { msgs, dests, .. } = &mut *g;
         let e = msgs.get_mut(id).ok_or("no such message")?;
         if e.in_flight {
             return Err("message is being delivered right now; try again".into());

@@ -143,6 +143,8 @@ pub struct Tenant {
     /// Empty: all accepted.
     pub recipients: std::collections::HashSet<String>,
     pub tls: crate::config::DeliveryTls,
+    pub delivery_connections: Option<u32>,
+    pub delivery_rate: Option<u32>,
 }
 
 impl Tenant {
@@ -238,6 +240,8 @@ impl Topology {
                     .map(|r| r.to_ascii_lowercase())
                     .collect(),
                 tls: tc.tls,
+                delivery_connections: tc.delivery_connections,
+                delivery_rate: tc.delivery_rate,
             });
         }
         t

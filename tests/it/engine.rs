@@ -40,6 +40,18 @@ impl TestEngine {
         extra: &str,
         hostname: &str,
     ) -> TestEngine {
+        Self::start_full(spool, acme_sink, globex_sink, extra, hostname, "").await
+    }
+
+    /// Like `start_named`, with extra lines for the `acme` tenant.
+    pub async fn start_full(
+        spool: &Path,
+        acme_sink: SocketAddr,
+        globex_sink: SocketAddr,
+        extra: &str,
+        hostname: &str,
+        acme_extra: &str,
+    ) -> TestEngine {
         let text = format!(
             r#"
 [ops]
@@ -60,6 +72,7 @@ id = "acme"
 domains = ["acme.example"]
 regions = ["uk"]
 delivery = ["{acme_sink}"]
+{acme_extra}
 [[tenant]]
 id = "globex"
 domains = ["globex.example"]
@@ -766,5 +779,60 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         200
     );
     assert!(until(Duration::from_secs(5), || a.messages().len() == 1).await);
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tenant_delivery_rate_and_concurrency_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Sink::start().await;
+    let down_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // acme: one connection, five messages a second (burst five); its server is down at first.
+    let limits = "delivery_connections = 1\ndelivery_rate = 5";
+    let e = TestEngine::start_full(
+        &dir.path().join("spool"),
+        down_addr,
+        g.addr,
+        FAST,
+        "mde1.test",
+        limits,
+    )
+    .await;
+    let mut c = Client::connect(e.smtp).await;
+    for i in 0..20 {
+        assert!(
+            c.mail(
+                "alice@sender.example",
+                &["bob@acme.example"],
+                &msg(&format!("rate {i}"))
+            )
+            .await
+            .starts_with("250")
+        );
+        c.cmd("RSET", "250").await;
+    }
+    let a = Sink::start_on(down_addr).await;
+    assert!(
+        until(Duration::from_secs(20), || a.messages().len() == 20).await,
+        "{}",
+        a.messages().len()
+    );
+    assert_eq!(
+        a.max_sessions.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection at a time"
+    );
+    // Never more than burst + rate messages in any one-second window.
+    let times: Vec<std::time::Instant> = a.messages().iter().map(|m| m.at).collect();
+    for t in &times {
+        let window = times
+            .iter()
+            .filter(|u| **u >= *t && u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(window <= 10, "{window} messages within one second");
+    }
     e.stop().await;
 }

@@ -96,6 +96,8 @@ impl Client {
 /// One message as the sink received it.
 #[derive(Debug, Clone)]
 pub struct Got {
+    /// When the sink acknowledged it.
+    pub at: std::time::Instant,
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: String,
@@ -114,6 +116,9 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Got>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Sessions open now, and the most ever open at once.
+    sessions: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -127,6 +132,8 @@ impl Sink {
             addr: l.local_addr().unwrap(),
             got: Arc::default(),
             behaviour: Arc::default(),
+            sessions: Arc::default(),
+            max_sessions: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -158,6 +165,14 @@ impl Sink {
     }
 
     async fn session(&self, stream: TcpStream) {
+        use std::sync::atomic::Ordering;
+        let now = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_sessions.fetch_max(now, Ordering::SeqCst);
+        self.session_inner(stream).await;
+        self.sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn session_inner(&self, stream: TcpStream) {
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
@@ -226,6 +241,7 @@ impl Sink {
                         Some(r) => format!("{r}\r\n"),
                         None => {
                             self.got.lock().unwrap().push(Got {
+                                at: std::time::Instant::now(),
                                 from: from.clone(),
                                 rcpts: rcpts.clone(),
                                 data,

@@ -29,7 +29,17 @@ pub async fn dispatcher(shared: Arc<Shared>) {
     loop {
         let cfg = shared.delivery();
         let budget = permits.available_permits() as u32;
-        let (start, earliest) = shared.queue.plan(cfg.connections_per_destination, budget);
+        let snap = shared.ops.config.load_full();
+        let cap = |d: &Dest| match d {
+            Dest::Tenant(id) => snap
+                .topology
+                .tenant(id)
+                .and_then(|t| t.delivery_connections)
+                .unwrap_or(cfg.connections_per_destination),
+            Dest::Domain(_) => cfg.connections_per_destination,
+        };
+        let (start, earliest) = shared.queue.plan(&cap, budget);
+        drop(snap);
         for dest in start {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 shared.queue.released(&dest);
@@ -134,6 +144,15 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
     for _ in 0..cfg.messages_per_connection {
         if shared.ops.shutdown.is_cancelled() {
             break;
+        }
+        if let Some(limiter) = shared.rate_limiter(dest) {
+            // Per-tenant delivery rate: wait for a token, but never past shutdown.
+            while limiter.try_wait().is_err() {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    _ = shared.ops.shutdown.cancelled() => break,
+                }
+            }
         }
         let Some((env, state)) = shared.queue.take(dest) else {
             break;
