@@ -222,9 +222,7 @@ impl Client {
         let any_ok = rcpt_replies.iter().any(Received::is_positive);
         match data_go {
             Some(r) if r.code == 354 && any_ok => {
-                let mut body = Vec::with_capacity(message.len() + message.len() / 64 + 8);
-                stuff(message, &mut body);
-                self.send(&body).await?;
+                self.send(&data_body(message)).await?;
                 let fin = self.read_reply_within("end of data", data_timeout).await?;
                 Ok(TransactionResult {
                     mail,
@@ -277,6 +275,25 @@ impl Client {
     }
 }
 
+/// The DATA body: `message` dot-stuffed and terminated. Most messages have no line starting
+/// with a dot, and for them this is one `memcpy` instead of [`stuff`]'s byte-by-byte copy
+/// (a tenth of the engine's CPU for 100 KiB messages).
+fn data_body(message: &[u8]) -> Vec<u8> {
+    let dot_line = message.first() == Some(&b'.') || message.windows(2).any(|w| w == b"\n.");
+    let mut body =
+        Vec::with_capacity(message.len() + if dot_line { message.len() / 64 } else { 0 } + 5);
+    if dot_line {
+        stuff(message, &mut body);
+    } else {
+        body.extend_from_slice(message);
+        if !message.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b".\r\n");
+    }
+    body
+}
+
 /// Is there an SMTP server? Connect, read a 220, QUIT (the cheap probe for down destinations).
 pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
     let attempt = async {
@@ -300,4 +317,24 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_body_matches_stuff_with_and_without_dot_lines() {
+        for m in [
+            &b"Subject: x\r\n\r\nhello\r\n"[..],
+            b"no final newline",
+            b".starts with a dot\r\n",
+            b"a\r\n.\r\n..two\r\nend.\r\n",
+            b"",
+        ] {
+            let mut want = Vec::new();
+            stuff(m, &mut want);
+            assert_eq!(data_body(m), want, "{:?}", String::from_utf8_lossy(m));
+        }
+    }
 }

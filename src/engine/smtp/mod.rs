@@ -65,18 +65,15 @@ impl Conn {
         &self.rbuf[self.rpos..]
     }
 
-    /// Reads more bytes (compacting the buffer first). 0 means EOF.
+    /// Reads more bytes (compacting the buffer first). 0 means EOF. Cancel-safe: a read dropped
+    /// by a timeout (the PROXY wait, the early-talker check) leaves the buffer as it was.
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let len = self.rbuf.len();
-        self.rbuf.resize(len + 8192, 0);
-        let r = self.stream.read(&mut self.rbuf[len..]).await;
-        let n = *r.as_ref().unwrap_or(&0);
-        self.rbuf.truncate(len + n);
-        r
+        self.rbuf.reserve(8192);
+        self.stream.read_buf(&mut self.rbuf).await
     }
 
     pub fn reply(&mut self, r: &Reply) {
@@ -598,4 +595,25 @@ fn parse_reply(text: &str) -> Reply {
         _ => "4.7.1",
     };
     Reply::new(code, enhanced, msg.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read cut short by a timeout (the 50 ms early-talker check, the PROXY wait) must leave
+    /// nothing behind: a client that sends EHLO after the wait gets an answer to EHLO, not
+    /// `500 Line too long` for 8 KiB of zeros in front of it.
+    #[tokio::test]
+    async fn a_timed_out_read_leaves_the_buffer_as_it_was() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(Box::new(server));
+        let waited = tokio::time::timeout(Duration::from_millis(20), conn.fill()).await;
+        assert!(waited.is_err(), "nothing was sent yet");
+        assert!(conn.buffered().is_empty());
+        client.write_all(b"EHLO client.example\r\n").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let line = conn.line(512, Duration::from_secs(5), &shutdown).await;
+        assert_eq!(line.ok().as_deref(), Some(&b"EHLO client.example"[..]));
+    }
 }

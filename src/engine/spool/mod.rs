@@ -151,14 +151,15 @@ impl Spool {
     /// The message bytes (after the envelope header).
     pub async fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
         let path = self.msg_path(id);
-        let data = tokio::fs::read(&path).await?;
+        let mut data = tokio::fs::read(&path).await?;
         let start = record::body_offset(&data).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 "spool file without envelope end",
             )
         })?;
-        Ok(data[start..].to_vec())
+        data.drain(..start);
+        Ok(data)
     }
 
     /// Removes a message and its state. Not synced: a crash may bring it back once.

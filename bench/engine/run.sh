@@ -1,0 +1,484 @@
+#!/usr/bin/env bash
+# The engine benchmark of issue #3: maildistiller --role engine against Postfix 3.7, both relaying
+# to an smtp-sink, loopback only, in one run. See README.md beside this file.
+#
+#   sudo bench/engine/run.sh                      # everything, two rounds (several minutes)
+#   RUNS=1 N_4K=2000 N_100K=500 N_HELD=2000 PF_HELD_WAIT=20 bench/engine/run.sh   # quick look
+#
+# Needs root (apt-get, and Postfix's master runs as root). Stops everything it started and
+# removes its temp dir on exit (KEEP=1 keeps the dir with the logs).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+
+RUNS=${RUNS:-2}                     # rounds; each round measures every workload on both peers
+SESSIONS=${SESSIONS:-20}            # smtp-source -s
+N_4K=${N_4K:-10000}                 # 4 KiB, one connection per message
+N_4K_PERSIST=${N_4K_PERSIST:-10000} # 4 KiB, persistent sessions (-d); 0 skips
+N_100K=${N_100K:-5000}              # 100 KiB, one connection per message
+N_HELD=${N_HELD:-10000}             # held-queue drain (4 KiB); 0 skips
+PF_HELD_WAIT=${PF_HELD_WAIT:-120}   # how long Postfix gets to drain without a flush (s)
+PROBE_INTERVAL=${PROBE_INTERVAL:-3s} # engine.delivery.probe_interval (the engine's default: 3s)
+SCANNERS=${SCANNERS:-local}         # local: in-process scanners on (auth/dnsbl off: no DNS); off: none
+BASE_PORT=${BASE_PORT:-27900}       # uses BASE_PORT+1 .. +4 on 127.0.0.1
+BENCH_TMP=${BENCH_TMP:-/tmp}        # the spool and Postfix's queue both live under here
+WAIT_MAX=${WAIT_MAX:-300}           # cap (s) of every wait loop
+PEERS=${PEERS:-ours postfix}      # "ours" alone: A/B runs of two engine builds
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+
+ENGINE_PORT=$((BASE_PORT + 1))
+OPS_PORT=$((BASE_PORT + 2))
+SINK_PORT=$((BASE_PORT + 3))
+PF_PORT=$((BASE_PORT + 4))
+OPS="127.0.0.1:$OPS_PORT"
+FROM=from@bench.example
+TO=to@tenant.example
+HZ=$(getconf CLK_TCK)
+
+log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+now() { date +%s.%N; }
+# calc EXPR: floating-point arithmetic with awk (no bc needed)
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "" || v == "-") print "-"; else printf "%.*f", d, v }'; }
+
+# wait_for SECONDS INTERVAL COMMAND...: polls until COMMAND succeeds; 1 on timeout.
+wait_for() {
+	local limit=$1 step=$2
+	shift 2
+	local end
+	end=$(calc "$(now) + $limit")
+	until "$@"; do
+		if awk -v n="$(now)" -v e="$end" 'BEGIN { exit !(n > e) }'; then
+			return 1
+		fi
+		sleep "$step"
+	done
+}
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+closed() { ! listening "$1"; }
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools and build
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get, and Postfix's master must start as root)"
+if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v postfix >/dev/null; then
+	log "installing postfix (ships smtp-source and smtp-sink)"
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
+fi
+for t in smtp-source smtp-sink postfix postconf postqueue ss curl awk; do
+	command -v "$t" >/dev/null || die "$t not found"
+done
+id nobody >/dev/null 2>&1 || die "user nobody is missing (smtp-sink drops privileges to it)"
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=${MAILDISTILLER_BIN:-$CARGO_TARGET_DIR/release/maildistiller} # MAILDISTILLER_BIN: A/B runs
+if [ "$SKIP_BUILD" != 1 ] && [ -z "${MAILDISTILLER_BIN:-}" ]; then
+	log "cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+	(cd "$ROOT" && cargo build --release --quiet)
+fi
+[ -x "$BIN" ] || die "$BIN not built"
+
+for p in "$ENGINE_PORT" "$OPS_PORT" "$SINK_PORT" "$PF_PORT"; do
+	listening "$p" && die "127.0.0.1:$p is in use (set BASE_PORT)"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 2. Work dir, cleanup
+
+W=$(mktemp -d "$BENCH_TMP/md-engine-bench.XXXXXX")
+chmod 755 "$W" # Postfix's daemons (user postfix) must reach their queue inside it
+SINK_PID=
+ENGINE_PID=
+PF_ETC=$W/pf/etc
+PF_Q=$W/pf/queue
+PF_UP=0
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	set +e # best effort from here: every step runs even when one fails
+	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
+	[ -n "$ENGINE_PID" ] && engine_stop
+	[ "$PF_UP" = 1 ] && pf_stop
+	if [ "$KEEP" = 1 ]; then
+		log "kept $W"
+	else
+		rm -rf "$W"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# smtp-sink: -c prints "sess=.. quit=.. mesg=N" after every message (CR-separated); mesg counts
+# completed DATA transactions, for both peers alike.
+
+sink_start() {
+	: >"$W/sink.out"
+	smtp-sink -c -u nobody "127.0.0.1:$SINK_PORT" 1024 >"$W/sink.out" 2>>"$W/sink.err" &
+	SINK_PID=$!
+	wait_for 10 0.05 listening "$SINK_PORT" || die "smtp-sink did not start"
+}
+
+sink_stop() {
+	[ -n "$SINK_PID" ] || return 0
+	kill "$SINK_PID" 2>/dev/null || true
+	wait "$SINK_PID" 2>/dev/null || true
+	SINK_PID=
+	wait_for 10 0.05 closed "$SINK_PORT" || die "smtp-sink port still open"
+}
+
+sink_count() {
+	local c
+	c=$(tail -c 200 "$W/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2)
+	echo "${c:-0}"
+}
+
+sink_has() { [ "$(sink_count)" -ge "$1" ]; }
+
+# ---------------------------------------------------------------------------------------------
+# Our engine
+
+engine_config() {
+	local scanners
+	case $SCANNERS in
+	local) scanners=$'auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false' ;;
+	off) scanners=$'auth = false\ndnsbl = false\ncontent = false\nattachments = false\nantivirus = false' ;;
+	*) die "SCANNERS must be local or off" ;;
+	esac
+	cat >"$W/engine.toml" <<EOF
+# Written by bench/engine/run.sh: one engine, one tenant delivered to smtp-sink.
+[ops]
+listen = "$OPS"
+grace_period = "2s"
+[regions.bench]
+[[silo]]
+name = "bench"
+hostname = "bench.test"
+lat = 0.0
+lon = 0.0
+  [[silo.cluster]]
+  name = "c1"
+  region = "bench"
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:$ENGINE_PORT"
+[[tenant]]
+id = "bench"
+domains = ["tenant.example"]
+regions = ["bench"]
+delivery = ["127.0.0.1:$SINK_PORT"]
+tls = "none"
+[engine]
+listen = ["127.0.0.1:$ENGINE_PORT"]
+spool_dir = "$W/spool"
+hostname = "engine-bench.local"
+# -d sends 500 messages per session (~4 commands each); the default cap of 1000 commands per
+# session would end it with 421. Postfix has no such cap for MAIL/RCPT/DATA.
+max_commands = 100000
+[engine.delivery]
+probe_interval = "$PROBE_INTERVAL"
+[policy.default.scanners]
+$scanners
+EOF
+	"$BIN" check --config "$W/engine.toml" >/dev/null || die "engine config does not validate"
+}
+
+engine_ready() { curl -sf "http://$OPS/readyz" >/dev/null; }
+
+engine_start() {
+	rm -rf "$W/spool"
+	"$BIN" --role engine --config "$W/engine.toml" 2>>"$W/engine.log" &
+	ENGINE_PID=$!
+	wait_for 30 0.1 engine_ready || die "engine not ready (see $W/engine.log)"
+}
+
+engine_stop() {
+	[ -n "$ENGINE_PID" ] || return 0
+	kill -TERM "$ENGINE_PID" 2>/dev/null || true
+	if ! wait_for 15 0.1 gone "$ENGINE_PID"; then
+		kill -KILL "$ENGINE_PID" 2>/dev/null || true
+	fi
+	wait "$ENGINE_PID" 2>/dev/null || true
+	ENGINE_PID=
+}
+
+# Messages in the engine's index (exact, unlike /readyz's queue_depth which is refreshed every 2 s).
+engine_queued() {
+	local state=${1:-}
+	curl -sf "http://$OPS/queue${state:+?state=$state}" | tail -1 | awk '{print $2}'
+}
+engine_empty() { [ "$(engine_queued)" = 0 ]; }
+engine_all_held() { [ "$(engine_queued held)" = "$1" ]; }
+engine_cpu() { awk '{print $14 + $15}' "/proc/$ENGINE_PID/stat"; }
+engine_hwm() { awk '/VmHWM/ {print $2}' "/proc/$ENGINE_PID/status"; }
+
+# ---------------------------------------------------------------------------------------------
+# Postfix: a private instance (config, queue, log under $W), as in /work/shared/peers/postfix/
+# setup.sh: loopback listener, one relay domain to the sink, no chroot, no TLS, no DNS, default
+# backoff. Postfix fsyncs every queue file before its 250.
+
+pf_config() {
+	mkdir -p "$PF_ETC" "$PF_Q" "$W/pf/data"
+	chown postfix "$W/pf/data"
+	cp /etc/postfix/master.cf "$PF_ETC/master.cf"
+	: >"$PF_ETC/main.cf"
+	postconf -c "$PF_ETC" -e \
+		'compatibility_level = 3.6' \
+		"queue_directory = $PF_Q" \
+		"data_directory = $W/pf/data" \
+		"maillog_file = $W/pf/maillog" \
+		"maillog_file_prefixes = $W" \
+		'myhostname = engine-bench.local' \
+		'mydomain = engine-bench.local' \
+		'inet_interfaces = loopback-only' \
+		'inet_protocols = ipv4' \
+		'mydestination =' \
+		'relay_domains = tenant.example' \
+		"transport_maps = inline:{tenant.example=smtp:[127.0.0.1]:$SINK_PORT}" \
+		'mynetworks = 127.0.0.0/8' \
+		'smtpd_relay_restrictions = permit_mynetworks reject_unauth_destination' \
+		'smtpd_recipient_restrictions =' \
+		'smtp_tls_security_level = none' \
+		'smtpd_tls_security_level = none' \
+		'smtp_host_lookup = native' \
+		'smtp_dns_support_level = disabled' \
+		'message_size_limit = 52428800' \
+		'alias_maps =' 'alias_database =' \
+		'notify_classes =' \
+		'queue_run_delay = 300s' 'minimal_backoff_time = 300s' 'maximal_backoff_time = 4000s' \
+		'maximal_queue_lifetime = 5d'
+	postconf -c "$PF_ETC" -M# 'smtp/inet'
+	postconf -c "$PF_ETC" -Me "127.0.0.1:$PF_PORT/inet = 127.0.0.1:$PF_PORT inet n - n - - smtpd"
+	local s
+	for s in pickup/unix cleanup/unix tlsmgr/unix rewrite/unix bounce/unix defer/unix trace/unix \
+		verify/unix flush/unix smtp/unix relay/unix showq/unix error/unix retry/unix \
+		discard/unix lmtp/unix anvil/unix scache/unix; do
+		postconf -c "$PF_ETC" -Fe "$s/chroot = n"
+	done
+	postfix -c "$PF_ETC" check >>"$W/pf/setup.log" 2>&1 || die "postfix check failed (see $W/pf/maillog)"
+}
+
+pf_master() { tr -d ' ' <"$PF_Q/pid/master.pid" 2>/dev/null; }
+
+pf_start() {
+	postfix -c "$PF_ETC" start >>"$W/pf/setup.log" 2>&1 || die "postfix start failed (see $W/pf/maillog)"
+	PF_UP=1
+	wait_for 30 0.1 listening "$PF_PORT" || die "postfix is not listening on $PF_PORT"
+}
+
+pf_stop() {
+	local m
+	m=$(pf_master)
+	postfix -c "$PF_ETC" stop >>"$W/pf/setup.log" 2>&1 || true
+	if [ -n "$m" ] && ! wait_for 20 0.1 gone "$m"; then
+		postfix -c "$PF_ETC" abort >>"$W/pf/setup.log" 2>&1 || true
+		kill -KILL "$m" 2>/dev/null || true
+	fi
+	PF_UP=0
+	wait_for 10 0.1 closed "$PF_PORT" || log "warning: postfix port still open"
+}
+
+# Queue files still in Postfix's queue (incoming, active, deferred, hold).
+pf_queued() { find "$PF_Q/incoming" "$PF_Q/active" "$PF_Q/deferred" "$PF_Q/hold" -type f 2>/dev/null | wc -l; }
+pf_empty() { [ "$(pf_queued)" = 0 ]; }
+pf_all_deferred() { [ "$(find "$PF_Q/deferred" -type f | wc -l)" = "$1" ] && [ "$(pf_queued)" = "$1" ]; }
+# CPU of the whole instance: master (its reaped children included) + live children.
+pf_cpu() {
+	local m
+	m=$(pf_master)
+	{
+		awk '{print $14 + $15 + $16 + $17}' "/proc/$m/stat"
+		for c in $(pgrep -P "$m"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+	} | awk '{s += $1} END {print s}'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements. Results go into R[peer/round/workload/metric].
+
+declare -A R
+
+source_run() { # PORT N FLAGS... -> runs smtp-source, fails loudly when it reports errors
+	local port=$1 n=$2
+	shift 2
+	if ! smtp-source -s "$SESSIONS" -m "$n" "$@" -f "$FROM" -t "$TO" "127.0.0.1:$port" >"$W/source.out" 2>&1; then
+		log "smtp-source failed: $(head -3 "$W/source.out")"
+		return 1
+	fi
+	if [ -s "$W/source.out" ]; then
+		log "smtp-source said: $(head -3 "$W/source.out")"
+	fi
+}
+
+peer_start() { if [ "$1" = ours ]; then engine_start; else pf_start; fi; }
+peer_stop() { if [ "$1" = ours ]; then engine_stop; else pf_stop; fi; }
+peer_port() { if [ "$1" = ours ]; then echo "$ENGINE_PORT"; else echo "$PF_PORT"; fi; }
+peer_cpu() { if [ "$1" = ours ]; then engine_cpu; else pf_cpu; fi; }
+peer_empty() { if [ "$1" = ours ]; then engine_empty; else pf_empty; fi; }
+
+# throughput PEER ROUND WORKLOAD N SMTP-SOURCE-FLAGS...
+throughput() {
+	local peer=$1 round=$2 wl=$3 n=$4
+	shift 4
+	local k="$peer/$round/$wl"
+	peer_start "$peer"
+	sink_start
+	local c0 t0 t1 t2
+	c0=$(peer_cpu "$peer")
+	t0=$(now)
+	source_run "$(peer_port "$peer")" "$n" "$@" || die "$k: sending failed"
+	t1=$(now)
+	wait_for "$WAIT_MAX" 0.05 sink_has "$n" || die "$k: the sink got $(sink_count) of $n within ${WAIT_MAX}s"
+	t2=$(now)
+	wait_for 60 0.2 peer_empty "$peer" || log "warning: $k: queue not empty 60 s after the sink got everything"
+	local c1
+	c1=$(peer_cpu "$peer")
+	R[$k/accepted]=$(calc "$n / ($t1 - $t0)")
+	R[$k/e2e]=$(calc "$n / ($t2 - $t0)")
+	R[$k/cpu]=$(calc "($c1 - $c0) * 1000000 / $HZ / $n")
+	[ "$peer" = ours ] && R[$k/rss]=$(engine_hwm)
+	log "$k: accepted $(fmt "${R[$k/accepted]}") msg/s, end-to-end $(fmt "${R[$k/e2e]}") msg/s, CPU $(fmt "${R[$k/cpu]}") µs/msg"
+	sink_stop
+	peer_stop "$peer"
+}
+
+# held PEER ROUND: N_HELD messages while the sink is down; then the sink comes back.
+held() {
+	local peer=$1 round=$2
+	local k="$peer/$round/held" n=$N_HELD
+	listening "$SINK_PORT" && die "the sink port is open before the held test"
+	peer_start "$peer"
+	local t0 t1 c0
+	c0=$(peer_cpu "$peer")
+	t0=$(now)
+	source_run "$(peer_port "$peer")" "$n" -l 4096 || die "$k: sending failed"
+	t1=$(now)
+	R[$k/accepted]=$(calc "$n / ($t1 - $t0)")
+	if [ "$peer" = ours ]; then
+		wait_for 60 0.5 engine_all_held "$n" || die "$k: $(engine_queued held) of $n held after 60 s"
+	else
+		wait_for 120 0.5 pf_all_deferred "$n" || die "$k: $(pf_queued) queued, not all deferred after 120 s"
+	fi
+	log "$k: $n accepted at $(fmt "${R[$k/accepted]}") msg/s and held; destination back now"
+	local up tdone
+	sink_start
+	up=$(now)
+	if [ "$peer" = ours ]; then
+		wait_for "$WAIT_MAX" 0.05 sink_has "$n" || die "$k: the sink got $(sink_count) of $n within ${WAIT_MAX}s"
+		tdone=$(now)
+		R[$k/drain]=$(calc "$tdone - $up")
+		wait_for 30 0.1 engine_empty || log "warning: $k: queue not empty after the sink got everything"
+		R[$k/empty]=$(calc "$(now) - $up")
+		R[$k/cpu]=$(calc "($(engine_cpu) - $c0) * 1000000 / $HZ / $n")
+		R[$k/rss]=$(engine_hwm)
+		log "$k: all $n in the sink $(fmt "${R[$k/drain]}" 2) s after it came back (queue empty after $(fmt "${R[$k/empty]}" 2) s)"
+	else
+		if wait_for "$PF_HELD_WAIT" 0.5 sink_has "$n"; then
+			R[$k/drain]=$(calc "$(now) - $up")
+		else
+			R[$k/drain]=">$PF_HELD_WAIT"
+		fi
+		R[$k/nowait]=$(sink_count)
+		log "$k: without a flush, $(sink_count) of $n delivered within ${PF_HELD_WAIT}s"
+		local tf
+		tf=$(now)
+		postqueue -c "$PF_ETC" -f
+		wait_for "$WAIT_MAX" 0.05 sink_has "$n" || die "$k: after postqueue -f the sink got $(sink_count) of $n"
+		R[$k/flush]=$(calc "$(now) - $tf")
+		R[$k/flushrate]=$(calc "($n - ${R[$k/nowait]}) / ${R[$k/flush]}")
+		wait_for 30 0.2 pf_empty || log "warning: $k: queue not empty after the flush"
+		R[$k/cpu]=$(calc "($(pf_cpu) - $c0) * 1000000 / $HZ / $n")
+		log "$k: postqueue -f delivered the rest in $(fmt "${R[$k/flush]}" 2) s ($(fmt "${R[$k/flushrate]}") msg/s)"
+	fi
+	sink_stop
+	peer_stop "$peer"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Run
+
+engine_config
+pf_config
+log "work dir $W; engine 127.0.0.1:$ENGINE_PORT (ops $OPS), postfix 127.0.0.1:$PF_PORT, sink 127.0.0.1:$SINK_PORT"
+log "load: smtp-source -s $SESSIONS; one peer at a time; $RUNS round(s)"
+
+WORKLOADS=()
+[ "$N_4K" -gt 0 ] && WORKLOADS+=("4k")
+[ "$N_4K_PERSIST" -gt 0 ] && WORKLOADS+=("4k-d")
+[ "$N_100K" -gt 0 ] && WORKLOADS+=("100k")
+wl_n() { case $1 in 4k) echo "$N_4K" ;; 4k-d) echo "$N_4K_PERSIST" ;; 100k) echo "$N_100K" ;; esac; }
+wl_flags() { case $1 in 4k) echo "-l 4096" ;; 4k-d) echo "-l 4096 -d" ;; 100k) echo "-l 102400" ;; esac; }
+wl_name() {
+	case $1 in
+	4k) echo "4 KiB x $N_4K, conn/msg" ;;
+	4k-d) echo "4 KiB x $N_4K_PERSIST, -d" ;;
+	100k) echo "100 KiB x $N_100K, conn/msg" ;;
+	esac
+}
+
+for round in $(seq 1 "$RUNS"); do
+	for wl in "${WORKLOADS[@]}"; do
+		for peer in $PEERS; do
+			# shellcheck disable=SC2046
+			throughput "$peer" "$round" "$wl" "$(wl_n "$wl")" $(wl_flags "$wl")
+		done
+	done
+	if [ "$N_HELD" -gt 0 ]; then
+		for peer in $PEERS; do held "$peer" "$round"; done
+	fi
+done
+
+# ---------------------------------------------------------------------------------------------
+# 4. Report
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+echo
+echo "maildistiller engine vs Postfix $(postconf -d -h mail_version), smtp-source -s $SESSIONS, loopback, $(nproc) cores"
+echo "(spool and Postfix queue on $(df -P "$W" | awk 'NR == 2 {print $1}'); engine scanners: $SCANNERS; probe_interval $PROBE_INTERVAL)"
+echo
+printf '%-5s %-28s %-10s %10s %10s %8s\n' round workload metric ours postfix ratio
+for round in $(seq 1 "$RUNS"); do
+	for wl in "${WORKLOADS[@]}"; do
+		for m in accepted e2e; do
+			o=${R[ours/$round/$wl/$m]:-}
+			p=${R[postfix/$round/$wl/$m]:-}
+			printf '%-5s %-28s %-10s %10s %10s %8s\n' "$round" "$(wl_name "$wl")" "${m/e2e/end-to-end} msg/s" "$(fmt "$o")" "$(fmt "$p")" "$(ratio "$o" "$p")"
+		done
+	done
+	if [ "$N_HELD" -gt 0 ]; then
+		o=${R[ours/$round/held/accepted]:-}
+		p=${R[postfix/$round/held/accepted]:-}
+		printf '%-5s %-28s %-10s %10s %10s %8s\n' "$round" "4 KiB x $N_HELD, dest. down" "accepted msg/s" "$(fmt "$o")" "$(fmt "$p")" "$(ratio "$o" "$p")"
+	fi
+done
+
+echo
+echo "CPU per message (µs; ours: engine process; postfix: master + all its daemons) and engine peak RSS"
+printf '%-5s %-28s %10s %10s %12s\n' round workload ours postfix "ours VmHWM"
+for round in $(seq 1 "$RUNS"); do
+	for wl in "${WORKLOADS[@]}" ${N_HELD:+held}; do
+		[ "$wl" = held ] && [ "$N_HELD" -le 0 ] && continue
+		if [ "$wl" = held ]; then name="held $N_HELD: accept + drain"; else name=$(wl_name "$wl"); fi
+		printf '%-5s %-28s %10s %10s %9s KiB\n' "$round" "$name" \
+			"$(fmt "${R[ours/$round/$wl/cpu]:-}")" "$(fmt "${R[postfix/$round/$wl/cpu]:-}")" "${R[ours/$round/$wl/rss]:--}"
+	done
+done
+
+if [ "$N_HELD" -gt 0 ]; then
+	echo
+	echo "Held queue of $N_HELD x 4 KiB, destination back (seconds until the sink has all of them)"
+	printf '%-5s %14s %18s %26s\n' round ours "postfix, no flush" "postfix after postqueue -f"
+	for round in $(seq 1 "$RUNS"); do
+		pd=${R[postfix/$round/held/drain]:-}
+		case $pd in ">"*) pd="$pd s ($(fmt "${R[postfix/$round/held/nowait]}") dlv.)" ;; *) pd="$(fmt "$pd" 2) s" ;; esac
+		printf '%-5s %12s s %18s %14s s (%s msg/s)\n' "$round" "$(fmt "${R[ours/$round/held/drain]:-}" 2)" "$pd" \
+			"$(fmt "${R[postfix/$round/held/flush]:-}" 2)" "$(fmt "${R[postfix/$round/held/flushrate]:-}")"
+	done
+fi
