@@ -96,6 +96,28 @@ enum Command {
         /// An IPv4 or IPv6 address.
         ip: IpAddr,
     },
+    /// Manage webmail users (edits the tenant's config file; reload to apply).
+    User {
+        #[command(subcommand)]
+        action: maildistiller::engine::webmail::users::UserCommand,
+    },
+    /// Explain which silo GeoDNS answers a name with for a client, and why.
+    DnsExplain {
+        /// The name asked, e.g. mx.in.example.net.
+        name: String,
+        /// The address the query comes from (the resolver, or the sending MTA itself).
+        #[arg(long)]
+        client: IpAddr,
+        /// The EDNS Client Subnet the resolver sends, e.g. 81.2.69.0/24.
+        #[arg(long)]
+        ecs: Option<String>,
+        /// Query type: A, AAAA, MX, TXT, ...
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// Assume this silo's edges are down. Repeatable.
+        #[arg(long)]
+        down: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,7 +171,7 @@ fn role_set(roles: &[Role]) -> RoleSet {
 
 /// Roles this build can run. The others are announced, not faked.
 fn built(role: &str) -> bool {
-    matches!(role, "engine" | "edge")
+    matches!(role, "engine" | "edge" | "dns")
 }
 
 fn main() -> ExitCode {
@@ -233,6 +255,31 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::DnsExplain {
+            name,
+            client,
+            ecs,
+            qtype,
+            down,
+        }) => match load() {
+            Ok(snap) => {
+                let ecs = ecs.as_deref();
+                match maildistiller::dns::explain(snap, name, qtype, *client, ecs, down) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(text) => {
+                        eprintln!("maildistiller: {text}");
+                        ExitCode::from(EX_USAGE)
+                    }
+                }
+            }
+            Err(code) => code,
+        },
+        Some(Command::User { action }) => {
+            maildistiller::engine::webmail::users::command(&cli.config, action)
+        }
         None => {
             if cli.role.is_empty() {
                 eprintln!(
@@ -392,6 +439,14 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
                     tasks.spawn(bound.serving);
                 }
                 Err(e) => return bind_failed("engine", e),
+            }
+        }
+        if roles.dns {
+            match maildistiller::dns::bind(&ops).await {
+                Ok(bound) => {
+                    tasks.spawn(bound.serve());
+                }
+                Err(e) => return bind_failed("dns", e),
             }
         }
         if roles.edge {

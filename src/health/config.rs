@@ -34,7 +34,10 @@ impl HealthConfig {
         k.dur(&format!("{p}.interval"), self.interval, 100, 3600);
         k.dur(&format!("{p}.timeout"), self.timeout, 10, 600);
         if self.timeout > self.interval {
-            k.err(format!("{p}.timeout"), "must not be longer than the interval");
+            k.err(
+                format!("{p}.timeout"),
+                "must not be longer than the interval",
+            );
         }
         k.range(&format!("{p}.rise"), self.rise.into(), 1, 100);
         k.range(&format!("{p}.fall"), self.fall.into(), 1, 100);

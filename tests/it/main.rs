@@ -7,6 +7,8 @@ mod cli;
 mod config_files;
 /// The real engine binary under SIGKILL: no acknowledged message is lost.
 mod crash;
+/// GeoDNS in-process: geo answers, ECS scope, tenants, MX, negative cases, TC/TCP, health, fuzz.
+mod dns;
 /// The edge in front of in-process engines: routing, failover, spill-over, admission, TLS, layer 4.
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
@@ -15,5 +17,9 @@ mod engine;
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.
 mod ops_process;
+/// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
+mod scan;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
+/// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.
+mod webmail;

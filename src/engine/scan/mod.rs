@@ -5,11 +5,89 @@
 //! snapshot with [`Scanner::new`], then for every message [`Scanner::scan`], act on
 //! [`Verdict::action`], store [`Verdict::summary`] with the message, and spool
 //! [`Verdict::apply`]'s output.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | `budget` | the per-message budget: bytes, parts, depth, header lines, archive entries and ratio, wall time |
+//! | `decode` | pre-flight, mail-parser, the MIME walk, nested messages, archives queued as attachments |
+//! | `archive` | zip unpacking under the budget (the only file naming `zip`) |
+//! | `magic` | file types by content, extension promises, macros |
+//! | `finding` | findings, their categories and built-in scores, scanner errors |
+//! | `check/` | the scanners, one module each behind the `Check` trait |
+//! | `dns` | the resolver for SPF/DKIM/DMARC/DNS lists (the only file naming hickory) |
+//! | `verdict` | replies, summary, headers, rewriting the header block |
+//! | `metrics` | per-tenant counters |
+//!
+//! # One message
+//!
+//! 1. The tenant's live policy (with its tenant override) and its shadow policies are looked up.
+//! 2. For each policy: a [`budget::Budget`] starts at the scan's start; the message is decoded
+//!    under it (shared between policies with equal limits); the lists are consulted (a block
+//!    stops here); the policy's checks run concurrently until the deadline (a check shared by
+//!    two policies — same resolver, same clamd — runs once per message); [`decide`] turns the
+//!    findings into a decision.
+//! 3. The live decision becomes the verdict; shadow decisions are logged and counted, never
+//!    acted on.
+//!
+//! # Bounds
+//!
+//! One message: its policy's `limits` (decoded bytes, parts, depth, header lines, archive
+//! entries and ratio, wall time). All messages: [`SCAN_MEMORY_MIB`] of estimated working
+//! memory, shared by every scan in flight (a scan waits for its share before it starts; its
+//! time budget starts once it has it). A shadow policy with other limits decodes the message
+//! again under its own budget.
 
+pub mod archive;
+pub mod budget;
+pub mod check;
+pub mod decode;
+mod dns;
+pub mod finding;
+pub mod magic;
+pub mod metrics;
+pub mod verdict;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::{ConfigErrors, Snapshot};
+use crate::engine::policy::{
+    CompiledPolicy, Decision, Disposition, Failure, Limits, ListHit, Policies, decide,
+};
 use crate::topology::Tenant;
+use budget::{Budget, Stats};
+use check::{Subject, Url};
+use decode::Decoded;
+use finding::{Category, CheckError, Finding, Outcome};
+pub use metrics::ScanMetrics;
+
+/// Messages larger than this are decoded with `block_in_place` on a multi-threaded runtime,
+/// so one big message does not stall the other sessions of its worker thread.
+const INLINE_DECODE: usize = 256 << 10;
+
+/// Working memory of all scans in flight, in MiB, by estimate (see [`weight`]): a scan waits
+/// for its share before it decodes and holds it to the end, so however many sessions deliver
+/// at once, scanning takes at most about this much memory. A 4 KiB message weighs 1 MiB; a
+/// 25 MiB one under the default limits about 90.
+pub const SCAN_MEMORY_MIB: u32 = 1024;
+static SCAN_MEMORY: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(SCAN_MEMORY_MIB as usize);
+
+/// Worst-case memory of one scan, in MiB: the raw message, mail-parser's decoded copy (at most
+/// three times the raw size), and archive inflation (at most the ratio times the raw size),
+/// the last two together no more than the decoded-bytes budget.
+fn weight(raw: usize, limits: &Limits) -> u32 {
+    let raw = raw as u64;
+    let decoded = raw
+        .saturating_mul(3 + u64::from(limits.max_archive_ratio))
+        .min(limits.max_decoded_bytes.0);
+    let mib = (raw + decoded).div_ceil(1 << 20).max(1);
+    mib.min(u64::from(SCAN_MEMORY_MIB)) as u32
+}
 
 /// What the engine knows about a message when it is complete.
 #[derive(Debug, Clone)]
@@ -53,37 +131,411 @@ pub struct Verdict {
     pub summary: String,
     /// Header lines (each ending in CRLF) to prepend to the message when delivered or quarantined.
     pub headers: String,
+    /// Put before the `Subject` when the policy tags (see [`Verdict::apply`]).
+    pub subject_prefix: Option<String>,
+    /// Our authserv-id: incoming `Authentication-Results` claiming it are removed (RFC 8601 §5).
+    pub authserv_id: Option<String>,
+    /// The decisions behind the verdict (live and shadow), for tests, tools and metrics.
+    pub report: Option<Arc<Report>>,
+}
+
+impl Default for Verdict {
+    /// Deliver, unscanned, nothing added (for engine tests that need a verdict).
+    fn default() -> Self {
+        Verdict {
+            action: Action::Deliver,
+            summary: "not scanned".into(),
+            headers: String::new(),
+            subject_prefix: None,
+            authserv_id: None,
+            report: None,
+        }
+    }
+}
+
+/// Everything a verdict was decided from.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The reference id given to the sender (the queue id).
+    pub reference: String,
+    pub tenant: String,
+    /// `name@version` of the live policy.
+    pub policy: String,
+    pub decision: Decision,
+    /// `name@version` and decision of each shadow policy.
+    pub shadows: Vec<(String, Decision)>,
+    pub stats: Stats,
+    pub elapsed: Duration,
 }
 
 impl Verdict {
     /// The message as it is to be spooled: `message` (which already starts with our
-    /// `Received:`) with the verdict's headers added.
+    /// `Received:`) with the verdict's headers added, forged copies of our own headers
+    /// removed, and the subject prefixed when the policy tags.
     pub fn apply(&self, message: Vec<u8>) -> Vec<u8> {
-        if self.headers.is_empty() {
+        if self.headers.is_empty() && self.subject_prefix.is_none() && self.authserv_id.is_none() {
             return message;
         }
-        let mut out = Vec::with_capacity(self.headers.len() + message.len());
-        out.extend_from_slice(self.headers.as_bytes());
-        out.extend_from_slice(&message);
-        out
+        verdict::rewrite(
+            message,
+            &self.headers,
+            self.subject_prefix.as_deref(),
+            self.authserv_id.as_deref(),
+        )
+    }
+
+    /// The live decision's disposition (tag is visible here; [`Action`] folds it into deliver).
+    pub fn disposition(&self) -> Option<Disposition> {
+        self.report.as_ref().map(|r| r.decision.disposition)
     }
 }
 
 /// Scanners and compiled policies for one config snapshot.
 #[derive(Debug)]
-pub struct Scanner {}
+pub struct Scanner {
+    policies: Policies,
+    metrics: Option<ScanMetrics>,
+}
 
 impl Scanner {
-    pub fn new(_snapshot: &Snapshot) -> Result<Scanner, ConfigErrors> {
-        Ok(Scanner {})
+    /// Compiles every policy of the snapshot (rules, lists, scanners, resolvers). Fails with
+    /// every problem, each with its config path; no sockets are opened.
+    pub fn new(snapshot: &Snapshot) -> Result<Scanner, ConfigErrors> {
+        // The engine's host name (as in its Received: headers), else the local silo's.
+        let authserv = snapshot
+            .config
+            .engine
+            .hostname
+            .clone()
+            .or_else(|| {
+                let silo = snapshot.topology.silos.get(snapshot.local_silo.0)?;
+                Some(silo.hostname.clone())
+            })
+            .unwrap_or_else(|| "localhost".into());
+        let policies = Policies::build(&snapshot.config, &authserv).map_err(ConfigErrors)?;
+        Ok(Scanner {
+            policies,
+            metrics: None,
+        })
+    }
+
+    /// Counts verdicts in `metrics` (created once per process, see `metrics.rs`).
+    pub fn with_metrics(mut self, metrics: ScanMetrics) -> Scanner {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
     }
 
     /// Scans one complete message (header + body, CRLF line ends, dot-unstuffed).
-    pub async fn scan(&self, _envelope: &Envelope<'_>, _message: &[u8]) -> Verdict {
-        Verdict {
-            action: Action::Deliver,
-            summary: "not scanned".into(),
-            headers: String::new(),
+    pub async fn scan(&self, envelope: &Envelope<'_>, message: &[u8]) -> Verdict {
+        let tenant = envelope.tenant.id.0.as_str();
+        let live = self.policies.live(tenant, &envelope.tenant.policy);
+        let shadows = self.policies.shadows(tenant, &envelope.tenant.policy);
+        // The semaphore is never closed; without a permit we would only lose the bound.
+        let _permit = SCAN_MEMORY
+            .acquire_many(weight(message.len(), &live.config.limits))
+            .await
+            .ok();
+        let start = Instant::now();
+        let mut memo = Memo::default();
+        let (decision, headers, stats) = evaluate(&live, envelope, message, start, &mut memo).await;
+        let mut shadow_decisions = Vec::with_capacity(shadows.len());
+        for s in &shadows {
+            let (d, _, _) = evaluate(s, envelope, message, start, &mut memo).await;
+            shadow_decisions.push((s.label(), d));
         }
+        let elapsed = start.elapsed();
+        let verdict = build_verdict(
+            &live,
+            envelope,
+            decision,
+            headers,
+            shadow_decisions,
+            stats,
+            elapsed,
+        );
+        if let (Some(m), Some(r)) = (&self.metrics, &verdict.report) {
+            m.observe(
+                tenant,
+                &r.decision,
+                &r.shadows,
+                elapsed.as_secs_f64(),
+                message.len(),
+            );
+        }
+        log(envelope, &verdict);
+        verdict
+    }
+}
+
+/// The live verdict at debug (the engine logs it with the message's fate); shadow verdicts at
+/// info, since nothing else reports them.
+fn log(env: &Envelope<'_>, v: &Verdict) {
+    tracing::debug!(
+        target: "maildistiller::scan",
+        session = env.session_id,
+        queue_id = env.queue_id,
+        "verdict {}",
+        v.summary
+    );
+    if let Some(r) = &v.report {
+        for (label, d) in &r.shadows {
+            tracing::info!(
+                target: "maildistiller::scan",
+                session = env.session_id,
+                queue_id = env.queue_id,
+                shadow = label.as_str(),
+                live = r.decision.disposition.as_str(),
+                "shadow verdict action={} score={:.1} reason=\"{}\"",
+                d.disposition.as_str(),
+                d.score,
+                decode::clip(&d.reason, 200)
+            );
+        }
+    }
+}
+
+/// What one message's evaluations share: decodings by limits, answers of shared checks.
+#[derive(Default)]
+struct Memo<'a> {
+    decoded: Vec<(Limits, Arc<Decoded<'a>>, Arc<Vec<Url>>)>,
+    outcomes: HashMap<usize, Result<Outcome, CheckError>>,
+}
+
+/// Decides `message` under one policy.
+async fn evaluate<'a>(
+    policy: &CompiledPolicy,
+    env: &Envelope<'_>,
+    message: &'a [u8],
+    start: Instant,
+    memo: &mut Memo<'a>,
+) -> (Decision, Vec<String>, Stats) {
+    let limits = &policy.config.limits;
+    let budget = Budget::new(limits, start);
+    let deadline = budget.deadline();
+    let (decoded, urls) = match memo.decoded.iter().find(|(l, _, _)| l == limits) {
+        Some((_, d, u)) => (d.clone(), u.clone()),
+        None => {
+            let d = Arc::new(decode_message(message, budget, limits));
+            let u = Arc::new(check::extract_urls(&d.text, &d.html));
+            memo.decoded.push((limits.clone(), d.clone(), u.clone()));
+            (d, u)
+        }
+    };
+    let mut findings = Vec::new();
+    if let Some(e) = decoded.exceeded {
+        findings.push(unscannable(e));
+    }
+    let mut senders = Vec::with_capacity(1 + decoded.from.len());
+    if !env.mail_from.is_empty() {
+        senders.push(env.mail_from.to_ascii_lowercase());
+    }
+    senders.extend(decoded.from.iter().cloned());
+    let list = policy.lists.check(&senders, env.client_ip, env.rcpts);
+    let mut headers = Vec::new();
+    let mut failures = Vec::new();
+    if !matches!(list, ListHit::Block { .. }) {
+        let subject = Subject {
+            envelope: env,
+            raw: message,
+            decoded: &decoded,
+            urls: &urls,
+            deadline,
+        };
+        run_checks(policy, &subject, memo).await;
+        for c in &policy.checks {
+            match memo.outcomes.get(&check::identity(c)) {
+                Some(Ok(o)) => {
+                    findings.extend(o.findings.iter().cloned());
+                    headers.extend(o.headers.iter().cloned());
+                }
+                Some(Err(e)) => failures.push(Failure {
+                    scanner: c.name(),
+                    error: e.to_string(),
+                    on_failure: c.on_failure(),
+                }),
+                None => {}
+            }
+        }
+        if Instant::now() >= deadline && !findings.iter().any(|f| f.name == "unscannable.time") {
+            findings.push(unscannable(budget::Exceeded::Time(limits.max_time.get())));
+        }
+    }
+    let stats = decoded.stats;
+    (
+        decide(&policy.config, findings, failures, list),
+        headers,
+        stats,
+    )
+}
+
+fn decode_message<'a>(message: &'a [u8], mut budget: Budget, limits: &Limits) -> Decoded<'a> {
+    let max_text = limits.max_text_bytes.0 as usize;
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if message.len() > INLINE_DECODE && multi {
+        tokio::task::block_in_place(|| decode::decode(message, &mut budget, max_text))
+    } else {
+        decode::decode(message, &mut budget, max_text)
+    }
+}
+
+fn unscannable(e: budget::Exceeded) -> Finding {
+    Finding::builtin(
+        "decode",
+        &format!("unscannable.{}", e.name()),
+        Category::Unscannable,
+        e.to_string(),
+    )
+}
+
+/// Runs the policy's checks that have no answer for this message yet, concurrently, each
+/// bounded by the message's deadline.
+async fn run_checks(policy: &CompiledPolicy, s: &Subject<'_>, memo: &mut Memo<'_>) {
+    let pending: Vec<&Arc<dyn check::Check>> = policy
+        .checks
+        .iter()
+        .filter(|c| !memo.outcomes.contains_key(&check::identity(c)))
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::from_std(s.deadline);
+    let left = s.deadline.saturating_duration_since(Instant::now());
+    let futs = pending
+        .iter()
+        .map(|c| {
+            Box::pin(async move {
+                tokio::time::timeout_at(deadline, c.check(s))
+                    .await
+                    .unwrap_or(Err(CheckError::Timeout(left)))
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+        })
+        .collect();
+    let results = check::join_all(futs).await;
+    for (c, r) in pending.iter().zip(results) {
+        memo.outcomes.insert(check::identity(c), r);
+    }
+}
+
+fn build_verdict(
+    live: &CompiledPolicy,
+    env: &Envelope<'_>,
+    decision: Decision,
+    auth_headers: Vec<String>,
+    shadows: Vec<(String, Decision)>,
+    stats: Stats,
+    elapsed: Duration,
+) -> Verdict {
+    let reference = env.queue_id;
+    let label = live.label();
+    let tenant = env.tenant.id.0.as_str();
+    let disposition = decision.disposition;
+    let action = match disposition {
+        Disposition::Deliver | Disposition::Tag => Action::Deliver,
+        Disposition::Quarantine => Action::Quarantine {
+            reason: decode::clip(&decision.reason, 200),
+        },
+        Disposition::Reject => Action::Reject {
+            reply: verdict::reject_reply(decision.reply_reason, reference),
+        },
+        Disposition::TempFail => Action::TempFail {
+            reply: verdict::tempfail_reply(reference),
+        },
+    };
+    let mut headers = String::new();
+    let mut subject_prefix = None;
+    if matches!(
+        disposition,
+        Disposition::Deliver | Disposition::Tag | Disposition::Quarantine
+    ) {
+        for h in &auth_headers {
+            headers.push_str(h);
+        }
+        headers.push_str(&verdict::verdict_header(
+            disposition.as_str(),
+            &decision,
+            &label,
+            reference,
+        ));
+        if disposition == Disposition::Tag {
+            let tag = &live.config.tag;
+            if tag.headers {
+                headers.push_str(&format!(
+                    "X-Spam-Flag: YES\r\nX-Spam-Score: {:.1}\r\n",
+                    decision.score
+                ));
+            }
+            subject_prefix.clone_from(&tag.subject_prefix);
+        }
+    }
+    let extra = format!(
+        "parts={} bytes={} depth={} entries={} took={}ms",
+        stats.parts,
+        stats.bytes,
+        stats.depth,
+        stats.entries,
+        elapsed.as_millis()
+    );
+    let summary = verdict::summary(
+        disposition.as_str(),
+        &decision,
+        &label,
+        tenant,
+        reference,
+        &shadows,
+        &extra,
+    );
+    let authserv_id = live
+        .checks
+        .iter()
+        .any(|c| c.name() == "auth")
+        .then(|| authserv_of(&auth_headers))
+        .flatten();
+    Verdict {
+        action,
+        summary,
+        headers,
+        subject_prefix,
+        authserv_id,
+        report: Some(Arc::new(Report {
+            reference: reference.to_owned(),
+            tenant: tenant.to_owned(),
+            policy: label,
+            decision,
+            shadows,
+            stats,
+            elapsed,
+        })),
+    }
+}
+
+/// The authserv-id of our own `Authentication-Results` header.
+fn authserv_of(headers: &[String]) -> Option<String> {
+    headers.iter().find_map(|h| {
+        let v = h.strip_prefix("Authentication-Results: ")?;
+        Some(v.split([';', ' ', '\r']).next()?.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_memory_weights() {
+        let l = Limits::default();
+        assert_eq!(weight(4096, &l), 1);
+        assert_eq!(weight(25 << 20, &l), 25 + 64, "raw + the decoded budget");
+        assert_eq!(
+            weight(usize::MAX / 2, &l),
+            SCAN_MEMORY_MIB,
+            "never more than the pool"
+        );
+        let zip_heavy = weight(200 << 10, &l);
+        assert!(zip_heavy > 1 && zip_heavy <= 21, "{zip_heavy}");
     }
 }

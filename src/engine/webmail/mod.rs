@@ -1,33 +1,334 @@
-//! Webmail: a tenant's users read their held and quarantined mail over HTTPS.
+//! Webmail: while a tenant's mail server is down, its users read the mail held for them (and
+//! their quarantined mail) on an HTTPS page served by the engines, straight from the spool.
+//!
+//! # Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | `config.rs` | `[engine.webmail]` and its checks |
+//! | `serve.rs` | the TLS listener for axum, connection bounds and idle timeout, security headers, HTTP→HTTPS |
+//! | `sessions.rs` | sessions, per-session message tokens, the sign-in limiter |
+//! | `secret.rs` | random tokens, constant-time compare, argon2 checks |
+//! | `auth.rs` | sign-in, sign-out, CSRF |
+//! | `mailbox.rs` | who sees which message; release and delete |
+//! | `handlers.rs` | inbox, message, downloads, actions, allowed senders |
+//! | `render.rs` | parsing and sanitising a message |
+//! | `pages.rs` + `webmail.css` | the HTML |
+//! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
+//! | `allow.rs` | users' allow lists under the spool (read by the scanner) |
+//! | `users.rs` | `maildistiller user add|passwd|remove` |
+//!
+//! # Lifecycle
+//!
+//! [`bind`] (called by `engine::bind`) mounts the peer API on the ops listener when a peer
+//! secret is set, loads the certificate, binds the HTTPS and redirect listeners and returns the
+//! future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
+//! finish. Config reloads apply to the next request (users, limits, page size, peers); the
+//! listeners, certificate and `max_concurrent_logins` are read at start only.
+//!
+//! # Bounds
+//!
+//! `max_connections` connections (idle ones closed after `idle_timeout`), `max_sessions`
+//! sessions with at most `sessions::MAX_TOKENS` message tokens each, `max_concurrent_logins`
+//! password checks, `sessions::MAX_TRACKED` limiter entries, inbox pages up to
+//! `handlers::MAX_PAGE`, peer answers up to `peer::MAX_BODY` within `peer_timeout`.
+
+mod allow;
+mod auth;
+mod config;
+mod handlers;
+mod mailbox;
+mod pages;
+pub mod peer;
+mod render;
+mod secret;
+mod serve;
+mod sessions;
+pub mod users;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-use serde::{Deserialize, Serialize};
+use axum::Router;
+use axum::routing::{get, post};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::{Serving, Shared};
-use crate::config::validate::Checker;
+use crate::config::Snapshot;
+pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
+pub use config::{DEFAULT_OUTAGE_HELP, WebmailConfig};
 
-/// `[engine.webmail]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebmailConfig {
-    /// HTTPS listeners. Empty: webmail off.
-    pub listen: Vec<SocketAddr>,
+/// `maildistiller_webmail_*` metrics.
+#[derive(Debug, Clone)]
+pub struct WebMetrics {
+    logins: IntCounterVec,
+    actions: IntCounterVec,
+    pub csrf_refused: IntCounter,
+    pub peer_errors: IntCounter,
+    pub sessions: IntGauge,
 }
 
-impl WebmailConfig {
-    pub fn check(&self, k: &mut Checker) {
-        if !self.listen.is_empty() {
-            k.err(
-                "engine.webmail.listen",
-                "webmail is not built yet (issue #7)",
-            );
+impl WebMetrics {
+    fn new(m: &crate::ops::Metrics) -> WebMetrics {
+        let logins = IntCounterVec::new(
+            Opts::new("webmail_logins_total", "Webmail sign-ins by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let actions = IntCounterVec::new(
+            Opts::new("webmail_actions_total", "Webmail actions on messages."),
+            &["action", "result"],
+        )
+        .expect("valid metric");
+        let csrf_refused = IntCounter::new(
+            "webmail_csrf_refused_total",
+            "State-changing requests refused for a missing or wrong CSRF token.",
+        )
+        .expect("valid metric");
+        let peer_errors = IntCounter::new(
+            "webmail_peer_errors_total",
+            "Cluster peers that did not answer a webmail request.",
+        )
+        .expect("valid metric");
+        let sessions =
+            IntGauge::new("webmail_sessions", "Webmail sessions in memory.").expect("valid metric");
+        m.register(Box::new(logins.clone()));
+        m.register(Box::new(actions.clone()));
+        m.register(Box::new(csrf_refused.clone()));
+        m.register(Box::new(peer_errors.clone()));
+        m.register(Box::new(sessions.clone()));
+        for r in ["ok", "failed", "locked", "csrf", "busy"] {
+            logins.with_label_values(&[r]);
         }
+        WebMetrics {
+            logins,
+            actions,
+            csrf_refused,
+            peer_errors,
+            sessions,
+        }
+    }
+
+    pub fn login(&self, result: &str) {
+        self.logins.with_label_values(&[result]).inc();
+    }
+
+    pub fn action(&self, action: &str, ok: bool) {
+        self.actions
+            .with_label_values(&[action, if ok { "ok" } else { "refused" }])
+            .inc();
     }
 }
 
-/// Binds the webmail listeners when configured.
-pub async fn bind(_shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
-    Ok(None)
+/// What every webmail request shares.
+pub struct Web {
+    pub shared: Arc<Shared>,
+    sessions: sessions::Sessions,
+    limiter: sessions::Limiter,
+    /// Password checks running at once.
+    logins: Arc<Semaphore>,
+    /// (config version, dummy hash for unknown addresses).
+    dummy: Mutex<(String, String)>,
+    metrics: WebMetrics,
+}
+
+impl Web {
+    /// The dummy hash for the config in force (its parameters follow the configured users').
+    fn dummy_hash(&self, snap: &Snapshot) -> String {
+        let mut g = self.dummy.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 != snap.version {
+            let like = snap
+                .config
+                .tenants
+                .iter()
+                .flat_map(|t| &t.users)
+                .map(|u| u.password_hash.as_str())
+                .next();
+            *g = (snap.version.clone(), secret::dummy_hash(like));
+        }
+        g.1.clone()
+    }
+
+    /// The peer client, when the config in force has a peer secret.
+    fn peer_client(&self) -> Option<peer::Client> {
+        let snap = self.shared.ops.config.load();
+        let c = &snap.config.engine.webmail;
+        c.peer_secret.as_ref().map(|s| peer::Client {
+            secret: s.clone(),
+            timeout: c.peer_timeout.get(),
+        })
+    }
+}
+
+/// The page's routes.
+fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/", get(auth::index))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/inbox", get(handlers::inbox))
+        .route(
+            "/allowed",
+            get(handlers::allowed).post(handlers::allowed_change),
+        )
+        .route("/m/{token}", get(handlers::message))
+        .route("/m/{token}/body", get(handlers::body))
+        .route("/m/{token}/raw", get(handlers::raw))
+        .route("/m/{token}/part/{n}", get(handlers::part))
+        .route("/m/{token}/{action}", post(handlers::act))
+        .route("/static/webmail.css", get(handlers::css))
+        .fallback(handlers::fallback)
+        .layer(axum::middleware::map_response(serve::security_headers))
+        .with_state(web)
+}
+
+/// Bound webmail listeners per engine, so callers that configured port 0 (tests, benchmarks)
+/// can find the ports. Entries of engines that are gone are dropped on the next bind.
+type Bound = Vec<(Weak<Shared>, Vec<SocketAddr>)>;
+static BOUND: Mutex<Bound> = Mutex::new(Vec::new());
+
+/// The HTTPS addresses the webmail of this engine listens on (empty when off).
+pub fn local_addrs(shared: &Arc<Shared>) -> Vec<SocketAddr> {
+    let g = BOUND.lock().unwrap_or_else(|e| e.into_inner());
+    g.iter()
+        .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default()
+}
+
+/// Binds the webmail listeners when configured, and mounts the peer API when a peer secret is.
+pub async fn bind(shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
+    let snap = shared.ops.config.load_full();
+    let cfg = snap.config.engine.webmail.clone();
+    if cfg.peer_secret.is_some() {
+        shared.ops.add_routes(peer::routes(shared.clone()));
+        if peer::peers(shared).is_empty() {
+            tracing::info!(
+                "webmail: no cluster peers found for this engine in the topology; showing local mail only"
+            );
+        }
+    }
+    if cfg.listen.is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Err(std::io::Error::other(
+            "webmail: tls_cert and tls_key are required",
+        ));
+    };
+    let (tls, expiry) = crate::tls::server_config_with_expiry(cert, key)
+        .map_err(|e| std::io::Error::other(format!("webmail certificate: {e}")))?;
+    shared.ops.metrics.tls_expiry("webmail", expiry);
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
+    let mut https = Vec::new();
+    for a in &cfg.listen {
+        https.push(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("webmail listener {a}: {e}")))?,
+        );
+    }
+    let mut plain = Vec::new();
+    for a in &cfg.http_redirect_listen {
+        plain.push(TcpListener::bind(a).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("webmail redirect listener {a}: {e}"))
+        })?);
+    }
+    let addrs: Vec<SocketAddr> = https.iter().filter_map(|l| l.local_addr().ok()).collect();
+    {
+        let mut g = BOUND.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|(w, _)| w.strong_count() > 0);
+        g.push((Arc::downgrade(shared), addrs.clone()));
+    }
+    let web = Arc::new(Web {
+        shared: shared.clone(),
+        sessions: sessions::Sessions::new(cfg.max_sessions as usize),
+        limiter: sessions::Limiter::default(),
+        logins: Arc::new(Semaphore::new(cfg.max_concurrent_logins as usize)),
+        dummy: Mutex::new((String::new(), String::new())),
+        metrics: WebMetrics::new(&shared.ops.metrics),
+    });
+    // Made now, so the first unknown address does not pay for it.
+    let (w2, s2) = (web.clone(), snap.clone());
+    let _ = tokio::task::spawn_blocking(move || w2.dummy_hash(&s2)).await;
+    tracing::info!(https = ?addrs, redirect = ?cfg.http_redirect_listen, "webmail listening");
+    let https_port = addrs.first().map_or(443, |a| a.port());
+    Ok(Some(Box::pin(run(web, https, plain, tls, https_port))))
+}
+
+async fn run(
+    web: Arc<Web>,
+    https: Vec<TcpListener>,
+    plain: Vec<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    https_port: u16,
+) -> std::io::Result<()> {
+    let shutdown = web.shared.ops.shutdown.clone();
+    let cfg = web.shared.ops.config.load().config.engine.webmail.clone();
+    let idle = cfg.idle_timeout.get();
+    let max = cfg.max_connections as usize;
+    let tracker = tokio_util::task::TaskTracker::new();
+    for l in https {
+        let listener =
+            serve::TlsListener::start(l, Some(tls.clone()), max, idle, shutdown.clone())?;
+        let app = router(web.clone()).into_make_service_with_connect_info::<serve::ClientAddr>();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "webmail server failed");
+            }
+        });
+    }
+    for l in plain {
+        let listener = serve::TlsListener::start(l, None, max, idle, shutdown.clone())?;
+        let w = web.clone();
+        let app = Router::new().fallback(move |req: axum::extract::Request| {
+            let w = w.clone();
+            async move {
+                let public = w
+                    .shared
+                    .ops
+                    .config
+                    .load()
+                    .config
+                    .engine
+                    .webmail
+                    .public_url
+                    .clone();
+                serve::redirect(&req, public.as_deref(), https_port)
+            }
+        });
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+    // Expired sessions are dropped once a minute (requests also check expiry themselves).
+    let w = web.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = w.shared.ops.shutdown.cancelled() => return,
+            }
+            let c = w.shared.ops.config.load().config.engine.webmail.clone();
+            let n = w
+                .sessions
+                .sweep(c.session_idle.get(), c.session_lifetime.get());
+            w.metrics.sessions.set(n as i64);
+        }
+    });
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("webmail stopped");
+    Ok(())
 }

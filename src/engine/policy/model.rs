@@ -1,0 +1,477 @@
+//! `[policy.NAME]` as operators write it: a serde model that refuses unknown keys, with every
+//! default documented on its field (and given by the `Default` impls below).
+//!
+//! A policy is complete on its own: a tenant names one (`policy = "NAME"`, default `default`),
+//! and `[policy.NAME.tenant.ID]` overrides any of its keys for one tenant (tables merge, other
+//! values replace) and adds tenant- and user-level allow/block lists. A policy with
+//! `shadow_of = "LIVE"` is evaluated next to `LIVE` for every message `LIVE` decides, logged,
+//! and never acted on. Semantic checks (ranges, patterns, references) live in `check.rs`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Bytes, Dur};
+
+/// A named filtering policy. `default` always exists (all defaults when not written).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub description: Option<String>,
+    /// Makes this a shadow policy: evaluated and logged next to the named live policy for every
+    /// message that policy decides, never acted on. A shadow policy cannot be assigned to tenants.
+    pub shadow_of: Option<String>,
+    /// Which scanners run.
+    pub scanners: ScannersConfig,
+    /// Spam-score thresholds.
+    pub thresholds: Thresholds,
+    /// Actions for findings that are not just a score.
+    pub actions: ActionsConfig,
+    /// What `tag` adds to a delivered message.
+    pub tag: TagConfig,
+    /// Score of a built-in finding by name (`"spf.fail" = 3.0`), replacing its default.
+    pub scores: BTreeMap<String, f64>,
+    /// The budget of one message: decoding, unpacking and scanning stop when it is spent.
+    pub limits: Limits,
+    /// Resolver for SPF, DKIM, DMARC, DNSBL and URI lists.
+    pub dns: DnsConfig,
+    pub auth: AuthConfig,
+    /// DNS block lists queried with the client address; each hit adds its weight.
+    pub dnsbl: Vec<DnsListConfig>,
+    /// DNS allow lists queried with the client address; each hit subtracts its weight.
+    pub dnswl: Vec<DnsListConfig>,
+    /// Header, subject and body rules.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    /// URLs found in the text.
+    pub urls: UrlConfig,
+    /// Size rules.
+    #[serde(rename = "size")]
+    pub sizes: Vec<SizeRule>,
+    pub attachments: AttachmentConfig,
+    /// External antivirus (clamd INSTREAM); runs when `scanners.clamd`.
+    pub clamd: ClamdConfig,
+    /// External spam scanner (rspamd `/checkv2`); runs when `scanners.rspamd`.
+    pub rspamd: RspamdConfig,
+    /// Policy-wide allow list: spam scoring does not decide (viruses, blocked attachments and
+    /// unscannable mail still do).
+    pub allow: ListConfig,
+    /// Policy-wide block list: `actions.blocklist` without scanning.
+    pub block: ListConfig,
+    /// Per-tenant overrides and lists, keyed by tenant id.
+    pub tenant: BTreeMap<String, TenantOverride>,
+}
+
+/// The action a finding or a threshold asks for, from mildest to strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Deliver,
+    /// Deliver with spam headers (and the subject prefix, when set).
+    Tag,
+    Quarantine,
+    /// Refuse in-session with 550 and a reference id.
+    Reject,
+}
+
+impl PolicyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyAction::Deliver => "deliver",
+            PolicyAction::Tag => "tag",
+            PolicyAction::Quarantine => "quarantine",
+            PolicyAction::Reject => "reject",
+        }
+    }
+}
+
+/// What to do when an external scanner is down, times out or answers nonsense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Fail open: decide without that scanner (the failure is in the verdict).
+    Accept,
+    /// Answer 451 so the sender retries later.
+    Tempfail,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScannersConfig {
+    /// SPF, DKIM, DMARC (mail-auth) and the `Authentication-Results` header. Default true.
+    pub auth: bool,
+    /// `dnsbl` / `dnswl` zones and URI block lists. Default true (no zones are listed by default).
+    pub dnsbl: bool,
+    /// GTUBE, rules, URLs, size rules, built-in heuristics. Default true.
+    pub content: bool,
+    /// Blocked types and extensions (inside archives too), encrypted archives, macros. Default true.
+    pub attachments: bool,
+    /// Built-in antivirus (EICAR). Default true.
+    pub antivirus: bool,
+    /// clamd over INSTREAM (`[policy.NAME.clamd]`). Default false.
+    pub clamd: bool,
+    /// rspamd over `/checkv2` (`[policy.NAME.rspamd]`). Default false.
+    pub rspamd: bool,
+}
+
+impl Default for ScannersConfig {
+    fn default() -> Self {
+        ScannersConfig {
+            auth: true,
+            dnsbl: true,
+            content: true,
+            attachments: true,
+            antivirus: true,
+            clamd: false,
+            rspamd: false,
+        }
+    }
+}
+
+/// Score thresholds; the strongest one reached applies. `inf` disables one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// Default 5.
+    pub tag: f64,
+    /// Default 10.
+    pub quarantine: f64,
+    /// Default 20.
+    pub reject: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            tag: 5.0,
+            quarantine: 10.0,
+            reject: 20.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// A virus (EICAR, clamd). Default `reject`.
+    pub virus: PolicyAction,
+    /// The message's budget was exceeded (bomb, too many parts, too deep, too slow): it could
+    /// not be scanned completely. Default `quarantine`: never a silent pass.
+    pub unscannable: PolicyAction,
+    /// DMARC failed and the author domain publishes `p=reject`. Default `reject`.
+    pub dmarc_reject: PolicyAction,
+    /// DMARC failed and the author domain publishes `p=quarantine`. Default `quarantine`.
+    pub dmarc_quarantine: PolicyAction,
+    /// Sender or client on a block list. Default `reject`.
+    pub blocklist: PolicyAction,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            virus: PolicyAction::Reject,
+            unscannable: PolicyAction::Quarantine,
+            dmarc_reject: PolicyAction::Reject,
+            dmarc_quarantine: PolicyAction::Quarantine,
+            blocklist: PolicyAction::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagConfig {
+    /// Put before the subject of tagged mail, e.g. `"[SPAM] "`. Default none.
+    pub subject_prefix: Option<String>,
+    /// Add `X-Spam-Flag: YES` and `X-Spam-Score` to tagged mail. Default true.
+    pub headers: bool,
+}
+
+impl Default for TagConfig {
+    fn default() -> Self {
+        TagConfig {
+            subject_prefix: None,
+            headers: true,
+        }
+    }
+}
+
+/// The budget of one message, shared by decoding, unpacking and every scanner. Spending past
+/// it is the finding `unscannable.<limit>`, and `actions.unscannable` decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes produced by decoding (base64, quoted-printable, charsets) and inflating archives,
+    /// counted before they are allocated. Default 64 MiB.
+    pub max_decoded_bytes: Bytes,
+    /// MIME parts, nested messages included. Default 1000.
+    pub max_parts: u32,
+    /// Nesting of multiparts, `message/rfc822` and archives. Default 16.
+    pub max_depth: u32,
+    /// Header lines in all header blocks (counted before parsing). Default 10 000.
+    pub max_header_lines: u32,
+    /// Archive entries in the whole message. Default 1000.
+    pub max_archive_entries: u32,
+    /// Largest inflated/compressed ratio of an archive entry. Default 100.
+    pub max_archive_ratio: u32,
+    /// Wall time for decoding and all scanners, external ones included. Default 20 s.
+    pub max_time: Dur,
+    /// Decoded text examined by rules, GTUBE and URL extraction. Default 1 MiB.
+    pub max_text_bytes: Bytes,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_decoded_bytes: Bytes(64 << 20),
+            max_parts: 1000,
+            max_depth: 16,
+            max_header_lines: 10_000,
+            max_archive_entries: 1000,
+            max_archive_ratio: 100,
+            max_time: Dur::secs(20),
+            max_text_bytes: Bytes(1 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// A DNS server (`ip:port`, UDP then TCP). Default: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Per attempt. Default 2 s.
+    pub timeout: Dur,
+    /// Attempts per query (a lost UDP packet costs one `timeout`). Default 2.
+    pub attempts: u32,
+    /// Least time a "no such record" answer is cached, even when the server gives no TTL
+    /// for it: most senders have no DMARC record and many no SPF, and asking again for every
+    /// message of a busy sender is what gets a resolver to drop queries. Default 60 s.
+    pub negative_ttl: Dur,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            resolver: None,
+            timeout: Dur::secs(2),
+            attempts: 2,
+            negative_ttl: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The authserv-id of our `Authentication-Results`. Default: the local silo's hostname.
+    pub authserv_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsListConfig {
+    /// E.g. `zen.spamhaus.org`.
+    pub zone: String,
+    /// Added to the score on a hit (subtracted for `dnswl`). Default 4.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Only these answers count. Default: any address in 127.0.0.0/8 except 127.255.255.0/24
+    /// (the "your resolver is blocked" answers some lists give).
+    #[serde(default)]
+    pub answers: Vec<Ipv4Addr>,
+}
+
+fn default_weight() -> f64 {
+    4.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Names the finding `rule.NAME`: letters, digits, `-` and `_`.
+    pub name: String,
+    /// `subject`, `body` (decoded text and HTML), `from` (header From addresses),
+    /// `header:NAME` (every value of that header), `attachment_name`, or `url`.
+    pub target: String,
+    /// A regular expression (Rust `regex` syntax; `(?i)` for case-insensitive).
+    pub pattern: String,
+    /// Added to the score on a match. Default 1.
+    #[serde(default = "one")]
+    pub score: f64,
+    /// At least this action on a match. Default none (score only).
+    #[serde(default)]
+    pub action: Option<PolicyAction>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UrlConfig {
+    /// URLs whose host is one of these domains or below it: finding `url.blocked`.
+    pub block_domains: Vec<String>,
+    /// URI block lists (e.g. `dbl.spamhaus.org`) queried with each URL's host.
+    pub uribl: Vec<DnsListConfig>,
+    /// Distinct hosts looked up per message. Default 20.
+    pub max_lookups: u32,
+}
+
+impl Default for UrlConfig {
+    fn default() -> Self {
+        UrlConfig {
+            block_domains: Vec::new(),
+            uribl: Vec::new(),
+            max_lookups: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeRule {
+    /// Names the finding `size.NAME`.
+    pub name: String,
+    /// Matches messages larger than this.
+    pub above: Bytes,
+    /// Default 0.
+    #[serde(default)]
+    pub score: f64,
+    /// At least this action on a match. Default none.
+    #[serde(default)]
+    pub action: Option<PolicyAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentConfig {
+    /// File types by content (see `maildistiller check` for the names): default `exe`, `elf`,
+    /// `macho`, `lnk`, `msi`.
+    pub blocked_types: Vec<String>,
+    /// File name extensions, case-insensitive, without the dot. Default: Windows executables
+    /// and scripts (`exe`, `scr`, `com`, `pif`, `bat`, `cmd`, `js`, `jse`, `vbs`, `vbe`, `wsf`,
+    /// `hta`, `lnk`, `msi`, `jar`, `ps1`, `cpl`, `reg`).
+    pub blocked_extensions: Vec<String>,
+    /// For a blocked type or extension, at any depth. Default `quarantine`.
+    pub action: PolicyAction,
+    /// For an encrypted archive (its content cannot be scanned). Default `quarantine`.
+    pub encrypted_archives: PolicyAction,
+    /// For an Office document carrying macros. Default `quarantine`.
+    pub macro_documents: PolicyAction,
+}
+
+impl Default for AttachmentConfig {
+    fn default() -> Self {
+        AttachmentConfig {
+            blocked_types: ["exe", "elf", "macho", "lnk", "msi"]
+                .map(String::from)
+                .to_vec(),
+            blocked_extensions: [
+                "exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "hta",
+                "lnk", "msi", "jar", "ps1", "cpl", "reg",
+            ]
+            .map(String::from)
+            .to_vec(),
+            action: PolicyAction::Quarantine,
+            encrypted_archives: PolicyAction::Quarantine,
+            macro_documents: PolicyAction::Quarantine,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClamdConfig {
+    /// `tcp:HOST:PORT` or `unix:/PATH`. Default `unix:/run/clamav/clamd.ctl`.
+    pub address: String,
+    /// For the whole exchange. Default 10 s.
+    pub timeout: Dur,
+    /// When clamd is down or times out. Default `tempfail`.
+    pub on_failure: OnFailure,
+    /// Larger messages are not sent (clamd's own `StreamMaxLength` is 25 MiB by default); that
+    /// counts as a failure. Default 25 MiB.
+    pub max_size: Bytes,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            address: "unix:/run/clamav/clamd.ctl".to_owned(),
+            timeout: Dur::secs(10),
+            on_failure: OnFailure::Tempfail,
+            max_size: Bytes(25 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RspamdConfig {
+    /// `HOST:PORT` of rspamd's normal worker. Default `127.0.0.1:11333`.
+    pub address: String,
+    /// For the whole exchange. Default 10 s.
+    pub timeout: Dur,
+    /// When rspamd is down or times out. Default `accept`.
+    pub on_failure: OnFailure,
+    /// rspamd's score times this is added to ours. Default 1.
+    pub weight: f64,
+    /// Larger messages are not sent (counts as a failure). Default 25 MiB.
+    pub max_size: Bytes,
+}
+
+impl Default for RspamdConfig {
+    fn default() -> Self {
+        RspamdConfig {
+            address: "127.0.0.1:11333".to_owned(),
+            timeout: Dur::secs(10),
+            on_failure: OnFailure::Accept,
+            weight: 1.0,
+            max_size: Bytes(25 << 20),
+        }
+    }
+}
+
+/// Who is allowed or blocked. Entries are case-insensitive.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListConfig {
+    /// Whole addresses, matched against the envelope sender and the header From.
+    pub senders: Vec<String>,
+    /// Domains (and their subdomains) of those addresses.
+    pub domains: Vec<String>,
+    /// Client networks (the real client, from the edge).
+    pub networks: Vec<IpNetwork>,
+}
+
+impl ListConfig {
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty() && self.domains.is_empty() && self.networks.is_empty()
+    }
+}
+
+/// `[policy.NAME.tenant.ID]`: lists for one tenant and its users, and any policy key
+/// overridden for that tenant (e.g. `thresholds.quarantine = 8.0`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct TenantOverride {
+    #[serde(default)]
+    pub allow: ListConfig,
+    #[serde(default)]
+    pub block: ListConfig,
+    /// Lists of one user (a recipient address of the tenant).
+    #[serde(default)]
+    pub user: BTreeMap<String, UserLists>,
+    /// Everything else: policy keys for this tenant (checked by merging them into the policy).
+    #[serde(flatten)]
+    pub set: toml::Table,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserLists {
+    pub allow: ListConfig,
+    pub block: ListConfig,
+}
