@@ -1,6 +1,7 @@
 """Structural check of ops/grafana/maildistiller.json (run by .ci/run): a Grafana dashboard JSON
 model whose panels have unique ids, grid positions, a Prometheus datasource, and queries that
-name maildistiller metrics this code base actually exports."""
+name maildistiller metrics this code base actually exports; and the same for the metrics the alert
+rules in ops/prometheus/alerts.yml use (promtool checks their syntax, not that the metrics exist)."""
 import json
 import pathlib
 import re
@@ -32,6 +33,10 @@ for p in dash.get("panels", []):
         for m in re.findall(r"maildistiller_([a-z_]+)", t.get("expr", "")):
             if m not in exported:
                 errors.append(f"{title}: metric maildistiller_{m} is not exported by the code")
+alerts = (root / "ops/prometheus/alerts.yml").read_text()
+for m in sorted(set(re.findall(r"maildistiller_([a-z_]+)", alerts))):
+    if m not in exported:
+        errors.append(f"alerts.yml: metric maildistiller_{m} is not exported by the code")
 for e in errors:
     print("dashboard:", e)
 print(f"dashboard: {len(dash.get('panels', []))} panels, {len(errors)} problems")

@@ -12,6 +12,7 @@
 //! | `maildistiller_dns_answer_seconds` | `transport` (udp, tcp): receive to send, histogram |
 //! | `maildistiller_dns_plan_rebuilds_total` | `reason` (config, health) |
 //! | `maildistiller_dns_silo_in_answers` | `answered` (a silo): 1 when it may answer, 0 when down or drained |
+//! | `maildistiller_dns_fail_open` | `set` (a candidate set, e.g. `all` or a tenant's regions): 1 while none of its silos is up and it answers with all of them |
 //!
 //! (`silo` is taken: every metric carries this process's own silo.)
 //!
@@ -72,6 +73,7 @@ pub(crate) struct DnsMetrics {
     latency: HistogramVec,
     rebuilds: IntCounterVec,
     in_answers: IntGaugeVec,
+    fail_open: IntGaugeVec,
 }
 
 impl DnsMetrics {
@@ -138,7 +140,16 @@ impl DnsMetrics {
         m.register(Box::new(truncated.clone()));
         m.register(Box::new(latency.clone()));
         m.register(Box::new(rebuilds.clone()));
+        let fail_open = IntGaugeVec::new(
+            Opts::new(
+                "dns_fail_open",
+                "1 while no silo of the set is up (or all are drained) and answers name all of them.",
+            ),
+            &["set"],
+        )
+        .expect("valid metric");
         m.register(Box::new(in_answers.clone()));
+        m.register(Box::new(fail_open.clone()));
         let mut queries = Vec::with_capacity(QTYPES.len() * RCODES.len());
         for (q, _) in QTYPES {
             for r in RCODES {
@@ -159,6 +170,7 @@ impl DnsMetrics {
             latency,
             rebuilds,
             in_answers,
+            fail_open,
         }
     }
 
@@ -172,6 +184,12 @@ impl DnsMetrics {
             self.in_answers
                 .with_label_values(&[&s.name])
                 .set(i64::from(*state == SiloState::Up));
+        }
+        self.fail_open.reset();
+        for (set, e) in plan.zone.sets.iter().zip(&plan.eligible) {
+            self.fail_open
+                .with_label_values(&[&set.label])
+                .set(i64::from(e.fail_open.is_some()));
         }
     }
 

@@ -431,6 +431,14 @@ fn when_every_silo_is_down_all_of_them_are_answered() {
             .len(),
         3
     );
+    let m = g.metrics();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("maildistiller_dns_fail_open{set=\"every silo\",")
+                && l.ends_with(" 1")
+        ),
+        "the fail-open gauge is raised for the set of every silo:\n{m}"
+    );
 }
 
 #[test]
