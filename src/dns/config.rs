@@ -61,6 +61,11 @@ pub struct DnsConfig {
     /// Static records.
     #[serde(rename = "record")]
     pub records: Vec<RecordConfig>,
+    /// The TXT record listing the engines' egress ranges (`v=spf1 ip4:… -all`), generated from
+    /// the silos' `egress` (the list `maildistiller egress` prints), so tenants can
+    /// `include:spf.<zone>` and lock port 25 to exactly those ranges. Default `spf`; `""` to
+    /// not publish it. Not published when no silo declares egress.
+    pub spf_name: String,
     /// MTA-STS policy id: publishes `_mta-sts.<zone> TXT "v=STSv1; id=…"`. Default none.
     pub mta_sts_id: Option<String>,
     /// TLS-RPT report URIs (`mailto:…`, `https://…`, comma-separated): publishes
@@ -97,6 +102,7 @@ impl Default for DnsConfig {
             soa: SoaConfig::default(),
             ns: Vec::new(),
             records: Vec::new(),
+            spf_name: "spf".to_owned(),
             mta_sts_id: None,
             tls_rpt: None,
             udp_payload: 1232,
@@ -281,6 +287,26 @@ impl DnsConfig {
             && (n.is_empty() || n.len() > 128)
         {
             k.err("dns.nsid", "must be 1..=128 bytes");
+        }
+        if !self.spf_name.is_empty() {
+            match absolute(&self.spf_name, &self.zone) {
+                Err(e) => k.err("dns.spf_name", e),
+                Ok(spf) => {
+                    for (i, r) in self.records.iter().enumerate() {
+                        if r.rtype.eq_ignore_ascii_case("txt")
+                            && absolute(&r.name, &self.zone).is_ok_and(|n| n == spf)
+                        {
+                            k.err(
+                                format!("dns.record[{i}]"),
+                                format!(
+                                    "{spf} TXT is generated from the silos' egress (dns.spf_name); \
+                                     remove this record or set spf_name = \"\""
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
         }
         if let Some(id) = &self.mta_sts_id
             && (id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()))

@@ -210,7 +210,9 @@ fn describe(snap: &Snapshot, l: &Located) -> String {
 fn role_text(plan: &Plan, role: &Role) -> String {
     match role {
         Role::Apex => "the zone apex (SOA, NS, static records; MX if in mx_names)".to_owned(),
-        Role::Static => "static records from [[dns.record]]".to_owned(),
+        Role::Static => {
+            "static records ([[dns.record]], the SPF of the egress, MTA-STS, TLS-RPT)".to_owned()
+        }
         Role::NameServer => "a name server (glue addresses)".to_owned(),
         Role::Service => "a service name: the nearest healthy silo".to_owned(),
         Role::SiloHost(i) => format!("the host name of silo {}", plan.zone.silos[*i].name),

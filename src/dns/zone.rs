@@ -11,7 +11,8 @@
 //!
 //! Names and what they answer (a clash drops the later kind, with a warning):
 //! 1. the apex: SOA, NS (+ glue), static records; in-zone NS names answer their glue;
-//! 2. `[[dns.record]]`, `mta_sts_id`, `tls_rpt`: static RRsets;
+//! 2. `[[dns.record]]`, the SPF TXT generated from the silos' egress (`spf_name`), `mta_sts_id`,
+//!    `tls_rpt`: static RRsets;
 //! 3. `service_names` (A/AAAA) and `mx_names` (MX): every silo with edge addresses;
 //! 4. silo host names inside the zone: that silo's edge addresses, whatever its health;
 //! 5. tenant names (`<id>.<zone>`, `[dns.tenant.ID]`): the silos holding the tenant's regions.
@@ -378,6 +379,13 @@ impl Zone {
                 Role::Static
             };
             b.add_static(&name, role, rdata, r.ttl.map(ttl_of).unwrap_or(static_ttl));
+        }
+        if !cfg.spf_name.is_empty()
+            && let Ok(name) = absolute(&cfg.spf_name, &zone)
+            && let Some(spf) = crate::topology::egress::spf(&snap.topology)
+            && let Ok(rdata) = parse_rdata("TXT", &spf)
+        {
+            b.add_static(&name, Role::Static, rdata, static_ttl);
         }
         if let Some(id) = &cfg.mta_sts_id {
             let txt = TXT::new(vec![format!("v=STSv1; id={id}")]);

@@ -153,6 +153,12 @@ max_connections_per_ip = 50
 
 [ops]
 listen = "127.0.0.1:2525"
+
+[dns]
+[[dns.record]]
+name = "spf"
+type = "TXT"
+value = "v=spf1 ip4:10.0.0.0/8 -all"
 "#;
     let errors = errors_of(&fleet_config(extra));
     assert_has(
@@ -175,6 +181,11 @@ listen = "127.0.0.1:2525"
     assert_has(
         &errors,
         "edge.listen[0]: 127.0.0.1:2525 is also the listener of ops.listen",
+    );
+    // A hand-written SPF record could drift from the egress engines really use.
+    assert_has(
+        &errors,
+        "dns.record[0]: spf.in.example.net TXT is generated from the silos' egress",
     );
 }
 

@@ -177,7 +177,11 @@ fn static_records_are_served_authoritatively() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(txt("spf.in.example.net."), "v=spf1 ip4:192.0.2.0/24 -all");
+    assert_eq!(
+        txt("spf.in.example.net."),
+        "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/25 ip6:2001:db8:20::/48 -all",
+        "generated from every silo's egress, each range once"
+    );
     assert_eq!(txt("_mta-sts.in.example.net."), "v=STSv1; id=2024");
     assert_eq!(
         txt("_smtp._tls.in.example.net."),
@@ -464,7 +468,7 @@ fn a_drained_silo_leaves_at_the_next_query_by_reload_or_ops_api() {
     assert_eq!(a(&g), ip(1));
     // A broken file is refused and the previous zone keeps answering.
     let err = g
-        .reload(&drained.replace("type = \"TXT\"", "type = \"SOA\""))
+        .reload(&drained.replace("type = \"CAA\"", "type = \"SOA\""))
         .unwrap_err();
     assert!(err.contains("dns.record[0].value"), "{err}");
     assert_eq!(a(&g), ip(1));

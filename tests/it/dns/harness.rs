@@ -46,16 +46,24 @@ pub(super) struct Geo {
     _dir: tempfile::TempDir,
 }
 
+/// The silos' egress ranges: GeoDNS publishes them as `spf.in.example.net` (nyc1 has none).
+const EGRESS: [&str; 3] = [
+    "egress = [\"192.0.2.0/24\"]\n",
+    "egress = [\"198.51.100.0/25\", \"2001:db8:20::/48\", \"192.0.2.0/24\"]\n",
+    "",
+];
+
 pub(super) fn config(edges: &[SocketAddr], silos_extra: &str, dns_extra: &str) -> String {
     let silo = |i: usize, lat: f64, lon: f64, region: &str| {
         format!(
             "[[silo]]\nname = \"{n}\"\nhostname = \"{n}.in.example.net\"\nlat = {lat}\nlon = {lon}\n\
-             edge_addresses = [\"{ip}\"]\nedge_port = {port}\n  [[silo.cluster]]\n  name = \"c\"\n  \
+             edge_addresses = [\"{ip}\"]\nedge_port = {port}\n{egress}  [[silo.cluster]]\n  name = \"c\"\n  \
              region = \"{region}\"\n    [[silo.cluster.engine]]\n    address = \"127.0.0.1:{e}\"\n",
             n = SILOS[i].0,
             ip = edges[i].ip(),
             port = edges[i].port(),
-            e = 2601 + i
+            e = 2601 + i,
+            egress = EGRESS[i]
         )
     };
     format!(
@@ -106,10 +114,6 @@ mx_names = ["globex-mx"]
 [[dns.ns]]
 name = "ns1"
 addresses = ["127.0.0.53"]
-[[dns.record]]
-name = "spf"
-type = "TXT"
-value = "v=spf1 ip4:192.0.2.0/24 -all"
 [[dns.record]]
 name = "@"
 type = "CAA"
