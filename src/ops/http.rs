@@ -148,7 +148,15 @@ async fn status(State(ops): State<Arc<Ops>>) -> Html<String> {
             let engines: Vec<String> = cl
                 .engines
                 .iter()
-                .map(|e| esc(&t.engines[e.0].address.to_string()))
+                .map(|e| {
+                    let e = &t.engines[e.0];
+                    let a = esc(&e.address.to_string());
+                    // Engines that publish their ops listener link to their own status page.
+                    match e.ops {
+                        Some(ops) => format!("<a href=\"http://{ops}/status\">{a}</a>"),
+                        None => a,
+                    }
+                })
                 .collect();
             let _ = write!(
                 o,
