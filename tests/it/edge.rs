@@ -389,7 +389,12 @@ async fn an_engine_lost_mid_session_costs_the_sender_a_4xx() {
     f.kill(0).await;
     f.kill(1).await;
     let r = c.cmd("DATA", "4").await;
-    assert!(r.starts_with("421 4.4.2") || r.starts_with("451"), "{r}");
+    // Either the edge sees the engine gone (421 4.4.2), or DATA crossed the draining engine's
+    // own `421 4.3.2 Service shutting down`, which answers it (a 421 may answer any command).
+    assert!(
+        r.starts_with("421 4.4.2") || r.starts_with("421 4.3.2") || r.starts_with("451 4."),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
