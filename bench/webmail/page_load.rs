@@ -23,7 +23,7 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Writes `n` messages for `rcpt` straight into `SPOOL/q/` (the engine is not running yet).
+/// Writes `n` messages (text + HTML) for `rcpt` straight into `SPOOL/q/` (the engine is not running yet).
 fn fill(spool: &std::path::Path, tenant: &str, rcpt: &str, n: usize, now: u64) {
     let q = spool.join("q");
     std::fs::create_dir_all(&q).unwrap();
@@ -32,10 +32,21 @@ fn fill(spool: &std::path::Path, tenant: &str, rcpt: &str, n: usize, now: u64) {
             "Weekly report {i} for project {}",
             ["alpha", "beta", "gamma", "delta"][i % 4]
         );
+        // Text and HTML, as most mail is: the message page parses MIME and the body frame
+        // sanitises real markup.
+        let text = "All figures are in the attached spreadsheet. ".repeat(20);
+        let html = format!(
+            "<html><body><h1>Report {i}</h1><p style=\"color:#333\">{text}</p>\
+             <table><tr><td>Q1</td><td>Q2</td></tr></table>\
+             <a href=\"https://reports.partner.example/{i}\">open the report</a>\
+             <img src=\"https://track.partner.example/{i}.png\"></body></html>"
+        );
         let body = format!(
             "From: Colleague {i} <c{i}@partner.example>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\
-             Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nContent-Type: text/plain\r\n\r\n{}\r\n",
-            "All figures are in the attached spreadsheet. ".repeat(20)
+             Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\n{text}\r\n\
+             --b\r\nContent-Type: text/html\r\n\r\n{html}\r\n--b--\r\n"
         );
         let env = Envelope {
             id: QueueId::generate(),
@@ -133,14 +144,28 @@ pub async fn run() {
     println!(
         "{n} held messages for one user ({total} in the spool), {rounds} loads per page, new TLS connection each:"
     );
+    // What each page must show, so a fast error page cannot pass for a page load.
+    // (must show, must not show)
+    let shows = [
+        ("Weekly report", "Held (0)"),
+        ("Weekly report", "Held (0)"),
+        ("Weekly report", "for project alpha"),
+        ("Weekly report", "Message not available"),
+        ("[https://reports.partner.example/", "track.partner.example"),
+    ];
     let mut worst = 0.0f64;
-    for (name, path) in &pages {
+    for ((name, path), (want, unwanted)) in pages.iter().zip(shows) {
         let mut times = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let t = Instant::now();
             let r = b.get(path).await;
             times.push(t.elapsed());
             assert_eq!(r.status, 200, "{path}");
+            let text = r.text();
+            assert!(
+                text.contains(want) && !text.contains(unwanted),
+                "{path}: {want:?} missing or {unwanted:?} shown"
+            );
         }
         let (line, p95) = stats(name, times);
         worst = worst.max(p95);

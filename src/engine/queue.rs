@@ -329,6 +329,8 @@ impl Queue {
                 display: Self::display(e, &g.dests),
             })
             .collect();
+        // The snapshot is ours: sort it without holding up SMTP and delivery.
+        drop(g);
         v.sort_by(|a, b| a.env.id.cmp(&b.env.id));
         v
     }

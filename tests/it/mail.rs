@@ -116,7 +116,10 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Got>>>,
     behaviour: Arc<Mutex<Behaviour>>,
-    /// Sessions open now, and the most ever open at once.
+    /// Mail sessions open now, and the most ever open at once. A session counts from its first
+    /// MAIL FROM until it ends (QUIT or close): the engine's down-destination probe (banner,
+    /// QUIT, close) is no delivery connection, and the sink may see its close only after the
+    /// engine, told the server is back, has already connected to deliver.
     sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub max_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -165,14 +168,15 @@ impl Sink {
     }
 
     async fn session(&self, stream: TcpStream) {
-        use std::sync::atomic::Ordering;
-        let now = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_sessions.fetch_max(now, Ordering::SeqCst);
-        self.session_inner(stream).await;
-        self.sessions.fetch_sub(1, Ordering::SeqCst);
+        let mut counted = false;
+        self.session_inner(stream, &mut counted).await;
+        if counted {
+            self.sessions
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
-    async fn session_inner(&self, stream: TcpStream) {
+    async fn session_inner(&self, stream: TcpStream, counted: &mut bool) {
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
@@ -187,6 +191,12 @@ impl Sink {
             let reply: String = if upper.starts_with("EHLO") {
                 "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
+                if !*counted {
+                    use std::sync::atomic::Ordering;
+                    *counted = true;
+                    let now = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.max_sessions.fetch_max(now, Ordering::SeqCst);
+                }
                 from = line[10..]
                     .trim()
                     .trim_start_matches('<')
