@@ -335,6 +335,9 @@ pub struct EngineConfig {
     pub max_sessions: u32,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
     pub message_lifetime: Dur,
+    /// How long a quarantined message stays (readable in webmail, releasable) before it is
+    /// deleted. Default 30 d.
+    pub quarantine_lifetime: Dur,
     /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
     pub hostname: Option<String>,
     /// How long a trusted peer that does not require PROXY gets to send one before the banner.
@@ -413,6 +416,7 @@ impl Default for EngineConfig {
             data_timeout: Dur::secs(600),
             max_sessions: 2000,
             message_lifetime: Dur::secs(5 * 86_400),
+            quarantine_lifetime: Dur::secs(30 * 86_400),
             hostname: None,
             proxy_wait: Dur::millis(250),
             tls_cert: None,

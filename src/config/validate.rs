@@ -382,6 +382,12 @@ fn check_engine(e: &EngineConfig, k: &mut Checker) {
         1000,
         60 * 86_400,
     );
+    k.dur(
+        "engine.quarantine_lifetime",
+        e.quarantine_lifetime,
+        1000,
+        365 * 86_400,
+    );
     k.dur("engine.proxy_wait", e.proxy_wait, 0, 10);
     if e.tls_cert.is_some() != e.tls_key.is_some() {
         k.err(

@@ -11,6 +11,7 @@ pub struct EngineMetrics {
     received: IntCounterVec,
     queued: IntCounterVec,
     rejected: IntCounterVec,
+    quarantine_expired: IntCounterVec,
     delivered: IntCounterVec,
     deferred: IntCounterVec,
     bounced: IntCounterVec,
@@ -71,6 +72,12 @@ impl EngineMetrics {
                 "Messages refused after DATA, by reason.",
                 &["tenant", "reason"],
             ),
+            quarantine_expired: counter(
+                m,
+                "engine_quarantine_expired_total",
+                "Quarantined messages deleted after engine.quarantine_lifetime.",
+                &["tenant"],
+            ),
             delivered: counter(
                 m,
                 "engine_recipients_delivered_total",
@@ -123,6 +130,9 @@ impl EngineMetrics {
     }
     pub fn queued(&self, tenant: &str, status: &str) {
         self.queued.with_label_values(&[tenant, status]).inc();
+    }
+    pub fn quarantine_expired(&self, tenant: &str) {
+        self.quarantine_expired.with_label_values(&[tenant]).inc();
     }
     pub fn rejected(&self, tenant: &str, reason: &str) {
         self.rejected.with_label_values(&[tenant, reason]).inc();

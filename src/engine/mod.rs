@@ -250,6 +250,37 @@ async fn run(
 }
 
 /// Refreshes queue gauges every few seconds (queue depth, held counts and ages per tenant).
+/// Deletes quarantined messages older than `engine.quarantine_lifetime` (checked with the
+/// gauges, every 2 s). A message being released right now is left for the next round.
+async fn expire_quarantine(shared: &Shared, list: &[queue::Listed], now: u64) {
+    let lifetime = shared
+        .ops
+        .config
+        .load()
+        .config
+        .engine
+        .quarantine_lifetime
+        .get()
+        .as_secs();
+    for l in list {
+        if l.display != "quarantined" || now.saturating_sub(l.env.received) < lifetime {
+            continue;
+        }
+        if shared.queue.remove(&l.env.id).is_err() {
+            continue;
+        }
+        match shared.spool.remove(&l.env.id).await {
+            Ok(()) => {
+                shared.metrics.quarantine_expired(&l.env.tenant);
+                tracing::info!(id = %l.env.id, tenant = %l.env.tenant, age_s = now.saturating_sub(l.env.received), "quarantined message expired and deleted");
+            }
+            Err(e) => {
+                tracing::warn!(id = %l.env.id, error = %e, "cannot delete an expired quarantined message")
+            }
+        }
+    }
+}
+
 async fn gauges(shared: Arc<Shared>) {
     loop {
         let list = shared.queue.list();
@@ -261,6 +292,7 @@ async fn gauges(shared: Arc<Shared>) {
         shared.metrics.held.reset();
         shared.metrics.oldest_held.reset();
         let now = queue::now_secs();
+        expire_quarantine(&shared, &list, now).await;
         let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for l in &list {
             shared

@@ -525,6 +525,82 @@ async fn expiry_sends_a_dsn_and_null_senders_get_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_mail_is_deleted_after_its_lifetime_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        &format!(
+            "quarantine_lifetime = \"3s\"\n{FAST}\n[policy.default]\n\
+             rule = [{{ name = \"q\", target = \"subject\", pattern = \"QUARANTINE\", action = \"quarantine\" }}]\n"
+        ),
+    )
+    .await;
+    let mut c = Client::connect(e.smtp).await;
+    assert!(
+        c.mail(
+            "x@sender.example",
+            &["bob@acme.example"],
+            &msg("QUARANTINE me")
+        )
+        .await
+        .starts_with("250")
+    );
+    c.cmd("RSET", "250").await;
+    assert!(
+        c.mail("x@sender.example", &["bob@acme.example"], &msg("fine"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 1).await,
+        "the clean one is delivered"
+    );
+    let listed = e.shared.queue.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].display, "quarantined", "kept, not delivered");
+    let id = listed[0].env.id.clone();
+    assert!(
+        until(Duration::from_secs(15), || e.shared.queue.is_empty()).await,
+        "deleted once older than quarantine_lifetime"
+    );
+    let spooled = walk(&dir.path().join("spool"));
+    assert!(
+        !spooled.iter().any(|p| p.contains(id.as_str())),
+        "gone from disk: {spooled:?}"
+    );
+    assert_eq!(a.messages().len(), 1, "never delivered");
+    let m = e.ops.metrics.render();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("maildistiller_engine_quarantine_expired_total{")
+                && l.contains("tenant=\"acme\"")
+                && l.ends_with(" 1")
+        ),
+        "{m}"
+    );
+    e.stop().await;
+}
+
+/// Every file under `dir`, as path strings.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            let p = ent.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovers_queued_mail_and_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
