@@ -209,22 +209,26 @@ fn udp_worker(sock: UdpSocket, state: Arc<DnsState>, stop: Arc<AtomicBool>) {
             Ok(n) => {
                 let start = Instant::now();
                 let plan = state.current(&mut reader);
-                for i in 0..n {
+                let mut outcomes = [None; UDP_BATCH];
+                for (i, slot) in outcomes.iter_mut().enumerate().take(n) {
                     let (query, from, out) = batch.slot(i);
                     let Some(peer) = from else { continue };
-                    let outcome = respond(plan, query, peer.ip(), false, &mut scratch, out);
-                    if outcome.is_some() {
+                    *slot = respond(plan, query, peer.ip(), false, &mut scratch, out);
+                    if slot.is_some() {
                         batch.answer(i);
                     }
-                    // From the batch's arrival: a query also waits for the ones before it.
-                    let now = Instant::now();
-                    stats.record(plan, outcome, now - start, now);
                 }
                 if let (_, Some(e)) = batch.send(&sock) {
                     send_errors += 1;
                     if send_errors.is_power_of_two() {
                         tracing::warn!(error = %e, count = send_errors, "dns: UDP send failed");
                     }
+                }
+                // Receive to send, one clock read per batch: every query of a batch waited for
+                // the whole batch.
+                let now = Instant::now();
+                for outcome in outcomes.into_iter().take(n) {
+                    stats.record(plan, outcome, now - start, now);
                 }
             }
             Err(e)
