@@ -105,7 +105,6 @@ pub async fn serve(
     local: SocketAddr,
     _permit: Permit,
 ) {
-    let _ = stream.set_nodelay(true);
     let snap = shared.ops.config.load_full();
     let located = snap.geo.locate(peer.ip());
     let info = ProxyInfo {

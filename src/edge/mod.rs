@@ -267,7 +267,14 @@ async fn accept_loop(
 ) {
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSAL_WRITERS));
     let local = l.local_addr().ok();
+    // A listener bound to one address: every connection's local address is that one (no
+    // getsockname per connection). A wildcard listener asks each connection.
+    let fixed_local = local.filter(|a| !a.ip().is_unspecified());
     let mode = if layer4 { "tcp" } else { "smtp" };
+    let accepted_total = shared.metrics.connections.with_label_values(&[mode]);
+    // Sockets we bound have TCP_NODELAY set before listen (accepted ones inherit it); sockets
+    // from systemd may not.
+    let inherit_nodelay = socket2::SockRef::from(&l).tcp_nodelay().unwrap_or(false);
     loop {
         let accepted = tokio::select! {
             a = l.accept() => a,
@@ -281,13 +288,19 @@ async fn accept_loop(
                 continue;
             }
         };
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let local = fixed_local
+            .or_else(|| stream.local_addr().ok())
+            .or(local)
+            .unwrap_or(peer);
+        if !inherit_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let snap = shared.ops.config.load();
         let admitted = shared.admission.admit(peer.ip(), &snap.config.edge);
         drop(snap);
         match admitted {
             Ok(permit) => {
-                shared.metrics.connections.with_label_values(&[mode]).inc();
+                accepted_total.inc();
                 let s = shared.clone();
                 if layer4 {
                     tracker.spawn(tcp::serve(s, stream, peer, local, permit));
