@@ -86,10 +86,7 @@ impl DataReader {
         while i < input.len() {
             // Fast path: copy a run of ordinary bytes inside a line.
             if self.state == State::Mid {
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 if run > 0 {
                     self.emit(&input[i..i + run]);
                     i += run;

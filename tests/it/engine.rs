@@ -555,8 +555,10 @@ async fn quarantined_mail_is_deleted_after_its_lifetime_and_counted() {
             .starts_with("250")
     );
     assert!(
-        until(Duration::from_secs(10), || a.messages().len() == 1).await,
-        "the clean one is delivered"
+        until(Duration::from_secs(10), || a.messages().len() == 1
+            && e.shared.queue.len() == 1)
+        .await,
+        "the clean one is delivered and leaves the queue"
     );
     let listed = e.shared.queue.list();
     assert_eq!(listed.len(), 1);

@@ -279,7 +279,8 @@ impl Client {
 /// with a dot, and for them this is one `memcpy` instead of [`stuff`]'s byte-by-byte copy
 /// (a tenth of the engine's CPU for 100 KiB messages).
 fn data_body(message: &[u8]) -> Vec<u8> {
-    let dot_line = message.first() == Some(&b'.') || message.windows(2).any(|w| w == b"\n.");
+    let dot_line =
+        message.first() == Some(&b'.') || memchr::memmem::find(message, b"\n.").is_some();
     let mut body =
         Vec::with_capacity(message.len() + if dot_line { message.len() / 64 } else { 0 } + 5);
     if dot_line {

@@ -127,7 +127,11 @@ pub fn preflight(raw: &[u8], budget: &Budget) -> Result<(), Exceeded> {
     let (mut lines, mut boundaries, mut nested) = (0u32, 0u32, 0u32);
     let mut in_header = true;
     let mut nested_next = false;
-    for line in raw.split(|&c| c == b'\n') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', raw).chain(std::iter::once(raw.len()));
+    for end in ends {
+        let line = &raw[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if in_header {
             if line.is_empty() {
@@ -164,6 +168,7 @@ pub fn preflight(raw: &[u8], budget: &Budget) -> Result<(), Exceeded> {
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    // Header lines only; the body is never searched with this.
     hay.len() >= needle.len()
         && hay
             .windows(needle.len())

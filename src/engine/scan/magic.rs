@@ -361,22 +361,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || haystack.len() < needle.len() {
         return None;
     }
-    let first = needle[0];
-    let last = haystack.len() - needle.len();
-    let mut i = 0;
-    while i <= last {
-        match haystack[i..=last].iter().position(|&b| b == first) {
-            None => return None,
-            Some(p) => {
-                i += p;
-                if &haystack[i..i + needle.len()] == needle {
-                    return Some(i);
-                }
-                i += 1;
-            }
-        }
-    }
-    None
+    memchr::memmem::find(haystack, needle)
 }
 
 /// The lower-case extension of a file name (`"Invoice.PDF.exe"` -> `"exe"`).

@@ -410,10 +410,7 @@ async fn run_session(
 
 /// The first value of a header (unfolded, truncated), for listings.
 fn header_value(msg: &[u8], name: &str) -> String {
-    let end = msg
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(msg.len().min(64 * 1024));
+    let end = memchr::memmem::find(msg, b"\r\n\r\n").unwrap_or(msg.len().min(64 * 1024));
     let head = String::from_utf8_lossy(&msg[..end]);
     let mut found: Option<String> = None;
     for line in head.split("\r\n") {

@@ -198,9 +198,7 @@ fn line(out: &mut Vec<u8>, k: &str, v: &str) {
 
 /// Where the body starts (after the first empty line).
 pub fn body_offset(data: &[u8]) -> Option<usize> {
-    data.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
+    memchr::memmem::find(data, b"\r\n\r\n").map(|p| p + 4)
 }
 
 fn fields(bytes: &[u8]) -> Result<Vec<(&str, &str)>, String> {
