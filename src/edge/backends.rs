@@ -6,7 +6,7 @@
 //! probe task per engine address; it ends when the address leaves the config.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -198,7 +198,8 @@ impl Backends {
                 };
                 h.outstanding.fetch_add(1, Ordering::Relaxed);
                 let guard = Outstanding(h.clone());
-                match introduce(eng.address, eng.proxy, client, timeout, greet).await {
+                let source = source_for(&snap.config.edge.source_addresses, eng.address);
+                match introduce(eng.address, source, eng.proxy, client, timeout, greet).await {
                     Ok((stream, greeting, leftover)) => {
                         passive(&h, true, &snap.config.edge.health, metrics);
                         return Ok(EngineConn {
@@ -222,16 +223,41 @@ impl Backends {
     }
 }
 
-/// Connects, sends the PROXY header, reads the 220 greeting.
+/// The configured source address of `addr`'s family, if any.
+fn source_for(sources: &[IpAddr], addr: SocketAddr) -> Option<IpAddr> {
+    sources
+        .iter()
+        .find(|s| s.is_ipv4() == addr.is_ipv4())
+        .copied()
+}
+
+/// Connects to `addr`, from `source` when given.
+async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Connects (from `source` when given), sends the PROXY header, reads the 220 greeting.
 async fn introduce(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     proto: ProxyProtocol,
     client: &ProxyInfo,
     timeout: Duration,
     greet: bool,
 ) -> Result<(TcpStream, reply::Received, Vec<u8>), String> {
     let work = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = connect_from(addr, source)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
         let mut header = Vec::new();
         match proto {
@@ -298,10 +324,15 @@ fn transition(h: &EngineHealth, up: bool, why: &str, metrics: &EdgeMetrics) {
 }
 
 /// One probe: connect, PROXY LOCAL when the engine expects PROXY, 220, EHLO, 250, QUIT.
-async fn probe(addr: SocketAddr, proto: ProxyProtocol, timeout: Duration) -> Result<(), String> {
+async fn probe(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    proto: ProxyProtocol,
+    timeout: Duration,
+) -> Result<(), String> {
     let work = async {
         let (mut s, _, mut buf) =
-            introduce(addr, proto, &ProxyInfo::default(), timeout, true).await?;
+            introduce(addr, source, proto, &ProxyInfo::default(), timeout, true).await?;
         s.write_all(b"EHLO health-probe.maildistiller\r\n")
             .await
             .map_err(|e| e.to_string())?;
@@ -368,6 +399,7 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
             .find(|e| e.address == h.address);
         let proto = engine.map(|e| e.proxy).unwrap_or_default();
         let ops_addr = engine.and_then(|e| e.ops);
+        let source = source_for(&snap.config.edge.source_addresses, h.address);
         drop(snap);
         // Spread probes so many edges do not hit an engine in lockstep.
         let jitter = cfg.interval.get().mul_f64(0.9 + 0.2 * rng.f64());
@@ -378,7 +410,7 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         if !h.current.load(Ordering::Relaxed) {
             return;
         }
-        let ok = probe(h.address, proto, cfg.timeout.get()).await;
+        let ok = probe(h.address, source, proto, cfg.timeout.get()).await;
         metrics.probe(h.address, ok.is_ok());
         if let Some(a) = ops_addr {
             load_report(&h, a, cfg.timeout.get()).await;
