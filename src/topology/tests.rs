@@ -426,7 +426,10 @@ fn p2c_prefers_less_loaded_and_respects_weight_and_limits() {
     let firsts = (0..1000)
         .filter(|_| t.pick_engine(lon_uk, &view, &[], &mut rng) == Some(first.min(second)))
         .count();
-    assert!((350..=650).contains(&firsts), "first engine took {firsts} of 1000");
+    assert!(
+        (350..=650).contains(&firsts),
+        "first engine took {firsts} of 1000"
+    );
     // Weighted 3:1 and idle: ties go to the heavier engine, so it takes (nearly) all picks.
     let nyc = ClusterIdx(5);
     let heavy = (0..1000)

@@ -1143,6 +1143,31 @@ def check_spool(fleet, state, acct, out):
     return []
 
 
+def edge_transitions(fleet, engine_addr):
+    """{edge: (downs, ups)} of one engine's health in the edges' logs."""
+    out = {}
+    for n in fleet.nodes.values():
+        if n.role != "edge":
+            continue
+        text = open(os.path.join(fleet.base, "logs", n.name + ".log"), errors="replace").read()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        downs = len(re.findall(rf"engine down.*engine={re.escape(engine_addr)}", text))
+        ups = len(re.findall(rf"engine up.*engine={re.escape(engine_addr)}", text))
+        out[n.name] = (downs, ups)
+    return out
+
+
+def check_flap(fleet, state, acct, out):
+    # Frozen for 1 s, thawed for 1 s, six times: health should take it out once and keep it out
+    # until it has been steady, not follow every cycle (each flip costs sessions a timeout).
+    t = edge_transitions(fleet, f"{ip(1, 12)}:25")
+    state["note"] = f"lon1-uk-e2 health transitions seen by each edge (down, up): {t}"
+    worst = max(d for d, _ in t.values())
+    if worst > 2:
+        return [f"health thrashed: an edge marked the flapping engine down {worst} times"]
+    return []
+
+
 SCENARIOS = {
     "steady": Scenario("steady", [], doc="no fault: the baseline"),
     "engine-kill": Scenario("engine-kill", [(0.3, step_kill_engine),
@@ -1173,7 +1198,7 @@ SCENARIOS = {
         spool_limits={"lon1-uk-e3": "16m"}, check=check_spool,
         doc="one engine's spool disk full: it must 4xx, never 250 and lose"),
     "engine-flap": Scenario(
-        "engine-flap", [(0.2, step_flap("lon1-uk-e2"))],
+        "engine-flap", [(0.2, step_flap("lon1-uk-e2"))], check=check_flap,
         doc="an engine frozen and thawed every second (SIGSTOP/SIGCONT): slow and flapping"),
 }
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
