@@ -428,3 +428,24 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Engines trust edges by address: with `edge.source_addresses` the engine must see that
+    /// address, not the kernel's pick (regression: on loopback it was always 127.0.0.1).
+    #[tokio::test]
+    async fn engine_connections_leave_from_the_configured_source() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let src: IpAddr = "127.0.0.7".parse().unwrap();
+        let sources = [IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), src];
+        assert_eq!(source_for(&sources, addr), Some(src), "first of the family");
+        let (_c, accepted) =
+            tokio::join!(connect_from(addr, source_for(&sources, addr)), l.accept());
+        assert_eq!(accepted.unwrap().1.ip(), src);
+        let (_c, accepted) = tokio::join!(connect_from(addr, None), l.accept());
+        assert_eq!(accepted.unwrap().1.ip(), IpAddr::from([127, 0, 0, 1]));
+    }
+}

@@ -388,8 +388,13 @@ async fn an_engine_lost_mid_session_costs_the_sender_a_4xx() {
     c.cmd("RCPT TO:<bob@acme.example>", "250").await;
     f.kill(0).await;
     f.kill(1).await;
+    // Either the edge notices the engine gone (421 4.4.2 / 451) or the draining engine gets
+    // to say its own 421 4.3.2 first: which engine P2C picked decides; both are a 4xx.
     let r = c.cmd("DATA", "4").await;
-    assert!(r.starts_with("421 4.4.2") || r.starts_with("451"), "{r}");
+    assert!(
+        r.starts_with("421 4.4.2") || r.starts_with("421 4.3.2") || r.starts_with("451"),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
