@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -41,6 +41,10 @@ pub struct EngineHealth {
     reported_sessions: AtomicU32,
     /// The engine's `/readyz` says it is not ready (starting, draining).
     not_ready: AtomicBool,
+    /// Flap damping: how many times in a row it went down again soon after coming up.
+    flaps: AtomicU32,
+    /// When it last came up (ms on [`clock_ms`]); 0: never came back (up since start).
+    up_at_ms: AtomicU64,
 }
 
 impl EngineHealth {
@@ -150,6 +154,8 @@ impl Backends {
                         drained: AtomicBool::new(false),
                         reported_sessions: AtomicU32::new(0),
                         not_ready: AtomicBool::new(false),
+                        flaps: AtomicU32::new(0),
+                        up_at_ms: AtomicU64::new(0),
                     });
                     metrics.engine_up(e.address, &h.cluster, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
@@ -306,19 +312,66 @@ fn passive(h: &EngineHealth, ok: bool, cfg: &crate::health::HealthConfig, metric
         if ok {
             h.streak.store(0, Ordering::Relaxed);
         } else if h.streak.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.fall {
-            transition(h, false, "passive: connection failures", metrics);
+            transition(h, false, "passive: connection failures", cfg, metrics);
         }
     }
 }
 
-fn transition(h: &EngineHealth, up: bool, why: &str, metrics: &EdgeMetrics) {
+/// Flap damping (health must not follow an engine that keeps flapping: every flip costs the
+/// sessions routed to it a timeout). An engine that goes down again within `STABLE_PROBES`
+/// probe intervals of coming back must pass `rise << flaps` probes to return, the shift capped
+/// at `MAX_DAMPING_SHIFT` (8 x rise); staying up that long forgets the history. Like Envoy's
+/// outlier ejection time growing with consecutive ejections.
+const STABLE_PROBES: u64 = 30;
+const MAX_DAMPING_SHIFT: u32 = 3;
+
+/// Milliseconds on a monotonic clock starting at 1 (0 means "never").
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+/// Successful probes a down engine needs to come back.
+fn rise_needed(h: &EngineHealth, cfg: &crate::health::HealthConfig) -> u32 {
+    cfg.rise << h.flaps.load(Ordering::Relaxed).min(MAX_DAMPING_SHIFT)
+}
+
+/// Records a state change at `now_ms` for flap damping.
+fn note_flip(h: &EngineHealth, up: bool, now_ms: u64, cfg: &crate::health::HealthConfig) {
+    if up {
+        h.up_at_ms.store(now_ms, Ordering::Relaxed);
+        return;
+    }
+    let up_at = h.up_at_ms.load(Ordering::Relaxed);
+    let stable_ms = cfg.interval.get().as_millis() as u64 * STABLE_PROBES;
+    if up_at != 0 && now_ms.saturating_sub(up_at) < stable_ms {
+        let _ = h
+            .flaps
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some((f + 1).min(16))
+            });
+    } else {
+        h.flaps.store(0, Ordering::Relaxed);
+    }
+}
+
+fn transition(
+    h: &EngineHealth,
+    up: bool,
+    why: &str,
+    cfg: &crate::health::HealthConfig,
+    metrics: &EdgeMetrics,
+) {
     if h.healthy.swap(up, Ordering::Relaxed) != up {
         h.streak.store(0, Ordering::Relaxed);
+        note_flip(h, up, clock_ms(), cfg);
         metrics.engine_up(h.address, &h.cluster, up);
+        let flaps = h.flaps.load(Ordering::Relaxed);
         if up {
             tracing::info!(engine = %h.address, cluster = %h.cluster, why, "engine up");
         } else {
-            tracing::warn!(engine = %h.address, cluster = %h.cluster, why, "engine down: no new sessions until it passes its probes");
+            tracing::warn!(engine = %h.address, cluster = %h.cluster, why, flaps, rise_needed = rise_needed(h, cfg), "engine down: no new sessions until it passes its probes");
         }
     }
 }
@@ -419,10 +472,10 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         match (h.healthy(), &ok) {
             (true, Ok(())) | (false, Err(_)) => h.streak.store(0, Ordering::Relaxed),
             (true, Err(e)) if streak >= cfg.fall => {
-                transition(&h, false, &format!("probe failed: {e}"), &metrics)
+                transition(&h, false, &format!("probe failed: {e}"), &cfg, &metrics)
             }
-            (false, Ok(())) if streak >= cfg.rise => {
-                transition(&h, true, "probes passed", &metrics)
+            (false, Ok(())) if streak >= rise_needed(&h, &cfg) => {
+                transition(&h, true, "probes passed", &cfg, &metrics)
             }
             _ => {}
         }
@@ -435,6 +488,43 @@ mod tests {
 
     /// Engines trust edges by address: with `edge.source_addresses` the engine must see that
     /// address, not the kernel's pick (regression: on loopback it was always 127.0.0.1).
+    fn health() -> EngineHealth {
+        EngineHealth {
+            address: "127.0.0.1:25".parse().unwrap(),
+            cluster: "lon1/uk".into(),
+            healthy: AtomicBool::new(true),
+            outstanding: AtomicU32::new(0),
+            streak: AtomicU32::new(0),
+            current: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            reported_sessions: AtomicU32::new(0),
+            not_ready: AtomicBool::new(false),
+            flaps: AtomicU32::new(0),
+            up_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// An engine that keeps flapping needs ever more probes to come back; a stable one does
+    /// not (regression: the fleet's flapping engine went down and up with every cycle).
+    #[test]
+    fn flapping_engines_need_more_probes_to_come_back() {
+        let cfg = crate::health::HealthConfig::default(); // 2 s interval, rise 2
+        let h = health();
+        note_flip(&h, false, 10_000, &cfg); // first failure since start: not a flap
+        assert_eq!(rise_needed(&h, &cfg), 2);
+        let mut t = 10_000;
+        for want in [4, 8, 16, 16] {
+            t += 5_000;
+            note_flip(&h, true, t, &cfg);
+            t += 5_000; // down again 5 s after coming up: a flap
+            note_flip(&h, false, t, &cfg);
+            assert_eq!(rise_needed(&h, &cfg), want);
+        }
+        note_flip(&h, true, t, &cfg);
+        note_flip(&h, false, t + 61_000, &cfg); // up for 30 intervals: history forgotten
+        assert_eq!(rise_needed(&h, &cfg), 2);
+    }
+
     #[tokio::test]
     async fn engine_connections_leave_from_the_configured_source() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
