@@ -32,6 +32,7 @@ zone to the GeoDNS nodes, Postfix connects to the edge address GeoDNS handed out
 
 import argparse
 import hashlib
+import http.client as httpclient
 import json
 import os
 import random
@@ -40,12 +41,14 @@ import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,6 +80,12 @@ QUARANTINE_PHRASE = "FLEET-PLEASE-QUARANTINE-THIS"
 KINDS = [("clean", 85, "delivered"), ("gtube", 5, "rejected"), ("quarantine", 5, "quarantined"),
          ("norcpt", 5, "dsn")]
 RECEIVED_HOPS = 2  # the sending Postfix + the engine (the edge relays SMTP, it adds none)
+# Webmail: acme's administrator, on every engine's HTTPS page (port 8443), cluster-wide lists.
+WEBMAIL_USER = "admin@acme.example"
+WEBMAIL_PASSWORD = "fleet-webmail-password-1"
+WEBMAIL_PORT = 8443
+PEER_SECRET = "fleet-peer-secret-0123456789abcdef-0123456789"
+_webmail_hash = None  # argon2 PHC string, made once per run by `maildistiller user add`
 
 
 def log(*a):
@@ -224,6 +233,9 @@ class Fleet:
                 f'failover = "{failover}"',
                 f'delivery = ["{sink}:25"]',
             ]
+            if tid == "acme" and _webmail_hash:
+                out += ["  [[tenant.user]]", f'  address = "{WEBMAIL_USER}"',
+                        f"  password_hash = '{_webmail_hash}'", "  admin = true"]
         out += [
             "[policy.default]",
             'description = "fleet: reject GTUBE and viruses, quarantine the marker phrase"',
@@ -301,6 +313,12 @@ class Fleet:
                 '  connect_timeout = "2s"',
                 "  dead_after = 2",
                 f'  source_addresses = ["{node.addr}"]',
+                "  [engine.webmail]",
+                f'  listen = ["{node.addr}:{WEBMAIL_PORT}"]',
+                f'  tls_cert = "{os.path.join(self.base, "etc", "webmail.pem")}"',
+                f'  tls_key = "{os.path.join(self.base, "etc", "webmail.key")}"',
+                "  page_size = 500",
+                f'  peer_secret = "{PEER_SECRET}"',
             ]
         if broken:
             out += ["[edge]", 'listen = "this is not a list of addresses"', "no_such_key = 1"]
@@ -325,7 +343,33 @@ class Fleet:
             for n, addr, _ in engines_of(s):
                 self.nodes[n] = Node(n, "engine", name, os.path.join(etc, n + ".toml"),
                                      f"{addr}:9125", addr)
+        self.webmail_setup()
         self.write_configs()
+
+    def webmail_setup(self):
+        """A self-signed certificate for the engines' webmail, and acme's admin user (its
+        argon2 hash made by `maildistiller user add` on a scratch copy of the configs)."""
+        global _webmail_hash
+        etc = os.path.join(self.base, "etc")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=webmail.fleet.test", "-keyout",
+                        os.path.join(etc, "webmail.key"), "-out", os.path.join(etc, "webmail.pem")],
+                       check=True, capture_output=True, timeout=60)
+        if _webmail_hash:
+            return
+        self.write_configs()
+        scratch = os.path.join(self.base, "etc-user")
+        shutil.copytree(etc, scratch)
+        r = subprocess.run([self.bin, "user", "add", "--config",
+                            os.path.join(scratch, "lon1-uk-e1.toml"), "--tenant", "acme",
+                            "--admin", WEBMAIL_USER], input=WEBMAIL_PASSWORD + "\n", text=True,
+                           capture_output=True, timeout=60)
+        m = re.search(r"password_hash\s*=\s*[\"']([^\"']+)[\"']",
+                      open(os.path.join(scratch, "fleet.toml")).read())
+        if r.returncode != 0 or not m:
+            raise RuntimeError(f"maildistiller user add failed: {r.stdout}{r.stderr}")
+        _webmail_hash = m.group(1)
+        shutil.rmtree(scratch)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -782,6 +826,58 @@ def quarantined(fleet):
     return out
 
 
+def engine_ids(fleet, state):
+    """{fleet id: engine node} of the messages in `state` on every running engine."""
+    out = {}
+    for n in fleet.nodes.values():
+        if n.role != "engine":
+            continue
+        st, body = http(n.ops, f"/queue?state={state}")
+        if st != 200:
+            continue
+        for line in body.splitlines():
+            if not line or line.startswith("--"):
+                continue
+            st2, show = http(n.ops, f"/queue/{line.split()[0]}")
+            m = re.search(r"^subject:\s+fleet (\S+)", show or "", re.M)
+            if m:
+                out[m.group(1)] = n.name
+    return out
+
+
+def webmail_held(addr, view="held"):
+    """Signs in to an engine's webmail as acme's admin; the fleet ids its inbox shows."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def req(method, path, body=None, cookie=""):
+        c = httpclient.HTTPSConnection(addr, WEBMAIL_PORT, context=ctx, timeout=10)
+        headers = {"Cookie": cookie} if cookie else {}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        c.request(method, path, body=body, headers=headers)
+        r = c.getresponse()
+        data = r.read().decode("utf-8", "replace")
+        cookies = [h.split(";", 1)[0] for k, h in r.getheaders() if k.lower() == "set-cookie"]
+        c.close()
+        return r.status, data, cookies
+
+    _, page, cookies = req("GET", "/login")
+    pre = re.search(r'name="pre" value="([^"]+)"', page)
+    if not pre:
+        raise RuntimeError("webmail: no sign-in form")
+    form = urllib.parse.urlencode({"address": WEBMAIL_USER, "password": WEBMAIL_PASSWORD,
+                                   "pre": pre.group(1)})
+    st, page, session = req("POST", "/login", form, "; ".join(cookies))
+    if not session:
+        raise RuntimeError(f"webmail: sign-in refused ({st})")
+    st, page, _ = req("GET", f"/inbox?view={view}", cookie="; ".join(session))
+    if st != 200:
+        raise RuntimeError(f"webmail: inbox answered {st}")
+    return set(re.findall(r"fleet (f\d+-\d+)", page))
+
+
 def engine_queue_counts(fleet):
     """{engine: {state: count}} of the engines' queues (what is still inside the service)."""
     out = {}
@@ -1012,6 +1108,22 @@ def step_tenant_held(fleet, notes, state):
     held = {e: c for e, c in counts.items() if sum(c.values())}
     state["held_while_down"] = held
     notes.append(f"while acme's server is down, engines hold: {held}")
+    # Webmail meanwhile: acme's admin, signed in on one engine of each uk cluster, must see
+    # every message held on that cluster (its engines answer each other's pages).
+    ids = engine_ids(fleet, "held")
+    for page_engine, cluster in (("lon1-uk-e1", "lon1"), ("man1-uk-e1", "man1")):
+        want = {f for f, e in ids.items() if fleet.nodes[e].silo == cluster}
+        try:
+            seen = webmail_held(fleet.nodes[page_engine].addr)
+        except (OSError, RuntimeError, httpclient.HTTPException) as e:
+            state.setdefault("webmail_bad", []).append(f"{page_engine}: {e}")
+            continue
+        missing = want - seen
+        notes.append(f"webmail on {page_engine}: shows {len(seen & want)} of the {len(want)} "
+                     f"messages held in {cluster}")
+        if missing:
+            state.setdefault("webmail_bad", []).append(
+                f"{page_engine}: {len(missing)} held message(s) not shown, e.g. {sorted(missing)[:3]}")
 
 
 def step_tenant_up(fleet, notes, state):
@@ -1115,9 +1227,10 @@ def check_silo(fleet, state, acct, out):
 
 def check_tenant(fleet, state, acct, out):
     held = state.get("held_while_down") or {}
+    v = [f"webmail: {b}" for b in state.get("webmail_bad", [])]
     if not held:
-        return ["no engine held acme's mail while its server was down"]
-    return []
+        v.append("no engine held acme's mail while its server was down")
+    return v
 
 
 def check_reload(fleet, state, acct, out):
