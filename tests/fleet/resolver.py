@@ -7,7 +7,9 @@
 * Names inside --zone are forwarded, packet for packet, to the zone's name servers (our GeoDNS
   nodes), tried in the order given with a short timeout each, from --source (the address GeoDNS
   locates; the fleet config places it in London). Like a real resolver, a dead name server costs
-  one timeout and the next is asked. No caching: every lookup sees GeoDNS's current answer.
+  one timeout and the next is asked, and one that timed out is asked last for the next DEAD_FOR
+  seconds (real resolvers keep such memory of servers too). No answer caching: every lookup
+  sees GeoDNS's current answer.
 * Other names come from --records, a JSON object {"name": {"MX": [[pref, "host"]], "A": ["ip"]}}:
   the tenants' own zones (MX pointing at the service) and the sender's domain.
 Answers NXDOMAIN for unknown names, SERVFAIL when no name server of the zone answers.
@@ -20,9 +22,11 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 
 TYPES = {"A": 1, "MX": 15, "TXT": 16, "AAAA": 28}
 FORWARD_TIMEOUT = 0.7
+DEAD_FOR = 5.0
 
 
 def parse_question(pkt):
@@ -91,7 +95,7 @@ class Resolver:
         self.source = source
         self.records = records
         self.lock = threading.Lock()
-        self.stats = {"forwarded": 0, "static": 0, "failed": 0}
+        self.dead_until = {}  # upstream -> time before which it is tried last
 
     def in_zone(self, name):
         return name == self.zone or name.endswith("." + self.zone)
@@ -102,13 +106,19 @@ class Resolver:
             return None
         if not self.in_zone(q[2]):
             return static_answer(pkt, q, self.records)
-        for host, port in self.upstream:
+        now = time.time()
+        with self.lock:
+            order = sorted(self.upstream, key=lambda u: self.dead_until.get(u, 0) > now)
+        for host, port in order:
             try:
                 got = self.forward_tcp(pkt, host, port) if tcp else self.forward_udp(pkt, host, port)
                 if got and got[:2] == pkt[:2]:
+                    with self.lock:
+                        self.dead_until.pop((host, port), None)
                     return got
             except OSError:
-                continue
+                with self.lock:
+                    self.dead_until[(host, port)] = time.time() + DEAD_FOR
         return servfail(pkt, q)
 
     def forward_udp(self, pkt, host, port):
