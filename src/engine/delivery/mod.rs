@@ -312,8 +312,10 @@ fn spawn_probe(shared: Arc<Shared>, dest: Dest) {
                 .connect_timeout
                 .get()
                 .min(Duration::from_secs(5));
+            let sources = shared.delivery().source_addresses.clone();
             for a in addrs {
-                if client::probe(a, timeout).await {
+                let source = sources.iter().find(|s| s.is_ipv4() == a.is_ipv4()).copied();
+                if client::probe(a, source, timeout).await {
                     let n = shared.queue.dest_up(&dest);
                     shared.metrics.destination_up(&dest, true);
                     tracing::info!(destination = %dest, address = %a, held = n, "destination is back: delivering held mail now");
