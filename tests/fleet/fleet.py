@@ -1253,6 +1253,27 @@ def check_silo(fleet, state, acct, out):
     return v
 
 
+def check_cluster(fleet, state, acct, out):
+    # globex (de, then uk) must have failed over to uk while fra1/de was down; hansa (de only)
+    # must have waited at the sender (451 4.4.0) rather than go anywhere else.
+    by_id = {s["id"]: s for s in acct.traffic.submitted}
+    globex_uk = 0
+    for fid, (o, d) in out.items():
+        if o == "delivered" and by_id[fid]["tenant"] == "globex":
+            eng = ENGINE_HOSTS.get(d[0][1]["engine_host"])
+            globex_uk += bool(eng and eng[2] == "uk")
+    hansa_waited = sum(1 for s in acct.traffic.submitted if s["tenant"] == "hansa"
+                       and acct.pf.get(s["pf_qid"] or "", {}).get("deferrals"))
+    state["note"] = (f"globex messages processed in uk (failover): {globex_uk}; hansa messages "
+                     f"that waited at the sender (451 4.4.0, later processed in de): {hansa_waited}")
+    v = []
+    if not globex_uk:
+        v.append("globex never failed over to uk while its de cluster was down")
+    if not hansa_waited:
+        v.append("no hansa message was deferred while its only cluster was down")
+    return v
+
+
 def check_tenant(fleet, state, acct, out):
     held = state.get("held_while_down") or {}
     v = [f"webmail: {b}" for b in state.get("webmail_bad", [])]
@@ -1317,7 +1338,7 @@ SCENARIOS = {
                             doc="SIGKILL an engine mid-traffic, restart it on the same spool"),
     "cluster-stop": Scenario(
         "cluster-stop", [(0.25, step_stop("fra1-de-e1", "fra1-de-e2")),
-                         (0.7, step_restart("fra1-de-e1", "fra1-de-e2"))],
+                         (0.7, step_restart("fra1-de-e1", "fra1-de-e2"))], check=check_cluster,
         doc="every engine of fra1/de stopped: globex fails over to uk, hansa (de only) waits"),
     "silo-stop": Scenario(
         "silo-stop", [(0.25, step_stop("lon1-edge", "lon1-dns", "lon1-uk-e1", "lon1-uk-e2",
