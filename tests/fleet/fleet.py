@@ -1360,6 +1360,9 @@ SCENARIOS = {
         "spool-full", [(0.25, step_fill_spool("lon1-uk-e3")), (0.65, step_free_spool("lon1-uk-e3"))],
         spool_limits={"lon1-uk-e3": "16m"}, check=check_spool,
         doc="one engine's spool disk full: it must 4xx, never 250 and lose"),
+    "engine-stall": Scenario(
+        "engine-stall", [(0.3, step_flap("lon1-uk-e1", period=8.0, cycles=1))],
+        doc="an engine frozen for 8 s once (SIGSTOP): sessions on it wait, new ones go around"),
     "engine-flap": Scenario(
         "engine-flap", [(0.1, step_flap("lon1-uk-e2", period=2.0, cycles=6))], check=check_flap,
         doc="an engine frozen and thawed every second (SIGSTOP/SIGCONT): slow and flapping"),
