@@ -1207,6 +1207,7 @@ def step_free_spool(engine):
 
 def step_flap(engine, period=1.0, cycles=6):
     def f(fleet, notes, state):
+        state["flap_window"] = (time.time(), time.time() + 2 * period * cycles + 10)
         p = fleet.nodes[engine].proc
         for _ in range(cycles):
             p.send_signal(signal.SIGSTOP)
@@ -1305,14 +1306,25 @@ def check_spool(fleet, state, acct, out):
     return []
 
 
-def edge_transitions(fleet, engine_addr):
-    """{edge: (downs, ups)} of one engine's health in the edges' logs."""
+def log_time(line):
+    """Epoch seconds of a maildistiller log line (UTC ISO timestamp first), or None."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", line)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
+
+
+def edge_transitions(fleet, engine_addr, window=None):
+    """{edge: (downs, ups)} of one engine's health in the edges' logs, within `window`."""
     out = {}
     for n in fleet.nodes.values():
         if n.role != "edge":
             continue
         text = open(os.path.join(fleet.base, "logs", n.name + ".log"), errors="replace").read()
-        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
+        if window:
+            lines = [x for x in lines if window[0] <= (log_time(x) or 0) <= window[1]]
+        text = "\n".join(lines)
         downs = len(re.findall(rf"engine down.*engine={re.escape(engine_addr)}", text))
         ups = len(re.findall(rf"engine up.*engine={re.escape(engine_addr)}", text))
         out[n.name] = (downs, ups)
@@ -1323,7 +1335,7 @@ def check_flap(fleet, state, acct, out):
     # Frozen for 2 s, thawed for 2 s, six times. Without damping each edge follows every cycle
     # (7 downs); with it (each quick relapse doubles the probes needed to come back) an edge
     # lets it back at most twice, then keeps it out until it has been steady.
-    t = edge_transitions(fleet, f"{ip(1, 12)}:25")
+    t = edge_transitions(fleet, f"{ip(1, 12)}:25", state.get("flap_window"))
     state["note"] = f"lon1-uk-e2 health transitions seen by each edge (down, up): {t}"
     worst = max(d for d, _ in t.values())
     if worst > 3:
