@@ -6,9 +6,9 @@
 //! probe task per engine address; it ends when the address leaves the config.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -41,6 +41,10 @@ pub struct EngineHealth {
     reported_sessions: AtomicU32,
     /// The engine's `/readyz` says it is not ready (starting, draining).
     not_ready: AtomicBool,
+    /// Flap damping: how many times in a row it went down again soon after coming up.
+    flaps: AtomicU32,
+    /// When it last came up (ms on [`clock_ms`]); 0: never came back (up since start).
+    up_at_ms: AtomicU64,
 }
 
 impl EngineHealth {
@@ -150,6 +154,8 @@ impl Backends {
                         drained: AtomicBool::new(false),
                         reported_sessions: AtomicU32::new(0),
                         not_ready: AtomicBool::new(false),
+                        flaps: AtomicU32::new(0),
+                        up_at_ms: AtomicU64::new(0),
                     });
                     metrics.engine_up(e.address, &h.cluster, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
@@ -198,7 +204,8 @@ impl Backends {
                 };
                 h.outstanding.fetch_add(1, Ordering::Relaxed);
                 let guard = Outstanding(h.clone());
-                match introduce(eng.address, eng.proxy, client, timeout, greet).await {
+                let source = source_for(&snap.config.edge.source_addresses, eng.address);
+                match introduce(eng.address, source, eng.proxy, client, timeout, greet).await {
                     Ok((stream, greeting, leftover)) => {
                         passive(&h, true, &snap.config.edge.health, metrics);
                         return Ok(EngineConn {
@@ -222,16 +229,41 @@ impl Backends {
     }
 }
 
-/// Connects, sends the PROXY header, reads the 220 greeting.
+/// The configured source address of `addr`'s family, if any.
+fn source_for(sources: &[IpAddr], addr: SocketAddr) -> Option<IpAddr> {
+    sources
+        .iter()
+        .find(|s| s.is_ipv4() == addr.is_ipv4())
+        .copied()
+}
+
+/// Connects to `addr`, from `source` when given.
+async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Connects (from `source` when given), sends the PROXY header, reads the 220 greeting.
 async fn introduce(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     proto: ProxyProtocol,
     client: &ProxyInfo,
     timeout: Duration,
     greet: bool,
 ) -> Result<(TcpStream, reply::Received, Vec<u8>), String> {
     let work = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = connect_from(addr, source)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
         let mut header = Vec::new();
         match proto {
@@ -280,28 +312,80 @@ fn passive(h: &EngineHealth, ok: bool, cfg: &crate::health::HealthConfig, metric
         if ok {
             h.streak.store(0, Ordering::Relaxed);
         } else if h.streak.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.fall {
-            transition(h, false, "passive: connection failures", metrics);
+            transition(h, false, "passive: connection failures", cfg, metrics);
         }
     }
 }
 
-fn transition(h: &EngineHealth, up: bool, why: &str, metrics: &EdgeMetrics) {
+/// Flap damping (health must not follow an engine that keeps flapping: every flip costs the
+/// sessions routed to it a timeout). An engine that goes down again within `STABLE_PROBES`
+/// probe intervals of coming back must pass `rise << flaps` probes to return, the shift capped
+/// at `MAX_DAMPING_SHIFT` (8 x rise); staying up that long forgets the history. Like Envoy's
+/// outlier ejection time growing with consecutive ejections.
+const STABLE_PROBES: u64 = 30;
+const MAX_DAMPING_SHIFT: u32 = 3;
+
+/// Milliseconds on a monotonic clock starting at 1 (0 means "never").
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+/// Successful probes a down engine needs to come back.
+fn rise_needed(h: &EngineHealth, cfg: &crate::health::HealthConfig) -> u32 {
+    cfg.rise << h.flaps.load(Ordering::Relaxed).min(MAX_DAMPING_SHIFT)
+}
+
+/// Records a state change at `now_ms` for flap damping.
+fn note_flip(h: &EngineHealth, up: bool, now_ms: u64, cfg: &crate::health::HealthConfig) {
+    if up {
+        h.up_at_ms.store(now_ms, Ordering::Relaxed);
+        return;
+    }
+    let up_at = h.up_at_ms.load(Ordering::Relaxed);
+    let stable_ms = cfg.interval.get().as_millis() as u64 * STABLE_PROBES;
+    if up_at != 0 && now_ms.saturating_sub(up_at) < stable_ms {
+        let _ = h
+            .flaps
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some((f + 1).min(16))
+            });
+    } else {
+        h.flaps.store(0, Ordering::Relaxed);
+    }
+}
+
+fn transition(
+    h: &EngineHealth,
+    up: bool,
+    why: &str,
+    cfg: &crate::health::HealthConfig,
+    metrics: &EdgeMetrics,
+) {
     if h.healthy.swap(up, Ordering::Relaxed) != up {
         h.streak.store(0, Ordering::Relaxed);
+        note_flip(h, up, clock_ms(), cfg);
         metrics.engine_up(h.address, &h.cluster, up);
+        let flaps = h.flaps.load(Ordering::Relaxed);
         if up {
             tracing::info!(engine = %h.address, cluster = %h.cluster, why, "engine up");
         } else {
-            tracing::warn!(engine = %h.address, cluster = %h.cluster, why, "engine down: no new sessions until it passes its probes");
+            tracing::warn!(engine = %h.address, cluster = %h.cluster, why, flaps, rise_needed = rise_needed(h, cfg), "engine down: no new sessions until it passes its probes");
         }
     }
 }
 
 /// One probe: connect, PROXY LOCAL when the engine expects PROXY, 220, EHLO, 250, QUIT.
-async fn probe(addr: SocketAddr, proto: ProxyProtocol, timeout: Duration) -> Result<(), String> {
+async fn probe(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    proto: ProxyProtocol,
+    timeout: Duration,
+) -> Result<(), String> {
     let work = async {
         let (mut s, _, mut buf) =
-            introduce(addr, proto, &ProxyInfo::default(), timeout, true).await?;
+            introduce(addr, source, proto, &ProxyInfo::default(), timeout, true).await?;
         s.write_all(b"EHLO health-probe.maildistiller\r\n")
             .await
             .map_err(|e| e.to_string())?;
@@ -368,6 +452,7 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
             .find(|e| e.address == h.address);
         let proto = engine.map(|e| e.proxy).unwrap_or_default();
         let ops_addr = engine.and_then(|e| e.ops);
+        let source = source_for(&snap.config.edge.source_addresses, h.address);
         drop(snap);
         // Spread probes so many edges do not hit an engine in lockstep.
         let jitter = cfg.interval.get().mul_f64(0.9 + 0.2 * rng.f64());
@@ -378,7 +463,7 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         if !h.current.load(Ordering::Relaxed) {
             return;
         }
-        let ok = probe(h.address, proto, cfg.timeout.get()).await;
+        let ok = probe(h.address, source, proto, cfg.timeout.get()).await;
         metrics.probe(h.address, ok.is_ok());
         if let Some(a) = ops_addr {
             load_report(&h, a, cfg.timeout.get()).await;
@@ -387,12 +472,70 @@ async fn probe_loop(h: Arc<EngineHealth>, ops: Arc<Ops>, metrics: EdgeMetrics) {
         match (h.healthy(), &ok) {
             (true, Ok(())) | (false, Err(_)) => h.streak.store(0, Ordering::Relaxed),
             (true, Err(e)) if streak >= cfg.fall => {
-                transition(&h, false, &format!("probe failed: {e}"), &metrics)
+                transition(&h, false, &format!("probe failed: {e}"), &cfg, &metrics)
             }
-            (false, Ok(())) if streak >= cfg.rise => {
-                transition(&h, true, "probes passed", &metrics)
+            (false, Ok(())) if streak >= rise_needed(&h, &cfg) => {
+                transition(&h, true, "probes passed", &cfg, &metrics)
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Engines trust edges by address: with `edge.source_addresses` the engine must see that
+    /// address, not the kernel's pick (regression: on loopback it was always 127.0.0.1).
+    fn health() -> EngineHealth {
+        EngineHealth {
+            address: "127.0.0.1:25".parse().unwrap(),
+            cluster: "lon1/uk".into(),
+            healthy: AtomicBool::new(true),
+            outstanding: AtomicU32::new(0),
+            streak: AtomicU32::new(0),
+            current: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            reported_sessions: AtomicU32::new(0),
+            not_ready: AtomicBool::new(false),
+            flaps: AtomicU32::new(0),
+            up_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// An engine that keeps flapping needs ever more probes to come back; a stable one does
+    /// not (regression: the fleet's flapping engine went down and up with every cycle).
+    #[test]
+    fn flapping_engines_need_more_probes_to_come_back() {
+        let cfg = crate::health::HealthConfig::default(); // 2 s interval, rise 2
+        let h = health();
+        note_flip(&h, false, 10_000, &cfg); // first failure since start: not a flap
+        assert_eq!(rise_needed(&h, &cfg), 2);
+        let mut t = 10_000;
+        for want in [4, 8, 16, 16] {
+            t += 5_000;
+            note_flip(&h, true, t, &cfg);
+            t += 5_000; // down again 5 s after coming up: a flap
+            note_flip(&h, false, t, &cfg);
+            assert_eq!(rise_needed(&h, &cfg), want);
+        }
+        note_flip(&h, true, t, &cfg);
+        note_flip(&h, false, t + 61_000, &cfg); // up for 30 intervals: history forgotten
+        assert_eq!(rise_needed(&h, &cfg), 2);
+    }
+
+    #[tokio::test]
+    async fn engine_connections_leave_from_the_configured_source() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let src: IpAddr = "127.0.0.7".parse().unwrap();
+        let sources = [IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), src];
+        assert_eq!(source_for(&sources, addr), Some(src), "first of the family");
+        let (_c, accepted) =
+            tokio::join!(connect_from(addr, source_for(&sources, addr)), l.accept());
+        assert_eq!(accepted.unwrap().1.ip(), src);
+        let (_c, accepted) = tokio::join!(connect_from(addr, None), l.accept());
+        assert_eq!(accepted.unwrap().1.ip(), IpAddr::from([127, 0, 0, 1]));
     }
 }

@@ -1,6 +1,6 @@
 //! `[edge]`: the edge role's listeners, admission limits, timeouts and engine health checks.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
@@ -57,6 +57,11 @@ pub struct EdgeConfig {
     pub connect_timeout: Dur,
     /// Engines tried for one client before `451 4.4.0`. Default 4.
     pub max_connect_attempts: u32,
+    /// Source addresses for connections to engines (sessions and health probes); the first of
+    /// the engine's family is used. Set it on an edge with several addresses so engines see
+    /// the address their `trusted_proxies` lists, not whichever one the kernel picks (on
+    /// loopback that is 127.0.0.1). Default none: the kernel chooses.
+    pub source_addresses: Vec<IpAddr>,
     /// PEM certificate chain and key for STARTTLS. Both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -86,6 +91,7 @@ impl Default for EdgeConfig {
             max_message_size: Bytes(25 << 20),
             connect_timeout: Dur::secs(2),
             max_connect_attempts: 4,
+            source_addresses: Vec::new(),
             tls_cert: None,
             tls_key: None,
             health: HealthConfig::default(),

@@ -215,7 +215,10 @@ impl Topology {
                 let a_better = match (a.0 * b.1).cmp(&(b.0 * a.1)) {
                     Ordering::Less => true,
                     Ordering::Greater => false,
-                    Ordering::Equal => (b.1, a.2) < (a.1, b.2),
+                    // Equal load: the heavier engine; equal weights too: the first draw,
+                    // which is already random (by index, idle clusters sent everything to
+                    // their first engine; the fleet test found it).
+                    Ordering::Equal => b.1 <= a.1,
                 };
                 Some(if a_better { a.2 } else { b.2 })
             }

@@ -421,6 +421,15 @@ fn p2c_prefers_less_loaded_and_respects_weight_and_limits() {
     let first = t.pick_engine(lon_uk, &view, &[], &mut rng).unwrap();
     let second = t.pick_engine(lon_uk, &view, &[first], &mut rng).unwrap();
     assert_ne!(first, second);
+    // Idle engines of equal weight share new sessions (ties broken by the random draw, not by
+    // index: regression, an idle cluster sent every session to its first engine).
+    let firsts = (0..1000)
+        .filter(|_| t.pick_engine(lon_uk, &view, &[], &mut rng) == Some(first.min(second)))
+        .count();
+    assert!(
+        (350..=650).contains(&firsts),
+        "first engine took {firsts} of 1000"
+    );
     // Weighted 3:1 and idle: ties go to the heavier engine, so it takes (nearly) all picks.
     let nyc = ClusterIdx(5);
     let heavy = (0..1000)

@@ -63,21 +63,7 @@ impl Client {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let connect = async {
-            match source {
-                Some(ip) => {
-                    let socket = if addr.is_ipv4() {
-                        tokio::net::TcpSocket::new_v4()?
-                    } else {
-                        tokio::net::TcpSocket::new_v6()?
-                    };
-                    socket.bind(SocketAddr::new(ip, 0))?;
-                    socket.connect(addr).await
-                }
-                None => TcpStream::connect(addr).await,
-            }
-        };
-        let stream = tokio::time::timeout(connect_timeout, connect)
+        let stream = tokio::time::timeout(connect_timeout, connect_from(addr, source))
             .await
             .map_err(|_| ClientError::ConnectTimeout(addr))?
             .map_err(|e| ClientError::Connect(addr, e))?;
@@ -296,9 +282,31 @@ fn data_body(message: &[u8]) -> Vec<u8> {
 }
 
 /// Is there an SMTP server? Connect, read a 220, QUIT (the cheap probe for down destinations).
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
+/// Connects to `addr`, from `source` when given (the egress address tenants' firewalls allow).
+async fn connect_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Is the destination back? Connect (from the egress `source`, as deliveries do: a firewall
+/// that lets only the egress ranges in would refuse anything else), read the 220, QUIT, and
+/// wait up to `QUIT_WAIT` for the server to close, so the probe's session is over before the
+/// first delivery connection opens (the destination never sees more than its connection cap).
+pub async fn probe(addr: SocketAddr, source: Option<std::net::IpAddr>, timeout: Duration) -> bool {
+    const QUIT_WAIT: Duration = Duration::from_secs(1);
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut s = connect_from(addr, source).await.ok()?;
         let mut buf = Vec::new();
         loop {
             let mut chunk = [0u8; 1024];
@@ -309,15 +317,24 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
             buf.extend_from_slice(&chunk[..n]);
             if let Some((r, _)) = reply::parse(&buf).ok()? {
                 let _ = s.write_all(b"QUIT\r\n").await;
-                return Some(r.code == 220);
+                return Some((r.code == 220, s));
             }
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    let Some((up, mut s)) = tokio::time::timeout(timeout, attempt).await.ok().flatten() else {
+        return false;
+    };
+    // The 221 and the close; a server that does neither within QUIT_WAIT is still up.
+    let _ = tokio::time::timeout(QUIT_WAIT, async {
+        let mut chunk = [0u8; 256];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    up
 }
 
 #[cfg(test)]
@@ -337,5 +354,35 @@ mod tests {
             stuff(m, &mut want);
             assert_eq!(data_body(m), want, "{:?}", String::from_utf8_lossy(m));
         }
+    }
+
+    /// The probe leaves from the egress address and its session is over (the server saw it
+    /// close) when it reports the destination up (regression: the first delivery connection
+    /// could overlap the probe's, two connections to a destination capped at one).
+    #[tokio::test]
+    async fn probe_uses_the_egress_address_and_finishes_its_session() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = closed.clone();
+        let server = tokio::spawn(async move {
+            let (mut s, peer) = l.accept().await.unwrap();
+            s.write_all(b"220 tenant.test ESMTP\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"QUIT\r\n");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(b"221 bye\r\n").await.unwrap();
+            drop(s);
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            peer.ip()
+        });
+        let source = "127.0.0.9".parse().ok();
+        assert!(probe(addr, source, Duration::from_secs(5)).await);
+        assert!(
+            closed.load(std::sync::atomic::Ordering::SeqCst),
+            "probe returned mid-session"
+        );
+        assert_eq!(server.await.unwrap(), source.unwrap());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod dsn;
+mod mx;
 mod outcome;
 
 use std::net::SocketAddr;
@@ -66,26 +67,43 @@ pub async fn dispatcher(shared: Arc<Shared>) {
 
 /// Addresses to try for a destination, in order.
 async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
-    let snap = shared.ops.config.load();
-    let hosts: Vec<(String, u16)> = match dest {
-        Dest::Tenant(id) => match snap.topology.tenant(id) {
-            Some(t) => t
-                .delivery
-                .iter()
-                .map(|h| (h.host.clone(), h.port))
-                .collect(),
-            None => Vec::new(),
-        },
-        Dest::Domain(domain) => match &snap.config.engine.delivery.relay {
-            Some(r) => r
-                .parse::<crate::topology::DeliveryHost>()
-                .map(|h| vec![(h.host, h.port)])
+    // Read what is needed from the config snapshot, then let it go before any lookup.
+    let (tenant_hosts, relay) = {
+        let snap = shared.ops.config.load();
+        let hosts: Vec<(String, u16)> = match dest {
+            Dest::Tenant(id) => snap
+                .topology
+                .tenant(id)
+                .map(|t| {
+                    t.delivery
+                        .iter()
+                        .map(|h| (h.host.clone(), h.port))
+                        .collect()
+                })
                 .unwrap_or_default(),
-            // Implicit MX (RFC 5321 5.1): the domain's own address records.
-            None => vec![(domain.clone(), 25)],
+            Dest::Domain(_) => Vec::new(),
+        };
+        (hosts, snap.config.engine.delivery.relay.clone())
+    };
+    let hosts: Vec<(String, u16)> = match (dest, relay) {
+        (Dest::Tenant(_), _) => tenant_hosts,
+        (Dest::Domain(_), Some(r)) => r
+            .parse::<crate::topology::DeliveryHost>()
+            .map(|h| vec![(h.host, h.port)])
+            .unwrap_or_default(),
+        // MX records, lowest preference first; the domain itself only without any MX.
+        (Dest::Domain(domain), None) => match mx::exchanges(domain).await {
+            mx::Exchanges::Hosts(hosts) => hosts.into_iter().map(|h| (h, 25)).collect(),
+            mx::Exchanges::Null => {
+                tracing::warn!(%domain, "null MX: the domain takes no mail");
+                Vec::new()
+            }
+            mx::Exchanges::Unknown(e) => {
+                tracing::info!(%domain, error = %e, "MX lookup failed; will retry");
+                Vec::new()
+            }
         },
     };
-    drop(snap);
     let mut out = Vec::new();
     for (host, port) in hosts {
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
@@ -294,8 +312,10 @@ fn spawn_probe(shared: Arc<Shared>, dest: Dest) {
                 .connect_timeout
                 .get()
                 .min(Duration::from_secs(5));
+            let sources = shared.delivery().source_addresses.clone();
             for a in addrs {
-                if client::probe(a, timeout).await {
+                let source = sources.iter().find(|s| s.is_ipv4() == a.is_ipv4()).copied();
+                if client::probe(a, source, timeout).await {
                     let n = shared.queue.dest_up(&dest);
                     shared.metrics.destination_up(&dest, true);
                     tracing::info!(destination = %dest, address = %a, held = n, "destination is back: delivering held mail now");

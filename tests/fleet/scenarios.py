@@ -1,0 +1,378 @@
+"""The faults injected while mail flows, and the checks each scenario adds to the account.
+
+Part of tests/fleet (see fleet.py and bench/fleet/README.md).
+"""
+
+import calendar
+import http.client as httpclient
+import os
+import re
+import signal
+import time
+import zlib
+
+from account import *  # noqa: F403
+from deploy import *  # noqa: F403
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+class Scenario:
+    """Traffic for `duration` seconds; `fault(ctx, at)` callbacks at fractions of it."""
+
+    def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc=""):
+        self.name, self.steps, self.kills = name, steps, kills
+        self.spool_limits = spool_limits or {}
+        self.check = check
+        self.doc = doc
+
+
+def step_kill_engine(fleet, notes, state):
+    fleet.stop_node("lon1-uk-e1", signal.SIGKILL)
+    notes.append("SIGKILL lon1-uk-e1")
+
+
+def step_restart(*names):
+    def f(fleet, notes, state):
+        for n in names:
+            fleet.start_node(n)
+        notes.append(f"restarted {', '.join(names)}")
+    return f
+
+
+def step_stop(*names, sig=signal.SIGTERM):
+    def f(fleet, notes, state):
+        for n in names:
+            fleet.stop_node(n, sig)
+        notes.append(f"stopped ({signal.Signals(sig).name}) {', '.join(names)}")
+        state["down_since"] = time.time()
+    return f
+
+
+def step_silo_stopped(fleet, notes, state):
+    # GeoDNS (of the silos still up) must leave lon1 out within interval x fall.
+    t = time.time()
+    moved = wait_for("GeoDNS to leave lon1 out", lambda: (a := dig(f"mx.{ZONE}", "A")) and
+                     ip(1, 1) not in a, 10)
+    notes.append(f"GeoDNS answer for mx.{ZONE} after lon1 stopped: {dig(f'mx.{ZONE}', 'A')} "
+                 f"({'moved' if moved else 'NOT moved'} in {time.time() - t:.1f}s)")
+    state["silo_moved"] = bool(moved)
+    state["silo_window"] = (time.time(), None)
+
+
+def step_silo_back(fleet, notes, state):
+    state["silo_window"] = (state["silo_window"][0], time.time())
+
+
+def step_tenant_down(fleet, notes, state):
+    fleet.stop_aux("sink-acme")
+    notes.append("acme's mail server stopped")
+
+
+def step_tenant_held(fleet, notes, state):
+    counts = engine_queue_counts(fleet)
+    held = {e: c for e, c in counts.items() if sum(c.values())}
+    state["held_while_down"] = held
+    notes.append(f"while acme's server is down, engines hold: {held}")
+    # Webmail meanwhile: acme's admin, signed in on one engine of each uk cluster, must see
+    # every message held on that cluster (its engines answer each other's pages).
+    ids = engine_ids(fleet, "held")
+    for page_engine, cluster in (("lon1-uk-e1", "lon1"), ("man1-uk-e1", "man1")):
+        want = {f for f, e in ids.items() if fleet.nodes[e].silo == cluster}
+        try:
+            seen = webmail_held(fleet.nodes[page_engine].addr)
+        except (OSError, RuntimeError, httpclient.HTTPException) as e:
+            state.setdefault("webmail_bad", []).append(f"{page_engine}: {e}")
+            continue
+        missing = want - seen
+        notes.append(f"webmail on {page_engine}: shows {len(seen & want)} of the {len(want)} "
+                     f"messages held in {cluster}")
+        if missing:
+            state.setdefault("webmail_bad", []).append(
+                f"{page_engine}: {len(missing)} held message(s) not shown, e.g. {sorted(missing)[:3]}")
+
+
+def step_tenant_up(fleet, notes, state):
+    fleet.start_sink("acme")
+    notes.append("acme's mail server back")
+
+
+def step_reload_all(broken_node):
+    def f(fleet, notes, state):
+        before = {n: http(x.ops, "/metrics")[1] for n, x in fleet.nodes.items()}
+        state["reload_before"] = before
+        fleet.write_configs(extra_tenant=True)
+        with open(fleet.nodes[broken_node].config, "w") as fh:
+            fh.write(fleet.node_toml(fleet.nodes[broken_node], broken=True))
+        for n in fleet.nodes:
+            fleet.signal_node(n, signal.SIGHUP)
+        notes.append(f"SIGHUP to every node with a new tenant; {broken_node} given a broken file")
+    return f
+
+
+def step_reload_check(broken_node):
+    def f(fleet, notes, state):
+        bad = []
+        for n, x in fleet.nodes.items():
+            m = http(x.ops, "/metrics")[1]
+            ok = metric(m, "maildistiller_config_reload_total", {"result": "ok"}) - metric(
+                state["reload_before"][n], "maildistiller_config_reload_total", {"result": "ok"})
+            err = metric(m, "maildistiller_config_reload_total", {"result": "error"}) - metric(
+                state["reload_before"][n], "maildistiller_config_reload_total",
+                {"result": "error"})
+            alive = x.proc.poll() is None
+            want = (0, 1) if n == broken_node else (1, 0)
+            if (ok, err) != want or not alive:
+                bad.append(f"{n}: reload ok +{ok:g} error +{err:g} alive={alive}")
+        state["reload_bad"] = bad
+        notes.append("reload results: " + ("as expected on every node" if not bad
+                                           else "; ".join(bad)))
+        with open(fleet.nodes[broken_node].config, "w") as fh:
+            fh.write(fleet.node_toml(fleet.nodes[broken_node]))
+        fleet.signal_node(broken_node, signal.SIGHUP)
+    return f
+
+
+def step_fill_spool(engine):
+    def f(fleet, notes, state):
+        spool = os.path.join(fleet.base, "spool", engine)
+        filler = os.path.join(spool, "zz-filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            block = b"\0" * 65536
+            while True:
+                try:
+                    if os.write(fd, block) == 0:
+                        break
+                except OSError:
+                    if len(block) == 1:
+                        break
+                    block = block[: len(block) // 2]  # fill the last bytes too
+        finally:
+            os.close(fd)
+        st = os.statvfs(spool)
+        notes.append(f"{engine} spool filled: {st.f_bavail * st.f_frsize} bytes left")
+    return f
+
+
+def step_free_spool(engine):
+    def f(fleet, notes, state):
+        os.remove(os.path.join(fleet.base, "spool", engine, "zz-filler"))
+        notes.append(f"{engine} spool freed")
+    return f
+
+
+def step_flap(engine, period=1.0, cycles=6):
+    def f(fleet, notes, state):
+        state["flap_window"] = (time.time(), time.time() + 2 * period * cycles + 10)
+        p = fleet.nodes[engine].proc
+        for _ in range(cycles):
+            p.send_signal(signal.SIGSTOP)
+            time.sleep(period)
+            p.send_signal(signal.SIGCONT)
+            time.sleep(period)
+        notes.append(f"{engine} stopped/continued {cycles} times ({period}s each)")
+    return f
+
+
+def check_silo(fleet, state, acct, out):
+    v = []
+    if not state.get("silo_moved"):
+        v.append("GeoDNS did not move the service name away from the stopped silo")
+    start, end = state.get("silo_window", (None, None))
+    if start and end:
+        during = [s for s in acct.traffic.submitted if start + 2 <= s["t_submit"] <= end - 1]
+        via_other = sum(1 for s in during
+                        if any(f"[{ip(2, 1)}]" in r or f"[{ip(3, 1)}]" in r
+                               for r in acct.pf.get(s["pf_qid"] or "", {}).get("relays", [])))
+        if during and via_other == 0:
+            v.append("no message submitted while lon1 was down went through another silo's edge")
+        # The other silos' edges must not try lon1's engines once their probes saw them down
+        # (fall x interval = 1 s; the window opens after GeoDNS moved, later still): no
+        # session routed there and no connection attempt failing there.
+        stale = 0
+        for edge in ("man1-edge", "fra1-edge"):
+            text = open(os.path.join(fleet.base, "logs", edge + ".log"), errors="replace").read()
+            for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+                m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)Z .*"
+                             r"(\brouted\b|engine connection failed).*engine=127\.0\.1\.\d+:",
+                             line)
+                if m:
+                    t = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) \
+                        + float(m.group(2))
+                    if start + 1 <= t <= end - 1:
+                        stale += 1
+        if stale:
+            v.append(f"{stale} session(s) routed or attempted by man1/fra1 edges to stopped "
+                     "lon1 engines")
+        state["note"] = (f"{via_other} of {len(during)} messages submitted while lon1 was down "
+                         f"entered through man1/fra1 edges; {stale} sessions routed or "
+                         "attempted to lon1's engines by them")
+    return v
+
+
+def check_cluster(fleet, state, acct, out):
+    # globex (de, then uk) must have failed over to uk while fra1/de was down; hansa (de only)
+    # must have waited at the sender (451 4.4.0) rather than go anywhere else.
+    by_id = {s["id"]: s for s in acct.traffic.submitted}
+    globex_uk = 0
+    for fid, (o, d) in out.items():
+        if o == "delivered" and by_id[fid]["tenant"] == "globex":
+            eng = ENGINE_HOSTS.get(d[0][1]["engine_host"])
+            globex_uk += bool(eng and eng[2] == "uk")
+    hansa_waited = sum(1 for s in acct.traffic.submitted if s["tenant"] == "hansa"
+                       and acct.pf.get(s["pf_qid"] or "", {}).get("deferrals"))
+    state["note"] = (f"globex messages processed in uk (failover): {globex_uk}; hansa messages "
+                     f"that waited at the sender (451 4.4.0, later processed in de): {hansa_waited}")
+    v = []
+    if not globex_uk:
+        v.append("globex never failed over to uk while its de cluster was down")
+    if not hansa_waited:
+        v.append("no hansa message was deferred while its only cluster was down")
+    return v
+
+
+def check_tenant(fleet, state, acct, out):
+    held = state.get("held_while_down") or {}
+    v = [f"webmail: {b}" for b in state.get("webmail_bad", [])]
+    if not held:
+        v.append("no engine held acme's mail while its server was down")
+    return v
+
+
+def check_reload(fleet, state, acct, out):
+    return [f"reload: {b}" for b in state.get("reload_bad", [])]
+
+
+def check_spool(fleet, state, acct, out):
+    # The full engine must have answered 4xx (Postfix deferred and retried, possibly elsewhere)
+    # and never 250 for what it could not store; the account (nothing lost) covers the rest.
+    logtext = open(os.path.join(fleet.base, "logs", "lon1-uk-e3.log"), errors="replace").read()
+    refused = len(re.findall(r"cannot spool message: answering 4xx", logtext))
+    deferred = sum(1 for s in acct.traffic.submitted
+                   if acct.pf.get(s["pf_qid"] or "", {}).get("deferrals"))
+    elsewhere = sum(1 for s in acct.traffic.submitted
+                    if any(f"[{ip(1, 1)}]" not in r
+                           for r in acct.pf.get(s["pf_qid"] or "", {}).get("relays", []))
+                    and s["tenant"] != "hansa")
+    state["note"] = (f"lon1-uk-e3 answered 4xx for {refused} message(s) it could not spool; "
+                     f"the sender deferred {deferred} and moved {elsewhere} on to the next MX "
+                     "address (another silo's edge) in the same attempt")
+    if refused == 0:
+        return ["the full engine was never offered a message: the fault was not exercised"]
+    return []
+
+
+def log_time(line):
+    """Epoch seconds of a maildistiller log line (UTC ISO timestamp first), or None."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", line)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
+
+
+def edge_transitions(fleet, engine_addr, window=None):
+    """{edge: (downs, ups)} of one engine's health in the edges' logs, within `window`."""
+    out = {}
+    for n in fleet.nodes.values():
+        if n.role != "edge":
+            continue
+        text = open(os.path.join(fleet.base, "logs", n.name + ".log"), errors="replace").read()
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
+        if window:
+            lines = [x for x in lines if window[0] <= (log_time(x) or 0) <= window[1]]
+        text = "\n".join(lines)
+        downs = len(re.findall(rf"engine down.*engine={re.escape(engine_addr)}", text))
+        ups = len(re.findall(rf"engine up.*engine={re.escape(engine_addr)}", text))
+        out[n.name] = (downs, ups)
+    return out
+
+
+def check_flap(fleet, state, acct, out):
+    # Frozen for 2 s, thawed for 2 s, six times. Without damping each edge follows every cycle
+    # (7 downs); with it (each quick relapse doubles the probes needed to come back) an edge
+    # lets it back at most twice, then keeps it out until it has been steady.
+    t = edge_transitions(fleet, f"{ip(1, 12)}:25", state.get("flap_window"))
+    state["note"] = f"lon1-uk-e2 health transitions seen by each edge (down, up): {t}"
+    worst = max(d for d, _ in t.values())
+    if worst > 3:
+        return [f"health thrashed: an edge marked the flapping engine down {worst} times"]
+    return []
+
+
+SCENARIOS = {
+    "steady": Scenario("steady", [], doc="no fault: the baseline"),
+    "engine-kill": Scenario("engine-kill", [(0.3, step_kill_engine),
+                                            (0.6, step_restart("lon1-uk-e1"))], kills=True,
+                            doc="SIGKILL an engine mid-traffic, restart it on the same spool"),
+    "cluster-stop": Scenario(
+        "cluster-stop", [(0.25, step_stop("fra1-de-e1", "fra1-de-e2")),
+                         (0.7, step_restart("fra1-de-e1", "fra1-de-e2"))], check=check_cluster,
+        doc="every engine of fra1/de stopped: globex fails over to uk, hansa (de only) waits"),
+    "silo-stop": Scenario(
+        "silo-stop", [(0.25, step_stop("lon1-edge", "lon1-dns", "lon1-uk-e1", "lon1-uk-e2",
+                                       "lon1-uk-e3")),
+                      (0.27, step_silo_stopped),
+                      (0.7, step_silo_back),
+                      (0.7, step_restart("lon1-uk-e1", "lon1-uk-e2", "lon1-uk-e3", "lon1-dns",
+                                         "lon1-edge"))],
+        check=check_silo, doc="the whole London silo stopped: GeoDNS sends new mail elsewhere"),
+    "tenant-down": Scenario(
+        "tenant-down", [(0.2, step_tenant_down), (0.65, step_tenant_held),
+                        (0.7, step_tenant_up)],
+        check=check_tenant, doc="acme's own server down, then back: held mail drains"),
+    "reload-broken": Scenario(
+        "reload-broken", [(0.3, step_reload_all("man1-edge")),
+                          (0.5, step_reload_check("man1-edge"))],
+        check=check_reload, doc="SIGHUP on every node during traffic, one config broken"),
+    "spool-full": Scenario(
+        "spool-full", [(0.25, step_fill_spool("lon1-uk-e3")), (0.65, step_free_spool("lon1-uk-e3"))],
+        spool_limits={"lon1-uk-e3": "16m"}, check=check_spool,
+        doc="one engine's spool disk full: it must 4xx, never 250 and lose"),
+    "engine-stall": Scenario(
+        "engine-stall", [(0.3, step_flap("lon1-uk-e1", period=8.0, cycles=1))],
+        doc="an engine frozen for 8 s once (SIGSTOP): sessions on it wait, new ones go around"),
+    "engine-flap": Scenario(
+        "engine-flap", [(0.1, step_flap("lon1-uk-e2", period=2.0, cycles=6))], check=check_flap,
+        doc="an engine frozen and thawed every second (SIGSTOP/SIGCONT): slow and flapping"),
+}
+SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
+         "spool-full", "engine-flap"]
+
+
+def run_scenario(sc, args, workdir):
+    base = os.path.join(workdir, sc.name)
+    os.makedirs(base)
+    os.chmod(base, 0o755)
+    fleet = Fleet(base, args.bin, sc.spool_limits)
+    notes, state = [], {}
+    try:
+        log(f"== scenario {sc.name}: {sc.doc}")
+        fleet.start()
+        traffic = Traffic(args.rate, seed=zlib.crc32(sc.name.encode()) & 0xFFFF)
+        traffic.start()
+        t0 = time.time()
+        for frac, fn in sc.steps:
+            delay = t0 + frac * args.duration - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            fn(fleet, notes, state)
+        delay = t0 + args.duration - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        traffic.stop()
+        log(f"submitted {len(traffic.submitted)} in {time.time() - t0:.0f}s; waiting for the account")
+        acct = Account(fleet, traffic, sc.kills)
+        out = acct.wait_final(args.drain)
+        extra = sc.check(fleet, state, acct, out) if sc.check else []
+        if state.get("note"):
+            notes.append(state["note"])
+        notes.append(f"engines' queues at the end: {engine_queue_counts(fleet)}")
+        row, v = acct.report(sc.name, out, notes)
+        for x in extra:
+            print("   VIOLATION:", x)
+        v += extra
+        row["violations"] = len(v)
+        return row
+    finally:
+        fleet.stop()
