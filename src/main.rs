@@ -441,14 +441,6 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
                 Err(e) => return bind_failed("engine", e),
             }
         }
-        if roles.dns {
-            match maildistiller::dns::bind(&ops).await {
-                Ok(bound) => {
-                    tasks.spawn(bound.serve());
-                }
-                Err(e) => return bind_failed("dns", e),
-            }
-        }
         if roles.edge {
             match maildistiller::edge::bind(&ops).await {
                 Ok(bound) => {
@@ -456,6 +448,16 @@ fn run(snap: Snapshot, path: PathBuf, roles: RoleSet, all: bool) -> ExitCode {
                     tasks.spawn(bound.serving);
                 }
                 Err(e) => return bind_failed("edge", e),
+            }
+        }
+        // After the edge: with both roles in one process, GeoDNS's first probe of its own silo's
+        // edge finds it listening (no spurious "silo down, fail open" at start).
+        if roles.dns {
+            match maildistiller::dns::bind(&ops).await {
+                Ok(bound) => {
+                    tasks.spawn(bound.serve());
+                }
+                Err(e) => return bind_failed("dns", e),
             }
         }
         tasks.spawn(ops::serve(ops.clone(), listener));
