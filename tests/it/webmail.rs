@@ -342,7 +342,9 @@ async fn release_delivers_delete_removes_and_policy_can_reserve_release() {
         .await;
     assert_eq!(r.location(), "/inbox?done=deleted");
     assert!(e.shared.queue.is_empty());
-    assert!(!e.spool.join("q").join(format!("{id}.msg")).exists());
+    let shard = &id.as_str()[id.as_str().len() - 1..];
+    let file = e.spool.join("q").join(shard).join(format!("{id}.msg"));
+    assert!(!file.exists(), "{} removed", file.display());
     assert_eq!(a.messages().len(), 1);
 
     // users_may_release = false: the user cannot, the administrator can.

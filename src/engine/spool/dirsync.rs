@@ -1,13 +1,14 @@
-//! Group commit of directory entries: every caller of [`DirSync::sync`] waits for one `fsync` of
-//! the directory that started after its call, and one `fsync` serves every caller waiting at that
-//! moment. Bound: at most 4096 callers wait in the channel; more wait for room (back-pressure).
+//! Group commit of directory entries: every caller of [`DirSync::sync`] waits for an `fsync` of
+//! its directory (one of the spool's shards) that started after its call, and one round of
+//! `fsync`s — each directory named by a waiter, once — serves every caller waiting at that moment.
+//! Bound: at most 4096 callers wait in the channel; more wait for room (back-pressure).
 
 use std::io;
 use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), io::ErrorKind>>;
+type Waiter = (usize, oneshot::Sender<Result<(), io::ErrorKind>>);
 
 #[derive(Debug, Clone)]
 pub struct DirSync {
@@ -18,9 +19,12 @@ pub struct DirSync {
 const QUEUE: usize = 4096;
 
 impl DirSync {
-    pub fn start(dir: PathBuf) -> io::Result<DirSync> {
-        // Fail early if the directory cannot be opened.
-        std::fs::File::open(&dir)?;
+    pub fn start(dirs: Vec<PathBuf>) -> io::Result<DirSync> {
+        // Fail early if a directory cannot be opened.
+        for d in &dirs {
+            std::fs::File::open(d)?;
+        }
+        let dirs = std::sync::Arc::new(dirs);
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -29,13 +33,20 @@ impl DirSync {
                 while let Ok(w) = rx.try_recv() {
                     batch.push(w);
                 }
-                let d = dir.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || std::fs::File::open(&d)?.sync_all())
-                        .await
-                        .unwrap_or_else(|e| Err(io::Error::other(e)))
-                        .map_err(|e| e.kind());
-                for w in batch.drain(..) {
+                let mut which: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+                which.sort_unstable();
+                which.dedup();
+                let dirs = dirs.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    for i in which {
+                        std::fs::File::open(&dirs[i])?.sync_all()?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+                .map_err(|e| e.kind());
+                for (_, w) in batch.drain(..) {
                     let _ = w.send(result);
                 }
             }
@@ -43,11 +54,12 @@ impl DirSync {
         Ok(DirSync { tx })
     }
 
-    /// Returns once a directory fsync that began after this call has completed.
-    pub async fn sync(&self) -> io::Result<()> {
+    /// Returns once an fsync of directory `dir` (its index at start) that began after this call
+    /// has completed.
+    pub async fn sync(&self, dir: usize) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(tx)
+            .send((dir, tx))
             .await
             .map_err(|_| io::Error::other("spool directory syncer stopped"))?;
         match rx.await {

@@ -5,10 +5,16 @@
 //! # On-disk format
 //!
 //! ```text
-//! SPOOL/tmp/<id>.msg     being written; never read back (removed at start)
-//! SPOOL/q/<id>.msg       an accepted message: envelope header, blank line, message bytes
-//! SPOOL/q/<id>.st        its mutable state (absent until the first change)
+//! SPOOL/tmp/S/<id>.msg   being written; never read back (removed at start)
+//! SPOOL/q/S/<id>.msg     an accepted message: envelope header, blank line, message bytes
+//! SPOOL/q/S/<id>.st      its mutable state (absent until the first change)
 //! ```
+//!
+//! `S` is the shard, the id's last hex digit (`0`–`F`). One flat directory serialised every
+//! file creation on its lock while ext4 searched for a free inode among thousands of recently
+//! deleted ones (perf: a third of the engine's time at 2,000 messages/s); sixteen spread the
+//! creations. Files a version without shards left directly in `q/` are moved into their shard
+//! at start.
 //!
 //! A `.msg` file starts with `MDSPOOL 1` and `key: value` lines (CRLF), then an empty line, then
 //! the message exactly as it will be delivered (our `Received:` and verdict headers first). Keys:
@@ -98,29 +104,59 @@ struct Inner {
     dir_sync: DirSync,
 }
 
+/// Shards of `q/` and `tmp/`.
+const SHARDS: usize = 16;
+
+/// The shard of an id: its last hex digit (random), as an index and a directory name.
+fn shard(id: &QueueId) -> (usize, &str) {
+    let s = &id.0[id.0.len() - 1..];
+    (usize::from_str_radix(s, 16).unwrap_or(0), s)
+}
+
+fn shard_name(i: usize) -> String {
+    format!("{i:X}")
+}
+
 impl Spool {
     /// Opens (creating) the spool and clears `tmp/` (never-acknowledged leftovers). Must run
     /// inside the tokio runtime (it starts the directory-sync task).
     pub fn open(dir: &Path) -> io::Result<Spool> {
         let q = dir.join("q");
         let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&q)?;
-        std::fs::create_dir_all(&tmp)?;
-        for e in std::fs::read_dir(&tmp)? {
-            let _ = std::fs::remove_file(e?.path());
+        for i in 0..SHARDS {
+            std::fs::create_dir_all(q.join(shard_name(i)))?;
+            std::fs::create_dir_all(tmp.join(shard_name(i)))?;
         }
-        let dir_sync = DirSync::start(q.clone())?;
+        for e in std::fs::read_dir(&tmp)? {
+            let p = e?.path();
+            if p.is_dir() {
+                for f in std::fs::read_dir(&p)? {
+                    let _ = std::fs::remove_file(f?.path());
+                }
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        // The shard directories' own entries must survive a crash before the first message.
+        std::fs::File::open(&q)?.sync_all()?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        migrate_flat(&q)?;
+        let dir_sync = DirSync::start((0..SHARDS).map(|i| q.join(shard_name(i))).collect())?;
         Ok(Spool {
             inner: Arc::new(Inner { q, tmp, dir_sync }),
         })
     }
 
     fn msg_path(&self, id: &QueueId) -> PathBuf {
-        self.inner.q.join(format!("{id}.msg"))
+        self.inner.q.join(shard(id).1).join(format!("{id}.msg"))
     }
 
     fn st_path(&self, id: &QueueId) -> PathBuf {
-        self.inner.q.join(format!("{id}.st"))
+        self.inner.q.join(shard(id).1).join(format!("{id}.st"))
+    }
+
+    fn tmp_path(&self, id: &QueueId, ext: &str) -> PathBuf {
+        self.inner.tmp.join(shard(id).1).join(format!("{id}.{ext}"))
     }
 
     /// Stores a message durably; returns when it is safe to say 250.
@@ -128,24 +164,24 @@ impl Spool {
         let mut buf = Vec::with_capacity(message.len() + 512);
         envelope.encode(&mut buf);
         buf.extend_from_slice(message);
-        let tmp = self.inner.tmp.join(format!("{}.msg", envelope.id));
+        let tmp = self.tmp_path(&envelope.id, "msg");
         let dst = self.msg_path(&envelope.id);
         tokio::task::spawn_blocking(move || write_synced(&tmp, &dst, &buf))
             .await
             .map_err(io::Error::other)??;
-        self.inner.dir_sync.sync().await
+        self.inner.dir_sync.sync(shard(&envelope.id).0).await
     }
 
     /// Replaces the state file durably.
     pub async fn write_state(&self, id: &QueueId, state: &State) -> io::Result<()> {
         let mut buf = Vec::with_capacity(256);
         state.encode(&mut buf);
-        let tmp = self.inner.tmp.join(format!("{id}.st"));
+        let tmp = self.tmp_path(id, "st");
         let dst = self.st_path(id);
         tokio::task::spawn_blocking(move || write_synced(&tmp, &dst, &buf))
             .await
             .map_err(io::Error::other)??;
-        self.inner.dir_sync.sync().await
+        self.inner.dir_sync.sync(shard(id).0).await
     }
 
     /// The message bytes (after the envelope header).
@@ -178,8 +214,13 @@ impl Spool {
     pub fn recover(&self) -> io::Result<(Vec<Recovered>, Vec<String>)> {
         let mut found = Vec::new();
         let mut problems = Vec::new();
-        for entry in std::fs::read_dir(&self.inner.q)? {
-            let path = entry?.path();
+        let mut paths = Vec::new();
+        for i in 0..SHARDS {
+            for entry in std::fs::read_dir(self.inner.q.join(shard_name(i)))? {
+                paths.push(entry?.path());
+            }
+        }
+        for path in paths {
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -218,6 +259,36 @@ impl Spool {
     }
 }
 
+/// Moves spool files left directly in `q/` (by a version without shards) into their shard, then
+/// syncs the directories, so an upgrade keeps every queued message.
+fn migrate_flat(q: &Path) -> io::Result<()> {
+    let mut moved = false;
+    for e in std::fs::read_dir(q)? {
+        let path = e?.path();
+        if path.is_dir() {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(id) = name
+            .split_once('.')
+            .and_then(|(stem, _)| QueueId::parse(stem))
+        else {
+            continue;
+        };
+        std::fs::rename(&path, q.join(shard(&id).1).join(name))?;
+        moved = true;
+    }
+    if moved {
+        for i in 0..SHARDS {
+            std::fs::File::open(q.join(shard_name(i)))?.sync_all()?;
+        }
+        std::fs::File::open(q)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn write_synced(tmp: &Path, dst: &Path, buf: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(tmp)?;
@@ -245,4 +316,74 @@ fn read_envelope(path: &Path) -> io::Result<Envelope> {
         }
     }
     Envelope::decode(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            received: 1000,
+            tenant: "acme".into(),
+            session: "s".into(),
+            client: "192.0.2.1".parse().unwrap(),
+            helo: "h".into(),
+            from: "a@s.example".into(),
+            rcpts: vec!["bob@acme.example".into()],
+            status: Status::Queued,
+            verdict: String::new(),
+            subject: "x".into(),
+            header_from: String::new(),
+            kind: Kind::Message,
+            size: 5,
+        }
+    }
+
+    /// A message stored by this version lands in its shard; a spool written by a version
+    /// without shards (files directly in q/) is moved into shards at open and recovered whole.
+    #[tokio::test]
+    async fn messages_live_in_shards_and_a_flat_spool_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (a, b) = (envelope(), envelope());
+        spool.store(&a, b"hello").await.unwrap();
+        spool.store(&b, b"world").await.unwrap();
+        spool.write_state(&b.id, &State::initial(&b)).await.unwrap();
+        let sharded = spool.msg_path(&a.id);
+        assert!(sharded.exists());
+        assert_eq!(
+            sharded.parent().unwrap().file_name().unwrap().to_str(),
+            Some(shard(&a.id).1)
+        );
+        // As an older version would have left them: q/<id>.msg, q/<id>.st.
+        let q = dir.path().join("q");
+        for p in [
+            spool.msg_path(&a.id),
+            spool.msg_path(&b.id),
+            spool.st_path(&b.id),
+        ] {
+            std::fs::rename(&p, q.join(p.file_name().unwrap())).unwrap();
+        }
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let (found, problems) = spool.recover().unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let ids: Vec<&QueueId> = found.iter().map(|r| &r.envelope.id).collect();
+        let mut want = vec![&a.id, &b.id];
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(spool.read_message(&a.id).await.unwrap(), b"hello");
+        assert!(
+            spool.st_path(&b.id).exists(),
+            "state moved with its message"
+        );
+        let flat: Vec<_> = std::fs::read_dir(&q)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .collect();
+        assert!(flat.is_empty(), "nothing left directly in q/");
+    }
 }
