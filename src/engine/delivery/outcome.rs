@@ -131,26 +131,10 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::spool::{Kind, QueueId, Status};
     use crate::smtp::reply::Received;
 
     fn env(n: usize) -> Envelope {
-        Envelope {
-            id: QueueId::generate(),
-            received: 1000,
-            tenant: "acme".into(),
-            session: "s".into(),
-            client: "192.0.2.1".parse().unwrap(),
-            helo: "h".into(),
-            from: "a@s.example".into(),
-            rcpts: (0..n).map(|i| format!("u{i}@acme.example")).collect(),
-            status: Status::Queued,
-            verdict: String::new(),
-            subject: String::new(),
-            header_from: String::new(),
-            kind: Kind::Message,
-            size: 0,
-        }
+        crate::engine::spool::test_envelope(n)
     }
 
     fn r(code: u16) -> Received {

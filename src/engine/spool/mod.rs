@@ -318,27 +318,34 @@ fn read_envelope(path: &Path) -> io::Result<Envelope> {
     Envelope::decode(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// A queued message for tenant acme from a@s.example to `n` recipients, received at second
+/// 1000 (unit tests).
+#[cfg(test)]
+pub(crate) fn test_envelope(n: usize) -> Envelope {
+    Envelope {
+        id: QueueId::generate(),
+        received: 1000,
+        tenant: "acme".into(),
+        session: "s".into(),
+        client: "192.0.2.1".parse().expect("an address"),
+        helo: "h".into(),
+        from: "a@s.example".into(),
+        rcpts: (0..n).map(|i| format!("u{i}@acme.example")).collect(),
+        status: Status::Queued,
+        verdict: String::new(),
+        subject: String::new(),
+        header_from: String::new(),
+        kind: Kind::Message,
+        size: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn envelope() -> Envelope {
-        Envelope {
-            id: QueueId::generate(),
-            received: 1000,
-            tenant: "acme".into(),
-            session: "s".into(),
-            client: "192.0.2.1".parse().unwrap(),
-            helo: "h".into(),
-            from: "a@s.example".into(),
-            rcpts: vec!["bob@acme.example".into()],
-            status: Status::Queued,
-            verdict: String::new(),
-            subject: "x".into(),
-            header_from: String::new(),
-            kind: Kind::Message,
-            size: 5,
-        }
+        test_envelope(1)
     }
 
     /// A message stored by this version lands in its shard; a spool written by a version
