@@ -61,6 +61,8 @@ pub struct UdpBatch {
     addr_lens: Vec<libc::socklen_t>,
     replies: Vec<Vec<u8>>,
     send: Vec<bool>,
+    /// Slots answered in this batch, in order (reused: no allocation per batch).
+    answered: Vec<usize>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     received: usize,
@@ -83,6 +85,7 @@ impl UdpBatch {
             addr_lens: vec![0; n],
             replies: (0..n).map(|_| Vec::with_capacity(size)).collect(),
             send: vec![false; n],
+            answered: Vec::with_capacity(n),
             iovs: Vec::with_capacity(n),
             hdrs: Vec::with_capacity(n),
             received: 0,
@@ -157,15 +160,15 @@ impl UdpBatch {
         use std::os::fd::AsRawFd;
         self.iovs.clear();
         self.hdrs.clear();
-        let mut slots = Vec::new();
+        self.answered.clear();
         for i in (0..self.received).filter(|&i| self.send[i]) {
-            slots.push(i);
+            self.answered.push(i);
             self.iovs.push(libc::iovec {
                 iov_base: self.replies[i].as_mut_ptr().cast(),
                 iov_len: self.replies[i].len(),
             });
         }
-        for (k, &i) in slots.iter().enumerate() {
+        for (k, &i) in self.answered.iter().enumerate() {
             // SAFETY: as in `recv`.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_name = std::ptr::addr_of_mut!(self.addrs[i]).cast();

@@ -205,16 +205,7 @@ pub async fn message(
     let Some(cur) = current(&web, &headers) else {
         return to_login();
     };
-    let max = web
-        .shared
-        .ops
-        .config
-        .load()
-        .config
-        .engine
-        .webmail
-        .max_render_size
-        .0;
+    let max = max_render_size(&web);
     let (_, row, raw) = match load(&web, &cur, &token, true).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -242,6 +233,19 @@ pub async fn message(
     .into_response()
 }
 
+/// `engine.webmail.max_render_size`: larger messages are listed and downloadable, not rendered.
+fn max_render_size(web: &Web) -> u64 {
+    web.shared
+        .ops
+        .config
+        .load()
+        .config
+        .engine
+        .webmail
+        .max_render_size
+        .0
+}
+
 /// The CSP of the message frame: no script, nothing loaded but the message's own inline
 /// images (and remote images when asked), sandboxed even when opened on its own.
 fn body_csp(remote: bool) -> HeaderValue {
@@ -266,16 +270,7 @@ pub async fn body(
     let Some(cur) = current(&web, &headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let max = web
-        .shared
-        .ops
-        .config
-        .load()
-        .config
-        .engine
-        .webmail
-        .max_render_size
-        .0;
+    let max = max_render_size(&web);
     let (_, _, raw) = match load(&web, &cur, &token, true).await {
         Ok(x) => x,
         Err(r) => return r,
