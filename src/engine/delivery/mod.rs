@@ -249,7 +249,7 @@ pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o
         }
     }
     if o.done {
-        let _ = shared.spool.remove(&env.id).await;
+        let _ = shared.spool.retire(&env.id).await;
         shared.queue.finish(&env.id, o.state, true);
         tracing::info!(id = %env.id, tenant, delivered = o.delivered.len(), failed = o.failures.len(), "message done");
     } else {
