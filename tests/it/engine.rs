@@ -483,6 +483,66 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
     e.stop().await;
 }
 
+/// Over one reused connection a message is MAIL, RCPT, DATA and nothing more; only a
+/// transaction the server stopped before the data (every recipient refused) is reset, so the
+/// next message is not refused as a nested MAIL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_is_reset_only_after_an_unfinished_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Sink::start().await;
+    let down_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = TestEngine::start_full(
+        &dir.path().join("spool"),
+        down_addr,
+        g.addr,
+        FAST,
+        "mde1.test",
+        "delivery_connections = 1",
+    )
+    .await;
+    let mut c = Client::connect(e.smtp).await;
+    // Queued while the server is down, so they go out together, oldest first.
+    let rcpts = [
+        "gone@acme.example",
+        "bob@acme.example",
+        "bob@acme.example",
+        "bob@acme.example",
+    ];
+    for (i, rcpt) in rcpts.iter().enumerate() {
+        let r = c
+            .mail("boss@globex.example", &[rcpt], &msg(&format!("reuse {i}")))
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("RSET", "250").await;
+    }
+    let a = Sink::start_on(down_addr).await;
+    a.rcpt_reply("gone@acme.example", "550 5.1.1 no such user");
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 3
+            && g.messages().len() == 1)
+        .await,
+        "delivered {} and bounced {}",
+        a.messages().len(),
+        g.messages().len()
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(a.max_sessions.load(SeqCst), 1, "one connection");
+    assert_eq!(
+        a.nested_mail.load(SeqCst),
+        0,
+        "no MAIL inside an open transaction"
+    );
+    assert_eq!(
+        a.rsets.load(SeqCst),
+        1,
+        "one RSET: after the refused transaction"
+    );
+    e.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_sends_a_dsn_and_null_senders_get_none() {
     let dir = tempfile::tempdir().unwrap();

@@ -122,6 +122,10 @@ pub struct Sink {
     /// engine, told the server is back, has already connected to deliver.
     sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub max_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// RSET commands received.
+    pub rsets: Arc<std::sync::atomic::AtomicUsize>,
+    /// MAIL commands refused because a transaction was still open (a real server's 503).
+    pub nested_mail: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -137,6 +141,8 @@ impl Sink {
             behaviour: Arc::default(),
             sessions: Arc::default(),
             max_sessions: Arc::default(),
+            rsets: Arc::default(),
+            nested_mail: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -182,6 +188,8 @@ impl Sink {
         let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
         let mut from = String::new();
         let mut rcpts = Vec::new();
+        // Between an accepted MAIL and the reply to the data (or RSET), as in RFC 5321.
+        let mut in_transaction = false;
         loop {
             let mut line = String::new();
             if r.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -190,7 +198,12 @@ impl Sink {
             let upper = line.to_ascii_uppercase();
             let reply: String = if upper.starts_with("EHLO") {
                 "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+            } else if upper.starts_with("MAIL FROM:") && in_transaction {
+                self.nested_mail
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "503 5.5.1 nested MAIL command\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
+                in_transaction = true;
                 if !*counted {
                     use std::sync::atomic::Ordering;
                     *counted = true;
@@ -246,6 +259,7 @@ impl Sink {
                                 .unwrap_or(&l),
                         );
                     }
+                    in_transaction = false;
                     let custom = self.behaviour.lock().unwrap().data_reply.clone();
                     match custom {
                         Some(r) => format!("{r}\r\n"),
@@ -261,6 +275,8 @@ impl Sink {
                     }
                 }
             } else if upper.starts_with("RSET") {
+                self.rsets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                in_transaction = false;
                 rcpts.clear();
                 "250 ok\r\n".into()
             } else if upper.starts_with("QUIT") {

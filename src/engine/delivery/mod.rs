@@ -193,6 +193,9 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
             .transaction(&env.from, &rcpts, &message, data_timeout)
             .await;
         let broken = result.is_err();
+        // A transaction that got the reply to its data is over (RFC 5321 4.1.1.4); one that
+        // stopped before (DATA refused) leaves MAIL and RCPT state on the server to reset.
+        let unfinished = matches!(&result, Ok(r) if r.data.is_none() && r.mail.is_positive());
         let lifetime = shared
             .ops
             .config
@@ -206,7 +209,7 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         if broken {
             return;
         }
-        if client.rset().await.is_err() {
+        if unfinished && client.rset().await.is_err() {
             return;
         }
     }
