@@ -1,7 +1,8 @@
 //! The one place that needs `unsafe`: adopting listening sockets passed by systemd socket
 //! activation (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`; sd_listen_fds(3)). File descriptors
 //! 3.. are owned by this process once `LISTEN_PID` names it; each is adopted at most once (the
-//! caller takes them at bind time) and checked to be a TCP listener before use.
+//! caller takes them at bind time) and checked to be a TCP listener before use. Also the
+//! GeoDNS UDP batches (`recvmmsg`/`sendmmsg`) and its SO_REUSEPORT CPU steering program.
 
 #![allow(unsafe_code)]
 
@@ -233,6 +234,56 @@ fn socket_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<std:
     }
 }
 
+/// Steers each datagram of a SO_REUSEPORT group to socket `cpu % n`, `cpu` being the CPU that
+/// received it (`SO_ATTACH_REUSEPORT_CBPF`), instead of the kernel's hash of the 4-tuple: a few
+/// busy resolvers (few source ports) then still spread over every socket, and a datagram is
+/// answered by the thread whose socket belongs to the CPU it arrived on. Attach to any one
+/// socket of the group, after it is bound; the sockets' order in the group is their bind order.
+pub fn steer_reuseport_by_cpu(sock: &std::net::UdpSocket, n: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SKF_AD_OFF + SKF_AD_CPU: "load the current CPU" in classic BPF.
+    const LOAD_CPU: u32 = (-0x1000i32 + 36) as u32;
+    let mut program = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: LOAD_CPU,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: n.max(1),
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::UdpSocket;
@@ -302,5 +353,37 @@ mod tests {
         assert_eq!(batch.recv(&server).unwrap(), 1);
         let (q, _, _) = batch.slot(0);
         assert_eq!(q, &[7u8; 100][..]);
+    }
+
+    /// The steering program is accepted by the kernel and every datagram still reaches a
+    /// socket of the group.
+    #[test]
+    fn reuseport_steering_by_cpu_keeps_every_datagram() {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let bind = |addr: std::net::SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            let s: std::net::UdpSocket = s.into();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            s
+        };
+        let first = bind("127.0.0.1:0".parse().unwrap());
+        let second = bind(first.local_addr().unwrap());
+        super::steer_reuseport_by_cpu(&first, 2).expect("the kernel takes the program");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..50u8 {
+            client.send_to(&[i], first.local_addr().unwrap()).unwrap();
+        }
+        let mut got = Vec::new();
+        for sock in [&first, &second] {
+            let mut buf = [0u8; 8];
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..50u8).collect::<Vec<_>>());
     }
 }

