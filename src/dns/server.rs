@@ -80,7 +80,10 @@ pub async fn bind(ops: &Arc<Ops>) -> io::Result<Bound> {
         for _ in 1..threads {
             udp.push(udp_socket(local)?);
         }
+        // More threads than CPUs: steering by CPU would leave the extra sockets idle.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if threads > 1
+            && threads <= cpus
             && let Err(e) =
                 crate::sys::steer_reuseport_by_cpu(&udp[udp.len() - threads], threads as u32)
         {
