@@ -284,6 +284,22 @@ pub fn steer_reuseport_by_cpu(sock: &std::net::UdpSocket, n: u32) -> std::io::Re
     }
 }
 
+/// Bytes an unprivileged writer can still use on the file system holding `path` (`statvfs`).
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: statvfs is plain data (all-zero is valid); `c` is a valid NUL-terminated string
+    // and `st` a valid out pointer for the duration of the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r == 0 {
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::UdpSocket;

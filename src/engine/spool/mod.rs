@@ -45,6 +45,9 @@
 //! dropped at recovery. A crash after delivery but before the unlink redelivers the message once
 //! (counted as a duplicate, never a loss).
 //!
+//! A message that would leave less than [`SPOOL_RESERVE`] free on the file system is refused
+//! (`StorageFull`, so 452 4.3.1) even when a recycled file could hold it without new space.
+//!
 //! A file enters the pool only after the `fsync` of the shard it left, so no crash can bring back
 //! its old name in `q/` pointing at a new message. Writing a new message over a pooled file is the
 //! same sequence as a fresh one (write, `fdatasync`, rename into `q/`, directory sync); a crash
@@ -124,6 +127,10 @@ struct Inner {
 
 /// Shards of `q/` and `tmp/`.
 const SHARDS: usize = 16;
+
+/// Free space a new message must leave on the spool's file system; below it, `store` fails
+/// with `StorageFull` (the session answers 452 4.3.1).
+pub const SPOOL_RESERVE: u64 = 16 * 1024 * 1024;
 
 /// At most this many delivered messages' files wait in `free/` to be reused.
 pub const POOL_FILES: usize = 256;
@@ -209,12 +216,28 @@ impl Spool {
         let fresh = self.tmp_path(&envelope.id, "msg");
         let dst = self.msg_path(&envelope.id);
         let reuse = self.pool().pop();
-        tokio::task::spawn_blocking(move || match reuse {
-            Some((path, len)) => match overwrite_synced(&path, len, &dst, &buf) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => write_synced(&fresh, &dst, &buf),
-                r => r,
-            },
-            None => write_synced(&fresh, &dst, &buf),
+        let room_at = self.inner.tmp.clone();
+        tokio::task::spawn_blocking(move || {
+            // A recycled file needs no new space, but the rest of the spool does (state
+            // files, DSNs of mail already acknowledged): keep a reserve.
+            if crate::sys::free_bytes(&room_at)? < buf.len() as u64 + SPOOL_RESERVE {
+                if let Some((path, _)) = &reuse {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "spool file system below its reserve",
+                ));
+            }
+            match reuse {
+                Some((path, len)) => match overwrite_synced(&path, len, &dst, &buf) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        write_synced(&fresh, &dst, &buf)
+                    }
+                    r => r,
+                },
+                None => write_synced(&fresh, &dst, &buf),
+            }
         })
         .await
         .map_err(io::Error::other)??;
