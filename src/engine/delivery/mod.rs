@@ -66,7 +66,10 @@ pub async fn dispatcher(shared: Arc<Shared>) {
 }
 
 /// Addresses to try for a destination, in order.
-async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
+/// A destination whose domain publishes a null MX (RFC 7505): it takes no mail.
+struct NullMx;
+
+async fn resolve(shared: &Shared, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx> {
     // Read what is needed from the config snapshot, then let it go before any lookup.
     let (tenant_hosts, relay) = {
         let snap = shared.ops.config.load();
@@ -94,10 +97,7 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
         // MX records, lowest preference first; the domain itself only without any MX.
         (Dest::Domain(domain), None) => match mx::exchanges(domain).await {
             mx::Exchanges::Hosts(hosts) => hosts.into_iter().map(|h| (h, 25)).collect(),
-            mx::Exchanges::Null => {
-                tracing::warn!(%domain, "null MX: the domain takes no mail");
-                Vec::new()
-            }
+            mx::Exchanges::Null => return Err(NullMx),
             mx::Exchanges::Unknown(e) => {
                 tracing::info!(%domain, error = %e, "MX lookup failed; will retry");
                 Vec::new()
@@ -118,12 +118,12 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Vec<SocketAddr> {
             out.extend(addrs);
         }
     }
-    out
+    Ok(out)
 }
 
-async fn connect(shared: &Shared, dest: &Dest) -> Option<Client> {
+async fn connect(shared: &Shared, dest: &Dest) -> Result<Option<Client>, NullMx> {
     let cfg = shared.delivery();
-    for addr in resolve(shared, dest).await {
+    for addr in resolve(shared, dest).await? {
         let source = cfg
             .source_addresses
             .iter()
@@ -138,18 +138,22 @@ async fn connect(shared: &Shared, dest: &Dest) -> Option<Client> {
         )
         .await
         {
-            Ok(c) => return Some(c),
+            Ok(c) => return Ok(Some(c)),
             Err(e) => {
                 tracing::info!(destination = %dest, address = %addr, error = %e, "delivery connection failed")
             }
         }
     }
-    None
+    Ok(None)
 }
 
 async fn worker(shared: &Arc<Shared>, dest: &Dest) {
     let cfg = shared.delivery();
-    let Some(mut client) = connect(shared, dest).await else {
+    let connected = match connect(shared, dest).await {
+        Ok(c) => c,
+        Err(NullMx) => return refuse_all(shared, dest).await,
+    };
+    let Some(mut client) = connected else {
         if shared.queue.connect_failed(dest, cfg.dead_after) {
             tracing::warn!(destination = %dest, "destination down: holding its mail and probing every {}", cfg.probe_interval);
             shared.metrics.destination_up(dest, false);
@@ -214,6 +218,35 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         }
     }
     client.quit().await;
+}
+
+/// Fails every message waiting for a destination that takes no mail (null MX) at once, rather
+/// than holding it for days: such mail can only be DSNs to senders of that domain (tenants'
+/// mail goes to their configured hosts), which are never bounced in turn.
+async fn refuse_all(shared: &Arc<Shared>, dest: &Dest) {
+    tracing::warn!(destination = %dest, "null MX: the domain takes no mail; failing its messages");
+    let cfg = shared.delivery();
+    while let Some((env, state)) = shared.queue.take(dest) {
+        let pending: Vec<usize> = state.pending().collect();
+        let lifetime = shared
+            .ops
+            .config
+            .load()
+            .config
+            .engine
+            .message_lifetime
+            .get();
+        let outcome = apply(
+            &env,
+            &state,
+            &pending,
+            Ok(outcome::null_mx()),
+            now_secs(),
+            lifetime,
+            &cfg,
+        );
+        finish(shared, &env, &[], outcome).await;
+    }
 }
 
 /// Persists an outcome, queues DSNs, updates metrics and the index.
@@ -309,7 +342,7 @@ fn spawn_probe(shared: Arc<Shared>, dest: Dest) {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shared.ops.shutdown.cancelled() => return,
             }
-            let addrs = resolve(&shared, &dest).await;
+            let addrs = resolve(&shared, &dest).await.unwrap_or_default();
             let timeout = shared
                 .delivery()
                 .connect_timeout

@@ -19,6 +19,20 @@ pub struct Outcome {
     pub done: bool,
 }
 
+/// What a destination that publishes a null MX (RFC 7505 section 4.1: 556 5.1.10) amounts to:
+/// a refusal of the whole transaction.
+pub fn null_mx() -> TransactionResult {
+    TransactionResult {
+        mail: crate::smtp::reply::Received {
+            code: 556,
+            lines: vec!["5.1.10 Recipient address has null MX".to_owned()],
+        },
+        rcpts: Vec::new(),
+        data: None,
+        data_refused: None,
+    }
+}
+
 /// Backoff for the n-th attempt (1-based): `base * 2^(n-1)`, capped, with ±20 % jitter.
 pub fn backoff(attempt: u32, cfg: &DeliveryConfig) -> Duration {
     let base = cfg.retry_base.get().as_secs_f64();
@@ -145,6 +159,29 @@ mod tests {
     }
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A null-MX destination fails every pending recipient at once with RFC 7505's code; the
+    /// message is done (no retry for days).
+    #[test]
+    fn a_null_mx_fails_every_recipient_at_once() {
+        let e = env(2);
+        let s = State::initial(&e);
+        let o = apply(
+            &e,
+            &s,
+            &[0, 1],
+            Ok(null_mx()),
+            1000,
+            DAY,
+            &DeliveryConfig::default(),
+        );
+        assert!(o.done);
+        assert!(o.delivered.is_empty());
+        assert_eq!(o.failures.len(), 2);
+        for (_, text, _) in &o.failures {
+            assert!(text.starts_with("556 5.1.10"), "{text}");
+        }
+    }
 
     #[test]
     fn mixed_recipients_deliver_fail_and_defer_independently() {
