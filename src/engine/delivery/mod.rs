@@ -27,6 +27,9 @@ pub use outcome::{Outcome, apply};
 pub async fn dispatcher(shared: Arc<Shared>) {
     let permits = Arc::new(Semaphore::new(shared.delivery().max_connections as usize));
     let shutdown = shared.ops.shutdown.clone();
+    // Workers stop taking messages at shutdown; the one in flight is finished and recorded
+    // before the engine exits, or a message the server just took would be sent again.
+    let workers = tokio_util::task::TaskTracker::new();
     loop {
         let cfg = shared.delivery();
         let budget = permits.available_permits() as u32;
@@ -47,7 +50,7 @@ pub async fn dispatcher(shared: Arc<Shared>) {
                 continue;
             };
             let s = shared.clone();
-            tokio::spawn(async move {
+            workers.spawn(async move {
                 worker(&s, &dest).await;
                 drop(permit);
                 s.queue.released(&dest);
@@ -60,9 +63,11 @@ pub async fn dispatcher(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.queue.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         }
     }
+    workers.close();
+    workers.wait().await;
 }
 
 /// Addresses to try for a destination, in order.
@@ -149,7 +154,12 @@ async fn connect(shared: &Shared, dest: &Dest) -> Result<Option<Client>, NullMx>
 
 async fn worker(shared: &Arc<Shared>, dest: &Dest) {
     let cfg = shared.delivery();
-    let connected = match connect(shared, dest).await {
+    // At shutdown nothing is in flight yet: stop connecting at once.
+    let connected = tokio::select! {
+        c = connect(shared, dest) => c,
+        _ = shared.ops.shutdown.cancelled() => return,
+    };
+    let connected = match connected {
         Ok(c) => c,
         Err(NullMx) => return refuse_all(shared, dest).await,
     };
