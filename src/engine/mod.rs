@@ -49,6 +49,11 @@ impl Shared {
         self.ops.config.load().config.engine.delivery.clone()
     }
 
+    /// How long a message may wait for delivery before it expires (`engine.message_lifetime`).
+    pub fn message_lifetime(&self) -> std::time::Duration {
+        self.ops.config.load().config.engine.message_lifetime.get()
+    }
+
     /// The delivery rate limiter of a tenant destination with `delivery_rate` set (rebuilt when
     /// the rate changes).
     pub fn rate_limiter(&self, dest: &queue::Dest) -> Option<Arc<ratelimit::Ratelimiter>> {

@@ -210,14 +210,7 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         // A transaction that got the reply to its data is over (RFC 5321 4.1.1.4); one that
         // stopped before (DATA refused) leaves MAIL and RCPT state on the server to reset.
         let unfinished = matches!(&result, Ok(r) if r.data.is_none() && r.mail.is_positive());
-        let lifetime = shared
-            .ops
-            .config
-            .load()
-            .config
-            .engine
-            .message_lifetime
-            .get();
+        let lifetime = shared.message_lifetime();
         let outcome = apply(&env, &state, &pending, result, now_secs(), lifetime, &cfg);
         finish(shared, &env, &message, outcome).await;
         if broken {
@@ -236,16 +229,9 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
 async fn refuse_all(shared: &Arc<Shared>, dest: &Dest) {
     tracing::warn!(destination = %dest, "null MX: the domain takes no mail; failing its messages");
     let cfg = shared.delivery();
+    let lifetime = shared.message_lifetime();
     while let Some((env, state)) = shared.queue.take(dest) {
         let pending: Vec<usize> = state.pending().collect();
-        let lifetime = shared
-            .ops
-            .config
-            .load()
-            .config
-            .engine
-            .message_lifetime
-            .get();
         let outcome = apply(
             &env,
             &state,

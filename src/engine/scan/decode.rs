@@ -24,7 +24,7 @@ use std::borrow::Cow;
 use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::parsers::MessageStream;
 use mail_parser::{
-    Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+    Encoding, GetHeader, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 
 use super::archive::{self, ArchiveError};
@@ -143,9 +143,11 @@ fn single_text_part(raw: &[u8]) -> Option<Message<'_>> {
         offset_body: u32::try_from(offset_body).ok()?,
         offset_end: u32::try_from(raw.len()).ok()?,
     };
-    if let Some(HeaderValue::Text(cte)) = part.headers.iter().rev().find_map(|h| {
-        (h.name == mail_parser::HeaderName::ContentTransferEncoding).then_some(&h.value)
-    }) && (cte.eq_ignore_ascii_case("base64") || cte.eq_ignore_ascii_case("quoted-printable"))
+    // The same lookup and match as mail-parser's own (the last such header counts).
+    if let Some(HeaderValue::Text(cte)) = part
+        .headers
+        .header_value(&mail_parser::HeaderName::ContentTransferEncoding)
+        && (cte.eq_ignore_ascii_case("base64") || cte.eq_ignore_ascii_case("quoted-printable"))
     {
         return None;
     }
