@@ -5,8 +5,9 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::config::{RoleSet, Snapshot};
+use crate::config::RoleSet;
 use crate::geo::{Located, Point, Source};
+use crate::snapshot::Snapshot;
 use crate::topology::{EngineIdx, EngineLoad, LoadView, SiloIdx, Topology};
 
 /// A what-if view for `route`: named clusters (`silo/cluster`), silos or engine addresses are down.

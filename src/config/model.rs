@@ -1,4 +1,6 @@
-//! The configuration file as operators write it: a serde model that refuses unknown keys.
+//! The configuration file as operators write it: the whole file ([`Config`]) and the sections
+//! every node reads — node, ops, geo, regions, silos with their clusters and engines, tenants.
+//! Role sections have a file each beside this one. A serde model that refuses unknown keys.
 //!
 //! Every section has documented defaults (its `Default` impl), so a minimal file names only the
 //! topology. Semantic checks (references, duplicates, ranges) live in `validate.rs`; this file only
@@ -11,11 +13,8 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Dur};
-pub use crate::dns::DnsConfig;
-pub use crate::edge::EdgeConfig;
-pub use crate::engine::policy::PolicyConfig;
-pub use crate::health::HealthConfig;
+use super::units::Dur;
+use super::{DnsConfig, EdgeConfig, EngineConfig, PolicyConfig};
 
 /// The whole file. Top-level sections are deserialised one by one (see `load.rs`) so that one
 /// broken section does not hide the errors of the others.
@@ -303,126 +302,4 @@ pub struct UserConfig {
     pub password_hash: String,
     #[serde(default)]
     pub admin: bool,
-}
-
-/// `--role engine`: reception, spool, delivery, webmail.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    /// SMTP listeners for edges (and direct senders). Default `127.0.0.1:2526`.
-    pub listen: Vec<SocketAddr>,
-    /// Spool directory. Relative paths are relative to the config file. Default `spool`.
-    pub spool_dir: PathBuf,
-    /// Networks whose PROXY headers are believed (the edges).
-    pub trusted_proxies: Vec<IpNetwork>,
-    /// Refuse connections without a PROXY header (from trusted networks). Default false.
-    pub require_proxy: bool,
-    /// Largest message accepted (SIZE and while streaming). Default 25 MiB.
-    pub max_message_size: Bytes,
-    /// Recipients per message. Default 100 (RFC 5321 4.5.3.1.8 minimum).
-    pub max_recipients: u32,
-    /// Longest command line. Default 512 octets... with extensions we allow 4 KiB.
-    pub max_line_length: Bytes,
-    /// Commands per session before 421. Default 1000.
-    pub max_commands: u32,
-    /// Errors per session before 421. Default 10.
-    pub max_errors: u32,
-    /// Idle time between commands. Default 5 m.
-    pub command_timeout: Dur,
-    /// Time allowed for the whole DATA transfer. Default 10 m.
-    pub data_timeout: Dur,
-    /// Concurrent sessions. Default 2000.
-    pub max_sessions: u32,
-    /// How long undeliverable mail is kept before a DSN. Default 5 d.
-    pub message_lifetime: Dur,
-    /// How long a quarantined message stays (readable in webmail, releasable) before it is
-    /// deleted. Default 30 d.
-    pub quarantine_lifetime: Dur,
-    /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
-    pub hostname: Option<String>,
-    /// How long a trusted peer that does not require PROXY gets to send one before the banner.
-    /// Default 250 ms.
-    pub proxy_wait: Dur,
-    /// PEM certificate chain and key for STARTTLS. Both or neither.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub delivery: DeliveryConfig,
-    pub webmail: crate::engine::webmail::WebmailConfig,
-}
-
-/// `[engine.delivery]`: how the engine delivers to tenants' servers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeliveryConfig {
-    /// Concurrent connections to one destination (tenant). Default 10.
-    pub connections_per_destination: u32,
-    /// Concurrent outgoing connections in all. Default 200.
-    pub max_connections: u32,
-    /// Messages sent over one connection before it is closed. Default 100.
-    pub messages_per_connection: u32,
-    /// TCP connect timeout. Default 10 s.
-    pub connect_timeout: Dur,
-    /// Timeout for each reply from the destination. Default 2 m (RFC 5321 4.5.3.2 suggests
-    /// longer for DATA; our own default for the final reply is 10 m).
-    pub command_timeout: Dur,
-    /// First retry after a temporary failure; doubled each time, with ±20 % jitter. Default 1 m.
-    pub retry_base: Dur,
-    /// Longest retry interval. Default 1 h.
-    pub retry_max: Dur,
-    /// Consecutive connection failures after which a destination is marked down and its mail
-    /// held (no retries until a probe succeeds). Default 3.
-    pub dead_after: u32,
-    /// How often a down destination is probed (connect, 220, QUIT). When a probe succeeds, held
-    /// mail is delivered at once. Default 3 s.
-    pub probe_interval: Dur,
-    /// Smart host for mail to non-tenant domains (DSNs to senders): `host[:port]`. Without it,
-    /// MX records are looked up.
-    pub relay: Option<String>,
-    /// Source addresses for outgoing connections (egress); the first of the right family is used.
-    pub source_addresses: Vec<std::net::IpAddr>,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            connections_per_destination: 10,
-            max_connections: 200,
-            messages_per_connection: 100,
-            connect_timeout: Dur::secs(10),
-            command_timeout: Dur::secs(120),
-            retry_base: Dur::secs(60),
-            retry_max: Dur::secs(3600),
-            dead_after: 3,
-            probe_interval: Dur::secs(3),
-            relay: None,
-            source_addresses: Vec::new(),
-        }
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2526))],
-            spool_dir: PathBuf::from("spool"),
-            trusted_proxies: Vec::new(),
-            require_proxy: false,
-            max_message_size: Bytes(25 << 20),
-            max_recipients: 100,
-            max_line_length: Bytes(4096),
-            max_commands: 1000,
-            max_errors: 10,
-            command_timeout: Dur::secs(300),
-            data_timeout: Dur::secs(600),
-            max_sessions: 2000,
-            message_lifetime: Dur::secs(5 * 86_400),
-            quarantine_lifetime: Dur::secs(30 * 86_400),
-            hostname: None,
-            proxy_wait: Dur::millis(250),
-            tls_cert: None,
-            tls_key: None,
-            delivery: DeliveryConfig::default(),
-            webmail: Default::default(),
-        }
-    }
 }

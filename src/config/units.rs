@@ -1,9 +1,12 @@
 //! Human units in configuration files: durations (`"30s"`, `"5m"`, `"2h"`, `"5d"`, `"250ms"`, or a
-//! bare integer of seconds) and byte sizes (`"25MiB"`, `"512k"`, or a bare integer of bytes).
+//! bare integer of seconds), byte sizes (`"25MiB"`, `"512k"`, or a bare integer of bytes) and
+//! mail hosts (`host[:port]`).
 //!
 //! Operators write these by hand; a typo gets a message that says what was expected.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -158,6 +161,56 @@ impl<'de> Deserialize<'de> for Bytes {
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// A tenant's mail server: `host[:port]`, `[v6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryHost {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for DeliveryHost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not host[:port]");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
+            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            match tail.strip_prefix(':') {
+                Some(p) => (h, p.parse().map_err(|_| bad())?),
+                None if tail.is_empty() => (h, 25),
+                None => return Err(bad()),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (s, 25),
+            }
+        };
+        let ok = host.parse::<IpAddr>().is_ok()
+            || (!host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(DeliveryHost {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for DeliveryHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 

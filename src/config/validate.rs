@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use super::model::*;
+use super::units::DeliveryHost;
 use super::{ConfigError, ConfigErrors};
 use crate::geo::{Countries, Point};
-use crate::topology::DeliveryHost;
 
 /// Which roles this process runs: listeners of roles not run are not checked for clashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,11 +135,9 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
 
     k.dur("ops.grace_period", c.ops.grace_period, 0, 3600);
     c.edge.check(&mut k);
-    check_engine(&c.engine, &mut k);
+    c.engine.check(&mut k);
     c.dns.check(&mut k);
-    for (name, p) in &c.policies {
-        p.check(&format!("policy.{name}"), &mut k);
-    }
+    super::policy::check_all(c, &mut k);
     check_listeners(c, roles, &mut k);
 
     if k.errors.is_empty() {
@@ -359,103 +357,6 @@ fn check_tenants(c: &Config, k: &mut Checker) {
                 );
             }
         }
-    }
-}
-
-fn check_engine(e: &EngineConfig, k: &mut Checker) {
-    k.range(
-        "engine.max_message_size",
-        e.max_message_size.0,
-        1024,
-        2 << 30,
-    );
-    k.range("engine.max_recipients", e.max_recipients.into(), 1, 100_000);
-    k.range("engine.max_line_length", e.max_line_length.0, 512, 1 << 20);
-    k.range("engine.max_commands", e.max_commands.into(), 10, 1_000_000);
-    k.range("engine.max_errors", e.max_errors.into(), 1, 1000);
-    k.range("engine.max_sessions", e.max_sessions.into(), 1, 1_000_000);
-    k.dur("engine.command_timeout", e.command_timeout, 1000, 3600);
-    k.dur("engine.data_timeout", e.data_timeout, 1000, 86_400);
-    k.dur(
-        "engine.message_lifetime",
-        e.message_lifetime,
-        1000,
-        60 * 86_400,
-    );
-    k.dur(
-        "engine.quarantine_lifetime",
-        e.quarantine_lifetime,
-        1000,
-        365 * 86_400,
-    );
-    k.dur("engine.proxy_wait", e.proxy_wait, 0, 10);
-    if e.tls_cert.is_some() != e.tls_key.is_some() {
-        k.err(
-            "engine.tls_cert",
-            "give both tls_cert and tls_key, or neither",
-        );
-    }
-    if let Some(h) = &e.hostname
-        && !is_domain(h)
-    {
-        k.err("engine.hostname", format!("{h:?} is not a DNS name"));
-    }
-    let d = &e.delivery;
-    k.range(
-        "engine.delivery.connections_per_destination",
-        d.connections_per_destination.into(),
-        1,
-        1000,
-    );
-    k.range(
-        "engine.delivery.max_connections",
-        d.max_connections.into(),
-        d.connections_per_destination.max(1).into(),
-        100_000,
-    );
-    k.range(
-        "engine.delivery.messages_per_connection",
-        d.messages_per_connection.into(),
-        1,
-        100_000,
-    );
-    k.dur(
-        "engine.delivery.connect_timeout",
-        d.connect_timeout,
-        100,
-        300,
-    );
-    k.dur(
-        "engine.delivery.command_timeout",
-        d.command_timeout,
-        100,
-        3600,
-    );
-    k.dur("engine.delivery.retry_base", d.retry_base, 100, 86_400);
-    k.dur(
-        "engine.delivery.retry_max",
-        d.retry_max,
-        d.retry_base.get().as_millis() as u64,
-        7 * 86_400,
-    );
-    k.range("engine.delivery.dead_after", d.dead_after.into(), 1, 1000);
-    k.dur(
-        "engine.delivery.probe_interval",
-        d.probe_interval,
-        100,
-        3600,
-    );
-    if let Some(r) = &d.relay
-        && let Err(msg) = r.parse::<DeliveryHost>()
-    {
-        k.err("engine.delivery.relay", msg);
-    }
-    e.webmail.check(k);
-    if e.require_proxy && e.trusted_proxies.is_empty() {
-        k.err(
-            "engine.require_proxy",
-            "requires engine.trusted_proxies (no network may send PROXY headers)",
-        );
     }
 }
 

@@ -19,8 +19,8 @@ use ipnetwork::IpNetwork;
 use super::answer::{Scratch, order_silos, respond, scope_for};
 use super::state::{FailOpen, Plan};
 use super::zone::{Role, Zone, unit, wire_name};
-use crate::config::Snapshot;
 use crate::geo::{Located, Source};
+use crate::snapshot::Snapshot;
 
 /// The text of `maildistiller dns-explain`. `Err` for a bad argument.
 pub fn explain(

@@ -26,16 +26,16 @@
 //! transition or a drain through the ops API takes effect at the next query too.
 
 mod answer;
-mod config;
 mod explain;
 mod metrics;
+mod records;
 mod server;
 mod state;
 mod status;
 mod wire;
 mod zone;
 
-pub use config::{DnsConfig, NsConfig, RecordConfig, STATIC_TYPES, SoaConfig, TenantNames};
 pub use explain::explain;
+pub use records::check_records;
 pub use server::{Bound, bind};
 pub use state::{DnsState, SiloState};

@@ -23,9 +23,9 @@ use arc_swap::{ArcSwap, Cache};
 
 use super::metrics::DnsMetrics;
 use super::zone::Zone;
-use crate::config::Snapshot;
 use crate::health::Prober;
 use crate::ops::Ops;
+use crate::snapshot::Snapshot;
 
 /// A silo as the answers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@
 //! Parents of names that exist are empty non-terminals (NODATA, not NXDOMAIN).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TXT};
@@ -28,9 +28,11 @@ use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use ipnetwork::IpNetwork;
 
-use super::config::{DnsConfig, absolute, host_name, in_zone, parse_rdata};
-use crate::config::Snapshot;
+use super::records::parse_rdata;
+use crate::config::dns::{DnsConfig, absolute, host_name, in_zone};
 use crate::geo::Point;
+use crate::hash::Fnv;
+use crate::snapshot::Snapshot;
 
 /// Record type numbers used on the hot path.
 pub(crate) mod rtype {
@@ -46,29 +48,6 @@ pub(crate) mod rtype {
     pub const AXFR: u16 = 252;
     pub const ANY: u16 = 255;
     pub const CAA: u16 = 257;
-}
-
-/// FNV-1a: the name table's keys are short and ours (lower-cased wire names), so a fast
-/// non-keyed hash is fine; hash flooding would need control of the config file.
-#[derive(Default)]
-pub(crate) struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 /// One RRset, ready to copy into the answer section.

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use ratelimit::Ratelimiter;
 
-use super::EdgeConfig;
+use crate::config::EdgeConfig;
 use crate::smtp::Reply;
 
 /// Why a client was refused.

@@ -16,10 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::metrics::EdgeMetrics;
-use crate::config::{ProxyProtocol, Snapshot};
+use crate::config::ProxyProtocol;
 use crate::ops::Ops;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::reply;
+use crate::snapshot::Snapshot;
 use crate::topology::{EngineIdx, EngineLoad, LoadView, Route, Topology};
 
 /// Live state of one engine.
@@ -307,7 +308,7 @@ async fn introduce(
 }
 
 /// Passive health: a failed connection counts like a failed probe; a good one resets the streak.
-fn passive(h: &EngineHealth, ok: bool, cfg: &crate::health::HealthConfig, metrics: &EdgeMetrics) {
+fn passive(h: &EngineHealth, ok: bool, cfg: &crate::config::HealthConfig, metrics: &EdgeMetrics) {
     if h.healthy() {
         if ok {
             h.streak.store(0, Ordering::Relaxed);
@@ -333,12 +334,12 @@ fn clock_ms() -> u64 {
 }
 
 /// Successful probes a down engine needs to come back.
-fn rise_needed(h: &EngineHealth, cfg: &crate::health::HealthConfig) -> u32 {
+fn rise_needed(h: &EngineHealth, cfg: &crate::config::HealthConfig) -> u32 {
     cfg.rise << h.flaps.load(Ordering::Relaxed).min(MAX_DAMPING_SHIFT)
 }
 
 /// Records a state change at `now_ms` for flap damping.
-fn note_flip(h: &EngineHealth, up: bool, now_ms: u64, cfg: &crate::health::HealthConfig) {
+fn note_flip(h: &EngineHealth, up: bool, now_ms: u64, cfg: &crate::config::HealthConfig) {
     if up {
         h.up_at_ms.store(now_ms, Ordering::Relaxed);
         return;
@@ -360,7 +361,7 @@ fn transition(
     h: &EngineHealth,
     up: bool,
     why: &str,
-    cfg: &crate::health::HealthConfig,
+    cfg: &crate::config::HealthConfig,
     metrics: &EdgeMetrics,
 ) {
     if h.healthy.swap(up, Ordering::Relaxed) != up {
@@ -508,7 +509,7 @@ mod tests {
     /// not (regression: the fleet's flapping engine went down and up with every cycle).
     #[test]
     fn flapping_engines_need_more_probes_to_come_back() {
-        let cfg = crate::health::HealthConfig::default(); // 2 s interval, rise 2
+        let cfg = crate::config::HealthConfig::default(); // 2 s interval, rise 2
         let h = health();
         note_flip(&h, false, 10_000, &cfg); // first failure since start: not a flap
         assert_eq!(rise_needed(&h, &cfg), 2);

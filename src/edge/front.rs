@@ -24,10 +24,10 @@ use tokio::net::TcpStream;
 use super::admission::Permit;
 use super::backends::EngineConn;
 use super::{EdgeShared, Stream};
-use crate::config::Snapshot;
 use crate::proxy::ProxyInfo;
 use crate::smtp::data::{DataReader, Feed};
 use crate::smtp::{Command, Reply, parse_command, reply};
+use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 
 /// What reply a client command will get.

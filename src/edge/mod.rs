@@ -18,7 +18,6 @@
 
 mod admission;
 mod backends;
-mod config;
 mod front;
 mod metrics;
 mod tcp;
@@ -30,12 +29,12 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 
+use crate::config::EdgeConfig;
 use crate::engine::Serving;
 pub use crate::engine::smtp::Stream;
 use crate::ops::{Ops, StatusSection};
 use crate::topology::{Tenant, TenantId};
 pub use admission::{Admission, Refusal};
-pub use config::EdgeConfig;
 use metrics::EdgeMetrics;
 
 /// Shared by every edge task.

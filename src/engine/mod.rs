@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 
-use crate::config::{DeliveryConfig, Snapshot};
+use crate::config::DeliveryConfig;
 use crate::ops::Ops;
+use crate::snapshot::Snapshot;
 pub use metrics::EngineMetrics;
 use queue::{Dest, Queue};
 use spool::Spool;

@@ -11,11 +11,9 @@
 //! GeoDNS probes silo edges with it; the edge reuses it for engines with its own [`Check`].
 
 mod check;
-mod config;
 mod prober;
 mod state;
 
 pub use check::{Check, Greeting, MAX_GREETING, ProbeError, SmtpBanner, greeting};
-pub use config::HealthConfig;
 pub use prober::{Prober, TargetView};
 pub use state::{Status, Verdict};

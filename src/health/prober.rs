@@ -27,9 +27,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::HealthConfig;
 use super::check::{Check, ProbeError};
 use super::state::{Status, Verdict};
+use crate::config::HealthConfig;
 use crate::ops::Metrics;
 
 /// One probed address.

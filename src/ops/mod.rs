@@ -6,19 +6,18 @@
 //! shutdown: listeners stop accepting, sessions get `grace_period` to finish, then are cut and the
 //! process says so loudly.
 
-pub mod client;
 mod http;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigErrors, RoleSet, Shared, Snapshot};
+use crate::config::{ConfigErrors, RoleSet};
+use crate::snapshot::{Live, Snapshot};
 
 pub use http::{esc, serve};
 pub use metrics::Metrics;
@@ -27,8 +26,7 @@ pub use metrics::Metrics;
 /// shutdown token.
 #[derive(Debug)]
 pub struct Ops {
-    pub config: Shared,
-    pub config_path: PathBuf,
+    pub config: Live,
     pub roles: RoleSet,
     pub metrics: Metrics,
     /// Cancelled when the process starts draining.
@@ -53,12 +51,12 @@ pub trait StatusSection: Send + Sync + std::fmt::Debug {
 }
 
 impl Ops {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, roles: RoleSet) -> Arc<Ops> {
+    pub fn new(snapshot: Snapshot) -> Arc<Ops> {
+        let roles = snapshot.roles;
         let metrics = Metrics::new(&role_label(roles), snapshot.local_silo_name());
         metrics.config_info(&snapshot.version);
         Arc::new(Ops {
             config: Arc::new(ArcSwap::from_pointee(snapshot)),
-            config_path,
             roles,
             metrics,
             shutdown: CancellationToken::new(),
@@ -108,7 +106,7 @@ impl Ops {
     /// Build, validate, swap. On error the old snapshot stays and every error is logged.
     pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
         let old = self.config.load_full();
-        match Snapshot::load(&self.config_path, self.roles, Some(&old)) {
+        match old.reload() {
             Ok(new) => {
                 if new.local_silo_name() != old.local_silo_name() {
                     tracing::warn!(

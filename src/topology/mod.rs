@@ -19,9 +19,8 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
-use crate::config::{Config, Failover, ProxyProtocol};
+use crate::config::{Config, DeliveryHost, Failover, ProxyProtocol};
 use crate::geo::Point;
 
 pub use route::{Candidate, EngineLoad, LoadView, Route, Tier, Unloaded};
@@ -75,56 +74,6 @@ pub struct Engine {
     pub proxy: ProxyProtocol,
     pub drain: bool,
     pub cluster: ClusterIdx,
-}
-
-/// A tenant's mail server: `host[:port]`, `[v6]:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryHost {
-    pub host: String,
-    pub port: u16,
-}
-
-impl FromStr for DeliveryHost {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not host[:port]");
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
-            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-            match tail.strip_prefix(':') {
-                Some(p) => (h, p.parse().map_err(|_| bad())?),
-                None if tail.is_empty() => (h, 25),
-                None => return Err(bad()),
-            }
-        } else {
-            match s.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-                None => (s, 25),
-            }
-        };
-        let ok = host.parse::<IpAddr>().is_ok()
-            || (!host.is_empty()
-                && host.split('.').all(|l| {
-                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                }));
-        if !ok || port == 0 {
-            return Err(bad());
-        }
-        Ok(DeliveryHost {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for DeliveryHost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

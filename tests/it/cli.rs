@@ -272,3 +272,47 @@ fn route_shows_multi_office_placement() {
         .unwrap();
     assert!(first.contains("lon1/uk-a"), "{out}");
 }
+
+/// Exit codes follow the cause: a policy the scanner cannot compile is a config error (64, with
+/// its path), found before anything is bound — not a listener that "cannot bind" (71); a queue
+/// command whose engine does not answer is "unavailable" (69).
+#[test]
+fn exit_codes_follow_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let path = write(
+        dir.path(),
+        "bad-policy.toml",
+        &fleet_config(&format!(
+            "[engine]\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+             [[policy.default.rule]]\nname = \"broken\"\ntarget = \"body\"\npattern = \"(unclosed\"\n\
+             [policy.strict]\nshadow_of = \"nonexistent\"\n",
+            spool.display()
+        )),
+    );
+    for args in [
+        vec!["check", "--config", path.to_str().unwrap()],
+        vec!["--role", "engine", "--config", path.to_str().unwrap()],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        for want in [
+            "policy.default.rule[0].pattern",
+            "policy.strict.shadow_of: unknown policy",
+        ] {
+            assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        }
+        assert!(
+            !spool.exists(),
+            "nothing was set up before the config was judged"
+        );
+    }
+    // Nobody listens on this port: the queue command cannot reach an engine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = run(&["queue", "--ops", &port.to_string(), "list"]);
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot reach the ops listener"));
+}

@@ -1,6 +1,6 @@
 //! Shipped configs validate; broken configs report every error with its path and never panic.
 
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 
 use crate::support::*;
 
@@ -12,7 +12,7 @@ fn every_shipped_config_validates() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let snap = Snapshot::load(&path, RoleSet::ALL, None)
+        let snap = maildistiller::node::load(&path, RoleSet::ALL)
             .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
         assert!(!snap.topology.silos.is_empty(), "{}", path.display());
         n += 1;
@@ -25,12 +25,8 @@ fn every_shipped_config_validates() {
 
 #[test]
 fn tenant_files_and_includes_are_read() {
-    let snap = Snapshot::load(
-        &repo().join("config/engine.example.toml"),
-        RoleSet::ALL,
-        None,
-    )
-    .unwrap();
+    let snap = maildistiller::node::load(&repo().join("config/engine.example.toml"), RoleSet::ALL)
+        .unwrap();
     assert_eq!(
         snap.topology.silos.len(),
         3,
@@ -48,7 +44,7 @@ fn tenant_files_and_includes_are_read() {
 fn errors_of(text: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "bad.toml", text);
-    match Snapshot::load(&path, RoleSet::ALL, None) {
+    match maildistiller::node::load(&path, RoleSet::ALL) {
         Ok(_) => panic!("config should not validate:\n{text}"),
         Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
     }
@@ -217,7 +213,7 @@ fn garbage_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "g.toml", text);
         assert!(
-            Snapshot::load(&path, RoleSet::ALL, None).is_err(),
+            maildistiller::node::load(&path, RoleSet::ALL).is_err(),
             "{text:?} should not validate"
         );
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 use maildistiller::edge;
 use maildistiller::ops::Ops;
 
@@ -124,8 +124,8 @@ connect_timeout = "500ms"
             edge: true,
             ..RoleSet::default()
         };
-        let snap = Snapshot::load(&cfg, roles, None).expect("edge config valid");
-        let ops = Ops::new(snap, cfg, roles);
+        let snap = maildistiller::node::load(&cfg, roles).expect("edge config valid");
+        let ops = Ops::new(snap);
         let bound = edge::bind(&ops).await.expect("edge binds");
         let (smtp, tcp) = (bound.smtp[0], bound.tcp[0]);
         tokio::spawn(bound.serving);
@@ -507,7 +507,7 @@ async fn operators_drain_engines_through_the_ops_api() {
     let e1 = f.engines[1].as_ref().unwrap().smtp;
     let req = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
-            maildistiller::ops::client::request(ops_addr, method, &path).unwrap()
+            maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
         })
     };
     for e in [e0, e1] {

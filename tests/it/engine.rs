@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 use maildistiller::engine;
 use maildistiller::ops::Ops;
 
@@ -88,23 +88,15 @@ hostname = "{hostname}"
             spool = spool.display()
         );
         let cfg = write(spool.parent().unwrap(), "engine.toml", &text);
-        let snap = Snapshot::load(
+        let snap = maildistiller::node::load(
             &cfg,
             RoleSet {
                 engine: true,
                 ..RoleSet::default()
             },
-            None,
         )
         .expect("test config is valid");
-        let ops = Ops::new(
-            snap,
-            cfg,
-            RoleSet {
-                engine: true,
-                ..RoleSet::default()
-            },
-        );
+        let ops = Ops::new(snap);
         let bound = engine::bind(&ops).await.expect("engine binds");
         let smtp = bound.addrs[0];
         let shared = bound.shared.clone();
@@ -856,7 +848,7 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         .collect();
     let ops = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
-            maildistiller::ops::client::request(ops_addr, method, &path).unwrap()
+            maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
         })
     };
     let (code, body) = ops("GET", "/queue".into()).await.unwrap();

@@ -96,7 +96,7 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx
     let hosts: Vec<(String, u16)> = match (dest, relay) {
         (Dest::Tenant(_), _) => tenant_hosts,
         (Dest::Domain(_), Some(r)) => r
-            .parse::<crate::topology::DeliveryHost>()
+            .parse::<crate::config::DeliveryHost>()
             .map(|h| vec![(h.host, h.port)])
             .unwrap_or_default(),
         // MX records, lowest preference first; the domain itself only without any MX.

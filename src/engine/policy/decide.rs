@@ -11,8 +11,8 @@
 //! (address or domain) does not count when SPF or DMARC failed: that sender was forged.
 
 use super::lists::ListHit;
-use super::model::{OnFailure, PolicyAction, PolicyConfig};
-use crate::engine::scan::finding::{Category, Finding};
+use crate::config::policy::{OnFailure, PolicyAction, PolicyConfig};
+use crate::engine::policy::finding::{Category, Finding};
 
 /// What happens to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::model::{ListConfig, TenantOverride};
+use crate::config::policy::{ListConfig, TenantOverride};
 
 #[derive(Debug, Clone, Default)]
 pub struct List {
@@ -184,7 +184,7 @@ impl Lists {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::policy::model::UserLists;
+    use crate::config::policy::UserLists;
 
     fn lc(senders: &[&str], domains: &[&str], nets: &[&str]) -> ListConfig {
         ListConfig {

@@ -157,8 +157,8 @@ pub fn clean_name(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::policy::ScanLimits;
     use crate::config::{Bytes, Dur};
-    use crate::engine::policy::Limits;
     use std::io::Write;
     use std::time::Instant;
 
@@ -175,12 +175,12 @@ mod tests {
 
     fn budget(bytes: u64, ratio: u32, entries: u32) -> Budget {
         Budget::new(
-            &Limits {
+            &ScanLimits {
                 max_decoded_bytes: Bytes(bytes),
                 max_archive_ratio: ratio,
                 max_archive_entries: entries,
                 max_time: Dur::secs(60),
-                ..Limits::default()
+                ..ScanLimits::default()
             },
             Instant::now(),
         )

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::engine::policy::Limits;
+use crate::config::policy::ScanLimits;
 
 /// Which limit a message went past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(limits: &Limits, start: Instant) -> Budget {
+    pub fn new(limits: &ScanLimits, start: Instant) -> Budget {
         let max_time = limits.max_time.get();
         Budget {
             max_bytes: limits.max_decoded_bytes.0,
@@ -193,15 +193,15 @@ mod tests {
     use super::*;
     use crate::config::{Bytes, Dur};
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> ScanLimits {
+        ScanLimits {
             max_decoded_bytes: Bytes(100),
             max_parts: 2,
             max_depth: 1,
             max_archive_entries: 3,
             max_archive_ratio: 10,
             max_time: Dur::secs(60),
-            ..Limits::default()
+            ..ScanLimits::default()
         }
     }
 
@@ -224,9 +224,9 @@ mod tests {
 
     #[test]
     fn a_zero_time_budget_is_spent_at_once() {
-        let l = Limits {
+        let l = ScanLimits {
             max_time: Dur::secs(0),
-            ..Limits::default()
+            ..ScanLimits::default()
         };
         let b = Budget::new(&l, Instant::now());
         assert!(matches!(b.time(), Err(Exceeded::Time(_))));

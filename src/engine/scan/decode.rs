@@ -30,6 +30,7 @@ use mail_parser::{
 use super::archive::{self, ArchiveError};
 use super::budget::{Budget, Exceeded, Stats};
 use super::magic::{self, FileType};
+use crate::engine::policy::finding::clip;
 
 /// Everything the scanners need to know about a message's content.
 #[derive(Debug, Default)]
@@ -597,27 +598,14 @@ fn join(path: &str, name: &str) -> String {
     p
 }
 
-/// At most `n` characters, for details that quote the message.
-pub fn clip(s: &str, n: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(n)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > n {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Dur;
-    use crate::engine::policy::Limits;
+    use crate::config::policy::ScanLimits;
     use std::time::Instant;
 
-    fn run(raw: &[u8], limits: Limits) -> Decoded<'_> {
+    fn run(raw: &[u8], limits: ScanLimits) -> Decoded<'_> {
         let mut b = Budget::new(&limits, Instant::now());
         decode(raw, &mut b, 1 << 20)
     }
@@ -625,7 +613,7 @@ mod tests {
     #[test]
     fn plain_message() {
         let raw = b"From: A <a@X.example>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\nhello\r\n";
-        let d = run(raw, Limits::default());
+        let d = run(raw, ScanLimits::default());
         assert!(d.exceeded.is_none());
         assert_eq!(d.subject, "caf\u{e9}");
         assert_eq!(d.from, ["a@x.example"]);
@@ -676,9 +664,9 @@ mod tests {
             raw.extend_from_slice(b"--b\r\n\r\nx\r\n");
         }
         raw.extend_from_slice(b"--b--\r\n");
-        let limits = Limits {
+        let limits = ScanLimits {
             max_parts: 10,
-            ..Limits::default()
+            ..ScanLimits::default()
         };
         let d = run(&raw, limits);
         assert_eq!(d.exceeded, Some(Exceeded::Parts(10)));
@@ -687,9 +675,9 @@ mod tests {
 
     #[test]
     fn time_is_checked_between_steps() {
-        let limits = Limits {
+        let limits = ScanLimits {
             max_time: Dur::secs(0),
-            ..Limits::default()
+            ..ScanLimits::default()
         };
         let d = run(b"Subject: x\r\n\r\nbody\r\n", limits);
         assert!(matches!(d.exceeded, Some(Exceeded::Time(_))));

@@ -13,13 +13,13 @@ use mail_auth::hickory_resolver::config::{
 };
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 
-use crate::engine::policy::DnsConfig;
+use crate::config::policy::LookupConfig;
 
 /// Answers cached per authenticator.
 const CACHE_ENTRIES: u64 = 4096;
 
 /// Builds the authenticator for one `[policy.NAME.dns]`.
-pub fn authenticator(cfg: &DnsConfig) -> Result<MessageAuthenticator, String> {
+pub fn authenticator(cfg: &LookupConfig) -> Result<MessageAuthenticator, String> {
     let (config, mut opts) = match cfg.resolver {
         Some(addr) => {
             let mut udp = ConnectionConfig::udp();

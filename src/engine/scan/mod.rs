@@ -14,7 +14,7 @@
 //! | `decode` | pre-flight, mail-parser, the MIME walk, nested messages, archives queued as attachments |
 //! | `archive` | zip unpacking under the budget (the only file naming `zip`) |
 //! | `magic` | file types by content, extension promises, macros |
-//! | `finding` | findings, their categories and built-in scores, scanner errors |
+//! | `compile` | policies compiled once per snapshot: checks to run, lists, versions |
 //! | `check/` | the scanners, one module each behind the `Check` trait |
 //! | `dns` | the resolver for SPF/DKIM/DMARC/DNS lists (the only file naming hickory) |
 //! | `verdict` | replies, summary, headers, rewriting the header block |
@@ -42,9 +42,9 @@
 pub mod archive;
 pub mod budget;
 pub mod check;
+pub mod compile;
 pub mod decode;
 mod dns;
-pub mod finding;
 pub mod magic;
 pub mod metrics;
 pub mod verdict;
@@ -54,15 +54,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ConfigErrors, Snapshot};
-use crate::engine::policy::{
-    CompiledPolicy, Decision, Disposition, Failure, Limits, ListHit, Policies, decide,
-};
+use crate::config::ConfigErrors;
+use crate::config::policy::ScanLimits;
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome, clip};
+use crate::engine::policy::{Decision, Disposition, Failure, ListHit, decide};
+use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 use budget::{Budget, Stats};
 use check::{Subject, Url};
+use compile::{CompiledPolicy, Policies};
 use decode::Decoded;
-use finding::{Category, CheckError, Finding, Outcome};
 pub use metrics::ScanMetrics;
 
 /// Messages larger than this are decoded with `block_in_place` on a multi-threaded runtime,
@@ -80,7 +81,7 @@ static SCAN_MEMORY: tokio::sync::Semaphore =
 /// Worst-case memory of one scan, in MiB: the raw message, mail-parser's decoded copy (at most
 /// three times the raw size), and archive inflation (at most the ratio times the raw size),
 /// the last two together no more than the decoded-bytes budget.
-fn weight(raw: usize, limits: &Limits) -> u32 {
+fn weight(raw: usize, limits: &ScanLimits) -> u32 {
     let raw = raw as u64;
     let decoded = raw
         .saturating_mul(3 + u64::from(limits.max_archive_ratio))
@@ -292,7 +293,7 @@ fn log(env: &Envelope<'_>, v: &Verdict) {
                 "shadow verdict action={} score={:.1} reason=\"{}\"",
                 d.disposition.as_str(),
                 d.score,
-                decode::clip(&d.reason, 200)
+                clip(&d.reason, 200)
             );
         }
     }
@@ -301,7 +302,7 @@ fn log(env: &Envelope<'_>, v: &Verdict) {
 /// What one message's evaluations share: decodings by limits, answers of shared checks.
 #[derive(Default)]
 struct Memo<'a> {
-    decoded: Vec<(Limits, Arc<Decoded<'a>>, Arc<Vec<Url>>)>,
+    decoded: Vec<(ScanLimits, Arc<Decoded<'a>>, Arc<Vec<Url>>)>,
     outcomes: HashMap<usize, Result<Outcome, CheckError>>,
 }
 
@@ -372,7 +373,7 @@ async fn evaluate<'a>(
     )
 }
 
-fn decode_message<'a>(message: &'a [u8], mut budget: Budget, limits: &Limits) -> Decoded<'a> {
+fn decode_message<'a>(message: &'a [u8], mut budget: Budget, limits: &ScanLimits) -> Decoded<'a> {
     let max_text = limits.max_text_bytes.0 as usize;
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -437,7 +438,7 @@ fn build_verdict(
     let action = match disposition {
         Disposition::Deliver | Disposition::Tag => Action::Deliver,
         Disposition::Quarantine => Action::Quarantine {
-            reason: decode::clip(&decision.reason, 200),
+            reason: clip(&decision.reason, 200),
         },
         Disposition::Reject => Action::Reject {
             reply: verdict::reject_reply(decision.reply_reason, reference),
@@ -527,7 +528,7 @@ mod tests {
 
     #[test]
     fn scan_memory_weights() {
-        let l = Limits::default();
+        let l = ScanLimits::default();
         assert_eq!(weight(4096, &l), 1);
         assert_eq!(weight(25 << 20, &l), 25 + 64, "raw + the decoded budget");
         assert_eq!(

@@ -9,9 +9,9 @@
 
 use std::fmt::Write as _;
 
+use crate::engine::policy::finding::Category;
+use crate::engine::policy::finding::clip;
 use crate::engine::policy::{Decision, ListHit};
-use crate::engine::scan::decode::clip;
-use crate::engine::scan::finding::Category;
 
 /// Header fields that only we may write: removed from incoming messages.
 pub const OWN_HEADERS: &[&str] = &["x-maildistiller-verdict"];
@@ -47,7 +47,7 @@ pub fn tempfail_reply(reference: &str) -> String {
 }
 
 /// Findings worth citing in a short form: those that scored or that are not only spam signals.
-fn cited(d: &Decision) -> impl Iterator<Item = &crate::engine::scan::finding::Finding> {
+fn cited(d: &Decision) -> impl Iterator<Item = &crate::engine::policy::finding::Finding> {
     d.findings
         .iter()
         .filter(|f| f.score != 0.0 || f.category != Category::Spam)

@@ -23,10 +23,10 @@ use super::Shared;
 use super::queue::{Dest, now_secs};
 use super::scan;
 use super::spool::{Envelope, Kind, QueueId, State, Status};
-use crate::config::Snapshot;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataReader, Feed};
+use crate::snapshot::Snapshot;
 use session::{Limits, Session, Step};
 
 /// Any byte stream a session can run on (TCP, TLS over TCP, in-memory in tests).

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::config::Snapshot;
 use crate::smtp::{Command, MailFrom, Reply, parse_command};
+use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 
 /// Per-session limits, from `[engine]`.

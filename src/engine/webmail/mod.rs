@@ -16,7 +16,6 @@
 //! | `pages.rs` + `webmail.css` | the HTML |
 //! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
 //! | `allow.rs` | users' allow lists under the spool (read by the scanner) |
-//! | `users.rs` | `maildistiller user add|passwd|remove` |
 //!
 //! # Lifecycle
 //!
@@ -35,16 +34,14 @@
 
 mod allow;
 mod auth;
-mod config;
 mod handlers;
 mod mailbox;
 mod pages;
 pub mod peer;
 mod render;
-mod secret;
+pub mod secret;
 mod serve;
 mod sessions;
-pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -56,9 +53,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::{Serving, Shared};
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
-pub use config::{DEFAULT_OUTAGE_HELP, WebmailConfig};
 
 /// `maildistiller_webmail_*` metrics.
 #[derive(Debug, Clone)]

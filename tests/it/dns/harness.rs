@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 use maildistiller::dns::DnsState;
 use maildistiller::ops::Ops;
 use tokio::io::AsyncWriteExt;
@@ -188,8 +188,8 @@ impl Geo {
             dns: true,
             ..RoleSet::default()
         };
-        let snap = Snapshot::load(&path, roles, None).unwrap_or_else(|e| panic!("{e}"));
-        let ops = Ops::new(snap, path.clone(), roles);
+        let snap = maildistiller::node::load(&path, roles).unwrap_or_else(|e| panic!("{e}"));
+        let ops = Ops::new(snap);
         let bound = rt.block_on(maildistiller::dns::bind(&ops)).unwrap();
         let (udp, tcp, state) = (bound.udp_addrs[0], bound.tcp_addrs[0], bound.state());
         rt.spawn(bound.serve());

@@ -5,9 +5,10 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 use maildistiller::engine::policy::Disposition;
 use maildistiller::engine::scan::{Envelope, Scanner, Verdict};
+use maildistiller::snapshot::Snapshot;
 
 use super::dns::{self, TestDns};
 use crate::support::{fleet_config, repo, write};
@@ -51,7 +52,7 @@ pub async fn try_harness(extra: &str) -> Result<Harness, String> {
         fleet_config(&format!("{POLICY}\n{extra}")).replace("{resolver}", &dns.addr.to_string());
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "scan.toml", &text);
-    let snap = Snapshot::load(&path, RoleSet::ALL, None).map_err(|e| e.to_string())?;
+    let snap = maildistiller::node::load(&path, RoleSet::ALL).map_err(|e| e.to_string())?;
     let scanner = Scanner::new(&snap).map_err(|e| e.to_string())?;
     Ok(Harness {
         _dir: dir,

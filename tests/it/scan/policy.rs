@@ -335,9 +335,8 @@ fn shipped_policies_compile() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let snap =
-            maildistiller::config::Snapshot::load(&path, maildistiller::config::RoleSet::ALL, None)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let snap = maildistiller::node::load(&path, maildistiller::config::RoleSet::ALL)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let scanner = maildistiller::engine::scan::Scanner::new(&snap)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(

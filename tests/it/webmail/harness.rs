@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maildistiller::config::{RoleSet, Snapshot};
+use maildistiller::config::RoleSet;
 use maildistiller::engine;
 use maildistiller::ops::Ops;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,8 +177,9 @@ impl WebEngine {
             engine: true,
             ..RoleSet::default()
         };
-        let snap = Snapshot::load(&cfg, roles, None).unwrap_or_else(|e| panic!("test config: {e}"));
-        let ops = Ops::new(snap, cfg.clone(), roles);
+        let snap =
+            maildistiller::node::load(&cfg, roles).unwrap_or_else(|e| panic!("test config: {e}"));
+        let ops = Ops::new(snap);
         if let Some(l) = &ops_listener {
             let _ = ops.ops_addr.set(l.local_addr().unwrap());
         }

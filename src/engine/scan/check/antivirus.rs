@@ -2,7 +2,7 @@
 //! forwarded message). Real signatures are clamd's job (`clamd.rs`).
 
 use super::{Check, Subject};
-use crate::engine::scan::finding::{Category, CheckError, Finding, Outcome};
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome};
 use crate::engine::scan::magic;
 
 const NAME: &str = "antivirus";

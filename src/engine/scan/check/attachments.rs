@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use super::{Check, Subject};
-use crate::engine::policy::AttachmentConfig;
-use crate::engine::scan::finding::{Category, CheckError, Finding, Outcome};
+use crate::config::policy::AttachmentConfig;
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome};
 use crate::engine::scan::magic::{self, FileType};
 
 const NAME: &str = "attachments";

@@ -18,7 +18,7 @@ use mail_auth::{
 };
 
 use super::{Check, Subject};
-use crate::engine::scan::finding::{Category, CheckError, Finding, Outcome};
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome};
 
 const NAME: &str = "auth";
 /// Signatures verified per message (each costs a DNS lookup and a public-key operation); a

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Check, Subject};
-use crate::engine::policy::{ClamdConfig, OnFailure};
-use crate::engine::scan::finding::{Category, CheckError, Finding, Outcome};
+use crate::config::policy::{ClamdConfig, OnFailure};
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome};
 
 const NAME: &str = "clamd";
 /// Bytes per INSTREAM chunk.

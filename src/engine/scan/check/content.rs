@@ -10,9 +10,9 @@ use regex::{Regex, RegexBuilder};
 
 use super::{Check, Subject};
 use crate::config::ConfigError;
-use crate::engine::policy::{PolicyAction, PolicyConfig};
-use crate::engine::scan::decode::clip;
-use crate::engine::scan::finding::{Category, CheckError, Finding, Outcome};
+use crate::config::policy::{PolicyAction, PolicyConfig};
+use crate::engine::policy::finding::clip;
+use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome};
 
 const NAME: &str = "content";
 
@@ -384,14 +384,14 @@ mod tests {
     fn bad_rules_are_reported_with_their_path() {
         let p = PolicyConfig {
             rules: vec![
-                crate::engine::policy::RuleConfig {
+                crate::config::policy::RuleConfig {
                     name: "bad name".into(),
                     target: "subjekt".into(),
                     pattern: "(".into(),
                     score: 1.0,
                     action: None,
                 },
-                crate::engine::policy::RuleConfig {
+                crate::config::policy::RuleConfig {
                     name: "ok".into(),
                     target: "header:X-Mailer".into(),
                     pattern: "(".into(),

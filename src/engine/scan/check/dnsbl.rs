@@ -13,8 +13,8 @@ use std::sync::Arc;
 use mail_auth::MessageAuthenticator;
 
 use super::{Check, Subject, join_all};
-use crate::engine::policy::{DnsListConfig, PolicyConfig};
-use crate::engine::scan::finding::{CheckError, Finding, Outcome};
+use crate::config::policy::{DnsListConfig, PolicyConfig};
+use crate::engine::policy::finding::{CheckError, Finding, Outcome};
 
 const NAME: &str = "dnsbl";
 

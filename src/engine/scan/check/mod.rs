@@ -37,9 +37,9 @@ use std::time::Instant;
 
 use super::Envelope;
 use super::decode::Decoded;
-use super::finding::{CheckError, Outcome};
 use crate::config::ConfigError;
-use crate::engine::policy::{OnFailure, PolicyConfig};
+use crate::config::policy::{OnFailure, PolicyConfig};
+use crate::engine::policy::finding::{CheckError, Outcome};
 
 pub use clamd::ClamdAddr;
 pub use content::{Url, extract_urls};
@@ -99,7 +99,7 @@ impl Interner {
 
     fn resolver(
         &mut self,
-        cfg: &crate::engine::policy::DnsConfig,
+        cfg: &crate::config::policy::LookupConfig,
     ) -> Result<Arc<mail_auth::MessageAuthenticator>, String> {
         let key = toml::to_string(cfg).unwrap_or_default();
         if let Some(r) = self.resolvers.get(&key) {

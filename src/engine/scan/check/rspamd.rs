@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::http::{self, HostPort};
 use super::json::{self, Json};
 use super::{Check, Subject};
-use crate::engine::policy::{OnFailure, RspamdConfig};
-use crate::engine::scan::finding::{CheckError, Finding, Outcome};
+use crate::config::policy::{OnFailure, RspamdConfig};
+use crate::engine::policy::finding::{CheckError, Finding, Outcome};
 
 const NAME: &str = "rspamd";
 /// Largest answer read.

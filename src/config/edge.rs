@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::config::validate::{Checker, is_domain};
-use crate::config::{Bytes, Dur};
-use crate::health::HealthConfig;
+use super::health::HealthConfig;
+use super::units::{Bytes, Dur};
+use super::validate::{Checker, is_domain};
 
 /// `--role edge`: port 25, admission control, routing to engines.
 #[derive(Debug, Clone, Deserialize, Serialize)]

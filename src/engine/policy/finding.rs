@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::engine::policy::PolicyAction;
+use crate::config::policy::PolicyAction;
 
 /// Which of the policy's actions a finding can trigger (besides adding its score).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,10 +101,23 @@ impl Finding {
 
 fn one_line(s: String) -> String {
     if s.chars().any(char::is_control) || s.len() > 300 {
-        crate::engine::scan::decode::clip(&s, 300)
+        clip(&s, 300)
     } else {
         s
     }
+}
+
+/// At most `n` characters, for details that quote the message.
+pub fn clip(s: &str, n: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(n)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > n {
+        out.push('…');
+    }
+    out
 }
 
 /// Built-in finding names and their default scores (a policy's `scores` table replaces them).

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::validate::Checker;
-use crate::config::{Bytes, Dur};
+use super::units::{Bytes, Dur};
+use super::validate::Checker;
 
 /// `[engine.webmail]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

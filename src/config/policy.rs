@@ -13,7 +13,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Bytes, Dur};
+use super::units::{Bytes, Dur};
+use super::validate::{Checker, is_domain};
+use super::{Config, ConfigError};
 
 /// A named filtering policy. `default` always exists (all defaults when not written).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -34,9 +36,9 @@ pub struct PolicyConfig {
     /// Score of a built-in finding by name (`"spf.fail" = 3.0`), replacing its default.
     pub scores: BTreeMap<String, f64>,
     /// The budget of one message: decoding, unpacking and scanning stop when it is spent.
-    pub limits: Limits,
+    pub limits: ScanLimits,
     /// Resolver for SPF, DKIM, DMARC, DNSBL and URI lists.
-    pub dns: DnsConfig,
+    pub dns: LookupConfig,
     pub auth: AuthConfig,
     /// DNS block lists queried with the client address; each hit adds its weight.
     pub dnsbl: Vec<DnsListConfig>,
@@ -202,7 +204,7 @@ impl Default for TagConfig {
 /// it is the finding `unscannable.<limit>`, and `actions.unscannable` decides.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Limits {
+pub struct ScanLimits {
     /// Bytes produced by decoding (base64, quoted-printable, charsets) and inflating archives,
     /// counted before they are allocated. Default 64 MiB.
     pub max_decoded_bytes: Bytes,
@@ -222,9 +224,9 @@ pub struct Limits {
     pub max_text_bytes: Bytes,
 }
 
-impl Default for Limits {
+impl Default for ScanLimits {
     fn default() -> Self {
-        Limits {
+        ScanLimits {
             max_decoded_bytes: Bytes(64 << 20),
             max_parts: 1000,
             max_depth: 16,
@@ -239,7 +241,7 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DnsConfig {
+pub struct LookupConfig {
     /// A DNS server (`ip:port`, UDP then TCP). Default: the system's (`/etc/resolv.conf`).
     pub resolver: Option<SocketAddr>,
     /// Per attempt. Default 2 s.
@@ -252,9 +254,9 @@ pub struct DnsConfig {
     pub negative_ttl: Dur,
 }
 
-impl Default for DnsConfig {
+impl Default for LookupConfig {
     fn default() -> Self {
-        DnsConfig {
+        LookupConfig {
             resolver: None,
             timeout: Dur::secs(2),
             attempts: 2,
@@ -474,4 +476,364 @@ pub struct TenantOverride {
 pub struct UserLists {
     pub allow: ListConfig,
     pub block: ListConfig,
+}
+
+/// The name every tenant gets unless it names another; exists even when not written.
+pub const DEFAULT: &str = "default";
+
+impl PolicyConfig {
+    /// Checks this policy and each of its tenant overrides (merged into it), as far as the
+    /// schema can: what needs the scanner's code (built-in finding names, file type names,
+    /// rule patterns, scanner addresses) is checked when the scanner compiles the policy.
+    pub fn check(&self, path: &str, k: &mut Checker) {
+        for e in self.errors(path) {
+            k.err(e.path, e.message);
+        }
+    }
+
+    /// Every problem of this policy alone that the schema can see, with its path.
+    pub fn errors(&self, path: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        self.check_own(path, &mut errors);
+        for (id, ov) in &self.tenant {
+            let tp = format!("{path}.tenant.{id}");
+            for key in ["tenant", "shadow_of"] {
+                if ov.set.contains_key(key) {
+                    errors.push(ConfigError::new(
+                        format!("{tp}.{key}"),
+                        "cannot be set per tenant",
+                    ));
+                }
+            }
+            for addr in ov.user.keys() {
+                if !addr.contains('@') {
+                    errors.push(ConfigError::new(
+                        format!("{tp}.user.{addr}"),
+                        "user lists are keyed by address",
+                    ));
+                }
+            }
+            match resolve(self, ov) {
+                Ok(r) => r.check_own(&tp, &mut errors),
+                Err(e) => errors.push(ConfigError::new(format!("{tp}.{}", e.path), e.message)),
+            }
+        }
+        errors
+    }
+
+    pub fn check_own(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |p: &str, m: String| errors.push(ConfigError::new(format!("{path}.{p}"), m));
+        let t = &self.thresholds;
+        for (name, v) in [
+            ("tag", t.tag),
+            ("quarantine", t.quarantine),
+            ("reject", t.reject),
+        ] {
+            if v.is_nan() {
+                err(
+                    &format!("thresholds.{name}"),
+                    "must be a number (or inf)".into(),
+                );
+            }
+        }
+        if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {
+            err(
+                "thresholds",
+                format!(
+                    "must rise: tag {} <= quarantine {} <= reject {}",
+                    t.tag, t.quarantine, t.reject
+                ),
+            );
+        }
+        let l = &self.limits;
+        let ranges: [(&str, u64, u64, u64); 8] = [
+            ("dns.attempts", self.dns.attempts.into(), 1, 5),
+            (
+                "limits.max_decoded_bytes",
+                l.max_decoded_bytes.0,
+                1 << 10,
+                4 << 30,
+            ),
+            ("limits.max_parts", l.max_parts.into(), 1, 1_000_000),
+            ("limits.max_depth", l.max_depth.into(), 1, 128),
+            (
+                "limits.max_header_lines",
+                l.max_header_lines.into(),
+                10,
+                10_000_000,
+            ),
+            (
+                "limits.max_archive_entries",
+                l.max_archive_entries.into(),
+                0,
+                1_000_000,
+            ),
+            (
+                "limits.max_archive_ratio",
+                l.max_archive_ratio.into(),
+                1,
+                1_000_000,
+            ),
+            ("limits.max_text_bytes", l.max_text_bytes.0, 0, 1 << 30),
+        ];
+        for (p, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                err(p, format!("{v} is out of range (allowed {lo}..={hi})"));
+            }
+        }
+        let durations = [
+            ("limits.max_time", l.max_time, 0, 3600),
+            ("dns.timeout", self.dns.timeout, 10, 60),
+            ("dns.negative_ttl", self.dns.negative_ttl, 0, 86_400),
+            ("clamd.timeout", self.clamd.timeout, 10, 600),
+            ("rspamd.timeout", self.rspamd.timeout, 10, 600),
+        ];
+        for (p, d, lo_ms, hi_s) in durations {
+            let ms = d.get().as_millis() as u64;
+            if ms < lo_ms || ms > hi_s * 1000 {
+                err(p, format!("{d} is out of range ({lo_ms}ms..={hi_s}s)"));
+            }
+        }
+        for (name, v) in &self.scores {
+            // Whether `name` is a built-in finding is the scanner's to say (`scan::compile`).
+            if !v.is_finite() {
+                err(&format!("scores.{name}"), "must be a finite number".into());
+            }
+        }
+        for (list, zones) in [
+            ("dnsbl", &self.dnsbl),
+            ("dnswl", &self.dnswl),
+            ("urls.uribl", &self.urls.uribl),
+        ] {
+            for (i, z) in zones.iter().enumerate() {
+                if !is_domain(&z.zone) {
+                    err(
+                        &format!("{list}[{i}].zone"),
+                        format!("{:?} is not a DNS name", z.zone),
+                    );
+                }
+                if !z.weight.is_finite() {
+                    err(
+                        &format!("{list}[{i}].weight"),
+                        "must be a finite number".into(),
+                    );
+                }
+            }
+        }
+        for (i, d) in self.urls.block_domains.iter().enumerate() {
+            if !is_domain(d) {
+                err(
+                    &format!("urls.block_domains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
+            }
+        }
+        if self.urls.max_lookups > 1000 {
+            err("urls.max_lookups", "at most 1000".into());
+        }
+        if let Some(prefix) = &self.tag.subject_prefix
+            && (prefix.chars().any(char::is_control) || prefix.len() > 64)
+        {
+            err(
+                "tag.subject_prefix",
+                "at most 64 characters, no control characters".into(),
+            );
+        }
+        if let Some(id) = &self.auth.authserv_id
+            && !is_domain(id)
+        {
+            err("auth.authserv_id", format!("{id:?} is not a host name"));
+        }
+        if !self.rspamd.weight.is_finite() {
+            err("rspamd.weight", "must be a finite number".into());
+        }
+        for (i, s) in self.sizes.iter().enumerate() {
+            if !s.score.is_finite() {
+                err(
+                    &format!("size[{i}].score"),
+                    "must be a finite number".into(),
+                );
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if !r.score.is_finite() {
+                err(
+                    &format!("rule[{i}].score"),
+                    "must be a finite number".into(),
+                );
+            }
+        }
+    }
+}
+
+/// A policy as overridden for one tenant: its table with the override's keys merged in (tables
+/// merge key by key, other values replace). Lists stay separate (see `lists.rs`).
+pub fn resolve(base: &PolicyConfig, ov: &TenantOverride) -> Result<PolicyConfig, ConfigError> {
+    let value = toml::Value::try_from(base)
+        .map_err(|e| ConfigError::new("", format!("cannot serialise the policy: {e}")))?;
+    let toml::Value::Table(mut table) = value else {
+        return Err(ConfigError::new("", "the policy is not a table"));
+    };
+    table.remove("tenant");
+    merge(&mut table, &ov.set);
+    serde_path_to_error::deserialize::<_, PolicyConfig>(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        ConfigError::new(path, msg.lines().next().unwrap_or_default().trim())
+    })
+}
+
+fn merge(into: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (into.get_mut(k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            _ => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// References between policies and tenants: shadows name live policies, tenants name
+/// non-shadow policies, overrides name tenants. Errors, then warnings.
+pub fn cross_check(c: &Config) -> (Vec<ConfigError>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let exists = |n: &str| n == DEFAULT || c.policies.contains_key(n);
+    let is_shadow = |n: &str| c.policies.get(n).is_some_and(|p| p.shadow_of.is_some());
+    for (name, p) in &c.policies {
+        let path = format!("policy.{name}");
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            errors.push(ConfigError::new(
+                &path,
+                "policy names are lowercase letters, digits, '-' and '_'",
+            ));
+        }
+        if let Some(live) = &p.shadow_of {
+            if !exists(live) {
+                errors.push(ConfigError::new(
+                    format!("{path}.shadow_of"),
+                    format!("unknown policy {live:?}"),
+                ));
+            } else if live == name || is_shadow(live) {
+                errors.push(ConfigError::new(
+                    format!("{path}.shadow_of"),
+                    format!("{live:?} is not a live policy"),
+                ));
+            }
+        }
+        let live_name = p.shadow_of.as_deref().unwrap_or(name);
+        for (id, ov) in &p.tenant {
+            let Some(t) = c.tenants.iter().find(|t| &t.id == id) else {
+                errors.push(ConfigError::new(
+                    format!("{path}.tenant.{id}"),
+                    format!("unknown tenant {id:?}"),
+                ));
+                continue;
+            };
+            if t.policy != live_name {
+                warnings.push(format!(
+                    "{path}.tenant.{id}: tenant {id:?} uses policy {:?}; this override has no effect",
+                    t.policy
+                ));
+            }
+            for addr in ov.user.keys() {
+                let dom = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+                if !t.domains.iter().any(|d| d.eq_ignore_ascii_case(dom)) {
+                    warnings.push(format!(
+                        "{path}.tenant.{id}.user.{addr}: not an address in the tenant's domains"
+                    ));
+                }
+            }
+        }
+    }
+    for t in &c.tenants {
+        if is_shadow(&t.policy) {
+            errors.push(ConfigError::new(
+                format!("tenant[{}].policy", t.id),
+                format!(
+                    "{:?} is a shadow policy; it runs beside its live policy",
+                    t.policy
+                ),
+            ));
+        }
+    }
+    (errors, warnings)
+}
+
+/// Everything `validate` runs for policies: each one's checks and the cross-references.
+pub fn check_all(c: &Config, k: &mut Checker) {
+    for (name, p) in &c.policies {
+        p.check(&format!("policy.{name}"), k);
+    }
+    let (errors, warnings) = cross_check(c);
+    for e in errors {
+        k.err(e.path, e.message);
+    }
+    for w in warnings {
+        k.warn(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> PolicyConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn tenant_override_merges_tables_and_replaces_values() {
+        let base = policy(
+            r#"
+            thresholds = { tag = 4.0, quarantine = 9.0 }
+            attachments.blocked_extensions = ["exe"]
+            [tenant.acme]
+            thresholds.quarantine = 7.0
+            attachments = { blocked_extensions = ["zip"] }
+            allow.domains = ["partner.example"]
+            "#,
+        );
+        let r = resolve(&base, &base.tenant["acme"]).unwrap();
+        assert_eq!(r.thresholds.tag, 4.0, "kept");
+        assert_eq!(r.thresholds.quarantine, 7.0, "overridden");
+        assert_eq!(r.attachments.blocked_extensions, ["zip"]);
+        assert!(r.tenant.is_empty());
+        assert!(r.allow.is_empty(), "tenant lists stay tenant lists");
+    }
+
+    #[test]
+    fn bad_override_and_bad_values_are_reported_with_paths() {
+        let base = policy(
+            r#"
+            thresholds = { tag = 30.0 }
+            scores = { "spf.fail" = inf }
+            dnsbl = [{ zone = "not a zone" }]
+            [tenant.acme]
+            thresholds.quarantine = "high"
+            "#,
+        );
+        let errs: Vec<String> = base
+            .errors("policy.p")
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        for want in [
+            "policy.p.thresholds: must rise",
+            "policy.p.scores.spf.fail: must be a finite number",
+            "policy.p.dnsbl[0].zone",
+            "policy.p.tenant.acme.thresholds.quarantine",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want} in {errs:#?}"
+            );
+        }
+    }
 }

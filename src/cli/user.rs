@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
 
-use crate::config::{ConfigErrors, RoleSet, Snapshot, TenantConfig, load};
+use crate::config::{ConfigErrors, RoleSet, TenantConfig, load};
+use crate::snapshot::Snapshot;
 
 /// The command line of `maildistiller user …` (the binary embeds it as a subcommand).
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -43,9 +44,9 @@ pub enum UserCommand {
     },
 }
 
-/// Runs `maildistiller user …`: 0 done, 64 bad input or a change that would not validate,
-/// 1 an I/O error.
-pub fn command(config: &Path, cmd: &UserCommand) -> std::process::ExitCode {
+/// Runs `maildistiller user …`: done, bad input or a change that would not validate (usage,
+/// 64), or an I/O error (1).
+pub fn command(config: &Path, cmd: &UserCommand) -> Result<(), super::Failure> {
     let (tenant, address, action) = match cmd {
         UserCommand::Add {
             tenant,
@@ -62,12 +63,10 @@ pub fn command(config: &Path, cmd: &UserCommand) -> std::process::ExitCode {
     match result {
         Ok(msg) => {
             print!("{msg}");
-            std::process::ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => {
-            eprintln!("maildistiller: {e}");
-            std::process::ExitCode::from(if matches!(e, UserError::Io(_)) { 1 } else { 64 })
-        }
+        Err(e @ UserError::Io(_)) => Err(super::Failure::Runtime(e.to_string())),
+        Err(e) => Err(super::Failure::Usage(e.to_string())),
     }
 }
 
@@ -291,7 +290,9 @@ pub fn run(
     }
     let hash = match (action, password) {
         (Action::Remove, _) => None,
-        (_, Some(p)) => Some(super::secret::hash_password(p).map_err(UserError::Usage)?),
+        (_, Some(p)) => {
+            Some(crate::engine::webmail::secret::hash_password(p).map_err(UserError::Usage)?)
+        }
         (_, None) => return Err(UserError::Usage("a password is needed".into())),
     };
     for file in candidates(main)? {
@@ -365,9 +366,15 @@ fn validate(main: &Path, file: &Path, tenant: &str, new_text: &str) -> Result<()
     for t in read.config.tenants.iter_mut().filter(|t| t.id == tenant) {
         *t = edited.clone();
     }
-    Snapshot::build(read, main, RoleSet::default(), None)
-        .map(|_| ())
-        .map_err(UserError::Invalid)
+    Snapshot::build(
+        read,
+        main,
+        RoleSet::default(),
+        None,
+        crate::node::role_checks,
+    )
+    .map(|_| ())
+    .map_err(UserError::Invalid)
 }
 
 fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {

@@ -1,0 +1,334 @@
+//! The command line: every subcommand of the `maildistiller` binary, parsed with clap (the only
+//! module that names clap), and the one place where a failure becomes an exit code
+//! ([`Failure::exit_code`]).
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the command line, dispatch, [`Failure`] and its exit codes |
+//! | `run.rs` | running roles: bind every listener, serve, drain on SIGTERM |
+//! | `queue.rs` | `maildistiller queue …`: a running engine's queue through its ops listener |
+//! | `user.rs` | `maildistiller user add|passwd|remove`: webmail users in the tenant's file |
+//! | `client.rs` | the small blocking HTTP client of `queue` |
+//!
+//! Exit codes (sysexits.h): 0 clean exit; 1 no route (`route`) or a runtime failure; 64 bad
+//! command line or config; 69 a requested role or the ops listener is not available; 71 a
+//! listener could not be bound; 75 the shutdown grace period expired with sessions still open.
+
+pub mod client;
+mod queue;
+mod run;
+pub mod user;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{ConfigErrors, RoleSet};
+use crate::explain;
+use crate::node;
+use crate::snapshot::Snapshot;
+
+/// Why a command did not succeed, by cause. Each variant says what the operator must do; its
+/// exit code is given in one place, [`Failure::exit_code`].
+#[derive(Debug)]
+pub enum Failure {
+    /// The command line or an argument is wrong (the message says which). 64.
+    Usage(String),
+    /// The config file does not validate: every error, with its path. 64.
+    Config { path: PathBuf, errors: ConfigErrors },
+    /// Something asked for is not there: a role not in this build, an ops listener that does
+    /// not answer. 69.
+    Unavailable(String),
+    /// A listener (or the spool behind it) could not be set up. 71.
+    Bind {
+        role: &'static str,
+        error: std::io::Error,
+    },
+    /// The answer is "no": `route` found no route, the engine refused a queue request. The
+    /// output already says why. 1.
+    Refused,
+    /// Anything else that went wrong at run time. 1.
+    Runtime(String),
+    /// SIGTERM's grace period ran out with sessions still open. 75.
+    GraceExpired,
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) | Failure::Config { .. } => 64,
+            Failure::Unavailable(_) => 69,
+            Failure::Bind { .. } => 71,
+            Failure::GraceExpired => 75,
+            Failure::Refused | Failure::Runtime(_) => 1,
+        }
+    }
+
+    /// Says what went wrong on stderr (a role's bind failure is also logged, by `run`).
+    fn report(&self) {
+        match self {
+            Failure::Usage(m) | Failure::Unavailable(m) | Failure::Runtime(m) => {
+                eprintln!("maildistiller: {m}")
+            }
+            Failure::Config { path, errors } => {
+                eprintln!(
+                    "maildistiller: {} has {} error{}:",
+                    path.display(),
+                    errors.0.len(),
+                    if errors.0.len() == 1 { "" } else { "s" }
+                );
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+            }
+            Failure::Bind { role, error } => {
+                eprintln!("maildistiller: cannot bind the {role} role's listeners: {error}")
+            }
+            Failure::Refused | Failure::GraceExpired => {}
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "maildistiller",
+    version,
+    about = "Inbound email hygiene: GeoDNS, an SMTP-aware edge, and scanning engines with a durable spool",
+    long_about = "Inbound email hygiene, one binary with roles.\n\n\
+        Run a node:    maildistiller --role edge --config /etc/maildistiller/maildistiller.toml\n\
+        Try it all:    maildistiller --role all --config config/maildistiller.toml\n\
+        Check config:  maildistiller check --config FILE\n\n\
+        Signals: SIGHUP reloads the config (a broken file is refused and the old one keeps \
+        serving); SIGTERM or SIGINT drains (stop accepting, let sessions finish within \
+        ops.grace_period).\n\n\
+        Exit codes: 0 ok; 1 no route / runtime failure; 64 bad command line or config; \
+        69 role not available; 71 cannot bind a listener; 75 grace period expired."
+)]
+pub struct Cli {
+    /// Roles to run: edge, dns, engine, or all (repeat or separate with commas).
+    #[arg(long, value_enum, value_delimiter = ',', global = true)]
+    role: Vec<Role>,
+
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        env = "MAILDISTILLER_CONFIG",
+        default_value = "config/maildistiller.toml",
+        global = true
+    )]
+    config: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `maildistiller=debug`. RUST_LOG wins.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the config without binding anything; print what would run. Exit 0 or 64.
+    Check,
+    /// Explain where mail for a recipient from a client would be processed.
+    Route {
+        /// Recipient address, e.g. bob@acme.example.
+        #[arg(long)]
+        rcpt: String,
+        /// The sending MTA's address.
+        #[arg(long)]
+        client: IpAddr,
+        /// The silo whose edge received the connection (default: node.silo).
+        #[arg(long)]
+        edge_silo: Option<String>,
+        /// What if this is down: a silo, `silo/cluster`, or an engine address. Repeatable.
+        #[arg(long)]
+        down: Vec<String>,
+    },
+    /// Look at and change a running engine's queue (through its ops listener).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        /// The engine's ops listener (default: ops.listen from the config).
+        #[arg(long)]
+        ops: Option<std::net::SocketAddr>,
+    },
+    /// List every silo's egress ranges and the SPF record generated from them.
+    Egress,
+    /// Show where an address is: country, coordinates used, nearest silos.
+    Geo {
+        /// An IPv4 or IPv6 address.
+        ip: IpAddr,
+    },
+    /// Manage webmail users (edits the tenant's config file; reload to apply).
+    User {
+        #[command(subcommand)]
+        action: user::UserCommand,
+    },
+    /// Explain which silo GeoDNS answers a name with for a client, and why.
+    DnsExplain {
+        /// The name asked, e.g. mx.in.example.net.
+        name: String,
+        /// The address the query comes from (the resolver, or the sending MTA itself).
+        #[arg(long)]
+        client: IpAddr,
+        /// The EDNS Client Subnet the resolver sends, e.g. 81.2.69.0/24.
+        #[arg(long)]
+        ecs: Option<String>,
+        /// Query type: A, AAAA, MX, TXT, ...
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// Assume this silo's edges are down. Repeatable.
+        #[arg(long)]
+        down: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueAction {
+    /// One line per message: id, state, tenant, age, size, envelope, reason.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// queued, deferred, held, delivering, hold, quarantined
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Envelope, per-recipient state, verdict and retry state of one message.
+    Show { id: String },
+    /// Retry now: one message, or every deferred message (and re-probe down destinations).
+    Flush { id: Option<String> },
+    /// Put a queued message on hold (not delivered until released).
+    Hold { id: String },
+    /// Release a held or quarantined message for delivery.
+    Release { id: String },
+    /// Delete a message from the queue (no DSN).
+    Delete { id: String },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Dns,
+    Engine,
+    All,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn role_set(roles: &[Role]) -> RoleSet {
+    let mut r = RoleSet::default();
+    for role in roles {
+        match role {
+            Role::Edge => r.edge = true,
+            Role::Dns => r.dns = true,
+            Role::Engine => r.engine = true,
+            Role::All => r = RoleSet::ALL,
+        }
+    }
+    r
+}
+
+/// The binary's `main`: parse, dispatch, and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            f.report();
+            ExitCode::from(f.exit_code())
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<(), Failure> {
+    let roles = if cli.role.is_empty() {
+        RoleSet::ALL
+    } else {
+        role_set(&cli.role)
+    };
+    let load = || -> Result<Snapshot, Failure> {
+        node::load(&cli.config, roles).map_err(|errors| Failure::Config {
+            path: cli.config.clone(),
+            errors,
+        })
+    };
+    match &cli.command {
+        Some(Command::Check) => {
+            print!("{}", explain::summary(&load()?, roles));
+            Ok(())
+        }
+        Some(Command::Route {
+            rcpt,
+            client,
+            edge_silo,
+            down,
+        }) => match explain::route(&load()?, rcpt, *client, edge_silo.as_deref(), down) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(text) => {
+                println!("{text}");
+                Err(Failure::Refused)
+            }
+        },
+        Some(Command::Queue { action, ops }) => {
+            let addr = match ops {
+                Some(a) => *a,
+                None => load()?.config.ops.listen,
+            };
+            queue::command(addr, action)
+        }
+        Some(Command::Egress) => {
+            print!("{}", crate::topology::egress::explain(&load()?.topology));
+            Ok(())
+        }
+        Some(Command::Geo { ip }) => {
+            print!("{}", explain::geo(&load()?, *ip));
+            Ok(())
+        }
+        Some(Command::DnsExplain {
+            name,
+            client,
+            ecs,
+            qtype,
+            down,
+        }) => {
+            let text = crate::dns::explain(load()?, name, qtype, *client, ecs.as_deref(), down)
+                .map_err(Failure::Usage)?;
+            print!("{text}");
+            Ok(())
+        }
+        Some(Command::User { action }) => user::command(&cli.config, action),
+        None => {
+            if cli.role.is_empty() {
+                return Err(Failure::Usage(
+                    "say which roles to run (--role edge|dns|engine|all) or a command; see --help"
+                        .into(),
+                ));
+            }
+            let snap = load()?;
+            run::init_tracing(cli.log_format, &cli.log_level);
+            run::run(snap, roles)
+        }
+    }
+}

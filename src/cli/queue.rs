@@ -1,0 +1,61 @@
+//! `maildistiller queue list|show|flush|hold|release|delete`: a running engine's queue, through
+//! the queue API on its ops listener.
+
+use std::net::SocketAddr;
+
+use super::{Failure, QueueAction, client};
+
+/// Sends one queue request to the engine at `addr` and prints its answer.
+pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
+    let enc = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            .then(|| s.to_owned())
+    };
+    let (method, path) = match action {
+        QueueAction::List { tenant, state } => {
+            let mut q = Vec::new();
+            if let Some(t) = tenant.as_deref().and_then(enc) {
+                q.push(format!("tenant={t}"));
+            }
+            if let Some(s) = state.as_deref().and_then(enc) {
+                q.push(format!("state={s}"));
+            }
+            ("GET", format!("/queue?{}", q.join("&")))
+        }
+        QueueAction::Show { id } => ("GET", format!("/queue/{}", enc(id).unwrap_or_default())),
+        QueueAction::Flush { id: None } => ("POST", "/queue/flush".to_owned()),
+        QueueAction::Flush { id: Some(id) } => (
+            "POST",
+            format!("/queue/{}/flush", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Hold { id } => (
+            "POST",
+            format!("/queue/{}/hold", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Release { id } => (
+            "POST",
+            format!("/queue/{}/release", enc(id).unwrap_or_default()),
+        ),
+        QueueAction::Delete { id } => (
+            "POST",
+            format!("/queue/{}/delete", enc(id).unwrap_or_default()),
+        ),
+    };
+    match client::request(addr, method, &path) {
+        Ok((200, body)) => {
+            print!("{body}");
+            Ok(())
+        }
+        Ok((404, body)) if body.is_empty() => Err(Failure::Runtime(format!(
+            "{addr} has no queue API (is an engine running there?)"
+        ))),
+        Ok((_, body)) => {
+            eprint!("{body}");
+            Err(Failure::Refused)
+        }
+        Err(e) => Err(Failure::Unavailable(format!(
+            "cannot reach the ops listener at {addr}: {e}"
+        ))),
+    }
+}
