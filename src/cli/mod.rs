@@ -292,11 +292,26 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
         },
         Some(Command::Queue { action, ops }) => {
-            let addr = match ops {
-                Some(a) => *a,
-                None => load()?.config.ops.listen,
+            // The config names the engine's ops listener and the operator token file; with
+            // `--ops` and no readable config, the request goes without a token (and the engine
+            // says 401 if it wants one).
+            let (addr, snap) = match ops {
+                Some(a) => (*a, load().ok()),
+                None => {
+                    let s = load()?;
+                    (s.config.ops.listen, Some(s))
+                }
             };
-            queue::command(addr, action)
+            let token = match snap.as_ref().and_then(|s| s.config.ops.token_file.clone()) {
+                Some(f) => Some(crate::ops::auth::read_token(&f).map_err(|e| {
+                    Failure::Unavailable(format!(
+                        "cannot read the operator token ({}): {e}",
+                        f.display()
+                    ))
+                })?),
+                None => None,
+            };
+            queue::command(addr, token.as_deref(), action)
         }
         Some(Command::Egress) => {
             print!("{}", crate::topology::egress::explain(&load()?.topology));

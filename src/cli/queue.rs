@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::{Failure, QueueAction, client};
 
 /// Sends one queue request to the engine at `addr` and prints its answer.
-pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
+pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> Result<(), Failure> {
     let enc = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -42,7 +42,7 @@ pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
             format!("/queue/{}/delete", enc(id).unwrap_or_default()),
         ),
     };
-    match client::request(addr, method, &path) {
+    match client::request(addr, method, &path, token) {
         Ok((200, body)) => {
             print!("{body}");
             Ok(())

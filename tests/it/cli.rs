@@ -312,7 +312,14 @@ fn exit_codes_follow_the_cause() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let o = run(&["queue", "--ops", &port.to_string(), "list"]);
+    let o = run(&[
+        "queue",
+        "--config",
+        "/nonexistent.toml",
+        "--ops",
+        &port.to_string(),
+        "list",
+    ]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot reach the ops listener"));
 }

@@ -11,7 +11,7 @@ use maildistiller::engine;
 use maildistiller::ops::Ops;
 
 use crate::mail::{Client, Sink, until};
-use crate::support::write;
+use crate::support::{OPS_TOKEN, ops_token, write};
 
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {
@@ -56,6 +56,7 @@ impl TestEngine {
             r#"
 [ops]
 listen = "127.0.0.1:0"
+{token}
 [regions.uk]
 [[silo]]
 name = "lon1"
@@ -85,7 +86,8 @@ spool_dir = "{spool}"
 hostname = "{hostname}"
 {extra}
 "#,
-            spool = spool.display()
+            spool = spool.display(),
+            token = ops_token(spool.parent().unwrap()),
         );
         let cfg = write(spool.parent().unwrap(), "engine.toml", &text);
         let snap = maildistiller::node::load(
@@ -848,7 +850,7 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         .collect();
     let ops = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
-            maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
+            maildistiller::cli::client::request(ops_addr, method, &path, Some(OPS_TOKEN)).unwrap()
         })
     };
     let (code, body) = ops("GET", "/queue".into()).await.unwrap();

@@ -199,7 +199,7 @@ pub async fn bind(shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
     let snap = shared.ops.config.load_full();
     let cfg = snap.config.engine.webmail.clone();
     if cfg.peer_secret.is_some() {
-        shared.ops.add_routes(peer::routes(shared.clone()));
+        shared.ops.add_peer_routes(peer::routes(shared.clone()));
         if peer::peers(shared).is_empty() {
             tracing::info!(
                 "webmail: no cluster peers found for this engine in the topology; showing local mail only"
