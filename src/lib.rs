@@ -40,6 +40,8 @@ pub mod ops;
 pub mod proxy;
 pub mod smtp;
 pub mod snapshot;
+pub mod store;
 pub mod sys;
 pub mod tls;
 pub mod topology;
+pub mod webmail;

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use maildistiller::engine::spool::{Envelope, Kind, QueueId, Status};
+use maildistiller::store::spool::{Envelope, Kind, QueueId, Status};
 
 use super::harness::{Setup, WebEngine, down_addr, links};
 use crate::mail::until;
@@ -90,7 +90,7 @@ pub async fn run() {
     let n = env_or("WEBMAIL_BENCH_MESSAGES", 10_000);
     let rounds = env_or("WEBMAIL_BENCH_ROUNDS", 50).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let now = maildistiller::engine::queue::now_secs();
+    let now = maildistiller::store::index::now_secs();
     let spool = dir.path().join("spool");
     let t0 = Instant::now();
     fill(&spool, "acme", "bob@acme.example", n, now);

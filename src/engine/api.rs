@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use super::Shared;
-use super::queue::{Listed, now_secs};
-use super::spool::{QueueId, RcptOutcome, Status};
+use crate::store::index::{Listed, now_secs};
+use crate::store::spool::{QueueId, RcptOutcome, Status};
 
 pub fn routes(shared: Arc<Shared>) -> Router {
     Router::new()

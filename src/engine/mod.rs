@@ -10,11 +10,8 @@ pub mod api;
 pub mod delivery;
 mod metrics;
 pub mod policy;
-pub mod queue;
 pub mod scan;
 pub mod smtp;
-pub mod spool;
-pub mod webmail;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,9 +23,9 @@ use tokio::net::TcpListener;
 use crate::config::DeliveryConfig;
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::index::{self as queue, Dest, Queue};
+use crate::store::spool::{self, Spool};
 pub use metrics::EngineMetrics;
-use queue::{Dest, Queue};
-use spool::Spool;
 
 /// What every engine task shares.
 pub struct Shared {
@@ -186,7 +183,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     ops.add_routes(api::routes(shared.clone()));
-    let webmail = webmail::bind(&shared).await?;
+    let webmail = crate::webmail::bind(&shared).await?;
     let serving = Box::pin(run(shared.clone(), listeners, webmail));
     Ok(Bound {
         serving,

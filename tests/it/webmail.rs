@@ -587,7 +587,7 @@ async fn allow_this_sender_writes_the_users_list() {
             .location(),
         "/inbox?done=allowed"
     );
-    use maildistiller::engine::webmail::{AllowStore, sender_allowed};
+    use maildistiller::webmail::{AllowStore, sender_allowed};
     assert!(sender_allowed(
         &e.spool,
         "acme",

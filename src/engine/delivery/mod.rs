@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::Shared;
-use super::queue::{Dest, now_secs};
-use super::spool::{Envelope, Kind, QueueId, State, Status};
+use crate::store::index::{Dest, now_secs};
+use crate::store::spool::{Envelope, Kind, QueueId, State, Status};
 use client::Client;
 pub use outcome::{Outcome, apply};
 

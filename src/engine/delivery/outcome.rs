@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::client::{ClientError, TransactionResult};
 use crate::config::DeliveryConfig;
-use crate::engine::spool::{Envelope, RcptOutcome, State};
+use crate::store::spool::{Envelope, RcptOutcome, State};
 
 /// The result of [`apply`].
 #[derive(Debug)]
@@ -148,7 +148,7 @@ mod tests {
     use crate::smtp::reply::Received;
 
     fn env(n: usize) -> Envelope {
-        crate::engine::spool::test_envelope(n)
+        crate::store::spool::test_envelope(n)
     }
 
     fn r(code: u16) -> Received {

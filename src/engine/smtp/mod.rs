@@ -20,13 +20,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Shared;
-use super::queue::{Dest, now_secs};
 use super::scan;
-use super::spool::{Envelope, Kind, QueueId, State, Status};
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataReader, Feed};
 use crate::snapshot::Snapshot;
+use crate::store::index::{Dest, now_secs};
+use crate::store::spool::{Envelope, Kind, QueueId, State, Status};
 use session::{Limits, Session, Step};
 
 /// Any byte stream a session can run on (TCP, TLS over TCP, in-memory in tests).

@@ -185,7 +185,7 @@ impl WebEngine {
         }
         let bound = engine::bind(&ops).await.expect("engine binds");
         let shared = bound.shared.clone();
-        let web = engine::webmail::local_addrs(&shared)[0];
+        let web = maildistiller::webmail::local_addrs(&shared)[0];
         tokio::spawn(bound.serving);
         if let Some(l) = ops_listener {
             tokio::spawn(maildistiller::ops::serve(ops.clone(), l));

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::sessions::Viewer;
 use crate::engine::Shared;
-use crate::engine::queue::{Dest, Listed};
-use crate::engine::spool::{Kind, QueueId, Status};
+use crate::store::index::{Dest, Listed};
+use crate::store::spool::{Kind, QueueId, Status};
 
 /// Which list the inbox shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

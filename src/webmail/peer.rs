@@ -34,7 +34,7 @@ use super::mailbox::{self, ActionError, Filter, Listing, Row, View};
 use super::secret::ct_eq;
 use super::sessions::Viewer;
 use crate::engine::Shared;
-use crate::engine::spool::QueueId;
+use crate::store::spool::QueueId;
 
 /// Largest answer read from a peer (a listing, or a message and its row).
 pub const MAX_BODY: u64 = 1 << 30;

@@ -52,7 +52,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{Serving, Shared};
+use crate::engine::{Serving, Shared};
 use crate::snapshot::Snapshot;
 pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
 
