@@ -4,7 +4,7 @@
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::ops::Metrics;
-use crate::store::index::Dest;
+use crate::store::Dest;
 
 #[derive(Debug, Clone)]
 pub struct EngineMetrics {
