@@ -17,7 +17,9 @@
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
 //! | [`edge`] | the edge: listeners, admission, the SMTP-aware front session, routing to engines, layer-4 mode |
 //! | [`dns`] | GeoDNS: the only module naming hickory types |
-//! | [`engine`] | the MDE: SMTP reception, scan + policy, spool, delivery, webmail |
+//! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
+//! | [`engine`] | the MDE: SMTP reception, scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
+//! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the engine |
 //! | [`node`] | the top: loads a config with the schema's and every role's checks into a snapshot |
 //!
 //! The binary (`src/main.rs`) parses the command line, loads and validates the config without

@@ -27,15 +27,20 @@
 //! # Moves
 //!
 //! ```text
-//!   accepted ──▶ queued ──take──▶ delivering ──complete──▶ (gone: delivered / bounced)
-//!      │         deferred ◀─defer──┘  │ │
-//!      │           held   ◀─give back─┘ └──fault──▶ suspended
-//!      │     (queued, deferred, held: "waiting")
-//!      │     waiting ──suspend──▶ suspended ──release──▶ waiting
-//!      └──policy──▶ quarantined ──release──▶ waiting
-//!                   quarantined ──expire──▶ (gone)
-//!   any state but delivering ──delete──▶ (gone)
+//!   accepted ───────────────────▶ waiting: queued · deferred · held
+//!   accepted, policy says so ───▶ quarantined
+//!   queued, deferred ──take────────────▶ delivering   (held is not taken: destination down)
+//!   delivering ──defer, give back──────▶ waiting
+//!   delivering ──complete──────────────▶ gone         (delivered; failures bounced with DSNs)
+//!   delivering ──fault─────────────────▶ suspended
+//!   waiting ──suspend──────────────────▶ suspended
+//!   suspended, quarantined ──release───▶ waiting      (due now)
+//!   quarantined ──expire───────────────▶ gone
+//!   every state but delivering ──delete▶ gone
 //! ```
+//!
+//! Within waiting, a message is `held` while its destination is down and `queued` or `deferred`
+//! otherwise: the destination's health moves all its mail at once, not a write per message.
 //!
 //! [`State::next`] is that table; the store asks it before every change it makes, and an illegal
 //! move is an error ([`Illegal`]) — nothing is written.

@@ -5,7 +5,7 @@
 //! A user sees a message when it goes to their tenant's servers, one of its recipients still
 //! pending is their address (any case; tenant admins: any recipient), and it is either
 //! *held* (its destination is down) or *quarantined*. Everything else — mail being delivered
-//! normally, mail an operator put on hold, other tenants' mail — does not exist for the page.
+//! normally, mail an operator suspended, other tenants' mail — does not exist for the page.
 
 use super::Local;
 use super::sessions::Viewer;
