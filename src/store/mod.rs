@@ -53,10 +53,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use index::{Dest, Listed, now_ms, now_secs};
-pub use spool::{
-    Envelope, Kind, POOL_FILE_MAX, POOL_FILES, Progress, QueueId, RcptOutcome, SPOOL_RESERVE,
-};
+pub use index::{Dest, Listed, now_secs};
+pub use spool::{Envelope, Kind, Progress, QueueId, RcptOutcome};
 pub use state::{Event, Illegal, Next, State, Status};
 
 use index::Index;
@@ -294,11 +292,6 @@ impl Store {
     /// Destinations, whether each is up, and since when it is down (unix seconds).
     pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
         self.index.destinations()
-    }
-
-    /// Files waiting in the spool's pool of recycled files (tests and metrics).
-    pub fn pooled(&self) -> usize {
-        self.spool.pooled()
     }
 
     /// Writes `progress` (a delivery outcome) until the disk takes it or the store is stopping.

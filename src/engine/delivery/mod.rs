@@ -334,7 +334,7 @@ async fn refuse_all(shared: &Arc<Delivery>, dest: &Dest) {
 }
 
 /// Records an outcome in the store (DSNs first), and counts it.
-pub async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcome) {
+async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcome) {
     let env = msg.envelope().clone();
     let tenant = env.tenant.as_str();
     if !o.delivered.is_empty() {

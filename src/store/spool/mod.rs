@@ -194,7 +194,8 @@ impl Spool {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Files waiting in the pool (tests and metrics).
+    /// Files waiting in the pool (tests).
+    #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.pool().len()
     }
