@@ -84,7 +84,8 @@ async fn suspend_release_and_delete_are_on_disk_after_a_restart() {
     );
     let taken = store.take(&tenant()).expect("released mail is due now");
     assert_eq!(&taken.envelope().id, &a);
-    drop(taken);
+    taken.give_back();
+    assert_eq!(state(&store, &a), Some(State::Queued), "given back untried");
     drop(store);
     let store = open(dir.path()).await;
     assert_eq!(state(&store, &a), Some(State::Queued));
