@@ -18,8 +18,8 @@ pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> R
             if let Some(t) = tenant.as_deref().and_then(enc) {
                 q.push(format!("tenant={t}"));
             }
-            if let Some(s) = state.as_deref().and_then(enc) {
-                q.push(format!("state={s}"));
+            if let Some(s) = state {
+                q.push(format!("state={}", s.as_str()));
             }
             ("GET", format!("/queue?{}", q.join("&")))
         }

@@ -80,6 +80,14 @@ pub fn run(snap: Snapshot, roles: RoleSet) -> Result<(), Failure> {
                 Ok(bound) => {
                     tracing::info!(smtp = ?bound.addrs, "engine listening");
                     tasks.spawn(bound.serving);
+                    // Webmail, beside the engine, on its store (when configured).
+                    match crate::webmail::bind(&ops, &bound.store).await {
+                        Ok(Some(web)) => {
+                            tasks.spawn(web.serving);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return bind_failed("webmail", e),
+                    }
                 }
                 Err(e) => return bind_failed("engine", e),
             }

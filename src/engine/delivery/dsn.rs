@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::engine::spool::Envelope;
 use crate::smtp::date::rfc5322;
+use crate::store::Envelope;
 
 /// One failed recipient.
 pub struct Failure<'a> {
@@ -106,7 +106,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::spool::{Kind, QueueId, Status};
+    use crate::store::{Kind, QueueId, Status};
 
     #[test]
     fn report_names_each_failed_recipient_with_its_status() {

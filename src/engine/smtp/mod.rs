@@ -20,13 +20,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Shared;
-use super::queue::{Dest, now_secs};
 use super::scan;
-use super::spool::{Envelope, Kind, QueueId, State, Status};
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataReader, Feed};
 use crate::snapshot::Snapshot;
+use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
 use session::{Limits, Session, Step};
 
 /// Any byte stream a session can run on (TCP, TLS over TCP, in-memory in tests).
@@ -541,25 +540,25 @@ async fn accept_message(
         kind: Kind::Message,
         size: message.len() as u64,
     };
-    if let Err(e) = shared.spool.store(&env, &message).await {
-        shared.metrics.rejected(tid, "spool");
-        tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
-        return if e.kind() == std::io::ErrorKind::StorageFull {
-            Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
-        } else {
-            Reply::new(451, "4.3.0", "Local error in processing, try again later")
-        };
-    }
+    let dest = Dest::Tenant(tid.to_owned());
+    let env = match shared.store.accept(env, &message, dest).await {
+        Ok(env) => env,
+        Err(e) => {
+            shared.metrics.rejected(tid, "spool");
+            tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
+            return if e.kind() == std::io::ErrorKind::StorageFull {
+                Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+            } else {
+                Reply::new(451, "4.3.0", "Local error in processing, try again later")
+            };
+        }
+    };
     shared.metrics.queued(tid, status.as_str());
     tracing::info!(
         session = %info.session_id, id = %id, tenant = tid, client = %info.client,
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
         verdict = %verdict.summary, "message queued"
     );
-    let state = State::initial(&env);
-    shared
-        .queue
-        .insert(Arc::new(env), state, Dest::Tenant(tid.to_owned()));
     match status {
         Status::Quarantined { .. } => {
             Reply::new(250, "2.0.0", format!("Ok: queued as {id} (quarantined)"))
