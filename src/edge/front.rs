@@ -26,7 +26,7 @@ use super::backends::EngineConn;
 use super::{EdgeShared, Stream};
 use crate::proxy::ProxyInfo;
 use crate::smtp::data::{DataReader, Feed};
-use crate::smtp::{Command, Reply, parse_command, reply};
+use crate::smtp::{Command, Reply, parse_command, replies, reply};
 use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 
@@ -168,18 +168,12 @@ impl Front<'_> {
                 if n > 0 {
                     self.shared.metrics.refused("pregreet");
                     tracing::info!(session = self.sid(), client = ?self.info.client, "client talked before the banner: refused");
-                    Reply::new(554, "5.5.1", "Protocol error: talking before the banner")
-                        .write_to(&mut self.out);
+                    replies::PREGREET.write_to(&mut self.out);
                 }
                 return false;
             }
         }
-        Reply::new(
-            220,
-            "",
-            format!("{} ESMTP maildistiller", self.shared.hostname),
-        )
-        .write_to(&mut self.out);
+        replies::banner(&self.shared.hostname).write_to(&mut self.out);
         self.flush().await.is_ok()
     }
 
@@ -195,11 +189,7 @@ impl Front<'_> {
     fn error(&mut self, r: Reply) {
         self.errors += 1;
         if self.errors >= 10 {
-            self.local(Reply::new(
-                421,
-                "4.7.0",
-                "Too many errors, closing connection",
-            ));
+            self.local(replies::TOO_MANY_ERRORS);
             self.close_after_flush = true;
         } else {
             self.local(r);
@@ -280,12 +270,7 @@ impl Front<'_> {
                         "engine connection lost mid-session: 421 to the client"
                     );
                     self.out.clear();
-                    Reply::new(
-                        421,
-                        "4.4.2",
-                        "Connection to the mail engine lost, try again later",
-                    )
-                    .write_to(&mut self.out);
+                    replies::ENGINE_LOST.write_to(&mut self.out);
                     return "engine lost";
                 }
                 Ev::Engine(Ok(_)) => {
@@ -294,12 +279,11 @@ impl Front<'_> {
                     }
                 }
                 Ev::Timeout => {
-                    Reply::new(421, "4.4.2", "Timeout, closing connection").write_to(&mut self.out);
+                    replies::TIMEOUT.write_to(&mut self.out);
                     return "timeout";
                 }
                 Ev::Shutdown => {
-                    Reply::new(421, "4.3.2", "Service shutting down, try again later")
-                        .write_to(&mut self.out);
+                    replies::SHUTTING_DOWN.write_to(&mut self.out);
                     return "shutdown";
                 }
             }
@@ -320,8 +304,7 @@ impl Front<'_> {
                 Err(why) => {
                     tracing::warn!(session = self.sid(), why, "engine sent garbage");
                     self.out.clear();
-                    Reply::new(421, "4.4.2", "Mail engine error, try again later")
-                        .write_to(&mut self.out);
+                    replies::ENGINE_ERROR.write_to(&mut self.out);
                     return Some("engine protocol error");
                 }
             };
@@ -390,12 +373,7 @@ impl Front<'_> {
                     let e = self.engine.as_mut().expect("body mode has an engine");
                     if e.conn.stream.write_all(&self.cbuf[..n]).await.is_err() {
                         self.out.clear();
-                        Reply::new(
-                            421,
-                            "4.4.2",
-                            "Connection to the mail engine lost, try again later",
-                        )
-                        .write_to(&mut self.out);
+                        replies::ENGINE_LOST.write_to(&mut self.out);
                         return Some("engine lost during DATA");
                     }
                     self.cbuf.drain(..n);
@@ -412,13 +390,13 @@ impl Front<'_> {
                     let Some(nl) = self.cbuf.iter().position(|&b| b == b'\n') else {
                         if self.cbuf.len() > max_line {
                             self.cbuf.clear();
-                            self.error(Reply::new(500, "5.5.2", "Line too long"));
+                            self.error(replies::LINE_TOO_LONG);
                         }
                         return None;
                     };
                     let raw: Vec<u8> = self.cbuf.drain(..=nl).collect();
                     if raw.len() > max_line {
-                        self.error(Reply::new(500, "5.5.2", "Line too long"));
+                        self.error(replies::LINE_TOO_LONG);
                         continue;
                     }
                     let line = raw
@@ -470,60 +448,51 @@ impl Front<'_> {
                 self.mail = None;
                 self.tenant = None;
                 self.helo = Some(d);
-                let mut lines = vec![
-                    self.shared.hostname.clone(),
-                    "PIPELINING".into(),
-                    format!("SIZE {}", self.snap.config.edge.max_message_size.0),
-                    "8BITMIME".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "SMTPUTF8".into(),
-                ];
-                if self.shared.tls.load().is_some() && !self.tls {
-                    lines.push("STARTTLS".into());
-                }
-                self.local(Reply {
-                    code: 250,
-                    enhanced: "",
-                    lines,
-                });
+                self.local(replies::ehlo(
+                    &self.shared.hostname,
+                    self.snap.config.edge.max_message_size.0,
+                    self.shared.tls.load().is_some() && !self.tls,
+                ));
                 true
             }
             Command::Helo(d) => {
                 self.mail = None;
                 self.tenant = None;
                 self.helo = Some(d);
-                self.local(Reply::new(250, "", self.shared.hostname.clone()));
+                self.local(replies::helo(&self.shared.hostname));
                 true
             }
             Command::StartTls => return self.starttls().await,
             Command::Mail(_) if self.helo.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+                self.error(replies::HELLO_FIRST);
                 true
             }
             Command::Mail(_) if self.mail.is_some() => {
-                self.error(Reply::new(503, "5.5.1", "Nested MAIL command"));
+                self.error(replies::NESTED_MAIL);
                 true
             }
             Command::Mail(m) => {
                 if m.size
                     .is_some_and(|s| s > self.snap.config.edge.max_message_size.0)
                 {
-                    self.error(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+                    self.error(replies::message_too_big(
+                        self.snap.config.edge.max_message_size.0,
+                    ));
                 } else {
                     let mut l = line.to_vec();
                     l.extend_from_slice(b"\r\n");
                     self.mail = Some((l, false));
-                    self.local(Reply::new(250, "2.1.0", "Sender OK"));
+                    self.local(replies::SENDER_OK);
                 }
                 true
             }
             Command::Rcpt(_) if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
+                self.error(replies::MAIL_BEFORE_RCPT);
                 true
             }
             Command::Rcpt(addr) => return self.rcpt(line, &addr).await,
             Command::Data if self.tenant.is_none() || self.engine.is_none() => {
-                self.error(Reply::new(554, "5.5.1", "No valid recipients"));
+                self.error(replies::NO_VALID_RECIPIENTS);
                 true
             }
             Command::Data => {
@@ -537,34 +506,30 @@ impl Front<'_> {
                 if self.engine.is_some() {
                     self.forward(line, Expect::Relay).await
                 } else {
-                    self.local(Reply::new(250, "2.0.0", "Reset OK"));
+                    self.local(replies::RESET_OK);
                     true
                 }
             }
             Command::Quit if self.engine.is_some() => self.forward(line, Expect::Quit).await,
             Command::Quit => {
-                self.local(Reply::new(221, "2.0.0", "Bye"));
+                self.local(replies::BYE);
                 self.close_after_flush = true;
                 true
             }
             Command::Noop => {
-                self.local(Reply::new(250, "2.0.0", "OK"));
+                self.local(replies::OK);
                 true
             }
             Command::Vrfy => {
-                self.local(Reply::new(
-                    252,
-                    "2.5.2",
-                    "Cannot VRFY user, but will accept message",
-                ));
+                self.local(replies::CANNOT_VRFY);
                 true
             }
             Command::Help => {
-                self.local(Reply::new(214, "2.0.0", "See RFC 5321"));
+                self.local(replies::HELP);
                 true
             }
             Command::NotImplemented(v) => {
-                self.error(Reply::new(502, "5.5.1", format!("{v} not implemented")));
+                self.error(replies::not_implemented(&v));
                 true
             }
         };
@@ -572,26 +537,21 @@ impl Front<'_> {
             None
         } else {
             self.out.clear();
-            Reply::new(
-                421,
-                "4.4.2",
-                "Connection to the mail engine lost, try again later",
-            )
-            .write_to(&mut self.out);
+            replies::ENGINE_LOST.write_to(&mut self.out);
             Some("engine lost")
         }
     }
 
     async fn starttls(&mut self) -> Option<&'static str> {
         let Some(cfg) = self.shared.tls.load_full() else {
-            self.error(Reply::new(502, "5.5.1", "STARTTLS not available"));
+            self.error(replies::STARTTLS_UNAVAILABLE);
             return None;
         };
         if self.tls || self.engine.is_some() || self.mail.is_some() || !self.pending.is_empty() {
-            self.error(Reply::new(503, "5.5.1", "STARTTLS not allowed now"));
+            self.error(replies::STARTTLS_NOT_NOW);
             return None;
         }
-        Reply::new(220, "2.0.0", "Ready to start TLS").write_to(&mut self.out);
+        replies::READY_FOR_TLS.write_to(&mut self.out);
         if self.flush().await.is_err() {
             return Some("client write failed");
         }
@@ -629,17 +589,13 @@ impl Front<'_> {
         let snap = self.snap.clone();
         let Some(tenant) = snap.topology.tenant_for_address(addr) else {
             self.shared.metrics.routed("", "", "no_tenant");
-            self.error(Reply::new(550, "5.7.1", "Relaying denied"));
+            self.error(replies::RELAYING_DENIED);
             return None;
         };
         if let Some(t) = &self.tenant {
             if t.id != tenant.id {
                 self.shared.metrics.routed(&tenant.id.0, "", "other_tenant");
-                self.local(Reply::new(
-                    452,
-                    "4.5.3",
-                    "Too many recipients in this transaction; retry later",
-                ));
+                self.local(replies::OTHER_TENANT);
                 return None;
             }
             return if self.forward(line, Expect::Relay).await {
@@ -717,11 +673,7 @@ impl Front<'_> {
                 Err(e) => {
                     self.shared.metrics.routed(&tenant.id.0, "", "no_engine");
                     tracing::warn!(session = self.sid(), tenant = %tenant.id, tried = e.tried, "no engine of the tenant's regions could take the connection");
-                    self.local(Reply::new(
-                        451,
-                        "4.4.0",
-                        "No mail engine available for this recipient, try again later",
-                    ));
+                    self.local(replies::NO_ENGINE);
                     return None;
                 }
             }
@@ -745,12 +697,7 @@ impl Front<'_> {
 
     fn lost(&mut self) -> Option<&'static str> {
         self.out.clear();
-        Reply::new(
-            421,
-            "4.4.2",
-            "Connection to the mail engine lost, try again later",
-        )
-        .write_to(&mut self.out);
+        replies::ENGINE_LOST.write_to(&mut self.out);
         Some("engine lost")
     }
 

@@ -24,8 +24,8 @@ use super::queue::{Dest, now_secs};
 use super::scan;
 use super::spool::{Envelope, Kind, QueueId, State, Status};
 use crate::proxy::{self, ProxyInfo};
-use crate::smtp::Reply;
 use crate::smtp::data::{DataReader, Feed};
+use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use session::{Limits, Session, Step};
 
@@ -237,14 +237,14 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
                 info.client_tls = p.tls.is_some();
             }
             Ok(None) if ecfg.require_proxy => {
-                conn.reply(&Reply::new(421, "4.7.0", "PROXY protocol header required"));
+                conn.reply(&replies::PROXY_REQUIRED);
                 let _ = conn.flush().await;
                 tracing::info!(peer = %peer, "connection without the required PROXY header refused");
                 return;
             }
             Ok(None) => {}
             Err(e) => {
-                conn.reply(&Reply::new(421, "4.7.0", "Invalid PROXY protocol header"));
+                conn.reply(&replies::PROXY_INVALID);
                 let _ = conn.flush().await;
                 tracing::warn!(peer = %peer, error = %e, "invalid PROXY header");
                 return;
@@ -307,11 +307,7 @@ async fn run_session(
             })
             .await;
             if proxy::looks_like_proxy(conn.buffered()) == Some(true) {
-                conn.reply(&Reply::new(
-                    554,
-                    "5.7.0",
-                    "PROXY protocol not accepted from your address",
-                ));
+                conn.reply(&replies::PROXY_NOT_ACCEPTED);
                 tracing::warn!(session = %info.session_id, peer = %info.client, "untrusted peer sent a PROXY header: refused");
                 return;
             }
@@ -332,15 +328,11 @@ async fn run_session(
                 continue;
             }
             Err(LineError::Timeout) => {
-                conn.reply(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
+                conn.reply(&replies::TIMEOUT);
                 return;
             }
             Err(LineError::Shutdown) => {
-                conn.reply(&Reply::new(
-                    421,
-                    "4.3.2",
-                    "Service shutting down, try again later",
-                ));
+                conn.reply(&replies::SHUTTING_DOWN);
                 return;
             }
             Err(LineError::Closed | LineError::Io) => return,
@@ -379,11 +371,7 @@ async fn run_session(
                 match conn.data(&mut reader, deadline).await {
                     Ok(()) => {}
                     Err(LineError::Timeout) => {
-                        conn.reply(&Reply::new(
-                            421,
-                            "4.4.2",
-                            "Timeout during DATA, closing connection",
-                        ));
+                        conn.reply(&replies::DATA_TIMEOUT);
                         return;
                     }
                     Err(_) => {
@@ -396,11 +384,7 @@ async fn run_session(
                 conn.reply(&reply);
                 session.data_done();
                 if failed && session.count_error() {
-                    conn.reply(&Reply::new(
-                        421,
-                        "4.7.0",
-                        "Too many errors, closing connection",
-                    ));
+                    conn.reply(&replies::TOO_MANY_ERRORS);
                     return;
                 }
             }
@@ -464,29 +448,18 @@ async fn accept_message(
 ) -> Reply {
     let id = QueueId::generate();
     let Some(tenant) = session.tenant.clone() else {
-        return Reply::new(503, "5.5.1", "No valid recipients");
+        return replies::NO_VALID_RECIPIENTS;
     };
     let tid = tenant.id.0.as_str();
     shared.metrics.received(tid);
     if reader.bare_newline {
         shared.metrics.rejected(tid, "bare-newline");
         tracing::info!(session = %info.session_id, client = %info.client, "message with bare CR/LF refused");
-        return Reply::new(
-            550,
-            "5.6.0",
-            "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
-        );
+        return replies::BARE_NEWLINE;
     }
     if reader.oversized() {
         shared.metrics.rejected(tid, "size");
-        return Reply::new(
-            552,
-            "5.3.4",
-            format!(
-                "Message size exceeds fixed limit of {} bytes",
-                snap.config.engine.max_message_size.0
-            ),
-        );
+        return replies::message_too_big(snap.config.engine.max_message_size.0);
     }
     let body = reader.into_message();
     let mut message = received_header(shared, info, session, &id).into_bytes();
@@ -521,7 +494,7 @@ async fn accept_message(
         scan::Action::Reject { reply } | scan::Action::TempFail { reply } => {
             shared.metrics.rejected(tid, "policy");
             tracing::info!(session = %info.session_id, id = %id, tenant = tid, client = %info.client, verdict = %verdict.summary, "message refused by policy");
-            return parse_reply(reply);
+            return reply.clone();
         }
     };
     let message = verdict.apply(message);
@@ -545,9 +518,9 @@ async fn accept_message(
         shared.metrics.rejected(tid, "spool");
         tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
         return if e.kind() == std::io::ErrorKind::StorageFull {
-            Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+            replies::STORAGE_FULL
         } else {
-            Reply::new(451, "4.3.0", "Local error in processing, try again later")
+            replies::LOCAL_ERROR
         };
     }
     shared.metrics.queued(tid, status.as_str());
@@ -560,38 +533,7 @@ async fn accept_message(
     shared
         .queue
         .insert(Arc::new(env), state, Dest::Tenant(tid.to_owned()));
-    match status {
-        Status::Quarantined { .. } => {
-            Reply::new(250, "2.0.0", format!("Ok: queued as {id} (quarantined)"))
-        }
-        _ => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-    }
-}
-
-/// A policy's full reply text (`550 5.7.1 text`) as a [`Reply`].
-fn parse_reply(text: &str) -> Reply {
-    let mut parts = text.splitn(3, ' ');
-    let code = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .filter(|c| (400..600).contains(c))
-        .unwrap_or(550);
-    let rest: Vec<&str> = parts.collect();
-    let (enh, msg) = match rest.as_slice() {
-        [e, m] if e.split('.').count() == 3 => (*e, *m),
-        _ => ("", &text[text.find(' ').map_or(text.len(), |i| i + 1)..]),
-    };
-    let enhanced: &'static str = match enh {
-        "5.7.1" => "5.7.1",
-        "4.7.1" => "4.7.1",
-        "5.7.0" => "5.7.0",
-        "4.7.0" => "4.7.0",
-        "4.3.0" => "4.3.0",
-        "5.6.0" => "5.6.0",
-        _ if code >= 500 => "5.7.1",
-        _ => "4.7.1",
-    };
-    Reply::new(code, enhanced, msg.to_owned())
+    replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
 }
 
 #[cfg(test)]

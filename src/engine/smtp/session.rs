@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::smtp::{Command, MailFrom, Reply, parse_command};
+use crate::smtp::{Command, MailFrom, Reply, parse_command, replies};
 use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 
@@ -77,11 +77,7 @@ impl Session {
     }
 
     pub fn banner(&self) -> Reply {
-        Reply::new(
-            220,
-            "",
-            format!("{} ESMTP maildistiller", self.limits.hostname),
-        )
+        replies::banner(&self.limits.hostname)
     }
 
     fn reset(&mut self) {
@@ -97,29 +93,21 @@ impl Session {
     fn error(&mut self, r: Reply) -> Step {
         self.errors += 1;
         if self.errors >= self.limits.max_errors {
-            return Step::Close(Reply::new(
-                421,
-                "4.7.0",
-                "Too many errors, closing connection",
-            ));
+            return Step::Close(replies::TOO_MANY_ERRORS);
         }
         Step::Reply(r)
     }
 
     /// A line that was too long (the driver discarded it).
     pub fn line_too_long(&mut self) -> Step {
-        self.error(Reply::new(500, "5.5.2", "Line too long"))
+        self.error(replies::LINE_TOO_LONG)
     }
 
     /// One command line (without CRLF).
     pub fn command(&mut self, line: &[u8], snap: &Snapshot) -> Step {
         self.commands += 1;
         if self.commands > self.limits.max_commands {
-            return Step::Close(Reply::new(
-                421,
-                "4.7.0",
-                "Too many commands, closing connection",
-            ));
+            return Step::Close(replies::TOO_MANY_COMMANDS);
         }
         let cmd = match parse_command(line) {
             Ok(c) => c,
@@ -138,10 +126,10 @@ impl Session {
                 self.helo = d;
                 self.esmtp = false;
                 self.phase = Phase::Ready;
-                Step::Reply(Reply::new(250, "", self.limits.hostname.clone()))
+                Step::Reply(replies::helo(&self.limits.hostname))
             }
             Command::StartTls if !self.limits.starttls || self.tls => {
-                self.error(Reply::new(502, "5.5.1", "STARTTLS not available"))
+                self.error(replies::STARTTLS_UNAVAILABLE)
             }
             Command::StartTls => {
                 // RFC 3207: forget everything learned before TLS.
@@ -149,100 +137,65 @@ impl Session {
                 self.phase = Phase::Fresh;
                 self.tls = true;
                 self.limits.starttls = false;
-                Step::StartTls(Reply::new(220, "2.0.0", "Ready to start TLS"))
+                Step::StartTls(replies::READY_FOR_TLS)
             }
-            Command::Mail(_) if self.phase == Phase::Fresh => {
-                self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"))
-            }
-            Command::Mail(_) if self.mail.is_some() => {
-                self.error(Reply::new(503, "5.5.1", "Nested MAIL command"))
-            }
+            Command::Mail(_) if self.phase == Phase::Fresh => self.error(replies::HELLO_FIRST),
+            Command::Mail(_) if self.mail.is_some() => self.error(replies::NESTED_MAIL),
             Command::Mail(m) => {
                 if m.size.is_some_and(|s| s > self.limits.max_message_size) {
-                    return self.error(Reply::new(
-                        552,
-                        "5.3.4",
-                        format!(
-                            "Message size exceeds fixed limit of {} bytes",
-                            self.limits.max_message_size
-                        ),
-                    ));
+                    return self.error(replies::message_too_big(self.limits.max_message_size));
                 }
                 if (m.body_8bit || m.smtputf8) && !self.esmtp {
-                    return self.error(Reply::new(501, "5.5.4", "Parameters need EHLO"));
+                    return self.error(replies::PARAMETERS_NEED_EHLO);
                 }
                 self.mail = Some(m);
                 self.phase = Phase::Mail;
-                Step::Reply(Reply::new(250, "2.1.0", "Sender OK"))
+                Step::Reply(replies::SENDER_OK)
             }
-            Command::Rcpt(_) if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL before RCPT"))
-            }
+            Command::Rcpt(_) if self.mail.is_none() => self.error(replies::MAIL_BEFORE_RCPT),
             Command::Rcpt(addr) => self.rcpt(addr, snap),
-            Command::Data if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL command"))
-            }
-            Command::Data if self.rcpts.is_empty() => {
-                self.error(Reply::new(554, "5.5.1", "No valid recipients"))
-            }
-            Command::Data => Step::Data(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")),
+            Command::Data if self.mail.is_none() => self.error(replies::MAIL_BEFORE_DATA),
+            Command::Data if self.rcpts.is_empty() => self.error(replies::NO_VALID_RECIPIENTS),
+            Command::Data => Step::Data(replies::START_DATA),
             Command::Rset => {
                 self.reset();
-                Step::Reply(Reply::new(250, "2.0.0", "Reset OK"))
+                Step::Reply(replies::RESET_OK)
             }
-            Command::Noop => Step::Reply(Reply::new(250, "2.0.0", "OK")),
-            Command::Quit => Step::Close(Reply::new(221, "2.0.0", "Bye")),
-            Command::Vrfy => Step::Reply(Reply::new(
-                252,
-                "2.5.2",
-                "Cannot VRFY user, but will accept message",
-            )),
-            Command::Help => Step::Reply(Reply::new(214, "2.0.0", "See RFC 5321")),
-            Command::NotImplemented(v) => {
-                self.error(Reply::new(502, "5.5.1", format!("{v} not implemented")))
-            }
+            Command::Noop => Step::Reply(replies::OK),
+            Command::Quit => Step::Close(replies::BYE),
+            Command::Vrfy => Step::Reply(replies::CANNOT_VRFY),
+            Command::Help => Step::Reply(replies::HELP),
+            Command::NotImplemented(v) => self.error(replies::not_implemented(&v)),
         }
     }
 
     fn rcpt(&mut self, addr: String, snap: &Snapshot) -> Step {
         if self.rcpts.len() >= self.limits.max_recipients {
-            return Step::Reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return Step::Reply(replies::TOO_MANY_RECIPIENTS);
         }
         if !self.esmtp_utf8_ok(&addr) {
-            return self.error(Reply::new(
-                553,
-                "5.6.7",
-                "Non-ASCII address requires SMTPUTF8",
-            ));
+            return self.error(replies::NON_ASCII_NEEDS_SMTPUTF8);
         }
         let Some(tenant) = snap.topology.tenant_for_address(&addr) else {
-            return self.error(Reply::new(550, "5.7.1", "Relaying denied"));
+            return self.error(replies::RELAYING_DENIED);
         };
         if let Some(t) = &self.tenant
             && t.id != tenant.id
         {
             // One tenant per transaction: the sender retries the rest in another one.
-            return Step::Reply(Reply::new(
-                452,
-                "4.5.3",
-                "Too many recipients in this transaction; retry later",
-            ));
+            return Step::Reply(replies::OTHER_TENANT);
         }
         if !tenant.knows(&addr) {
-            return self.error(Reply::new(
-                550,
-                "5.1.1",
-                "Recipient address rejected: user unknown",
-            ));
+            return self.error(replies::USER_UNKNOWN);
         }
         if self.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
-            return Step::Reply(Reply::new(250, "2.1.5", "Recipient OK (duplicate)"));
+            return Step::Reply(replies::RECIPIENT_DUPLICATE);
         }
         if self.tenant.is_none() {
             self.tenant = Some(Arc::new(tenant.clone()));
         }
         self.rcpts.push(addr);
-        Step::Reply(Reply::new(250, "2.1.5", "Recipient OK"))
+        Step::Reply(replies::RECIPIENT_OK)
     }
 
     fn esmtp_utf8_ok(&self, addr: &str) -> bool {
@@ -250,22 +203,11 @@ impl Session {
     }
 
     fn ehlo_reply(&self) -> Reply {
-        let mut lines = vec![
-            self.limits.hostname.clone(),
-            "PIPELINING".into(),
-            format!("SIZE {}", self.limits.max_message_size),
-            "8BITMIME".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "SMTPUTF8".into(),
-        ];
-        if self.limits.starttls && !self.tls {
-            lines.push("STARTTLS".into());
-        }
-        Reply {
-            code: 250,
-            enhanced: "",
-            lines,
-        }
+        replies::ehlo(
+            &self.limits.hostname,
+            self.limits.max_message_size,
+            self.limits.starttls && !self.tls,
+        )
     }
 
     /// After the driver has dealt with the message: the transaction is over.
