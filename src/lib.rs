@@ -10,7 +10,8 @@
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
 //! | [`snapshot`] | one validated config with its topology and geo locator, swapped atomically on reload |
 //! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
-//! | [`smtp`] | sans-I/O SMTP: commands, replies, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
+//! | [`smtp`] | sans-I/O SMTP: commands, replies (every one we write, named once), the receiving session both engine and edge run, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
+//! | [`net`] | listening sockets: binding (SO_REUSEPORT, backlog) and the one bounded accept loop of edge and engine |
 //! | [`sys`] | the only `unsafe`: adopting sockets from systemd socket activation |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
@@ -35,6 +36,7 @@ pub mod explain;
 pub mod geo;
 pub mod hash;
 pub mod health;
+pub mod net;
 pub mod node;
 pub mod ops;
 pub mod proxy;

@@ -7,8 +7,10 @@
 
 pub mod data;
 pub mod date;
+pub mod ending;
 pub mod replies;
 pub mod reply;
+pub mod server;
 
 use std::borrow::Cow;
 use std::fmt;

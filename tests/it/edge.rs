@@ -33,7 +33,7 @@ impl Fleet {
         for i in 0..4 {
             let spool = dir.path().join(format!("e{i}")).join("spool");
             std::fs::create_dir_all(spool.parent().unwrap()).unwrap();
-            let extra = "trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n";
+            let extra = "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
             engines.push(Some(
                 TestEngine::start_named(
                     &spool,
@@ -45,7 +45,10 @@ impl Fleet {
                 .await,
             ));
         }
-        let a: Vec<SocketAddr> = engines.iter().map(|e| e.as_ref().unwrap().smtp).collect();
+        let a: Vec<SocketAddr> = engines
+            .iter()
+            .map(|e| e.as_ref().unwrap().proxy.unwrap())
+            .collect();
         let text = format!(
             r#"
 [node]
@@ -503,8 +506,8 @@ async fn operators_drain_engines_through_the_ops_api() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops_addr = listener.local_addr().unwrap();
     tokio::spawn(maildistiller::ops::serve(f.edge_ops.clone(), listener));
-    let e0 = f.engines[0].as_ref().unwrap().smtp;
-    let e1 = f.engines[1].as_ref().unwrap().smtp;
+    let e0 = f.engines[0].as_ref().unwrap().proxy.unwrap();
+    let e1 = f.engines[1].as_ref().unwrap().proxy.unwrap();
     let req = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
             maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
