@@ -3,15 +3,17 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `config.rs` | `[edge]` |
 //! | `admission.rs` | deny/allow, connection caps and rates per node, address and prefix |
 //! | `backends.rs` | engine health (probes, passive ejection), outstanding counts, connecting with failover |
-//! | `front.rs` | the SMTP-aware session (default mode) |
+//! | `session.rs` | the SMTP-aware session (default mode), sans-I/O: the local phase shared with the engine, routing on the first recipient, relaying |
+//! | `front.rs` | its driver: client and engine sockets, pregreet, connecting engines, STARTTLS, timeouts |
 //! | `tcp.rs` | layer-4 mode |
 //! | `metrics.rs` | `maildistiller_edge_*` |
 //!
-//! Lifecycle: [`bind`] binds every listener (socket2: SO_REUSEPORT, backlog, v6-only for v6
-//! addresses) and starts health probes; the returned future accepts until shutdown, then stops
+//! Its settings are `[edge]` (`crate::config::edge`). Lifecycle: [`bind`] binds every listener
+//! (SO_REUSEPORT, backlog, v6-only for v6 addresses: `crate::net`) on every session thread and
+//! starts health probes; the returned future accepts (`crate::net::accept_loop`, admission
+//! taking each client's permit) until shutdown, then stops
 //! accepting and waits for sessions: idle ones get `421` at their next command boundary, DATA in
 //! flight finishes (the process's grace period bounds it). Config reloads re-sync engine health
 //! state and reload the TLS certificate.
@@ -20,6 +22,7 @@ mod admission;
 mod backends;
 mod front;
 mod metrics;
+mod session;
 mod tcp;
 
 use std::net::SocketAddr;

@@ -86,6 +86,8 @@ pub enum Event<O> {
     /// A recipient that passed every shared check: ours, the transaction's owner, known, not
     /// a duplicate. The caller accepts it ([`Server::accept_rcpt`]) and answers.
     Rcpt { address: String, owner: O },
+    /// A recipient refused for whose it is (the edge counts these by cause).
+    RcptRefused { reply: Reply, cause: Unroutable<O> },
     /// DATA is in order (a sender and a recipient): the caller answers it, and calls
     /// [`Server::begin_data`] when the body may start.
     Data,
@@ -93,6 +95,15 @@ pub enum Event<O> {
     Body,
     /// The end of the message: these bytes ended it; the transaction is over.
     Message(Message<O>),
+}
+
+/// Why a recipient cannot be taken in this transaction, as far as its owner goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroutable<O> {
+    /// No owner: not our domain (relaying denied).
+    NotOurs,
+    /// Another owner than the transaction's (`452 4.5.3`: the sender retries it apart).
+    OtherOwner(O),
 }
 
 /// What a transaction gathered, handed over at its end of data.
@@ -410,11 +421,20 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
             return self.error(replies::NON_ASCII_NEEDS_SMTPUTF8);
         }
         let Some(owner) = rcpts.owner(&address) else {
-            return self.error(replies::RELAYING_DENIED);
+            return match self.error(replies::RELAYING_DENIED) {
+                Event::Reply(reply) => Event::RcptRefused {
+                    reply,
+                    cause: Unroutable::NotOurs,
+                },
+                close => close,
+            };
         };
         if self.owner.is_some_and(|o| o != owner) {
             // One tenant per transaction: the sender retries the rest in another one.
-            return Event::Reply(replies::OTHER_TENANT);
+            return Event::RcptRefused {
+                reply: replies::OTHER_TENANT,
+                cause: Unroutable::OtherOwner(owner),
+            };
         }
         if !rcpts.knows(owner, &address) {
             return self.error(replies::USER_UNKNOWN);

@@ -52,9 +52,11 @@ fn feed(s: &mut Server<u8>, input: &[u8], seen: &mut Seen) -> usize {
         match ev {
             Event::More => return input.len() - pos,
             Event::Body => {}
-            Event::Reply(r) | Event::Hello(r) | Event::Mail(r) | Event::Reset(r) => {
-                seen.replies.push(r.to_string())
-            }
+            Event::Reply(r)
+            | Event::Hello(r)
+            | Event::Mail(r)
+            | Event::Reset(r)
+            | Event::RcptRefused { reply: r, .. } => seen.replies.push(r.to_string()),
             Event::Close(r) => {
                 seen.replies.push(r.to_string());
                 seen.closed = true;

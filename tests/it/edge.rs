@@ -367,6 +367,19 @@ async fn pregreet_talkers_are_refused() {
     polite.expect("220").await;
 }
 
+/// `edge.max_errors`: the edge's own error replies end the session at the configured count
+/// (the default, 10, would answer all three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_error_cap_is_configured() {
+    let f = Fleet::start("max_errors = 2\n", 100).await;
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "503 5.5.1").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<x@elsewhere.example>", "421 4.7.0").await;
+    assert!(c.closed().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_through_the_edge_is_one_message() {
     let f = Fleet::start("", 100).await;

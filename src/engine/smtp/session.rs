@@ -65,7 +65,11 @@ impl Session {
         let (used, event) = self.server.input(buf, recipients);
         let step = match event {
             Event::More | Event::Body => Step::More,
-            Event::Reply(r) | Event::Hello(r) | Event::Mail(r) | Event::Reset(r) => Step::Reply(r),
+            Event::Reply(r)
+            | Event::Hello(r)
+            | Event::Mail(r)
+            | Event::Reset(r)
+            | Event::RcptRefused { reply: r, .. } => Step::Reply(r),
             Event::Close(r) => Step::Close(r),
             Event::StartTls(r) => Step::StartTls(r),
             Event::Rcpt { address, owner } => {
