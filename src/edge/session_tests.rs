@@ -2,23 +2,7 @@
 //! order, the local phase's rules at the edge, smuggling, without sockets.
 
 use super::*;
-
-/// `acme.example` is tenant 0, `globex.example` tenant 1; both know everyone.
-struct Tenants;
-
-impl Recipients for Tenants {
-    type Owner = TenantIdx;
-    fn owner(&self, address: &str) -> Option<TenantIdx> {
-        match address.rsplit_once('@')?.1 {
-            "acme.example" => Some(TenantIdx(0)),
-            "globex.example" => Some(TenantIdx(1)),
-            _ => None,
-        }
-    }
-    fn knows(&self, _: TenantIdx, _: &str) -> bool {
-        true
-    }
-}
+use crate::topology::TwoTenants as Tenants;
 
 fn session(max_errors: u32) -> Session {
     let mut s = Session::new(Limits {
@@ -134,7 +118,7 @@ fn local_replies_wait_behind_the_engines() {
 #[test]
 fn one_tenant_per_transaction_and_a_new_route_for_the_next() {
     let mut s = connected();
-    let (_, step) = client(&mut s, b"RCPT TO:<b@globex.example>\r\n");
+    let (_, step) = client(&mut s, b"RCPT TO:<boss@globex.example>\r\n");
     assert!(
         matches!(step, Step::Unrouted(Some(TenantIdx(1)))),
         "{step:?}"
@@ -147,7 +131,7 @@ fn one_tenant_per_transaction_and_a_new_route_for_the_next() {
     // After RSET, globex routes (the engine is reset too, its reply swallowed).
     let (_, step) = client(
         &mut s,
-        b"RSET\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@globex.example>\r\n",
+        b"RSET\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<boss@globex.example>\r\n",
     );
     assert!(matches!(step, Step::Route(TenantIdx(1))), "{step:?}");
     assert_eq!(to_engine(&mut s), "RSET\r\n");
@@ -164,7 +148,7 @@ fn one_tenant_per_transaction_and_a_new_route_for_the_next() {
     s.connected();
     assert_eq!(
         to_engine(&mut s),
-        "EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@globex.example>\r\n"
+        "EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<boss@globex.example>\r\n"
     );
 }
 

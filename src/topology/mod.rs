@@ -263,3 +263,25 @@ impl crate::smtp::server::Recipients for Topology {
         self.tenants.get(owner.0).is_some_and(|t| t.knows(address))
     }
 }
+
+/// A stand-in for a topology in unit tests of SMTP sessions: `acme.example` is tenant 0 (it
+/// knows everyone), `globex.example` tenant 1 (it knows only `boss@`).
+#[cfg(test)]
+pub struct TwoTenants;
+
+#[cfg(test)]
+impl crate::smtp::server::Recipients for TwoTenants {
+    type Owner = TenantIdx;
+
+    fn owner(&self, address: &str) -> Option<TenantIdx> {
+        match address.rsplit_once('@')?.1 {
+            "acme.example" => Some(TenantIdx(0)),
+            "globex.example" => Some(TenantIdx(1)),
+            _ => None,
+        }
+    }
+
+    fn knows(&self, owner: TenantIdx, address: &str) -> bool {
+        owner == TenantIdx(0) || address == "boss@globex.example"
+    }
+}

@@ -320,41 +320,41 @@ fn proxy_header(client: &str) -> Vec<u8> {
     v
 }
 
+/// An engine with both listeners, `trusted` its `trusted_proxies`; acme's and globex's sinks.
+async fn with_proxy_listener(trusted: &str) -> (TestEngine, Sink, Sink, tempfile::TempDir) {
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        format!("proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"{trusted}\"]\n{FAST}");
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+    (e, a, g, dir)
+}
+
+/// Sends one message for acme on `c` and waits for it to be the `nth` delivered, received
+/// from `client`.
+async fn delivered_from(c: &mut Client, sink: &Sink, subject: &str, nth: usize, client: &str) {
+    let r = c
+        .mail("alice@sender.example", &["bob@acme.example"], &msg(subject))
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(until(Duration::from_secs(10), || sink.messages().len() == nth).await);
+    let data = &sink.messages()[nth - 1].data;
+    let want = format!("Received: from client.example ([{client}])");
+    assert!(data.starts_with(&want), "{data}");
+}
+
 /// The edges' listener: PROXY from trusted_proxies required; the real client address is
 /// used. The direct listener of the same engine never takes PROXY, even from those networks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_is_a_property_of_the_listener() {
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(
-        &dir.path().join("spool"),
-        a.addr,
-        g.addr,
-        &format!("proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{FAST}"),
-    )
-    .await;
+    let (e, a, _g, _dir) = with_proxy_listener("127.0.0.0/8").await;
     let proxy = e.proxy.expect("engine.proxy_listen is bound");
 
     // An edge: header first, then SMTP as the client it speaks for.
     let mut c = Client::connect_raw(proxy).await;
     c.send(&proxy_header("81.2.69.160:4000")).await;
     c.expect("220").await;
-    let r = c
-        .mail(
-            "alice@sender.example",
-            &["bob@acme.example"],
-            &msg("proxied"),
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await);
-    assert!(
-        a.messages()[0]
-            .data
-            .starts_with("Received: from client.example ([81.2.69.160])"),
-        "{}",
-        a.messages()[0].data
-    );
+    delivered_from(&mut c, &a, "proxied", 1, "81.2.69.160").await;
     let l = e.shared.queue.list();
     assert!(l.is_empty() || l[0].env.session == "edge-sess-42");
 
@@ -368,22 +368,7 @@ async fn proxy_is_a_property_of_the_listener() {
     // without anything sent (nobody waits for a header) ...
     let mut c = Client::connect_raw(e.smtp).await;
     c.expect("220").await;
-    let r = c
-        .mail(
-            "alice@sender.example",
-            &["bob@acme.example"],
-            &msg("direct"),
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 2).await);
-    assert!(
-        a.messages()[1]
-            .data
-            .starts_with("Received: from client.example ([127.0.0.1])"),
-        "{}",
-        a.messages()[1].data
-    );
+    delivered_from(&mut c, &a, "direct", 2, "127.0.0.1").await;
     // ... and a PROXY header there is refused.
     let mut c = Client::connect_raw(e.smtp).await;
     c.send(&proxy_header("81.2.69.160:4000")).await;
@@ -397,15 +382,7 @@ async fn proxy_is_a_property_of_the_listener() {
 /// the 250 ms wait this replaced, 20 sessions took 5 s; a generous bound stays far below it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_senders_get_the_banner_at_once() {
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(
-        &dir.path().join("spool"),
-        a.addr,
-        g.addr,
-        "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-    )
-    .await;
+    let (e, _a, _g, _dir) = with_proxy_listener("127.0.0.0/8").await;
     let start = std::time::Instant::now();
     for _ in 0..20 {
         let mut c = Client::connect_raw(e.smtp).await;
@@ -422,15 +399,7 @@ async fn direct_senders_get_the_banner_at_once() {
 /// The edges' listener takes connections from `trusted_proxies` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_listener_refuses_untrusted_networks() {
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(
-        &dir.path().join("spool"),
-        a.addr,
-        g.addr,
-        "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
-    )
-    .await;
+    let (e, a, _g, _dir) = with_proxy_listener("10.0.0.0/8").await;
     let mut c = Client::connect_raw(e.proxy.unwrap()).await;
     c.send(&proxy_header("81.2.69.160:4000")).await;
     c.expect("554 5.7.0").await;

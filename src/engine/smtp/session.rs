@@ -92,22 +92,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Two tenants: `acme.example` (0) and `globex.example` (1), which knows only `boss@`.
-    struct Tenants;
-    impl Recipients for Tenants {
-        type Owner = TenantIdx;
-        fn owner(&self, address: &str) -> Option<TenantIdx> {
-            match address.rsplit_once('@')?.1 {
-                "acme.example" => Some(TenantIdx(0)),
-                "globex.example" => Some(TenantIdx(1)),
-                _ => None,
-            }
-        }
-        fn knows(&self, owner: TenantIdx, address: &str) -> bool {
-            owner == TenantIdx(0) || address == "boss@globex.example"
-        }
-    }
+    use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
         Session::new(Limits {
