@@ -141,9 +141,10 @@ impl Session {
             && self.pending.is_empty()
     }
 
-    /// The engine could go without the client noticing (between transactions).
+    /// The engine could go without the client noticing: it owes nothing and has no
+    /// recipient of the open transaction (the next RCPT connects again, MAIL is replayed).
     pub fn engine_dispensable(&self) -> bool {
-        self.idle() && !self.server.in_transaction()
+        self.idle() && self.server.owner().is_none()
     }
 
     /// The engine still owes replies.

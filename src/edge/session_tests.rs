@@ -279,3 +279,27 @@ fn an_engine_that_does_not_speak_smtp_ends_the_session() {
         Err(Ending::EngineGarbage(_))
     ));
 }
+
+#[test]
+fn an_engine_without_recipients_of_the_open_transaction_may_go() {
+    let mut s = connected();
+    assert!(
+        !s.engine_dispensable(),
+        "it has the open transaction's recipient"
+    );
+    client(&mut s, b"RSET\r\n");
+    s.engine(b"250 2.0.0 ok\r\n").unwrap();
+    let (_, step) = client(&mut s, b"MAIL FROM:<a@x.example>\r\n");
+    assert!(matches!(step, Step::More));
+    assert!(s.engine_dispensable(), "MAIL is still the edge's own");
+    s.disconnected();
+    to_engine(&mut s);
+    let (_, step) = client(&mut s, b"RCPT TO:<c@acme.example>\r\n");
+    assert!(matches!(step, Step::Route(TenantIdx(0))));
+    s.connected();
+    assert_eq!(
+        to_engine(&mut s),
+        "EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<c@acme.example>\r\n",
+        "the held MAIL goes to the new connection"
+    );
+}

@@ -205,11 +205,6 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         self.phase == Phase::Body
     }
 
-    /// A transaction is open (MAIL given, its message not yet ended).
-    pub fn in_transaction(&self) -> bool {
-        self.mail.is_some()
-    }
-
     /// The owner of the open transaction's recipients.
     pub fn owner(&self) -> Option<O> {
         self.owner
