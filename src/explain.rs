@@ -142,10 +142,26 @@ pub fn summary(s: &Snapshot, roles: RoleSet) -> String {
         );
     }
     if roles.engine {
+        let mut listeners = Vec::new();
+        if !c.engine.proxy_listen.is_empty() {
+            listeners.push(format!(
+                "smtp+PROXY {} (from {})",
+                list(&c.engine.proxy_listen),
+                c.engine
+                    .trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !c.engine.listen.is_empty() {
+            listeners.push(format!("smtp {}", list(&c.engine.listen)));
+        }
         let _ = writeln!(
             o,
-            "  engine  smtp {} spool {} (max message {})",
-            list(&c.engine.listen),
+            "  engine  {} spool {} (max message {})",
+            listeners.join(", "),
             c.engine.spool_dir.display(),
             c.engine.max_message_size
         );

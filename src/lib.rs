@@ -13,9 +13,10 @@
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
 //! | [`snapshot`] | one validated config with its topology and geo locator, swapped atomically on reload |
 //! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
-//! | [`smtp`] | sans-I/O SMTP: commands, replies, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
+//! | [`smtp`] | sans-I/O SMTP: commands, replies (every one we write, named once), the receiving session both engine and edge run, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
 //! | [`tls`] | rustls in one place: certificates and keys into server configs, the ring provider |
-//! | [`sys`] | the only `unsafe`: systemd socket activation, GeoDNS `recvmmsg`/`sendmmsg` and its SO_REUSEPORT CPU steering |
+//! | [`net`] | listening sockets: binding (SO_REUSEPORT, backlog) and the one bounded accept loop of edge and engine |
+//! | [`sys`] | the only `unsafe`: systemd socket activation, GeoDNS `recvmmsg`/`sendmmsg` and its SO_REUSEPORT CPU steering, `statvfs`, the monotonic clock |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
@@ -42,6 +43,7 @@ pub mod explain;
 pub mod geo;
 pub mod hash;
 pub mod health;
+pub mod net;
 pub mod node;
 pub mod ops;
 pub mod proxy;

@@ -170,6 +170,7 @@ lon = 0.0
   region = "bench"
     [[silo.cluster.engine]]
     address = "127.0.0.1:$ENGINE_PORT"
+    proxy = "none"    # smtp-source sends straight to engine.listen
 [[tenant]]
 id = "bench"
 domains = ["tenant.example"]

@@ -48,6 +48,10 @@ pub struct EdgeConfig {
     pub command_timeout: Dur,
     /// Time for a whole DATA transfer. Default 10 m.
     pub data_timeout: Dur,
+    /// Error replies in one client session (bad commands, refused recipients) before the edge
+    /// ends it with `421 4.7.0`. Replies relayed from an engine count at the engine
+    /// (`engine.max_errors`). Default 10.
+    pub max_errors: u32,
     /// Longest command line, CRLF included. Default 1000 (RFC 5321 allows 512 plus extension
     /// parameters).
     pub max_line_length: Bytes,
@@ -87,6 +91,7 @@ impl Default for EdgeConfig {
             greeting_delay: Dur::secs(0),
             command_timeout: Dur::secs(300),
             data_timeout: Dur::secs(600),
+            max_errors: 10,
             max_line_length: Bytes(1000),
             max_message_size: Bytes(25 << 20),
             connect_timeout: Dur::secs(2),
@@ -141,6 +146,7 @@ impl EdgeConfig {
         k.dur("edge.greeting_delay", self.greeting_delay, 0, 60);
         k.dur("edge.command_timeout", self.command_timeout, 1000, 3600);
         k.dur("edge.data_timeout", self.data_timeout, 1000, 86_400);
+        k.range("edge.max_errors", self.max_errors.into(), 1, 1000);
         k.range("edge.max_line_length", self.max_line_length.0, 512, 65_536);
         k.range(
             "edge.max_message_size",

@@ -15,14 +15,21 @@ use super::webmail::WebmailConfig;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// SMTP listeners for edges (and direct senders). Default `127.0.0.1:2526`.
+    /// SMTP listeners for direct senders (a relay of your own, tests, benchmarks). Nobody
+    /// sends a PROXY header here: one that arrives is refused (`554 5.7.0`). The banner goes
+    /// out at once. Default `127.0.0.1:2526`.
     pub listen: Vec<SocketAddr>,
+    /// SMTP listeners for edges: the addresses edges connect to (this engine's
+    /// `[[silo.cluster.engine]] address`). Every connection must come from `trusted_proxies`
+    /// (else `554 5.7.0`) and start with a PROXY v1/v2 header (else `421 4.7.0`), which gives
+    /// the real client, the session id, its TLS and country. As HAProxy's `accept-proxy` and
+    /// Postfix's `smtpd_upstream_proxy_protocol`. Default none.
+    pub proxy_listen: Vec<SocketAddr>,
     /// Spool directory. Relative paths are relative to the config file. Default `spool`.
     pub spool_dir: PathBuf,
-    /// Networks whose PROXY headers are believed (the edges).
+    /// Networks allowed to connect to `proxy_listen` (the edges' source addresses). Required
+    /// with `proxy_listen`, meaningless without it.
     pub trusted_proxies: Vec<IpNetwork>,
-    /// Refuse connections without a PROXY header (from trusted networks). Default false.
-    pub require_proxy: bool,
     /// Largest message accepted (SIZE and while streaming). Default 25 MiB.
     pub max_message_size: Bytes,
     /// Recipients per message. Default 100 (RFC 5321 4.5.3.1.8 minimum).
@@ -46,9 +53,6 @@ pub struct EngineConfig {
     pub quarantine_lifetime: Dur,
     /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
     pub hostname: Option<String>,
-    /// How long a trusted peer that does not require PROXY gets to send one before the banner.
-    /// Default 250 ms.
-    pub proxy_wait: Dur,
     /// PEM certificate chain and key for STARTTLS. Both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -111,8 +115,8 @@ impl Default for EngineConfig {
         EngineConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2526))],
             spool_dir: PathBuf::from("spool"),
+            proxy_listen: Vec::new(),
             trusted_proxies: Vec::new(),
-            require_proxy: false,
             max_message_size: Bytes(25 << 20),
             max_recipients: 100,
             max_line_length: Bytes(4096),
@@ -124,7 +128,6 @@ impl Default for EngineConfig {
             message_lifetime: Dur::secs(5 * 86_400),
             quarantine_lifetime: Dur::secs(30 * 86_400),
             hostname: None,
-            proxy_wait: Dur::millis(250),
             tls_cert: None,
             tls_key: None,
             delivery: DeliveryConfig::default(),
@@ -132,6 +135,23 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// Keys of `[engine]` that were removed, with what to write instead (reported as errors with
+/// the fix, not as unknown keys).
+pub const REMOVED_KEYS: &[(&str, &str)] = &[
+    (
+        "require_proxy",
+        "removed: PROXY is a property of the listener. Put the addresses edges connect to \
+         (this engine's [[silo.cluster.engine]] address) in engine.proxy_listen, where PROXY \
+         from engine.trusted_proxies is required; engine.listen is for direct senders and \
+         never takes PROXY",
+    ),
+    (
+        "proxy_wait",
+        "removed: nothing waits for a PROXY header any more. Edges connect to \
+         engine.proxy_listen (PROXY required), direct senders to engine.listen (never PROXY)",
+    ),
+];
 
 impl EngineConfig {
     pub fn check(&self, k: &mut Checker) {
@@ -161,7 +181,6 @@ impl EngineConfig {
             1000,
             365 * 86_400,
         );
-        k.dur("engine.proxy_wait", e.proxy_wait, 0, 10);
         if e.tls_cert.is_some() != e.tls_key.is_some() {
             k.err(
                 "engine.tls_cert",
@@ -224,10 +243,17 @@ impl EngineConfig {
             k.err("engine.delivery.relay", msg);
         }
         e.webmail.check(k);
-        if e.require_proxy && e.trusted_proxies.is_empty() {
+        if !e.proxy_listen.is_empty() && e.trusted_proxies.is_empty() {
             k.err(
-                "engine.require_proxy",
-                "requires engine.trusted_proxies (no network may send PROXY headers)",
+                "engine.trusted_proxies",
+                "required with engine.proxy_listen: the networks edges connect from",
+            );
+        }
+        if e.proxy_listen.is_empty() && !e.trusted_proxies.is_empty() {
+            k.err(
+                "engine.trusted_proxies",
+                "only engine.proxy_listen takes PROXY headers, and it is empty: move the \
+                 addresses edges connect to from engine.listen to engine.proxy_listen",
             );
         }
     }

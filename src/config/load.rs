@@ -166,6 +166,7 @@ fn parse_toml(path: &Path, text: &str) -> Result<Table, ConfigError> {
 }
 
 fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> Config {
+    removed_keys(&mut table, "engine", super::engine::REMOVED_KEYS, errors);
     let mut c = Config {
         node: section(&mut table, "node", errors),
         ops: section(&mut table, "ops", errors),
@@ -200,6 +201,23 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
     c.ops.token_file = c.ops.token_file.as_ref().map(|p| base.join(p));
     c.tenant_files = c.tenant_files.iter().map(|p| base.join(p)).collect();
     c
+}
+
+/// Takes keys that were removed out of `[section]`, each reported with what to write instead.
+fn removed_keys(
+    table: &mut Table,
+    section: &str,
+    removed: &[(&str, &str)],
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(Value::Table(t)) = table.get_mut(section) else {
+        return;
+    };
+    for (key, fix) in removed {
+        if t.remove(*key).is_some() {
+            errors.push(ConfigError::new(format!("{section}.{key}"), *fix));
+        }
+    }
 }
 
 /// Where the geo database shipped with maildistiller lives: beside the config in a checkout

@@ -373,23 +373,77 @@ fn check_listeners(c: &Config, roles: RoleSet, k: &mut Checker) {
         }
     };
     add(k, "ops.listen".into(), c.ops.listen);
-    let sections: [(bool, &str, &[SocketAddr]); 3] = [
-        (roles.edge, "edge", &c.edge.listen),
-        (roles.engine, "engine", &c.engine.listen),
-        (roles.dns, "dns", &c.dns.listen),
+    let sections: [(bool, &str, &[SocketAddr]); 4] = [
+        (roles.edge, "edge.listen", &c.edge.listen),
+        (roles.engine, "engine.listen", &c.engine.listen),
+        (roles.engine, "engine.proxy_listen", &c.engine.proxy_listen),
+        (roles.dns, "dns.listen", &c.dns.listen),
     ];
     for (on, name, list) in sections {
         if !on {
             continue;
         }
-        if list.is_empty() {
+        for (i, a) in list.iter().enumerate() {
+            add(k, format!("{name}[{i}]"), *a);
+        }
+    }
+    let required: [(bool, &str, bool); 3] = [
+        (roles.edge, "edge.listen", c.edge.listen.is_empty()),
+        (
+            roles.engine,
+            "engine.listen",
+            c.engine.listen.is_empty() && c.engine.proxy_listen.is_empty(),
+        ),
+        (roles.dns, "dns.listen", c.dns.listen.is_empty()),
+    ];
+    for (on, name, empty) in required {
+        if on && empty {
+            k.err(name, "at least one listener is required for this role");
+        }
+    }
+    if roles.engine {
+        check_proxy_listeners(c, k);
+    }
+}
+
+/// The fleet says how edges introduce clients to each engine address (`proxy`); the engine's
+/// listener for that address must expect the same, or every session the edges open fails.
+fn check_proxy_listeners(c: &Config, k: &mut Checker) {
+    let fleet: HashMap<SocketAddr, (String, ProxyProtocol)> = c
+        .silos
+        .iter()
+        .flat_map(|s| {
+            s.clusters.iter().flat_map(move |cl| {
+                cl.engines.iter().enumerate().map(move |(i, e)| {
+                    let path = format!("silo[{}].cluster[{}].engine[{i}]", s.name, cl.name);
+                    (e.address, (path, e.proxy))
+                })
+            })
+        })
+        .collect();
+    for (i, a) in c.engine.listen.iter().enumerate() {
+        if let Some((path, proxy)) = fleet.get(a)
+            && *proxy != ProxyProtocol::None
+        {
             k.err(
-                format!("{name}.listen"),
-                "at least one listener is required for this role",
+                format!("engine.listen[{i}]"),
+                format!(
+                    "edges connect to {a} ({path}) with a PROXY header (proxy = \"{}\"): \
+                     list it in engine.proxy_listen instead",
+                    proxy.as_str()
+                ),
             );
         }
-        for (i, a) in list.iter().enumerate() {
-            add(k, format!("{name}.listen[{i}]"), *a);
+    }
+    for (i, a) in c.engine.proxy_listen.iter().enumerate() {
+        if let Some((path, ProxyProtocol::None)) = fleet.get(a) {
+            k.err(
+                format!("engine.proxy_listen[{i}]"),
+                format!(
+                    "edges connect to {a} ({path}) without a PROXY header (proxy = \"none\"): \
+                     list it in engine.listen, or let edges send one"
+                ),
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use ratelimit::Ratelimiter;
 
 use crate::config::EdgeConfig;
-use crate::smtp::Reply;
+use crate::smtp::{Reply, replies};
 
 /// Why a client was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,18 +45,10 @@ impl Refusal {
 
     pub fn reply(self) -> Reply {
         match self {
-            Refusal::Denied | Refusal::NotAllowed => Reply::new(554, "5.7.1", "Access denied"),
-            Refusal::Overloaded => Reply::new(421, "4.3.2", "Service busy, try again later"),
-            Refusal::IpConcurrency | Refusal::PrefixConcurrency => Reply::new(
-                421,
-                "4.7.0",
-                "Too many connections from your network, try again later",
-            ),
-            Refusal::IpRate | Refusal::PrefixRate => Reply::new(
-                421,
-                "4.7.0",
-                "Connection rate limit exceeded, try again later",
-            ),
+            Refusal::Denied | Refusal::NotAllowed => replies::ACCESS_DENIED,
+            Refusal::Overloaded => replies::SERVICE_BUSY,
+            Refusal::IpConcurrency | Refusal::PrefixConcurrency => replies::NETWORK_CONCURRENCY,
+            Refusal::IpRate | Refusal::PrefixRate => replies::CONNECTION_RATE,
         }
     }
 }

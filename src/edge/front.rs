@@ -1,19 +1,12 @@
-//! The SMTP-aware front session: the edge answers the banner, EHLO, STARTTLS and MAIL itself,
-//! routes on the first RCPT (the recipient's tenant), connects an engine (PROXY v2 with the real
-//! client and our TLVs), replays EHLO and MAIL there, and from then on relays: client commands
-//! are still read line by line (a RCPT of another tenant gets `452 4.5.3`, a new transaction for
-//! another tenant is routed afresh), DATA bodies are streamed and their end found exactly as the
-//! engine finds it (`smtp::data::DataReader`), engine replies are relayed in order.
+//! The driver of the SMTP-aware front session: the sockets (client, engine), the pregreet
+//! check, routing and connecting engines, the STARTTLS handshake, timeouts and shutdown. The
+//! protocol is the sans-I/O [`super::session::Session`]; this file only moves bytes and acts on
+//! its [`Step`]s.
 //!
-//! Reply order under PIPELINING: every client command produces exactly one reply, either from the
-//! engine or from the edge; `pending` holds them in command order, so a local reply waits behind
-//! engine replies still to come.
-//!
-//! Lifecycle: banner -> local phase -> (first RCPT) connected -> relay, until QUIT, EOF, timeout,
-//! shutdown (421 at the next command boundary) or the engine going away (421 4.4.2 — a 4xx, so
-//! the sender retries and lands elsewhere).
+//! Lifecycle: pregreet check → banner → the session's steps, until it closes, the client goes,
+//! a timeout, shutdown (`421` at the next command boundary) or the engine going away (`421
+//! 4.4.2`: a 4xx, so the sender retries and lands elsewhere). At the end the engine gets QUIT.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,28 +16,29 @@ use tokio::net::TcpStream;
 
 use super::admission::Permit;
 use super::backends::EngineConn;
+use super::session::{Session, Step};
 use super::{EdgeShared, Stream};
 use crate::proxy::ProxyInfo;
-use crate::smtp::data::{DataReader, Feed};
-use crate::smtp::{Command, Reply, parse_command, reply};
+use crate::smtp::ending::Ending;
+use crate::smtp::server::Limits;
 use crate::snapshot::Snapshot;
-use crate::topology::Tenant;
+use crate::topology::{ClusterIdx, TenantIdx};
 
-/// What reply a client command will get.
-#[derive(Debug)]
-enum Expect {
-    /// The engine's reply is relayed.
-    Relay,
-    /// The engine's reply to DATA: 354 starts the body.
-    Data,
-    /// The engine's final reply to a message: the transaction ends.
-    DataEnd,
-    /// The engine's reply to QUIT: relay, then close.
-    Quit,
-    /// A reply to a command we replayed (EHLO, MAIL): not relayed.
-    Swallow,
-    /// Our own reply, sent when its turn comes.
-    Local(Reply),
+/// Read sizes: commands and replies are short; message bodies stream in bigger reads.
+const COMMAND_READ: usize = 2048;
+const BODY_READ: usize = 16 * 1024;
+
+/// How long the edge waits for an engine's outstanding replies before it drops the engine to
+/// route a new transaction elsewhere.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+struct Engine {
+    conn: EngineConn,
+    /// Reply bytes read but not yet used.
+    buf: Vec<u8>,
+    /// The tenant it was routed for, and its cluster (whether it can serve the next route).
+    tenant: TenantIdx,
+    cluster: ClusterIdx,
 }
 
 /// What woke the session loop.
@@ -55,46 +49,17 @@ enum Ev {
     Shutdown,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Mode {
-    Command,
-    /// DATA forwarded; client bytes wait until the engine says 354 (or not).
-    WaitData,
-    Body,
-}
-
-/// Read sizes: commands and replies are short; message bodies stream in bigger reads.
-const COMMAND_READ: usize = 2048;
-const BODY_READ: usize = 16 * 1024;
-
-struct Engine {
-    conn: EngineConn,
-    /// Reply bytes read but not yet parsed.
-    buf: Vec<u8>,
-    tenant: String,
-    cluster: crate::topology::ClusterIdx,
-}
-
 struct Front<'a> {
     shared: &'a EdgeShared,
     snap: Arc<Snapshot>,
     client: Box<dyn Stream>,
+    /// Client bytes read; `cpos` of them used.
     cbuf: Vec<u8>,
-    out: Vec<u8>,
+    cpos: usize,
     info: ProxyInfo,
     engine: Option<Engine>,
-    pending: VecDeque<Expect>,
-    mode: Mode,
-    reader: Option<DataReader>,
-    helo: Option<String>,
-    /// MAIL line (with CRLF) of the open transaction, and whether the engine has it.
-    mail: Option<(Vec<u8>, bool)>,
-    /// Tenant of the open transaction.
-    tenant: Option<Arc<Tenant>>,
-    tls: bool,
-    errors: u32,
+    session: Session,
     rng: fastrand::Rng,
-    close_after_flush: bool,
 }
 
 /// Serves one admitted client connection.
@@ -115,32 +80,42 @@ pub async fn serve(
         country: located.country.clone(),
         tls: None,
     };
+    let cfg = &snap.config.edge;
+    let session = Session::new(Limits {
+        hostname: shared.hostname.clone(),
+        max_message_size: cfg.max_message_size.0,
+        max_recipients: super::session::MAX_RECIPIENTS,
+        // The edge counts no commands: each engine session it opens has `engine.max_commands`.
+        max_commands: u32::MAX,
+        max_errors: cfg.max_errors,
+        max_line_length: cfg.max_line_length.0 as usize,
+        starttls: shared.tls.load().is_some(),
+        collect: false,
+    });
     let mut f = Front {
         shared: &shared,
         snap,
         client: Box::new(stream),
         cbuf: Vec::new(),
-        out: Vec::with_capacity(512),
+        cpos: 0,
         info,
         engine: None,
-        pending: VecDeque::new(),
-        mode: Mode::Command,
-        reader: None,
-        helo: None,
-        mail: None,
-        tenant: None,
-        tls: false,
-        errors: 0,
+        session,
         rng: fastrand::Rng::new(),
-        close_after_flush: false,
     };
     shared.metrics.sessions.inc();
-    if f.greet().await {
-        let why = f.run().await;
-        tracing::debug!(session = f.sid(), client = %peer, why, "session end");
+    let ending = f.run().await;
+    if let Some(r) = ending.reply() {
+        r.write_to(f.session.output());
     }
-    let _ = f.flush().await;
+    if matches!(ending, Ending::EngineLost | Ending::EngineGarbage(_)) {
+        tracing::warn!(session = f.sid(), error = %ending, "engine connection lost mid-session: 421 to the client");
+    } else {
+        tracing::debug!(session = f.sid(), client = %peer, ending = ending.label(), "session end");
+    }
+    let _ = f.flush_client().await;
     if let Some(mut e) = f.engine.take() {
+        let _ = e.conn.stream.write_all(b"QUIT\r\n").await;
         let _ = e.conn.stream.shutdown().await;
     }
     shared.metrics.sessions.dec();
@@ -151,79 +126,73 @@ impl Front<'_> {
         self.info.session_id.as_deref().unwrap_or("")
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.client.write_all(&self.out).await?;
-            self.out.clear();
+    async fn flush_client(&mut self) -> Result<(), Ending> {
+        let out = self.session.output();
+        if !out.is_empty() {
+            self.client.write_all(out).await.map_err(Ending::ClientIo)?;
+            out.clear();
         }
         Ok(())
     }
 
-    /// Pregreet check, then the banner. False: the client was refused.
-    async fn greet(&mut self) -> bool {
+    async fn flush_engine(&mut self) -> Result<(), Ending> {
+        let out = self.session.engine_output();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let Some(e) = self.engine.as_mut() else {
+            out.clear();
+            return Ok(());
+        };
+        let written = e.conn.stream.write_all(out).await;
+        out.clear();
+        written.map_err(|_| Ending::EngineLost)
+    }
+
+    /// Pregreet check, then the banner.
+    async fn greet(&mut self) -> Result<(), Ending> {
         let delay = self.snap.config.edge.greeting_delay.get();
         if !delay.is_zero() {
             let mut b = [0u8; 512];
-            if let Ok(Ok(n)) = tokio::time::timeout(delay, self.client.read(&mut b)).await {
-                if n > 0 {
-                    self.shared.metrics.refused("pregreet");
-                    tracing::info!(session = self.sid(), client = ?self.info.client, "client talked before the banner: refused");
-                    Reply::new(554, "5.5.1", "Protocol error: talking before the banner")
-                        .write_to(&mut self.out);
-                }
-                return false;
+            if let Ok(read) = tokio::time::timeout(delay, self.client.read(&mut b)).await {
+                return match read {
+                    Ok(n) if n > 0 => {
+                        self.shared.metrics.refused("pregreet");
+                        tracing::info!(session = self.sid(), client = ?self.info.client, "client talked before the banner: refused");
+                        Err(Ending::Pregreet)
+                    }
+                    Ok(_) => Err(Ending::ClientClosed),
+                    Err(e) => Err(Ending::ClientIo(e)),
+                };
             }
         }
-        Reply::new(
-            220,
-            "",
-            format!("{} ESMTP maildistiller", self.shared.hostname),
-        )
-        .write_to(&mut self.out);
-        self.flush().await.is_ok()
+        self.session.greet();
+        self.flush_client().await
     }
 
-    /// Queues a reply in command order.
-    fn local(&mut self, r: Reply) {
-        if self.pending.is_empty() {
-            r.write_to(&mut self.out);
-        } else {
-            self.pending.push_back(Expect::Local(r));
+    async fn run(&mut self) -> Ending {
+        if let Err(e) = self.greet().await {
+            return e;
         }
-    }
-
-    fn error(&mut self, r: Reply) {
-        self.errors += 1;
-        if self.errors >= 10 {
-            self.local(Reply::new(
-                421,
-                "4.7.0",
-                "Too many errors, closing connection",
-            ));
-            self.close_after_flush = true;
-        } else {
-            self.local(r);
-        }
-    }
-
-    async fn run(&mut self) -> &'static str {
         let cfg = self.snap.config.edge.clone();
         let shutdown = self.shared.ops.shutdown.clone();
         // One timer for the session, re-armed per wait (no timer entry built per command).
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         loop {
-            if let Some(why) = self.process_client_buffer().await {
-                return why;
+            let want_client = match self.client_input().await {
+                Ok(w) => w,
+                Err(e) => return e,
+            };
+            if let Err(e) = self.flush_client().await {
+                return e;
             }
-            if self.flush().await.is_err() {
-                return "client write failed";
+            if let Err(e) = self.flush_engine().await {
+                return e;
             }
-            if self.close_after_flush && self.pending.is_empty() {
-                return "closed by protocol";
-            }
-            let idle = self.mode == Mode::Command && self.pending.is_empty();
-            let timeout = if self.mode == Mode::Body {
+            let body = self.session.in_body();
+            let idle = self.session.idle();
+            let timeout = if body {
                 cfg.data_timeout.get()
             } else {
                 cfg.command_timeout.get()
@@ -231,11 +200,11 @@ impl Front<'_> {
             // Reads go straight into the session's buffers: no per-read copy, and an idle
             // session holds a small buffer instead of two 16 KiB arrays kept across the await
             // (10,000 idle clients: the difference between 60 and 390 MiB).
-            let want = if self.mode == Mode::Body {
-                BODY_READ
-            } else {
-                COMMAND_READ
-            };
+            if self.cpos > 0 {
+                self.cbuf.drain(..self.cpos);
+                self.cpos = 0;
+            }
+            let want = if body { BODY_READ } else { COMMAND_READ };
             if self.cbuf.capacity() - self.cbuf.len() < want / 2 {
                 self.cbuf.reserve(want);
             }
@@ -245,7 +214,6 @@ impl Front<'_> {
                 e.buf.reserve(COMMAND_READ);
             }
             timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-            let want_client = self.mode != Mode::WaitData;
             let has_engine = self.engine.is_some();
             let ev = {
                 let client = &mut self.client;
@@ -267,338 +235,84 @@ impl Front<'_> {
                 }
             };
             match ev {
-                Ev::Client(Ok(0) | Err(_)) => return "client closed",
+                Ev::Client(Ok(0)) => return Ending::ClientClosed,
+                Ev::Client(Err(e)) => return Ending::ClientIo(e),
                 Ev::Client(Ok(_)) => {}
                 Ev::Engine(Ok(0) | Err(_)) => {
-                    if idle && self.tenant.is_none() {
+                    if self.session.engine_dispensable() {
                         // An idle engine connection may go; the next RCPT connects again.
                         self.engine = None;
+                        self.session.disconnected();
                         continue;
                     }
-                    tracing::warn!(
-                        session = self.sid(),
-                        "engine connection lost mid-session: 421 to the client"
-                    );
-                    self.out.clear();
-                    Reply::new(
-                        421,
-                        "4.4.2",
-                        "Connection to the mail engine lost, try again later",
-                    )
-                    .write_to(&mut self.out);
-                    return "engine lost";
+                    return Ending::EngineLost;
                 }
                 Ev::Engine(Ok(_)) => {
-                    if let Some(why) = self.process_engine_buffer() {
-                        return why;
+                    if let Err(e) = self.engine_input() {
+                        return e;
                     }
                 }
-                Ev::Timeout => {
-                    Reply::new(421, "4.4.2", "Timeout, closing connection").write_to(&mut self.out);
-                    return "timeout";
-                }
-                Ev::Shutdown => {
-                    Reply::new(421, "4.3.2", "Service shutting down, try again later")
-                        .write_to(&mut self.out);
-                    return "shutdown";
-                }
+                Ev::Timeout if body => return Ending::DataTimeout,
+                Ev::Timeout => return Ending::Timeout,
+                Ev::Shutdown => return Ending::Shutdown,
             }
         }
     }
 
-    /// Relays complete engine replies in order, with local replies queued behind them.
-    fn process_engine_buffer(&mut self) -> Option<&'static str> {
+    /// Feeds the engine's buffered replies to the session.
+    fn engine_input(&mut self) -> Result<(), Ending> {
+        if let Some(e) = self.engine.as_mut() {
+            let used = self.session.engine(&e.buf)?;
+            e.buf.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// Feeds the client's buffered bytes to the session and acts on its steps, until it needs
+    /// more. `Ok(true)`: read the client next; `Ok(false)`: only the engine.
+    async fn client_input(&mut self) -> Result<bool, Ending> {
         loop {
-            let e = self.engine.as_mut()?;
-            let parsed = match reply::parse(&e.buf) {
-                Ok(Some((r, used))) => {
-                    let raw = e.buf[..used].to_vec();
-                    e.buf.drain(..used);
-                    (r, raw)
-                }
-                Ok(None) => return None,
-                Err(why) => {
-                    tracing::warn!(session = self.sid(), why, "engine sent garbage");
-                    self.out.clear();
-                    Reply::new(421, "4.4.2", "Mail engine error, try again later")
-                        .write_to(&mut self.out);
-                    return Some("engine protocol error");
-                }
-            };
-            let (r, raw) = parsed;
-            let mut quit = false;
-            match self.pending.pop_front() {
-                Some(Expect::Swallow) => {
-                    if !r.is_positive() {
-                        tracing::info!(session = self.sid(), code = r.code, text = %r.text(), "engine refused a replayed command");
-                    }
-                }
-                Some(Expect::Relay) => self.out.extend_from_slice(&raw),
-                Some(Expect::Data) => {
-                    self.out.extend_from_slice(&raw);
-                    if r.code == 354 {
-                        self.mode = Mode::Body;
-                        self.reader = Some(DataReader::new(usize::MAX, false));
-                    } else {
-                        self.mode = Mode::Command;
-                    }
-                }
-                Some(Expect::DataEnd) => self.out.extend_from_slice(&raw),
-                Some(Expect::Quit) => {
-                    self.out.extend_from_slice(&raw);
-                    quit = true;
-                }
-                Some(Expect::Local(l)) => {
-                    // Cannot happen: locals are only queued behind engine expectations.
-                    l.write_to(&mut self.out);
-                    continue;
-                }
-                None => {
-                    tracing::debug!(
-                        session = self.sid(),
-                        code = r.code,
-                        "unsolicited engine reply dropped"
-                    );
-                }
-            }
-            while let Some(Expect::Local(_)) = self.pending.front() {
-                if let Some(Expect::Local(l)) = self.pending.pop_front() {
-                    l.write_to(&mut self.out);
-                }
-            }
-            if quit {
-                return Some("quit");
-            }
-        }
-    }
-
-    /// Handles what the client sent: body bytes in Body mode, commands otherwise.
-    async fn process_client_buffer(&mut self) -> Option<&'static str> {
-        let max_line = self.snap.config.edge.max_line_length.0 as usize;
-        loop {
-            match self.mode {
-                Mode::WaitData => return None,
-                Mode::Body => {
-                    if self.cbuf.is_empty() {
-                        return None;
-                    }
-                    let reader = self.reader.as_mut().expect("body mode has a reader");
-                    let (n, done) = match reader.feed(&self.cbuf) {
-                        Feed::Done(n) => (n, true),
-                        Feed::More => (self.cbuf.len(), false),
+            let (used, step) = self
+                .session
+                .client(&self.cbuf[self.cpos..], &self.snap.topology);
+            let start = self.cpos;
+            self.cpos += used;
+            match step {
+                Step::More => return Ok(true),
+                Step::WaitEngine => return Ok(false),
+                Step::Forward => {
+                    self.flush_engine().await?;
+                    let Some(e) = self.engine.as_mut() else {
+                        return Err(Ending::EngineLost);
                     };
-                    let e = self.engine.as_mut().expect("body mode has an engine");
-                    if e.conn.stream.write_all(&self.cbuf[..n]).await.is_err() {
-                        self.out.clear();
-                        Reply::new(
-                            421,
-                            "4.4.2",
-                            "Connection to the mail engine lost, try again later",
-                        )
-                        .write_to(&mut self.out);
-                        return Some("engine lost during DATA");
-                    }
-                    self.cbuf.drain(..n);
-                    if done {
-                        // The client's transaction is over now; its next MAIL may already follow.
-                        self.mode = Mode::Command;
-                        self.reader = None;
-                        self.mail = None;
-                        self.tenant = None;
-                        self.pending.push_back(Expect::DataEnd);
-                    }
+                    e.conn
+                        .stream
+                        .write_all(&self.cbuf[start..start + used])
+                        .await
+                        .map_err(|_| Ending::EngineLost)?;
                 }
-                Mode::Command => {
-                    let Some(nl) = self.cbuf.iter().position(|&b| b == b'\n') else {
-                        if self.cbuf.len() > max_line {
-                            self.cbuf.clear();
-                            self.error(Reply::new(500, "5.5.2", "Line too long"));
-                        }
-                        return None;
+                Step::Route(tenant) => self.route(tenant).await?,
+                Step::Unrouted(tenant) => {
+                    let (id, result) = match tenant {
+                        Some(t) => (
+                            self.snap.topology.tenants[t.0].id.0.as_str(),
+                            "other_tenant",
+                        ),
+                        None => ("", "no_tenant"),
                     };
-                    let raw: Vec<u8> = self.cbuf.drain(..=nl).collect();
-                    if raw.len() > max_line {
-                        self.error(Reply::new(500, "5.5.2", "Line too long"));
-                        continue;
-                    }
-                    let line = raw
-                        .strip_suffix(b"\n")
-                        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                        .unwrap_or(&raw);
-                    if let Some(why) = self.command(line).await {
-                        return Some(why);
-                    }
-                    if self.close_after_flush {
-                        return None;
-                    }
+                    self.shared.metrics.routed(id, "", result);
                 }
+                Step::StartTls => self.starttls().await?,
+                Step::Close(e) => return Err(e),
             }
         }
     }
 
-    /// Sends a command line to the engine and records what its reply means.
-    async fn forward(&mut self, line: &[u8], expect: Expect) -> bool {
-        let Some(e) = self.engine.as_mut() else {
-            return false;
-        };
-        let mut buf = Vec::with_capacity(line.len() + 2);
-        buf.extend_from_slice(line);
-        buf.extend_from_slice(b"\r\n");
-        if e.conn.stream.write_all(&buf).await.is_err() {
-            return false;
-        }
-        self.pending.push_back(expect);
-        true
-    }
-
-    async fn command(&mut self, line: &[u8]) -> Option<&'static str> {
-        let cmd = match parse_command(line) {
-            Ok(c) => c,
-            Err(r) => {
-                self.error(r);
-                return None;
-            }
-        };
-        let ok = match cmd {
-            Command::Ehlo(d) | Command::Helo(d) if self.engine.is_some() => {
-                self.mail = None;
-                self.tenant = None;
-                self.helo = Some(d);
-                self.forward(line, Expect::Relay).await
-            }
-            Command::Ehlo(d) => {
-                self.mail = None;
-                self.tenant = None;
-                self.helo = Some(d);
-                let mut lines = vec![
-                    self.shared.hostname.clone(),
-                    "PIPELINING".into(),
-                    format!("SIZE {}", self.snap.config.edge.max_message_size.0),
-                    "8BITMIME".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "SMTPUTF8".into(),
-                ];
-                if self.shared.tls.load().is_some() && !self.tls {
-                    lines.push("STARTTLS".into());
-                }
-                self.local(Reply {
-                    code: 250,
-                    enhanced: "",
-                    lines,
-                });
-                true
-            }
-            Command::Helo(d) => {
-                self.mail = None;
-                self.tenant = None;
-                self.helo = Some(d);
-                self.local(Reply::new(250, "", self.shared.hostname.clone()));
-                true
-            }
-            Command::StartTls => return self.starttls().await,
-            Command::Mail(_) if self.helo.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
-                true
-            }
-            Command::Mail(_) if self.mail.is_some() => {
-                self.error(Reply::new(503, "5.5.1", "Nested MAIL command"));
-                true
-            }
-            Command::Mail(m) => {
-                if m.size
-                    .is_some_and(|s| s > self.snap.config.edge.max_message_size.0)
-                {
-                    self.error(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
-                } else {
-                    let mut l = line.to_vec();
-                    l.extend_from_slice(b"\r\n");
-                    self.mail = Some((l, false));
-                    self.local(Reply::new(250, "2.1.0", "Sender OK"));
-                }
-                true
-            }
-            Command::Rcpt(_) if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
-                true
-            }
-            Command::Rcpt(addr) => return self.rcpt(line, &addr).await,
-            Command::Data if self.tenant.is_none() || self.engine.is_none() => {
-                self.error(Reply::new(554, "5.5.1", "No valid recipients"));
-                true
-            }
-            Command::Data => {
-                let ok = self.forward(line, Expect::Data).await;
-                self.mode = Mode::WaitData;
-                ok
-            }
-            Command::Rset => {
-                self.mail = None;
-                self.tenant = None;
-                if self.engine.is_some() {
-                    self.forward(line, Expect::Relay).await
-                } else {
-                    self.local(Reply::new(250, "2.0.0", "Reset OK"));
-                    true
-                }
-            }
-            Command::Quit if self.engine.is_some() => self.forward(line, Expect::Quit).await,
-            Command::Quit => {
-                self.local(Reply::new(221, "2.0.0", "Bye"));
-                self.close_after_flush = true;
-                true
-            }
-            Command::Noop => {
-                self.local(Reply::new(250, "2.0.0", "OK"));
-                true
-            }
-            Command::Vrfy => {
-                self.local(Reply::new(
-                    252,
-                    "2.5.2",
-                    "Cannot VRFY user, but will accept message",
-                ));
-                true
-            }
-            Command::Help => {
-                self.local(Reply::new(214, "2.0.0", "See RFC 5321"));
-                true
-            }
-            Command::NotImplemented(v) => {
-                self.error(Reply::new(502, "5.5.1", format!("{v} not implemented")));
-                true
-            }
-        };
-        if ok {
-            None
-        } else {
-            self.out.clear();
-            Reply::new(
-                421,
-                "4.4.2",
-                "Connection to the mail engine lost, try again later",
-            )
-            .write_to(&mut self.out);
-            Some("engine lost")
-        }
-    }
-
-    async fn starttls(&mut self) -> Option<&'static str> {
+    async fn starttls(&mut self) -> Result<(), Ending> {
         let Some(cfg) = self.shared.tls.load_full() else {
-            self.error(Reply::new(502, "5.5.1", "STARTTLS not available"));
-            return None;
+            return Err(Ending::Protocol);
         };
-        if self.tls || self.engine.is_some() || self.mail.is_some() || !self.pending.is_empty() {
-            self.error(Reply::new(503, "5.5.1", "STARTTLS not allowed now"));
-            return None;
-        }
-        Reply::new(220, "2.0.0", "Ready to start TLS").write_to(&mut self.out);
-        if self.flush().await.is_err() {
-            return Some("client write failed");
-        }
-        if !self.cbuf.is_empty() {
-            // Commands pipelined after STARTTLS would be injected into the TLS session.
-            return Some("plaintext after STARTTLS");
-        }
+        self.flush_client().await?;
         let plain = std::mem::replace(&mut self.client, Box::new(tokio::io::duplex(1).0));
         match tokio_rustls::TlsAcceptor::from(cfg).accept(plain).await {
             Ok(t) => {
@@ -613,167 +327,101 @@ impl Front<'_> {
                     .unwrap_or_default();
                 self.info.tls = Some((version, cipher));
                 self.client = Box::new(t);
-                self.tls = true;
-                self.helo = None;
-                None
+                Ok(())
             }
             Err(e) => {
                 tracing::info!(session = self.sid(), error = %e, "client TLS handshake failed");
-                Some("tls handshake failed")
+                Err(Ending::Tls(e))
             }
         }
     }
 
-    /// The first RCPT routes; later ones must belong to the same tenant.
-    async fn rcpt(&mut self, line: &[u8], addr: &str) -> Option<&'static str> {
+    /// The first RCPT of a transaction: reuse the engine when it serves the route, else drop
+    /// it (once it has answered everything) and connect the route's best engine.
+    async fn route(&mut self, tenant_idx: TenantIdx) -> Result<(), Ending> {
         let snap = self.snap.clone();
-        let Some(tenant) = snap.topology.tenant_for_address(addr) else {
-            self.shared.metrics.routed("", "", "no_tenant");
-            self.error(Reply::new(550, "5.7.1", "Relaying denied"));
-            return None;
-        };
-        if let Some(t) = &self.tenant {
-            if t.id != tenant.id {
-                self.shared.metrics.routed(&tenant.id.0, "", "other_tenant");
-                self.local(Reply::new(
-                    452,
-                    "4.5.3",
-                    "Too many recipients in this transaction; retry later",
-                ));
-                return None;
-            }
-            return if self.forward(line, Expect::Relay).await {
-                None
-            } else {
-                self.lost()
-            };
-        }
-        // First recipient of a transaction: route.
-        let point = snap
-            .geo
-            .locate(
-                self.info
-                    .client
-                    .map(|c| c.ip())
-                    .unwrap_or([0, 0, 0, 0].into()),
-            )
-            .point;
+        let tenant = &snap.topology.tenants[tenant_idx.0];
+        let client_ip = self
+            .info
+            .client
+            .map(|c| c.ip())
+            .unwrap_or([0, 0, 0, 0].into());
+        let point = snap.geo.locate(client_ip).point;
         let route = {
             let map = self.shared.backends.map();
             let view = self.shared.backends.view(&map, &snap.topology);
             snap.topology.route(tenant, snap.local_silo, point, &view)
         };
-        let reuse = self.engine.as_ref().is_some_and(|e| {
-            e.tenant == tenant.id.0
+        if let Some(e) = self.engine.as_mut()
+            && (e.tenant == tenant_idx
                 || route
                     .usable()
                     .next()
-                    .is_some_and(|c| c.cluster == e.cluster)
-        });
-        if !reuse {
-            if let Some(why) = self.drain_engine().await {
-                return Some(why);
-            }
-            self.info.tenant = Some(tenant.id.0.clone());
-            match self
-                .shared
-                .backends
-                .connect(
-                    &snap,
-                    &route,
-                    &self.info,
-                    &self.shared.metrics,
-                    &mut self.rng,
-                    true,
-                )
-                .await
-            {
-                Ok(conn) => {
-                    let cluster = snap.topology.engines[conn.engine.0].cluster;
-                    tracing::info!(
-                        session = self.sid(), client = ?self.info.client, tenant = %tenant.id,
-                        cluster = %snap.topology.cluster_label(cluster), engine = %conn.address, "routed"
-                    );
-                    self.shared.metrics.routed(
-                        &tenant.id.0,
-                        &snap.topology.cluster_label(cluster),
-                        "routed",
-                    );
-                    let buf = conn.leftover.clone();
-                    self.engine = Some(Engine {
-                        conn,
-                        buf,
-                        tenant: tenant.id.0.clone(),
-                        cluster,
-                    });
-                    let helo = format!(
-                        "EHLO {}",
-                        self.helo.clone().unwrap_or_else(|| "unknown".into())
-                    );
-                    if !self.forward(helo.as_bytes(), Expect::Swallow).await {
-                        return self.lost();
-                    }
-                }
-                Err(e) => {
-                    self.shared.metrics.routed(&tenant.id.0, "", "no_engine");
-                    tracing::warn!(session = self.sid(), tenant = %tenant.id, tried = e.tried, "no engine of the tenant's regions could take the connection");
-                    self.local(Reply::new(
-                        451,
-                        "4.4.0",
-                        "No mail engine available for this recipient, try again later",
-                    ));
-                    return None;
-                }
-            }
-        } else if let Some(e) = &mut self.engine {
-            e.tenant = tenant.id.0.clone();
+                    .is_some_and(|c| c.cluster == e.cluster))
+        {
+            e.tenant = tenant_idx;
+            self.session.reused();
+            return Ok(());
         }
-        self.tenant = Some(Arc::new(tenant.clone()));
-        if let Some((mail, false)) = self.mail.clone() {
-            let m = mail.strip_suffix(b"\r\n").unwrap_or(&mail).to_vec();
-            if !self.forward(&m, Expect::Swallow).await {
-                return self.lost();
+        self.drain_engine().await?;
+        self.info.tenant = Some(tenant.id.0.clone());
+        let connected = self
+            .shared
+            .backends
+            .connect(
+                &snap,
+                &route,
+                &self.info,
+                &self.shared.metrics,
+                &mut self.rng,
+                true,
+            )
+            .await;
+        match connected {
+            Ok(conn) => {
+                let cluster = snap.topology.engines[conn.engine.0].cluster;
+                let label = snap.topology.cluster_label(cluster);
+                tracing::info!(
+                    session = self.sid(), client = ?self.info.client, tenant = %tenant.id,
+                    cluster = %label, engine = %conn.address, "routed"
+                );
+                self.shared.metrics.routed(&tenant.id.0, &label, "routed");
+                let buf = conn.leftover.clone();
+                self.engine = Some(Engine {
+                    conn,
+                    buf,
+                    tenant: tenant_idx,
+                    cluster,
+                });
+                self.session.connected();
             }
-            self.mail = Some((mail, true));
+            Err(e) => {
+                self.shared.metrics.routed(&tenant.id.0, "", "no_engine");
+                tracing::warn!(session = self.sid(), tenant = %tenant.id, tried = e.tried, "no engine of the tenant's regions could take the connection");
+                self.session.unavailable();
+            }
         }
-        if self.forward(line, Expect::Relay).await {
-            None
-        } else {
-            self.lost()
-        }
+        Ok(())
     }
 
-    fn lost(&mut self) -> Option<&'static str> {
-        self.out.clear();
-        Reply::new(
-            421,
-            "4.4.2",
-            "Connection to the mail engine lost, try again later",
-        )
-        .write_to(&mut self.out);
-        Some("engine lost")
-    }
-
-    /// Waits for the current engine's outstanding replies, then says QUIT and drops it.
-    async fn drain_engine(&mut self) -> Option<&'static str> {
-        while self.engine.is_some() && self.pending.iter().any(|p| !matches!(p, Expect::Local(_))) {
-            let mut chunk = [0u8; 4096];
-            let e = self.engine.as_mut()?;
-            let n =
-                match tokio::time::timeout(Duration::from_secs(60), e.conn.stream.read(&mut chunk))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => n,
-                    _ => return self.lost(),
-                };
-            e.buf.extend_from_slice(&chunk[..n]);
-            if let Some(why) = self.process_engine_buffer() {
-                return Some(why);
+    /// Waits for the current engine's outstanding replies (relaying them), then says QUIT and
+    /// drops it.
+    async fn drain_engine(&mut self) -> Result<(), Ending> {
+        self.flush_engine().await?;
+        while self.session.awaiting_engine() {
+            let Some(e) = self.engine.as_mut() else {
+                break;
+            };
+            e.buf.reserve(COMMAND_READ);
+            match tokio::time::timeout(DRAIN_WAIT, e.conn.stream.read_buf(&mut e.buf)).await {
+                Ok(Ok(n)) if n > 0 => self.engine_input()?,
+                _ => return Err(Ending::EngineLost),
             }
         }
         if let Some(mut e) = self.engine.take() {
             let _ = e.conn.stream.write_all(b"QUIT\r\n").await;
+            self.session.disconnected();
         }
-        None
+        Ok(())
     }
 }

@@ -3,15 +3,17 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `config.rs` | `[edge]` |
 //! | `admission.rs` | deny/allow, connection caps and rates per node, address and prefix |
 //! | `backends.rs` | engine health (probes, passive ejection), outstanding counts, connecting with failover |
-//! | `front.rs` | the SMTP-aware session (default mode) |
+//! | `session.rs` | the SMTP-aware session (default mode), sans-I/O: the local phase shared with the engine, routing on the first recipient, relaying |
+//! | `front.rs` | its driver: client and engine sockets, pregreet, connecting engines, STARTTLS, timeouts |
 //! | `tcp.rs` | layer-4 mode |
 //! | `metrics.rs` | `maildistiller_edge_*` |
 //!
-//! Lifecycle: [`bind`] binds every listener (socket2: SO_REUSEPORT, backlog, v6-only for v6
-//! addresses) and starts health probes; the returned future accepts until shutdown, then stops
+//! Its settings are `[edge]` (`crate::config::edge`). Lifecycle: [`bind`] binds every listener
+//! (SO_REUSEPORT, backlog, v6-only for v6 addresses: `crate::net`) on every session thread and
+//! starts health probes; the returned future accepts (`crate::net::accept_loop`, admission
+//! taking each client's permit) until shutdown, then stops
 //! accepting and waits for sessions: idle ones get `421` at their next command boundary, DATA in
 //! flight finishes (the process's grace period bounds it). Config reloads re-sync engine health
 //! state and reload the TLS certificate.
@@ -20,6 +22,7 @@ mod admission;
 mod backends;
 mod front;
 mod metrics;
+mod session;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -58,23 +61,6 @@ pub struct Bound {
     pub tcp: Vec<SocketAddr>,
 }
 
-/// A listening socket as operators expect: SO_REUSEPORT (several processes may share a port),
-/// the configured backlog, v6 sockets v6-only.
-fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_tcp_nodelay(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog.min(i32::MAX as u32) as i32)?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
-}
-
 /// One listening socket per session thread for `addr`: the first bound to `addr`, the others
 /// to the address it got (port 0 picks one port for all), so the kernel spreads new
 /// connections across the threads by SO_REUSEPORT.
@@ -83,11 +69,11 @@ fn listeners(
     backlog: u32,
     n: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = listener(addr, backlog)?;
+    let first = crate::net::reuseport_listener(addr, backlog)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..n {
-        all.push(listener(bound, backlog)?);
+        all.push(crate::net::reuseport_listener(bound, backlog)?);
     }
     Ok(all)
 }
@@ -255,16 +241,14 @@ async fn run(
     Ok(())
 }
 
-/// Bound on tasks that only write a refusal (a flood of refused clients cannot spawn without limit).
-const REFUSAL_WRITERS: usize = 1024;
-
+/// One listener's accept loop on its session thread: admission takes the client's permit
+/// (or refuses it with its reply), then the session runs in the SMTP-aware or layer-4 mode.
 async fn accept_loop(
     shared: Arc<EdgeShared>,
     l: TcpListener,
     layer4: bool,
     tracker: tokio_util::task::TaskTracker,
 ) {
-    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSAL_WRITERS));
     let local = l.local_addr().ok();
     // A listener bound to one address: every connection's local address is that one (no
     // getsockname per connection). A wildcard listener asks each connection.
@@ -274,57 +258,43 @@ async fn accept_loop(
     // Sockets we bound have TCP_NODELAY set before listen (accepted ones inherit it); sockets
     // from systemd may not.
     let inherit_nodelay = socket2::SockRef::from(&l).tcp_nodelay().unwrap_or(false);
-    loop {
-        let accepted = tokio::select! {
-            a = l.accept() => a,
-            _ = shared.ops.shutdown.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let local = fixed_local
-            .or_else(|| stream.local_addr().ok())
-            .or(local)
-            .unwrap_or(peer);
-        if !inherit_nodelay {
-            let _ = stream.set_nodelay(true);
+    let admit = {
+        let shared = shared.clone();
+        move |peer: SocketAddr| {
+            let snap = shared.ops.config.load();
+            shared
+                .admission
+                .admit(peer.ip(), &snap.config.edge)
+                .map_err(|refusal| {
+                    shared.metrics.refused(refusal.label());
+                    tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
+                    refusal.reply()
+                })
         }
-        let snap = shared.ops.config.load();
-        let admitted = shared.admission.admit(peer.ip(), &snap.config.edge);
-        drop(snap);
-        match admitted {
-            Ok(permit) => {
-                accepted_total.inc();
-                let s = shared.clone();
+    };
+    let serve = {
+        let shared = shared.clone();
+        move |stream: tokio::net::TcpStream, peer: SocketAddr, permit| {
+            let local = fixed_local
+                .or_else(|| stream.local_addr().ok())
+                .or(local)
+                .unwrap_or(peer);
+            if !inherit_nodelay {
+                let _ = stream.set_nodelay(true);
+            }
+            accepted_total.inc();
+            let s = shared.clone();
+            async move {
                 if layer4 {
-                    tracker.spawn(tcp::serve(s, stream, peer, local, permit));
+                    tcp::serve(s, stream, peer, local, permit).await;
                 } else {
-                    tracker.spawn(front::serve(s, stream, peer, local, permit));
-                }
-            }
-            Err(refusal) => {
-                shared.metrics.refused(refusal.label());
-                tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
-                if let Ok(p) = refusals.clone().try_acquire_owned() {
-                    tokio::spawn(async move {
-                        use tokio::io::AsyncWriteExt;
-                        let mut stream = stream;
-                        let mut out = Vec::new();
-                        refusal.reply().write_to(&mut out);
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out))
-                                .await;
-                        drop(p);
-                    });
+                    front::serve(s, stream, peer, local, permit).await;
                 }
             }
         }
-    }
+    };
+    let shutdown = shared.ops.shutdown.clone();
+    crate::net::accept_loop(l, shutdown, tracker, admit, serve).await;
 }
 
 /// Follows config reloads: engine health state and the TLS certificate.

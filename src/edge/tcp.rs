@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::EdgeShared;
 use super::admission::Permit;
 use crate::proxy::ProxyInfo;
-use crate::smtp::Reply;
+use crate::smtp::replies;
 
 pub async fn serve(
     shared: Arc<EdgeShared>,
@@ -47,8 +47,7 @@ pub async fn serve(
             shared.metrics.routed("", "", "no_engine");
             tracing::warn!(client = %peer, tried = e.tried, "tcp mode: no backend reachable");
             let mut out = Vec::new();
-            Reply::new(421, "4.4.0", "No mail server available, try again later")
-                .write_to(&mut out);
+            replies::NO_BACKEND.write_to(&mut out);
             let _ = client.write_all(&out).await;
             return;
         }

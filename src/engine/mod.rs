@@ -79,8 +79,10 @@ pub struct Bound {
     pub serving: Serving,
     /// The engine's messages (for webmail, and for tests to look at).
     pub store: Store,
-    /// SMTP listener addresses (the real ports when configured with port 0).
+    /// `engine.listen` addresses (the real ports when configured with port 0).
     pub addrs: Vec<std::net::SocketAddr>,
+    /// `engine.proxy_listen` addresses.
+    pub proxy_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// Opens the store (recovering the spool), binds the listeners, mounts the queue API on the ops
@@ -126,74 +128,70 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         hostname,
     ));
     let mut listeners = Vec::new();
-    for addr in &ecfg.listen {
-        listeners.push(
-            TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("engine listener {addr}: {e}"))
-            })?,
-        );
-    }
-    let addrs = listeners
+    let configured = ecfg
+        .listen
         .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+        .map(|a| (a, smtp::Listener::Direct, "engine.listen"))
+        .chain(
+            ecfg.proxy_listen
+                .iter()
+                .map(|a| (a, smtp::Listener::Proxy, "engine.proxy_listen")),
+        );
+    for (addr, kind, key) in configured {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))?;
+        listeners.push((l, kind));
+    }
+    let bound_of = |want: smtp::Listener| {
+        listeners
+            .iter()
+            .filter(|(_, k)| *k == want)
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    };
+    let addrs = bound_of(smtp::Listener::Direct);
+    let proxy_addrs = bound_of(smtp::Listener::Proxy);
     ops.add_routes(api::routes(store.clone()));
     let serving = Box::pin(run(shared, delivery, listeners));
     Ok(Bound {
         serving,
         store,
         addrs,
+        proxy_addrs,
     })
 }
 
 async fn run(
     shared: Arc<Shared>,
     delivery: Arc<delivery::Delivery>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, smtp::Listener)>,
 ) -> std::io::Result<()> {
     let tracker = tokio_util::task::TaskTracker::new();
+    // Sessions of all listeners together: at most `engine.max_sessions` (read at start);
+    // beyond it a client gets `421 4.3.2` at once.
     let max_sessions = shared.ops.config.load().config.engine.max_sessions as usize;
     let sessions = Arc::new(tokio::sync::Semaphore::new(max_sessions));
-    for l in listeners {
-        let shared = shared.clone();
-        let sessions = sessions.clone();
-        let t = tracker.clone();
-        tracker.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = l.accept() => a,
-                    _ = shared.ops.shutdown.cancelled() => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                match sessions.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let s = shared.clone();
-                        t.spawn(async move {
-                            smtp::serve(s, stream, peer).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        // Over max_sessions: a bounded, immediate answer.
-                        t.spawn(async move {
-                            use tokio::io::AsyncWriteExt;
-                            let mut stream = stream;
-                            let _ = stream
-                                .write_all(b"421 4.3.2 Too many sessions, try again later\r\n")
-                                .await;
-                        });
-                    }
+    for (l, kind) in listeners {
+        let (s, permits) = (shared.clone(), sessions.clone());
+        tracker.spawn(crate::net::accept_loop(
+            l,
+            shared.ops.shutdown.clone(),
+            tracker.clone(),
+            move |_| {
+                permits
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| crate::smtp::replies::TOO_MANY_SESSIONS)
+            },
+            move |stream, peer, permit| {
+                let s = s.clone();
+                async move {
+                    smtp::serve(s, stream, peer, kind).await;
+                    drop(permit);
                 }
-            }
-        });
+            },
+        ));
     }
     tracker.spawn(delivery::dispatcher(delivery));
     tracker.spawn(gauges(shared.clone()));

@@ -1,34 +1,116 @@
 //! Sans-I/O SMTP shared by the engine (server), the edge (front session) and delivery (client):
-//! command parsing ([`parse_command`]), replies ([`Reply`]), the DATA end-of-data recogniser
-//! ([`data::DataReader`]) and reply parsing for clients ([`reply`]).
+//! command parsing ([`parse_command`]), replies as values ([`Reply`]) and every reply we write,
+//! named once ([`replies`]), the DATA end-of-data recogniser ([`data::DataReader`]) and reply
+//! parsing for clients ([`reply`]).
 //!
 //! Nothing here reads a socket or a clock: callers feed bytes and get values or errors.
 
 pub mod data;
 pub mod date;
+pub mod ending;
+pub mod replies;
 pub mod reply;
+pub mod server;
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// The RFC 5321 limit for a command line, CRLF included (4.5.3.1.4). ESMTP parameters may
 /// extend it; the session's own `max_line_length` is the enforced bound.
 pub const COMMAND_LINE_LIMIT: usize = 512;
 
-/// A reply: code, enhanced status code and text (one line per element of `lines`).
+/// An enhanced status code (RFC 3463): `class.subject.detail`, e.g. `5.7.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enhanced {
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl Enhanced {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Enhanced {
+        Enhanced {
+            class,
+            subject,
+            detail,
+        }
+    }
+}
+
+impl fmt::Display for Enhanced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// The text of a reply: one line (static for the canned replies of [`replies`], so writing
+/// them allocates nothing) or several (EHLO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
+    One(Cow<'static, str>),
+    Lines(Vec<String>),
+}
+
+/// A reply as we decide it: code, enhanced status code, text. It travels as this value from
+/// where it is decided (the session, the policy, admission) to where it is written; nothing
+/// parses it back. Fixed replies are named once in [`replies`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    /// `x.y.z` or empty for replies that carry none (220, 221 carry one anyway in our server).
-    pub enhanced: &'static str,
-    pub lines: Vec<String>,
+    /// `None` for replies that carry none (the banner, HELO, EHLO, 354).
+    pub enhanced: Option<Enhanced>,
+    text: Text,
 }
 
 impl Reply {
-    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Reply {
+    /// A fixed reply, for the table in [`replies`]. The enhanced code's class must be the
+    /// reply code's first digit (checked when the constant is compiled).
+    pub const fn canned(code: u16, enhanced: Enhanced, text: &'static str) -> Reply {
+        assert!(
+            code / 100 == enhanced.class as u16,
+            "enhanced class must match the code"
+        );
         Reply {
             code,
-            enhanced,
-            lines: vec![text.into()],
+            enhanced: Some(enhanced),
+            text: Text::One(Cow::Borrowed(text)),
+        }
+    }
+
+    /// A fixed reply without an enhanced code (354).
+    pub const fn plain(code: u16, text: &'static str) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: Text::One(Cow::Borrowed(text)),
+        }
+    }
+
+    /// A reply whose text is built at run time.
+    pub fn new(code: u16, enhanced: Enhanced, text: impl Into<Cow<'static, str>>) -> Reply {
+        debug_assert_eq!(code / 100, u16::from(enhanced.class));
+        Reply {
+            code,
+            enhanced: Some(enhanced),
+            text: Text::One(text.into()),
+        }
+    }
+
+    /// A run-time reply without an enhanced code (banner, HELO).
+    pub fn bare(code: u16, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: Text::One(text.into()),
+        }
+    }
+
+    /// A multi-line reply without enhanced codes (EHLO).
+    pub fn lines(code: u16, lines: Vec<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: Text::Lines(lines),
         }
     }
 
@@ -36,22 +118,43 @@ impl Reply {
         self.code < 400
     }
 
+    /// The text lines, without code or enhanced code.
+    pub fn text_lines(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match &self.text {
+            Text::One(t) => (Some(t.as_ref()), None),
+            Text::Lines(l) => (None, Some(l.iter().map(String::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
     /// Wire form: `250-first\r\n250 last\r\n`, enhanced code on every line.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let n = self.lines.len().max(1);
-        for i in 0..n {
-            let text = self.lines.get(i).map(String::as_str).unwrap_or("");
-            let sep = if i + 1 == n { ' ' } else { '-' };
-            out.extend_from_slice(self.code.to_string().as_bytes());
-            out.push(sep as u8);
-            if !self.enhanced.is_empty() {
-                out.extend_from_slice(self.enhanced.as_bytes());
+        let code = [
+            b'0' + (self.code / 100 % 10) as u8,
+            b'0' + (self.code / 10 % 10) as u8,
+            b'0' + (self.code % 10) as u8,
+        ];
+        let mut line = |text: &str, last: bool| {
+            out.extend_from_slice(&code);
+            out.push(if last { b' ' } else { b'-' });
+            if let Some(e) = self.enhanced {
+                use std::io::Write;
+                let _ = write!(out, "{e}");
                 if !text.is_empty() {
                     out.push(b' ');
                 }
             }
             out.extend_from_slice(text.as_bytes());
             out.extend_from_slice(b"\r\n");
+        };
+        match &self.text {
+            Text::One(t) => line(t, true),
+            Text::Lines(l) if l.is_empty() => line("", true),
+            Text::Lines(l) => {
+                for (i, t) in l.iter().enumerate() {
+                    line(t, i + 1 == l.len());
+                }
+            }
         }
     }
 }
@@ -94,14 +197,9 @@ pub struct MailFrom {
 /// Why a command line was refused, already as the reply to send.
 pub type ParseError = Reply;
 
-fn syntax(text: &str) -> Reply {
-    Reply::new(501, "5.5.4", text)
-}
-
 /// Parses one command line (without CRLF).
 pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
-    let line = std::str::from_utf8(line)
-        .map_err(|_| Reply::new(500, "5.5.2", "Invalid UTF-8 in command"))?;
+    let line = std::str::from_utf8(line).map_err(|_| replies::INVALID_UTF8)?;
     let (verb, rest) = match line.find(' ') {
         Some(i) => (&line[..i], line[i + 1..].trim()),
         None => (line, ""),
@@ -110,9 +208,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
     let domain_arg = |rest: &str| -> Result<String, Reply> {
         let d = rest.split_whitespace().next().unwrap_or("");
         if d.is_empty() {
-            Err(syntax("Domain name required"))
+            Err(replies::DOMAIN_REQUIRED)
         } else if d.len() > 255 || d.bytes().any(|b| b.is_ascii_control()) {
-            Err(syntax("Invalid domain name"))
+            Err(replies::INVALID_DOMAIN_ARG)
         } else {
             Ok(d.to_owned())
         }
@@ -123,25 +221,25 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         "MAIL" => parse_mail(rest).map(Command::Mail),
         "RCPT" => parse_rcpt(rest).map(Command::Rcpt),
         "DATA" if rest.is_empty() => Ok(Command::Data),
-        "DATA" => Err(syntax("DATA takes no arguments")),
+        "DATA" => Err(replies::DATA_NO_ARGS),
         "RSET" => Ok(Command::Rset),
         "NOOP" => Ok(Command::Noop),
         "QUIT" => Ok(Command::Quit),
         "VRFY" | "EXPN" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
         "STARTTLS" if rest.is_empty() => Ok(Command::StartTls),
-        "STARTTLS" => Err(syntax("STARTTLS takes no arguments")),
+        "STARTTLS" => Err(replies::STARTTLS_NO_ARGS),
         "BDAT" | "AUTH" | "ETRN" | "TURN" | "ATRN" | "BURL" | "SEND" | "SOML" | "SAML" => {
             Ok(Command::NotImplemented(verb))
         }
-        _ => Err(Reply::new(500, "5.5.1", "Command unrecognized")),
+        _ => Err(replies::UNRECOGNIZED),
     }
 }
 
 /// `FROM:<addr> [params]` (a space after the colon is tolerated, as most servers do).
 fn parse_mail(rest: &str) -> Result<MailFrom, Reply> {
     let Some(arg) = strip_prefix_ci(rest, "FROM:") else {
-        return Err(syntax("Syntax: MAIL FROM:<address>"));
+        return Err(replies::MAIL_SYNTAX);
     };
     let (address, params) = path(arg.trim_start())?;
     let mut m = MailFrom {
@@ -152,41 +250,37 @@ fn parse_mail(rest: &str) -> Result<MailFrom, Reply> {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         match k.to_ascii_uppercase().as_str() {
             "SIZE" => {
-                m.size = Some(v.parse().map_err(|_| syntax("Invalid SIZE parameter"))?);
+                m.size = Some(v.parse().map_err(|_| replies::INVALID_SIZE)?);
             }
             "BODY" => match v.to_ascii_uppercase().as_str() {
                 "8BITMIME" => m.body_8bit = true,
                 "7BIT" => {}
-                _ => return Err(Reply::new(501, "5.5.4", "Unsupported BODY type")),
+                _ => return Err(replies::UNSUPPORTED_BODY),
             },
             "SMTPUTF8" if v.is_empty() => m.smtputf8 = true,
             "AUTH" | "RET" | "ENVID" => {}
-            _ => return Err(Reply::new(555, "5.5.4", "Unsupported MAIL parameter")),
+            _ => return Err(replies::UNSUPPORTED_MAIL_PARAM),
         }
     }
     if !m.smtputf8 && !m.address.is_ascii() {
-        return Err(Reply::new(
-            553,
-            "5.6.7",
-            "Non-ASCII address requires SMTPUTF8",
-        ));
+        return Err(replies::NON_ASCII_NEEDS_SMTPUTF8);
     }
     Ok(m)
 }
 
 fn parse_rcpt(rest: &str) -> Result<String, Reply> {
     let Some(arg) = strip_prefix_ci(rest, "TO:") else {
-        return Err(syntax("Syntax: RCPT TO:<address>"));
+        return Err(replies::RCPT_SYNTAX);
     };
     let (address, params) = path(arg.trim_start())?;
     for p in params.split_whitespace() {
         let k = p.split_once('=').map_or(p, |(k, _)| k).to_ascii_uppercase();
         if !matches!(k.as_str(), "NOTIFY" | "ORCPT") {
-            return Err(Reply::new(555, "5.5.4", "Unsupported RCPT parameter"));
+            return Err(replies::UNSUPPORTED_RCPT_PARAM);
         }
     }
     if address.is_empty() {
-        return Err(syntax("Recipient address required"));
+        return Err(replies::RECIPIENT_REQUIRED);
     }
     Ok(address)
 }
@@ -201,7 +295,7 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// `<path> rest`: the address inside the brackets (source route dropped) and what follows.
 fn path(s: &str) -> Result<(String, &str), Reply> {
     let Some(inner_start) = s.strip_prefix('<') else {
-        return Err(syntax("Address must be in angle brackets"));
+        return Err(replies::NO_ANGLE_BRACKETS);
     };
     // A quoted local part may contain '>'.
     let mut quoted = false;
@@ -220,18 +314,18 @@ fn path(s: &str) -> Result<(String, &str), Reply> {
         }
         i += 1;
     }
-    let end = end.ok_or_else(|| syntax("Missing closing angle bracket"))?;
+    let end = end.ok_or(replies::MISSING_BRACKET)?;
     let mut addr = &inner_start[..end];
     let rest = &inner_start[end + 1..];
     if !rest.is_empty() && !rest.starts_with(' ') {
-        return Err(syntax("Garbage after address"));
+        return Err(replies::GARBAGE_AFTER_ADDRESS);
     }
     if addr.starts_with('@') {
         // RFC 5321 4.1.1.3: source routes are accepted and ignored.
         addr = addr
             .split_once(':')
             .map(|(_, a)| a)
-            .ok_or_else(|| syntax("Invalid source route"))?;
+            .ok_or(replies::INVALID_SOURCE_ROUTE)?;
     }
     if !addr.is_empty() {
         validate_address(addr)?;
@@ -241,21 +335,20 @@ fn path(s: &str) -> Result<(String, &str), Reply> {
 
 /// Checks `local@domain` shape and length (RFC 5321 4.5.3.1: 64 local, 255 domain).
 pub fn validate_address(addr: &str) -> Result<(), Reply> {
-    let bad = |t: &str| Err(Reply::new(553, "5.1.3", t.to_owned()));
     let Some((local, domain)) = addr.rsplit_once('@') else {
-        return bad("Address must be local-part@domain");
+        return Err(replies::ADDRESS_SHAPE);
     };
     if local.is_empty() || local.len() > 64 {
-        return bad("Invalid local part");
+        return Err(replies::INVALID_LOCAL_PART);
     }
     if domain.is_empty() || domain.len() > 255 {
-        return bad("Invalid domain");
+        return Err(replies::INVALID_DOMAIN);
     }
     if addr
         .bytes()
         .any(|b| b.is_ascii_control() || b == b' ' && !local.starts_with('"'))
     {
-        return bad("Invalid characters in address");
+        return Err(replies::INVALID_ADDRESS_CHARS);
     }
     let literal = domain.starts_with('[') && domain.ends_with(']');
     if !literal
@@ -263,7 +356,7 @@ pub fn validate_address(addr: &str) -> Result<(), Reply> {
             !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
     {
-        return bad("Invalid domain");
+        return Err(replies::INVALID_DOMAIN);
     }
     Ok(())
 }
@@ -331,13 +424,9 @@ mod tests {
 
     #[test]
     fn replies_render_multiline_with_enhanced_codes() {
-        let r = Reply {
-            code: 250,
-            enhanced: "",
-            lines: vec!["mx".into(), "PIPELINING".into()],
-        };
+        let r = Reply::lines(250, vec!["mx".into(), "PIPELINING".into()]);
         assert_eq!(r.to_string(), "250-mx\r\n250 PIPELINING");
-        let r = Reply::new(550, "5.7.1", "Relaying denied");
+        let r = Reply::new(550, Enhanced::new(5, 7, 1), "Relaying denied");
         let mut v = Vec::new();
         r.write_to(&mut v);
         assert_eq!(v, b"550 5.7.1 Relaying denied\r\n");

@@ -35,6 +35,11 @@ pub struct ClusterIdx(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EngineIdx(pub usize);
 
+/// Index of a tenant in [`Topology::tenants`] (stable for one snapshot; a session keeps its
+/// snapshot, so it may hold one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantIdx(pub usize);
+
 /// A tenant's stable id, as written in config.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub String);
@@ -207,9 +212,14 @@ impl Topology {
     /// The tenant that owns a recipient domain: exact match (case-insensitive, trailing dot
     /// ignored), else the nearest parent domain of a tenant that accepts subdomains.
     pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
+        self.tenant_idx_for_domain(domain)
+            .map(|i| &self.tenants[i.0])
+    }
+
+    fn tenant_idx_for_domain(&self, domain: &str) -> Option<TenantIdx> {
         let d = domain.trim_end_matches('.').to_ascii_lowercase();
         if let Some(&i) = self.domains.get(&d) {
-            return Some(&self.tenants[i]);
+            return Some(TenantIdx(i));
         }
         if !self.any_subdomains {
             return None;
@@ -219,7 +229,7 @@ impl Topology {
             if let Some(&i) = self.domains.get(parent)
                 && self.tenants[i].subdomains
             {
-                return Some(&self.tenants[i]);
+                return Some(TenantIdx(i));
             }
             rest = parent;
         }
@@ -236,5 +246,42 @@ impl Topology {
     pub fn cluster_label(&self, c: ClusterIdx) -> String {
         let cl = &self.clusters[c.0];
         format!("{}/{}", self.silos[cl.silo.0].name, cl.name)
+    }
+}
+
+/// What an SMTP session asks about recipients: whose domain is it, does that tenant know the
+/// user. One answer for the engine and the edge.
+impl crate::smtp::server::Recipients for Topology {
+    type Owner = TenantIdx;
+
+    fn owner(&self, address: &str) -> Option<TenantIdx> {
+        let (_, domain) = address.rsplit_once('@')?;
+        self.tenant_idx_for_domain(domain)
+    }
+
+    fn knows(&self, owner: TenantIdx, address: &str) -> bool {
+        self.tenants.get(owner.0).is_some_and(|t| t.knows(address))
+    }
+}
+
+/// A stand-in for a topology in unit tests of SMTP sessions: `acme.example` is tenant 0 (it
+/// knows everyone), `globex.example` tenant 1 (it knows only `boss@`).
+#[cfg(test)]
+pub struct TwoTenants;
+
+#[cfg(test)]
+impl crate::smtp::server::Recipients for TwoTenants {
+    type Owner = TenantIdx;
+
+    fn owner(&self, address: &str) -> Option<TenantIdx> {
+        match address.rsplit_once('@')?.1 {
+            "acme.example" => Some(TenantIdx(0)),
+            "globex.example" => Some(TenantIdx(1)),
+            _ => None,
+        }
+    }
+
+    fn knows(&self, owner: TenantIdx, address: &str) -> bool {
+        owner == TenantIdx(0) || address == "boss@globex.example"
     }
 }

@@ -278,11 +278,11 @@ class Fleet:
             host = next(h for n, _, h in engines_of(s) if n == node.name)
             out += [
                 "[engine]",
-                f'listen = ["{node.addr}:25"]',
+                "listen = []",
+                f'proxy_listen = ["{node.addr}:25"]',
                 f'spool_dir = "{os.path.join(self.base, "spool", node.name)}"',
                 f'hostname = "{host}"',
                 f"trusted_proxies = {json.dumps(edges)}",
-                "require_proxy = true",
                 "  [engine.delivery]",
                 '  retry_base = "1s"',
                 '  retry_max = "4s"',

@@ -8,7 +8,8 @@ fn check_prints_a_summary_of_each_shipped_config() {
         (
             "config/maildistiller.toml",
             "all",
-            "engine  smtp 127.0.0.1:2601",
+            "engine  smtp+PROXY 127.0.0.1:2601 127.0.0.1:2602 127.0.0.1:2603 127.0.0.1:2604 \
+             (from 127.0.0.0/8), smtp 127.0.0.1:2526",
         ),
         (
             "config/edge.example.toml",

@@ -111,6 +111,11 @@ x = 1
         r#"edge.command_timeout: invalid duration "5 minutes": unknown unit"#,
     );
     assert_has(&errors, "engine.max_message_size: invalid size");
+    // A key that was removed says what to write instead.
+    assert_has(
+        &errors,
+        "engine.require_proxy: removed: PROXY is a property of the listener",
+    );
     assert_has(&errors, "bogus: unknown section");
     assert!(errors.len() >= 8, "{errors:#?}");
 }

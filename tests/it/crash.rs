@@ -31,6 +31,7 @@ lon = -0.1
   region = "uk"
     [[silo.cluster.engine]]
     address = "127.0.0.1:{smtp}"
+    proxy = "none"   # the test sends straight to engine.listen
 [[tenant]]
 id = "acme"
 domains = ["acme.example"]

@@ -33,7 +33,7 @@ impl Fleet {
         for i in 0..4 {
             let spool = dir.path().join(format!("e{i}")).join("spool");
             std::fs::create_dir_all(spool.parent().unwrap()).unwrap();
-            let extra = "trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n";
+            let extra = "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
             engines.push(Some(
                 TestEngine::start_named(
                     &spool,
@@ -45,7 +45,10 @@ impl Fleet {
                 .await,
             ));
         }
-        let a: Vec<SocketAddr> = engines.iter().map(|e| e.as_ref().unwrap().smtp).collect();
+        let a: Vec<SocketAddr> = engines
+            .iter()
+            .map(|e| e.as_ref().unwrap().proxy.unwrap())
+            .collect();
         let text = format!(
             r#"
 [node]
@@ -366,6 +369,19 @@ async fn pregreet_talkers_are_refused() {
     polite.expect("220").await;
 }
 
+/// `edge.max_errors`: the edge's own error replies end the session at the configured count
+/// (the default, 10, would answer all three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_error_cap_is_configured() {
+    let f = Fleet::start("max_errors = 2\n", 100).await;
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "503 5.5.1").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<x@elsewhere.example>", "421 4.7.0").await;
+    assert!(c.closed().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_through_the_edge_is_one_message() {
     let f = Fleet::start("", 100).await;
@@ -505,8 +521,8 @@ async fn operators_drain_engines_through_the_ops_api() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops_addr = listener.local_addr().unwrap();
     tokio::spawn(maildistiller::ops::serve(f.edge_ops.clone(), listener));
-    let e0 = f.engines[0].as_ref().unwrap().smtp;
-    let e1 = f.engines[1].as_ref().unwrap().smtp;
+    let e0 = f.engines[0].as_ref().unwrap().proxy.unwrap();
+    let e1 = f.engines[1].as_ref().unwrap().proxy.unwrap();
     let req = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
             maildistiller::cli::client::request(ops_addr, method, &path, Some(OPS_TOKEN)).unwrap()

@@ -18,7 +18,10 @@ use crate::support::{OPS_TOKEN, ops_token, write};
 pub struct TestEngine {
     pub ops: Arc<Ops>,
     pub store: Store,
+    /// `engine.listen`: direct senders.
     pub smtp: SocketAddr,
+    /// `engine.proxy_listen`, when `extra` configured one: edges.
+    pub proxy: Option<SocketAddr>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -103,12 +106,14 @@ hostname = "{hostname}"
         let bound = engine::bind(&ops).await.expect("engine binds");
         let smtp = bound.addrs[0];
         let store = bound.store.clone();
+        let proxy = bound.proxy_addrs.first().copied();
         let task = tokio::spawn(bound.serving);
         ops.set_ready(true);
         TestEngine {
             ops,
             store,
             smtp,
+            proxy,
             task: Some(task),
         }
     }
@@ -302,70 +307,107 @@ async fn oversize_and_malformed_input_get_the_right_codes() {
     assert!(a.messages().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_headers_are_believed_only_from_trusted_networks() {
+fn proxy_header(client: &str) -> Vec<u8> {
     use maildistiller::proxy::{ProxyInfo, Version, encode};
-    let header = |client: &str| {
-        let mut v = Vec::new();
-        encode(
-            &ProxyInfo {
-                client: Some(client.parse().unwrap()),
-                destination: Some("127.0.0.1:25".parse().unwrap()),
-                session_id: Some("edge-sess-42".into()),
-                ..ProxyInfo::default()
-            },
-            Version::V2,
-            &mut v,
-        );
-        v
-    };
+    let mut v = Vec::new();
+    encode(
+        &ProxyInfo {
+            client: Some(client.parse().unwrap()),
+            destination: Some("127.0.0.1:25".parse().unwrap()),
+            session_id: Some("edge-sess-42".into()),
+            ..ProxyInfo::default()
+        },
+        Version::V2,
+        &mut v,
+    );
+    v
+}
+
+/// An engine with both listeners, `trusted` its `trusted_proxies`; acme's and globex's sinks.
+async fn with_proxy_listener(trusted: &str) -> (TestEngine, Sink, Sink, tempfile::TempDir) {
     let (a, g) = (Sink::start().await, Sink::start().await);
-
-    // Untrusted: the header is refused.
     let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
-    let mut c = Client::connect_raw(e.smtp).await;
-    c.send(&header("81.2.69.160:4000")).await;
-    let banner = c.reply().await;
-    assert!(banner.starts_with("220"), "{banner}");
-    c.expect("554 5.7.0").await;
-    assert!(c.closed().await);
-    e.stop().await;
+    let extra =
+        format!("proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"{trusted}\"]\n{FAST}");
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+    (e, a, g, dir)
+}
 
-    // Trusted and required: the real client address is used; no header -> 421.
-    let dir = tempfile::tempdir().unwrap();
-    let e = TestEngine::start(
-        &dir.path().join("spool"),
-        a.addr,
-        g.addr,
-        &format!("trusted_proxies = [\"127.0.0.0/8\"]\nrequire_proxy = true\n{FAST}"),
-    )
-    .await;
-    let mut c = Client::connect_raw(e.smtp).await;
-    c.send(&header("81.2.69.160:4000")).await;
-    c.expect("220").await;
+/// Sends one message for acme on `c` and waits for it to be the `nth` delivered, received
+/// from `client`.
+async fn delivered_from(c: &mut Client, sink: &Sink, subject: &str, nth: usize, client: &str) {
     let r = c
-        .mail(
-            "alice@sender.example",
-            &["bob@acme.example"],
-            &msg("proxied"),
-        )
+        .mail("alice@sender.example", &["bob@acme.example"], &msg(subject))
         .await;
     assert!(r.starts_with("250"), "{r}");
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await);
-    assert!(
-        a.messages()[0]
-            .data
-            .starts_with("Received: from client.example ([81.2.69.160])"),
-        "{}",
-        a.messages()[0].data
-    );
+    assert!(until(Duration::from_secs(10), || sink.messages().len() == nth).await);
+    let data = &sink.messages()[nth - 1].data;
+    let want = format!("Received: from client.example ([{client}])");
+    assert!(data.starts_with(&want), "{data}");
+}
+
+/// The edges' listener: PROXY from trusted_proxies required; the real client address is
+/// used. The direct listener of the same engine never takes PROXY, even from those networks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_is_a_property_of_the_listener() {
+    let (e, a, _g, _dir) = with_proxy_listener("127.0.0.0/8").await;
+    let proxy = e.proxy.expect("engine.proxy_listen is bound");
+
+    // An edge: header first, then SMTP as the client it speaks for.
+    let mut c = Client::connect_raw(proxy).await;
+    c.send(&proxy_header("81.2.69.160:4000")).await;
+    c.expect("220").await;
+    delivered_from(&mut c, &a, "proxied", 1, "81.2.69.160").await;
     let l = e.store.list();
     assert!(l.is_empty() || l[0].env.session == "edge-sess-42");
 
-    let mut c = Client::connect_raw(e.smtp).await;
+    // No header on the edges' listener: refused, without a banner.
+    let mut c = Client::connect_raw(proxy).await;
     c.send(b"EHLO direct.example\r\n").await;
     c.expect("421 4.7.0").await;
+    assert!(c.closed().await);
+
+    // The direct listener, from a network that may send PROXY elsewhere: the banner comes
+    // without anything sent (nobody waits for a header) ...
+    let mut c = Client::connect_raw(e.smtp).await;
+    c.expect("220").await;
+    delivered_from(&mut c, &a, "direct", 2, "127.0.0.1").await;
+    // ... and a PROXY header there is refused.
+    let mut c = Client::connect_raw(e.smtp).await;
+    c.send(&proxy_header("81.2.69.160:4000")).await;
+    c.expect("220").await;
+    c.expect("554 5.7.0").await;
+    assert!(c.closed().await);
+    e.stop().await;
+}
+
+/// Nobody waits on the direct listener: session after session gets its banner at once. (With
+/// the 250 ms wait this replaced, 20 sessions took 5 s; a generous bound stays far below it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_senders_get_the_banner_at_once() {
+    let (e, _a, _g, _dir) = with_proxy_listener("127.0.0.0/8").await;
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        let mut c = Client::connect_raw(e.smtp).await;
+        c.expect("220").await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "20 banners took {:?}",
+        start.elapsed()
+    );
+    e.stop().await;
+}
+
+/// The edges' listener takes connections from `trusted_proxies` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_listener_refuses_untrusted_networks() {
+    let (e, a, _g, _dir) = with_proxy_listener("10.0.0.0/8").await;
+    let mut c = Client::connect_raw(e.proxy.unwrap()).await;
+    c.send(&proxy_header("81.2.69.160:4000")).await;
+    c.expect("554 5.7.0").await;
+    assert!(c.closed().await);
+    assert!(a.messages().is_empty());
     e.stop().await;
 }
 
@@ -742,7 +784,7 @@ async fn starttls_upgrades_and_refuses_injected_commands() {
     assert!(ehlo.contains("STARTTLS"), "{ehlo}");
     c.send(b"STARTTLS\r\nMAIL FROM:<evil@sender.example>\r\n")
         .await;
-    c.expect("220").await;
+    c.expect("554 5.5.1").await;
     assert!(
         c.closed().await,
         "plaintext after STARTTLS closes the session"

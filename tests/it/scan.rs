@@ -98,7 +98,7 @@ async fn dmarc_reject_is_honoured() {
     let maildistiller::engine::scan::Action::Reject { reply } = &v.action else {
         panic!("{:?}", v.action);
     };
-    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(reply.to_string().starts_with("550 5.7.1 "), "{reply}");
 }
 
 #[tokio::test]

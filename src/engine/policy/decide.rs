@@ -55,6 +55,25 @@ impl From<PolicyAction> for Disposition {
     }
 }
 
+/// Why the decision was taken, in the one word a sender may be told (the SMTP reply names it;
+/// the full reason is for operators and users only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grounds {
+    /// Nothing decided against the message.
+    Clean,
+    Virus,
+    /// Over a spam-score threshold.
+    Spam,
+    /// A blocked attachment type, an encrypted archive, a macro document.
+    Attachment,
+    /// The message could not be scanned within its budget.
+    Unscannable,
+    /// A list, a rule or DMARC: the tenant's policy.
+    Policy,
+    /// A scanner failed and the policy says temp-fail.
+    Failure,
+}
+
 /// A scanner that could not do its job, and what the policy said to do about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
@@ -70,8 +89,8 @@ pub struct Decision {
     pub score: f64,
     /// Why, for operators and users (the quarantine reason); may quote the message, clipped.
     pub reason: String,
-    /// Why, in one safe word for the SMTP reply: `virus`, `spam`, `attachment`, `policy`…
-    pub reply_reason: &'static str,
+    /// Why, in the one safe word the SMTP reply may carry.
+    pub grounds: Grounds,
     /// Every finding, with the policy's scores.
     pub findings: Vec<Finding>,
     pub failures: Vec<Failure>,
@@ -111,10 +130,10 @@ pub fn decide(
 
     let mut best = (
         Disposition::Deliver,
-        "clean",
+        Grounds::Clean,
         format!("score {score:.1} below thresholds"),
     );
-    let mut raise = |d: Disposition, short: &'static str, why: String| {
+    let mut raise = |d: Disposition, short: Grounds, why: String| {
         if d > best.0 {
             best = (d, short, why);
         }
@@ -122,7 +141,7 @@ pub fn decide(
     match &list {
         ListHit::Block { level, entry } => raise(
             p.actions.blocklist.into(),
-            "policy",
+            Grounds::Policy,
             format!("{level} block list: {entry}"),
         ),
         ListHit::Allow { level, entry } => findings.push(Finding {
@@ -141,15 +160,19 @@ pub fn decide(
     let att = &p.attachments;
     for f in &findings {
         let category_action = match f.category {
-            Category::Virus => Some((a.virus, "virus", "virus")),
-            Category::Unscannable => Some((a.unscannable, "unscannable", "unscannable")),
-            Category::Attachment => Some((att.action, "attachment", "blocked attachment")),
-            Category::EncryptedArchive => {
-                Some((att.encrypted_archives, "attachment", "encrypted archive"))
+            Category::Virus => Some((a.virus, Grounds::Virus, "virus")),
+            Category::Unscannable => Some((a.unscannable, Grounds::Unscannable, "unscannable")),
+            Category::Attachment => Some((att.action, Grounds::Attachment, "blocked attachment")),
+            Category::EncryptedArchive => Some((
+                att.encrypted_archives,
+                Grounds::Attachment,
+                "encrypted archive",
+            )),
+            Category::Macro => Some((att.macro_documents, Grounds::Attachment, "macro document")),
+            Category::DmarcReject if !allowed => Some((a.dmarc_reject, Grounds::Policy, "DMARC")),
+            Category::DmarcQuarantine if !allowed => {
+                Some((a.dmarc_quarantine, Grounds::Policy, "DMARC"))
             }
-            Category::Macro => Some((att.macro_documents, "attachment", "macro document")),
-            Category::DmarcReject if !allowed => Some((a.dmarc_reject, "policy", "DMARC")),
-            Category::DmarcQuarantine if !allowed => Some((a.dmarc_quarantine, "policy", "DMARC")),
             _ => None,
         };
         if let Some((action, short, label)) = category_action {
@@ -158,7 +181,11 @@ pub fn decide(
         if let Some(action) = f.action
             && !allowed
         {
-            raise(action.into(), "policy", format!("{}: {}", f.name, f.detail));
+            raise(
+                action.into(),
+                Grounds::Policy,
+                format!("{}: {}", f.name, f.detail),
+            );
         }
     }
     if !allowed {
@@ -171,7 +198,7 @@ pub fn decide(
             if score >= limit {
                 raise(
                     action.into(),
-                    "spam",
+                    Grounds::Spam,
                     format!("spam score {score:.1} >= {name} threshold {limit}"),
                 );
                 break;
@@ -182,17 +209,17 @@ pub fn decide(
         if fail.on_failure == OnFailure::Tempfail {
             raise(
                 Disposition::TempFail,
-                "failure",
+                Grounds::Failure,
                 format!("{} failed: {}", fail.scanner, fail.error),
             );
         }
     }
-    let (disposition, reply_reason, reason) = best;
+    let (disposition, grounds, reason) = best;
     Decision {
         disposition,
         score,
         reason,
-        reply_reason,
+        grounds,
         findings,
         failures,
         list,
@@ -378,6 +405,6 @@ mod tests {
         );
         assert_eq!(d.score, 30.0);
         assert_eq!(d.disposition, Disposition::Reject);
-        assert_eq!(d.reply_reason, "spam");
+        assert_eq!(d.grounds, Grounds::Spam);
     }
 }

@@ -14,5 +14,5 @@ mod decide;
 pub mod finding;
 mod lists;
 
-pub use decide::{Decision, Disposition, Failure, decide};
+pub use decide::{Decision, Disposition, Failure, Grounds, decide};
 pub use lists::{Entry, ListHit, Lists};

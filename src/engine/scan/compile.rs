@@ -65,6 +65,9 @@ pub struct CompiledPolicy {
     pub config: PolicyConfig,
     pub lists: Lists,
     pub checks: Vec<Arc<dyn Check>>,
+    /// The authserv-id our `Authentication-Results` carry, when this policy runs the `auth`
+    /// check: incoming fields claiming it are forged and removed (RFC 8601 §5).
+    pub authserv_id: Option<String>,
 }
 
 impl CompiledPolicy {
@@ -203,6 +206,10 @@ fn compile(
 ) -> Result<CompiledPolicy, Vec<ConfigError>> {
     let authserv = p.auth.authserv_id.as_deref().unwrap_or(default_authserv);
     let checks = check::build(path, p, authserv, interner)?;
+    let authserv_id = checks
+        .iter()
+        .any(|c| c.name() == "auth")
+        .then(|| authserv.to_owned());
     let mut text = toml::to_string(p).unwrap_or_default();
     if let Some((_, ov)) = tenant {
         text.push_str(&toml::to_string(ov).unwrap_or_default());
@@ -214,6 +221,7 @@ fn compile(
         lists: Lists::new(&p.allow, &p.block, tenant.map(|(_, ov)| ov)),
         config: p.clone(),
         checks,
+        authserv_id,
     })
 }
 

@@ -58,6 +58,7 @@ use crate::config::ConfigErrors;
 use crate::config::policy::ScanLimits;
 use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome, clip};
 use crate::engine::policy::{Decision, Disposition, Failure, ListHit, decide};
+use crate::smtp::Reply;
 use crate::snapshot::Snapshot;
 use crate::topology::Tenant;
 use budget::{Budget, Stats};
@@ -117,11 +118,11 @@ pub enum Action {
     Deliver,
     /// Keep in the spool, not delivered; `reason` is shown to users and operators.
     Quarantine { reason: String },
-    /// Refuse in-session with this full SMTP reply (e.g. `550 5.7.1 Message rejected (ref ID)`):
+    /// Refuse in-session with this reply (e.g. `550 5.7.1 Message rejected (ref ID)`):
     /// no backscatter.
-    Reject { reply: String },
+    Reject { reply: Reply },
     /// A scanner failed and the policy says temp-fail: answer this 4xx reply.
-    TempFail { reply: String },
+    TempFail { reply: Reply },
 }
 
 /// A decision with everything needed to explain it.
@@ -441,7 +442,7 @@ fn build_verdict(
             reason: clip(&decision.reason, 200),
         },
         Disposition::Reject => Action::Reject {
-            reply: verdict::reject_reply(decision.reply_reason, reference),
+            reply: verdict::reject_reply(decision.grounds, reference),
         },
         Disposition::TempFail => Action::TempFail {
             reply: verdict::tempfail_reply(reference),
@@ -490,12 +491,7 @@ fn build_verdict(
         &shadows,
         &extra,
     );
-    let authserv_id = live
-        .checks
-        .iter()
-        .any(|c| c.name() == "auth")
-        .then(|| authserv_of(&auth_headers))
-        .flatten();
+    let authserv_id = live.authserv_id.clone();
     Verdict {
         action,
         summary,
@@ -512,14 +508,6 @@ fn build_verdict(
             elapsed,
         })),
     }
-}
-
-/// The authserv-id of our own `Authentication-Results` header.
-fn authserv_of(headers: &[String]) -> Option<String> {
-    headers.iter().find_map(|h| {
-        let v = h.strip_prefix("Authentication-Results: ")?;
-        Some(v.split([';', ' ', '\r']).next()?.to_owned())
-    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use crate::engine::policy::finding::Category;
 use crate::engine::policy::finding::clip;
-use crate::engine::policy::{Decision, ListHit};
+use crate::engine::policy::{Decision, Grounds, ListHit};
+use crate::smtp::{Enhanced, Reply};
 
 /// Header fields that only we may write: removed from incoming messages.
 pub const OWN_HEADERS: &[&str] = &["x-maildistiller-verdict"];
@@ -26,23 +27,32 @@ pub fn safe_ref(id: &str) -> String {
     if s.is_empty() { "none".into() } else { s }
 }
 
-/// `550 5.7.1 …` for a rejection.
-pub fn reject_reply(reply_reason: &str, reference: &str) -> String {
-    let phrase = match reply_reason {
-        "virus" => "Message rejected: virus detected",
-        "spam" => "Message rejected as spam",
-        "attachment" => "Message rejected: attachment type not allowed",
-        "unscannable" => "Message rejected: it could not be scanned",
-        _ => "Message rejected by policy",
+/// The 550 for a rejection: a fixed phrase for the grounds and the reference id, nothing
+/// quoted from the message.
+pub fn reject_reply(grounds: Grounds, reference: &str) -> Reply {
+    let phrase = match grounds {
+        Grounds::Virus => "Message rejected: virus detected",
+        Grounds::Spam => "Message rejected as spam",
+        Grounds::Attachment => "Message rejected: attachment type not allowed",
+        Grounds::Unscannable => "Message rejected: it could not be scanned",
+        Grounds::Policy | Grounds::Clean | Grounds::Failure => "Message rejected by policy",
     };
-    format!("550 5.7.1 {phrase} (ref {})", safe_ref(reference))
+    Reply::new(
+        550,
+        Enhanced::new(5, 7, 1),
+        format!("{phrase} (ref {})", safe_ref(reference)),
+    )
 }
 
-/// `451 4.7.1 …` when a scanner failed and the policy says temp-fail.
-pub fn tempfail_reply(reference: &str) -> String {
-    format!(
-        "451 4.7.1 Message could not be scanned now, try again later (ref {})",
-        safe_ref(reference)
+/// The 451 when a scanner failed and the policy says temp-fail.
+pub fn tempfail_reply(reference: &str) -> Reply {
+    Reply::new(
+        451,
+        Enhanced::new(4, 7, 1),
+        format!(
+            "Message could not be scanned now, try again later (ref {})",
+            safe_ref(reference)
+        ),
     )
 }
 
@@ -301,10 +311,10 @@ mod tests {
     #[test]
     fn replies_quote_nothing_from_the_message() {
         assert_eq!(
-            reject_reply("virus", "Q1\r\n250 ok"),
+            reject_reply(Grounds::Virus, "Q1\r\n250 ok").to_string(),
             "550 5.7.1 Message rejected: virus detected (ref Q1250ok)"
         );
-        assert!(tempfail_reply("Q2").starts_with("451 4.7.1 "));
+        assert!(tempfail_reply("Q2").to_string().starts_with("451 4.7.1 "));
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! The engine's SMTP listener and session driver: PROXY handling, the command loop with
-//! PIPELINING, DATA, and handing complete messages to scanning and the spool.
+//! The engine's SMTP listeners and session driver: PROXY handling, reading and writing with
+//! PIPELINING, STARTTLS, and handing complete messages to scanning and the spool. The protocol
+//! itself is the sans-I/O [`session`].
 //!
-//! PROXY rules: a peer in `engine.trusted_proxies` may send a PROXY v1/v2 header first; with
-//! `require_proxy` it must (else `421 4.7.0`), without it the engine waits `proxy_wait` for one
-//! before the banner. A PROXY header from any other address is refused with `554 5.7.0` and the
-//! connection closed: an untrusted client cannot choose the address we log, scan and trust.
-//! A LOCAL header (the edge's health probe) makes the session quiet in the logs.
+//! PROXY is a property of the listener, never guessed: on `engine.proxy_listen` (the edges')
+//! the peer must be in `engine.trusted_proxies` (else `554 5.7.0`) and must send a PROXY v1/v2
+//! header first (else `421 4.7.0`); on `engine.listen` (direct senders) nobody may send one
+//! (`554 5.7.0`: an untrusted client cannot choose the address we log, scan and trust). No
+//! listener waits to see whether a header comes: the banner goes out as soon as the session
+//! starts. A LOCAL header (the edge's health probe) makes the session quiet in the logs.
 //!
 //! Bounds: command lines `max_line_length`; messages `max_message_size` (counted while
 //! streaming, the excess discarded); `max_commands` and `max_errors` per session; a command
-//! timeout between commands and a data timeout for the whole DATA phase.
+//! timeout between commands, a data timeout for the whole DATA phase, and at most
+//! [`PROXY_HEADER_WAIT`] for the PROXY header.
 
 pub mod session;
 
@@ -18,19 +21,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::Shared;
 use super::scan;
 use crate::proxy::{self, ProxyInfo};
-use crate::smtp::Reply;
-use crate::smtp::data::{DataReader, Feed};
+use crate::smtp::ending::Ending;
+use crate::smtp::server::{Limits, Message};
+use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
-use session::{Limits, Session, Step};
+use crate::topology::TenantIdx;
+use session::{Session, Step};
+
+/// Longest wait for the PROXY header on a PROXY listener (or `engine.command_timeout`, if
+/// shorter). Edges send it with their first bytes, so only a peer that is not an edge waits.
+pub const PROXY_HEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Any byte stream a session can run on (TCP, TLS over TCP, in-memory in tests).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// What a listener expects before SMTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `engine.listen`: direct senders; a PROXY header is refused.
+    Direct,
+    /// `engine.proxy_listen`: edges; a PROXY header from `trusted_proxies` is required.
+    Proxy,
+}
 
 /// Buffered connection: read buffer with a cursor, write buffer flushed before blocking reads
 /// (that is what makes PIPELINING work: replies to a pipelined batch go out together).
@@ -39,15 +58,6 @@ pub struct Conn {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
-}
-
-/// Why reading a line stopped.
-enum LineError {
-    Closed,
-    TooLong,
-    Timeout,
-    Shutdown,
-    Io,
 }
 
 impl Conn {
@@ -64,8 +74,12 @@ impl Conn {
         &self.rbuf[self.rpos..]
     }
 
+    fn consume(&mut self, n: usize) {
+        self.rpos += n;
+    }
+
     /// Reads more bytes (compacting the buffer first). 0 means EOF. Cancel-safe: a read dropped
-    /// by a timeout (the PROXY wait, the early-talker check) leaves the buffer as it was.
+    /// by a timeout leaves the buffer as it was.
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -73,6 +87,34 @@ impl Conn {
         }
         self.rbuf.reserve(8192);
         self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// Flushes the replies, then reads more bytes before `deadline` (or `shutdown`, when
+    /// given: the session is at a command boundary).
+    async fn read_more(
+        &mut self,
+        deadline: Instant,
+        in_body: bool,
+        shutdown: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<(), Ending> {
+        self.flush().await.map_err(Ending::ClientIo)?;
+        let stop = async {
+            match shutdown {
+                Some(s) => s.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.fill()) => r,
+            _ = stop => return Err(Ending::Shutdown),
+        };
+        match read {
+            Err(_) if in_body => Err(Ending::DataTimeout),
+            Err(_) => Err(Ending::Timeout),
+            Ok(Err(e)) => Err(Ending::ClientIo(e)),
+            Ok(Ok(0)) => Err(Ending::ClientClosed),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     pub fn reply(&mut self, r: &Reply) {
@@ -85,73 +127,6 @@ impl Conn {
             self.wbuf.clear();
         }
         self.stream.flush().await
-    }
-
-    /// Next line without CRLF. Flushes pending replies before blocking.
-    async fn line(
-        &mut self,
-        max: usize,
-        timeout: Duration,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> Result<Vec<u8>, LineError> {
-        let mut discarding = false;
-        loop {
-            if let Some(nl) = self.buffered().iter().position(|&b| b == b'\n') {
-                let start = self.rpos;
-                self.rpos += nl + 1;
-                if discarding {
-                    return Err(LineError::TooLong);
-                }
-                let mut line = &self.rbuf[start..start + nl];
-                if line.last() == Some(&b'\r') {
-                    line = &line[..line.len() - 1];
-                }
-                if line.len() + 2 > max {
-                    return Err(LineError::TooLong);
-                }
-                return Ok(line.to_vec());
-            }
-            if self.buffered().len() > max {
-                discarding = true;
-                self.rpos = self.rbuf.len();
-            }
-            if self.flush().await.is_err() {
-                return Err(LineError::Io);
-            }
-            let read = tokio::select! {
-                r = tokio::time::timeout(timeout, self.fill()) => r,
-                _ = shutdown.cancelled() => return Err(LineError::Shutdown),
-            };
-            match read {
-                Err(_) => return Err(LineError::Timeout),
-                Ok(Err(_)) => return Err(LineError::Io),
-                Ok(Ok(0)) => return Err(LineError::Closed),
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// Reads a DATA body into `reader` until end of data (or error).
-    async fn data(
-        &mut self,
-        reader: &mut DataReader,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), LineError> {
-        loop {
-            if !self.buffered().is_empty()
-                && let Feed::Done(n) = reader.feed(&self.rbuf[self.rpos..])
-            {
-                self.rpos += n;
-                return Ok(());
-            }
-            self.rpos = self.rbuf.len();
-            match tokio::time::timeout_at(deadline, self.fill()).await {
-                Err(_) => return Err(LineError::Timeout),
-                Ok(Err(_)) => return Err(LineError::Io),
-                Ok(Ok(0)) => return Err(LineError::Closed),
-                Ok(Ok(_)) => {}
-            }
-        }
     }
 }
 
@@ -172,44 +147,45 @@ pub fn new_session_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// Reads the PROXY header a trusted peer may (or must) send. `Ok(None)`: no header.
-async fn read_proxy(conn: &mut Conn, wait: Duration) -> Result<Option<ProxyInfo>, String> {
-    let deadline = tokio::time::Instant::now() + wait;
+/// Reads the PROXY header a PROXY listener requires, within `wait`.
+async fn read_proxy(conn: &mut Conn, wait: Duration) -> Result<ProxyInfo, Ending> {
+    let deadline = Instant::now() + wait;
     loop {
         let buf = conn.buffered();
         if !buf.is_empty() {
             match proxy::looks_like_proxy(buf) {
-                Some(false) => return Ok(None),
+                Some(false) => return Err(Ending::ProxyMissing),
                 Some(true) => match proxy::parse(buf) {
                     Ok((info, used)) => {
-                        conn.rpos += used;
-                        return Ok(Some(info));
+                        conn.consume(used);
+                        return Ok(info);
                     }
                     Err(proxy::ProxyError::Incomplete) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(Ending::ProxyInvalid(e.to_string())),
                 },
                 None => {}
             }
         }
         match tokio::time::timeout_at(deadline, conn.fill()).await {
-            Err(_) if conn.buffered().is_empty() => return Ok(None),
-            Err(_) => return Err("incomplete PROXY header".into()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err("connection closed before PROXY header".into()),
+            Err(_) if conn.buffered().is_empty() => return Err(Ending::ProxyMissing),
+            Err(_) => return Err(Ending::ProxyInvalid("incomplete".into())),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Ending::ClientClosed),
             Ok(Ok(_)) => {}
         }
     }
 }
 
 /// Serves one accepted connection to completion.
-pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+) {
     let _ = stream.set_nodelay(true);
     let snap = shared.ops.config.load_full();
     let ecfg = &snap.config.engine;
     let mut conn = Conn::new(Box::new(stream));
-    let trusted = ecfg
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(peer.ip().to_canonical()));
     let mut info = ConnInfo {
         client: peer,
         session_id: String::new(),
@@ -218,14 +194,19 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
         proxied: false,
         quiet: false,
     };
-    if trusted {
-        let wait = if ecfg.require_proxy {
-            ecfg.command_timeout.get().min(Duration::from_secs(10))
+    if listener == Listener::Proxy {
+        let trusted = ecfg
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(peer.ip().to_canonical()));
+        let wait = ecfg.command_timeout.get().min(PROXY_HEADER_WAIT);
+        let header = if trusted {
+            read_proxy(&mut conn, wait).await
         } else {
-            ecfg.proxy_wait.get()
+            Err(Ending::ProxyUntrusted)
         };
-        match read_proxy(&mut conn, wait).await {
-            Ok(Some(p)) => {
+        match header {
+            Ok(p) => {
                 info.proxied = true;
                 match p.client {
                     Some(c) => info.client = c,
@@ -235,17 +216,12 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
                 info.country = p.country;
                 info.client_tls = p.tls.is_some();
             }
-            Ok(None) if ecfg.require_proxy => {
-                conn.reply(&Reply::new(421, "4.7.0", "PROXY protocol header required"));
+            Err(ending) => {
+                if let Some(r) = ending.reply() {
+                    conn.reply(&r);
+                }
                 let _ = conn.flush().await;
-                tracing::info!(peer = %peer, "connection without the required PROXY header refused");
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                conn.reply(&Reply::new(421, "4.7.0", "Invalid PROXY protocol header"));
-                let _ = conn.flush().await;
-                tracing::warn!(peer = %peer, error = %e, "invalid PROXY header");
+                tracing::warn!(peer = %peer, error = %ending, "connection to a PROXY listener refused");
                 return;
             }
         }
@@ -263,8 +239,12 @@ pub async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: Soc
     } else {
         tracing::debug!(session = %info.session_id, client = %info.client, peer = %peer, proxied = info.proxied, "session start");
     }
-    run_session(&shared, &snap, &mut conn, &info, trusted).await;
+    let ending = run_session(&shared, &snap, &mut conn, &info).await;
+    if let Some(r) = ending.reply() {
+        conn.reply(&r);
+    }
     let _ = conn.flush().await;
+    tracing::debug!(session = %info.session_id, ending = ending.label(), "session end");
     shared.metrics.sessions.dec();
     shared
         .ops
@@ -277,130 +257,70 @@ async fn run_session(
     snap: &Arc<Snapshot>,
     conn: &mut Conn,
     info: &ConnInfo,
-    trusted: bool,
-) {
+) -> Ending {
     let ecfg = &snap.config.engine;
-    let limits = Limits {
+    let mut session = Session::new(Limits {
+        hostname: shared.hostname.clone(),
         max_message_size: ecfg.max_message_size.0,
         max_recipients: ecfg.max_recipients as usize,
         max_commands: ecfg.max_commands,
         max_errors: ecfg.max_errors,
-        hostname: shared.hostname.clone(),
+        max_line_length: ecfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
-    };
-    let max_line = ecfg.max_line_length.0 as usize;
-    let mut session = Session::new(limits);
+        collect: true,
+    });
     conn.reply(&session.banner());
-    let mut first = true;
+    // The whole DATA transfer has one deadline, set when the body starts.
+    let mut data_deadline: Option<Instant> = None;
     loop {
-        if first && !trusted {
-            first = false;
-            // An untrusted peer speaking PROXY is trying to choose its own address.
-            if conn.flush().await.is_err() {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), async {
-                if conn.buffered().is_empty() {
-                    let _ = conn.fill().await;
-                }
-            })
-            .await;
-            if proxy::looks_like_proxy(conn.buffered()) == Some(true) {
-                conn.reply(&Reply::new(
-                    554,
-                    "5.7.0",
-                    "PROXY protocol not accepted from your address",
-                ));
-                tracing::warn!(session = %info.session_id, peer = %info.client, "untrusted peer sent a PROXY header: refused");
-                return;
-            }
-        }
-        let line = match conn
-            .line(max_line, ecfg.command_timeout.get(), &shared.ops.shutdown)
-            .await
-        {
-            Ok(l) => l,
-            Err(LineError::TooLong) => {
-                match session.line_too_long() {
-                    Step::Close(r) => {
-                        conn.reply(&r);
-                        return;
+        let (used, step) = session.input(conn.buffered(), &snap.topology);
+        conn.consume(used);
+        match step {
+            Step::More => {
+                let in_body = session.in_body();
+                let deadline = if in_body {
+                    *data_deadline.get_or_insert_with(|| Instant::now() + ecfg.data_timeout.get())
+                } else {
+                    data_deadline = None;
+                    Instant::now() + ecfg.command_timeout.get()
+                };
+                let shutdown = (!in_body).then_some(&shared.ops.shutdown);
+                if let Err(e) = conn.read_more(deadline, in_body, shutdown).await {
+                    if in_body && matches!(e, Ending::ClientClosed | Ending::ClientIo(_)) {
+                        tracing::info!(session = %info.session_id, "connection lost during DATA: nothing accepted");
                     }
-                    Step::Reply(r) | Step::Data(r) | Step::StartTls(r) => conn.reply(&r),
+                    return e;
                 }
-                continue;
             }
-            Err(LineError::Timeout) => {
-                conn.reply(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
-                return;
-            }
-            Err(LineError::Shutdown) => {
-                conn.reply(&Reply::new(
-                    421,
-                    "4.3.2",
-                    "Service shutting down, try again later",
-                ));
-                return;
-            }
-            Err(LineError::Closed | LineError::Io) => return,
-        };
-        match session.command(&line, snap) {
             Step::Reply(r) => conn.reply(&r),
             Step::Close(r) => {
                 conn.reply(&r);
-                return;
+                return Ending::Protocol;
             }
             Step::StartTls(r) => {
                 let Some(tls) = shared.tls.load_full() else {
-                    return;
+                    return Ending::Protocol;
                 };
                 conn.reply(&r);
-                if conn.flush().await.is_err() || !conn.buffered().is_empty() {
-                    // Data pipelined after STARTTLS is an injection attempt (RFC 3207 5.1).
-                    return;
+                if let Err(e) = conn.flush().await {
+                    return Ending::ClientIo(e);
                 }
                 let plain = std::mem::replace(&mut conn.stream, Box::new(tokio::io::duplex(1).0));
                 match tokio_rustls::TlsAcceptor::from(tls).accept(plain).await {
                     Ok(t) => conn.stream = Box::new(t),
                     Err(e) => {
                         tracing::info!(session = %info.session_id, error = %e, "TLS handshake failed");
-                        return;
+                        return Ending::Tls(e);
                     }
                 }
             }
-            Step::Data(r) => {
-                conn.reply(&r);
-                if conn.flush().await.is_err() {
-                    return;
-                }
-                let mut reader = DataReader::new(ecfg.max_message_size.0 as usize, true);
-                let deadline = tokio::time::Instant::now() + ecfg.data_timeout.get();
-                match conn.data(&mut reader, deadline).await {
-                    Ok(()) => {}
-                    Err(LineError::Timeout) => {
-                        conn.reply(&Reply::new(
-                            421,
-                            "4.4.2",
-                            "Timeout during DATA, closing connection",
-                        ));
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(session = %info.session_id, "connection lost during DATA: nothing accepted");
-                        return;
-                    }
-                }
-                let reply = accept_message(shared, snap, info, &session, reader).await;
-                let failed = !reply.is_positive();
+            Step::Message(m) => {
+                data_deadline = None;
+                let reply = accept_message(shared, snap, info, &session, m).await;
                 conn.reply(&reply);
-                session.data_done();
-                if failed && session.count_error() {
-                    conn.reply(&Reply::new(
-                        421,
-                        "4.7.0",
-                        "Too many errors, closing connection",
-                    ));
-                    return;
+                if let Some(close) = session.answered(&reply) {
+                    conn.reply(&close);
+                    return Ending::Protocol;
                 }
             }
         }
@@ -430,17 +350,23 @@ fn header_value(msg: &[u8], name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn received_header(shared: &Shared, info: &ConnInfo, session: &Session, id: &QueueId) -> String {
-    let with = match (session.tls, info.client_tls) {
+fn received_header(
+    shared: &Shared,
+    info: &ConnInfo,
+    session: &Session,
+    rcpts: &[String],
+    id: &QueueId,
+) -> String {
+    let with = match (session.tls(), info.client_tls) {
         (true, _) | (_, true) => "ESMTPS",
         _ => "ESMTP",
     };
-    let for_clause = match session.rcpts.as_slice() {
+    let for_clause = match rcpts {
         [one] => format!("\r\n\tfor <{one}>"),
         _ => String::new(),
     };
     let helo: String = session
-        .helo
+        .helo()
         .chars()
         .filter(|c| !c.is_control())
         .take(100)
@@ -459,42 +385,23 @@ async fn accept_message(
     snap: &Arc<Snapshot>,
     info: &ConnInfo,
     session: &Session,
-    reader: DataReader,
+    m: Message<TenantIdx>,
 ) -> Reply {
     let id = QueueId::generate();
-    let Some(tenant) = session.tenant.clone() else {
-        return Reply::new(503, "5.5.1", "No valid recipients");
+    let Some(tenant) = m.owner.and_then(|o| snap.topology.tenants.get(o.0)) else {
+        return replies::NO_VALID_RECIPIENTS;
     };
     let tid = tenant.id.0.as_str();
     shared.metrics.received(tid);
-    if reader.bare_newline {
-        shared.metrics.rejected(tid, "bare-newline");
-        tracing::info!(session = %info.session_id, client = %info.client, "message with bare CR/LF refused");
-        return Reply::new(
-            550,
-            "5.6.0",
-            "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
-        );
+    if let Some(problem) = m.problem {
+        shared.metrics.rejected(tid, problem.label());
+        tracing::info!(session = %info.session_id, client = %info.client, problem = problem.label(), "message refused");
+        return problem.reply();
     }
-    if reader.oversized() {
-        shared.metrics.rejected(tid, "size");
-        return Reply::new(
-            552,
-            "5.3.4",
-            format!(
-                "Message size exceeds fixed limit of {} bytes",
-                snap.config.engine.max_message_size.0
-            ),
-        );
-    }
-    let body = reader.into_message();
-    let mut message = received_header(shared, info, session, &id).into_bytes();
+    let body = m.body;
+    let mut message = received_header(shared, info, session, &m.rcpts, &id).into_bytes();
     message.extend_from_slice(&body);
-    let mail_from = session
-        .mail
-        .as_ref()
-        .map(|m| m.address.clone())
-        .unwrap_or_default();
+    let mail_from = m.mail.address;
     let scanner = shared.scanner(snap);
     let verdict = scanner
         .scan(
@@ -503,11 +410,11 @@ async fn accept_message(
                 queue_id: id.as_str(),
                 client_ip: info.client.ip().to_canonical(),
                 client_country: info.country.as_deref(),
-                helo: &session.helo,
+                helo: session.helo(),
                 mail_from: &mail_from,
-                rcpts: &session.rcpts,
-                tenant: &tenant,
-                tls: session.tls || info.client_tls,
+                rcpts: &m.rcpts,
+                tenant,
+                tls: session.tls() || info.client_tls,
             },
             &message,
         )
@@ -520,7 +427,7 @@ async fn accept_message(
         scan::Action::Reject { reply } | scan::Action::TempFail { reply } => {
             shared.metrics.rejected(tid, "policy");
             tracing::info!(session = %info.session_id, id = %id, tenant = tid, client = %info.client, verdict = %verdict.summary, "message refused by policy");
-            return parse_reply(reply);
+            return reply.clone();
         }
     };
     let message = verdict.apply(message);
@@ -530,9 +437,9 @@ async fn accept_message(
         tenant: tid.to_owned(),
         session: info.session_id.clone(),
         client: info.client.ip().to_canonical(),
-        helo: session.helo.clone(),
+        helo: session.helo().to_owned(),
         from: mail_from,
-        rcpts: session.rcpts.clone(),
+        rcpts: m.rcpts,
         status: status.clone(),
         verdict: verdict.summary.clone(),
         subject: header_value(&body, "Subject"),
@@ -547,9 +454,9 @@ async fn accept_message(
             shared.metrics.rejected(tid, "spool");
             tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
             return if e.kind() == std::io::ErrorKind::StorageFull {
-                Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+                replies::STORAGE_FULL
             } else {
-                Reply::new(451, "4.3.0", "Local error in processing, try again later")
+                replies::LOCAL_ERROR
             };
         }
     };
@@ -559,47 +466,16 @@ async fn accept_message(
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
         verdict = %verdict.summary, "message queued"
     );
-    match status {
-        Status::Quarantined { .. } => {
-            Reply::new(250, "2.0.0", format!("Ok: queued as {id} (quarantined)"))
-        }
-        _ => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-    }
-}
-
-/// A policy's full reply text (`550 5.7.1 text`) as a [`Reply`].
-fn parse_reply(text: &str) -> Reply {
-    let mut parts = text.splitn(3, ' ');
-    let code = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .filter(|c| (400..600).contains(c))
-        .unwrap_or(550);
-    let rest: Vec<&str> = parts.collect();
-    let (enh, msg) = match rest.as_slice() {
-        [e, m] if e.split('.').count() == 3 => (*e, *m),
-        _ => ("", &text[text.find(' ').map_or(text.len(), |i| i + 1)..]),
-    };
-    let enhanced: &'static str = match enh {
-        "5.7.1" => "5.7.1",
-        "4.7.1" => "4.7.1",
-        "5.7.0" => "5.7.0",
-        "4.7.0" => "4.7.0",
-        "4.3.0" => "4.3.0",
-        "5.6.0" => "5.6.0",
-        _ if code >= 500 => "5.7.1",
-        _ => "4.7.1",
-    };
-    Reply::new(code, enhanced, msg.to_owned())
+    replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A read cut short by a timeout (the 50 ms early-talker check, the PROXY wait) must leave
-    /// nothing behind: a client that sends EHLO after the wait gets an answer to EHLO, not
-    /// `500 Line too long` for 8 KiB of zeros in front of it.
+    /// A read cut short by a timeout (the PROXY header wait) must leave nothing behind: a
+    /// client that sends EHLO after the wait gets an answer to EHLO, not `500 Line too long`
+    /// for 8 KiB of zeros in front of it.
     #[tokio::test]
     async fn a_timed_out_read_leaves_the_buffer_as_it_was() {
         let (server, mut client) = tokio::io::duplex(1024);
@@ -608,8 +484,8 @@ mod tests {
         assert!(waited.is_err(), "nothing was sent yet");
         assert!(conn.buffered().is_empty());
         client.write_all(b"EHLO client.example\r\n").await.unwrap();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let line = conn.line(512, Duration::from_secs(5), &shutdown).await;
-        assert_eq!(line.ok().as_deref(), Some(&b"EHLO client.example"[..]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        conn.read_more(deadline, false, None).await.unwrap();
+        assert_eq!(conn.buffered(), b"EHLO client.example\r\n");
     }
 }

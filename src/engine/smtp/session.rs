@@ -1,281 +1,199 @@
-//! The engine's SMTP server as a sans-I/O state machine: it takes command lines and gives
-//! replies or instructions (start DATA, start TLS, close). The driver (`mod.rs`) does the I/O,
-//! the scanning and the spooling.
+//! The engine's SMTP session as a sans-I/O state machine: the shared local phase
+//! ([`crate::smtp::server`]) with the engine's own decisions: every recipient that passed the
+//! shared checks is taken, DATA is answered 354 at once, and a complete message goes to the
+//! driver ([`Step::Message`]) unless it is malformed. The driver (`mod.rs`) does the I/O, the
+//! scanning and the spooling.
 //!
-//! Lifecycle: `Fresh` (banner sent) -> EHLO/HELO -> `Ready` -> MAIL -> `Mail` -> RCPT (one tenant
-//! per transaction) -> DATA -> driver reads the message -> [`Session::data_done`] -> `Ready`.
-//! RSET and a completed transaction return to `Ready`; EHLO resets too. Too many errors or
-//! commands end the session with 421.
+//! Lifecycle: banner → [`Session::input`] until [`Step::Close`]; after each
+//! [`Step::Message`] the driver answers and calls [`Session::answered`].
 
-use std::sync::Arc;
+use crate::smtp::server::{Event, Limits, Message, Recipients, Server};
+use crate::smtp::{Reply, replies};
+use crate::topology::TenantIdx;
 
-use crate::smtp::{Command, MailFrom, Reply, parse_command};
-use crate::snapshot::Snapshot;
-use crate::topology::Tenant;
-
-/// Per-session limits, from `[engine]`.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub max_commands: u32,
-    pub max_errors: u32,
-    pub hostname: String,
-    /// STARTTLS is offered (a certificate is configured and the session is not TLS yet).
-    pub starttls: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Fresh,
-    Ready,
-    Mail,
-}
-
-/// What the driver must do after a command.
+/// What the driver must do next.
 #[derive(Debug, PartialEq)]
 pub enum Step {
+    /// Read more bytes (flushing replies first: that is what answers a pipelined batch at once).
+    More,
+    /// Send this reply, then call [`Session::input`] again.
     Reply(Reply),
-    /// Send this 354 and read the message.
-    Data(Reply),
-    /// Send this 220 and start TLS.
+    /// Send this 220 and start TLS (no bytes may be buffered: the session checked).
     StartTls(Reply),
     /// Send this reply and close.
     Close(Reply),
+    /// A complete message with its envelope: scan, spool, answer, then [`Session::answered`].
+    Message(Message<TenantIdx>),
 }
 
 /// One SMTP session's protocol state.
 #[derive(Debug)]
 pub struct Session {
-    limits: Limits,
-    phase: Phase,
-    pub helo: String,
-    esmtp: bool,
-    pub mail: Option<MailFrom>,
-    pub rcpts: Vec<String>,
-    /// The tenant of this transaction's recipients.
-    pub tenant: Option<Arc<Tenant>>,
-    pub tls: bool,
-    errors: u32,
-    commands: u32,
+    server: Server<TenantIdx>,
 }
 
 impl Session {
     pub fn new(limits: Limits) -> Session {
         Session {
-            limits,
-            phase: Phase::Fresh,
-            helo: String::new(),
-            esmtp: false,
-            mail: None,
-            rcpts: Vec::new(),
-            tenant: None,
-            tls: false,
-            errors: 0,
-            commands: 0,
+            server: Server::new(limits),
         }
     }
 
     pub fn banner(&self) -> Reply {
-        Reply::new(
-            220,
-            "",
-            format!("{} ESMTP maildistiller", self.limits.hostname),
-        )
+        self.server.banner()
     }
 
-    fn reset(&mut self) {
-        self.mail = None;
-        self.rcpts.clear();
-        self.tenant = None;
-        if self.phase == Phase::Mail {
-            self.phase = Phase::Ready;
-        }
+    pub fn helo(&self) -> &str {
+        self.server.helo()
     }
 
-    /// Counts an error reply; after `max_errors` the session ends.
-    fn error(&mut self, r: Reply) -> Step {
-        self.errors += 1;
-        if self.errors >= self.limits.max_errors {
-            return Step::Close(Reply::new(
-                421,
-                "4.7.0",
-                "Too many errors, closing connection",
-            ));
-        }
-        Step::Reply(r)
+    /// STARTTLS happened in this session.
+    pub fn tls(&self) -> bool {
+        self.server.tls()
     }
 
-    /// A line that was too long (the driver discarded it).
-    pub fn line_too_long(&mut self) -> Step {
-        self.error(Reply::new(500, "5.5.2", "Line too long"))
+    pub fn in_body(&self) -> bool {
+        self.server.in_body()
     }
 
-    /// One command line (without CRLF).
-    pub fn command(&mut self, line: &[u8], snap: &Snapshot) -> Step {
-        self.commands += 1;
-        if self.commands > self.limits.max_commands {
-            return Step::Close(Reply::new(
-                421,
-                "4.7.0",
-                "Too many commands, closing connection",
-            ));
-        }
-        let cmd = match parse_command(line) {
-            Ok(c) => c,
-            Err(r) => return self.error(r),
+    /// Handles the start of `buf`; returns how many bytes it used and what to do.
+    pub fn input(
+        &mut self,
+        buf: &[u8],
+        recipients: &impl Recipients<Owner = TenantIdx>,
+    ) -> (usize, Step) {
+        let (used, event) = self.server.input(buf, recipients);
+        let step = match event {
+            Event::More | Event::Body => Step::More,
+            Event::Reply(r)
+            | Event::Hello(r)
+            | Event::Mail(r)
+            | Event::Reset(r)
+            | Event::RcptRefused { reply: r, .. } => Step::Reply(r),
+            Event::Close(r) => Step::Close(r),
+            Event::StartTls(r) => Step::StartTls(r),
+            Event::Rcpt { address, owner } => {
+                self.server.accept_rcpt(address, owner);
+                Step::Reply(replies::RECIPIENT_OK)
+            }
+            Event::Data => Step::Reply(self.server.begin_data()),
+            Event::Message(m) => Step::Message(m),
         };
-        match cmd {
-            Command::Ehlo(d) => {
-                self.reset();
-                self.helo = d;
-                self.esmtp = true;
-                self.phase = Phase::Ready;
-                Step::Reply(self.ehlo_reply())
-            }
-            Command::Helo(d) => {
-                self.reset();
-                self.helo = d;
-                self.esmtp = false;
-                self.phase = Phase::Ready;
-                Step::Reply(Reply::new(250, "", self.limits.hostname.clone()))
-            }
-            Command::StartTls if !self.limits.starttls || self.tls => {
-                self.error(Reply::new(502, "5.5.1", "STARTTLS not available"))
-            }
-            Command::StartTls => {
-                // RFC 3207: forget everything learned before TLS.
-                self.reset();
-                self.phase = Phase::Fresh;
-                self.tls = true;
-                self.limits.starttls = false;
-                Step::StartTls(Reply::new(220, "2.0.0", "Ready to start TLS"))
-            }
-            Command::Mail(_) if self.phase == Phase::Fresh => {
-                self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"))
-            }
-            Command::Mail(_) if self.mail.is_some() => {
-                self.error(Reply::new(503, "5.5.1", "Nested MAIL command"))
-            }
-            Command::Mail(m) => {
-                if m.size.is_some_and(|s| s > self.limits.max_message_size) {
-                    return self.error(Reply::new(
-                        552,
-                        "5.3.4",
-                        format!(
-                            "Message size exceeds fixed limit of {} bytes",
-                            self.limits.max_message_size
-                        ),
-                    ));
+        (used, step)
+    }
+
+    /// After the driver answered a message: a refusal counts as an error; `Some` is the reply
+    /// that ends the session.
+    pub fn answered(&mut self, reply: &Reply) -> Option<Reply> {
+        self.server.answered(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TwoTenants as Tenants;
+
+    fn session() -> Session {
+        Session::new(Limits {
+            hostname: "mde.test".into(),
+            max_message_size: 1 << 20,
+            max_recipients: 100,
+            max_commands: 1000,
+            max_errors: 3,
+            max_line_length: 4096,
+            starttls: false,
+            collect: true,
+        })
+    }
+
+    /// Feeds everything, answering messages with `answer`; returns the wire transcript.
+    fn transcript(
+        s: &mut Session,
+        input: &[u8],
+        answer: &Reply,
+    ) -> (String, Vec<Message<TenantIdx>>) {
+        let mut out = Vec::new();
+        let mut messages = Vec::new();
+        let mut pos = 0;
+        loop {
+            let (n, step) = s.input(&input[pos..], &Tenants);
+            pos += n;
+            match step {
+                Step::More if pos == input.len() || n == 0 => break,
+                Step::More => {}
+                Step::Reply(r) => r.write_to(&mut out),
+                Step::StartTls(r) | Step::Close(r) => {
+                    r.write_to(&mut out);
+                    break;
                 }
-                if (m.body_8bit || m.smtputf8) && !self.esmtp {
-                    return self.error(Reply::new(501, "5.5.4", "Parameters need EHLO"));
+                Step::Message(m) => {
+                    messages.push(m);
+                    answer.write_to(&mut out);
+                    if let Some(r) = s.answered(answer) {
+                        r.write_to(&mut out);
+                        break;
+                    }
                 }
-                self.mail = Some(m);
-                self.phase = Phase::Mail;
-                Step::Reply(Reply::new(250, "2.1.0", "Sender OK"))
-            }
-            Command::Rcpt(_) if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL before RCPT"))
-            }
-            Command::Rcpt(addr) => self.rcpt(addr, snap),
-            Command::Data if self.mail.is_none() => {
-                self.error(Reply::new(503, "5.5.1", "Need MAIL command"))
-            }
-            Command::Data if self.rcpts.is_empty() => {
-                self.error(Reply::new(554, "5.5.1", "No valid recipients"))
-            }
-            Command::Data => Step::Data(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")),
-            Command::Rset => {
-                self.reset();
-                Step::Reply(Reply::new(250, "2.0.0", "Reset OK"))
-            }
-            Command::Noop => Step::Reply(Reply::new(250, "2.0.0", "OK")),
-            Command::Quit => Step::Close(Reply::new(221, "2.0.0", "Bye")),
-            Command::Vrfy => Step::Reply(Reply::new(
-                252,
-                "2.5.2",
-                "Cannot VRFY user, but will accept message",
-            )),
-            Command::Help => Step::Reply(Reply::new(214, "2.0.0", "See RFC 5321")),
-            Command::NotImplemented(v) => {
-                self.error(Reply::new(502, "5.5.1", format!("{v} not implemented")))
             }
         }
+        (String::from_utf8(out).unwrap(), messages)
     }
 
-    fn rcpt(&mut self, addr: String, snap: &Snapshot) -> Step {
-        if self.rcpts.len() >= self.limits.max_recipients {
-            return Step::Reply(Reply::new(452, "4.5.3", "Too many recipients"));
-        }
-        if !self.esmtp_utf8_ok(&addr) {
-            return self.error(Reply::new(
-                553,
-                "5.6.7",
-                "Non-ASCII address requires SMTPUTF8",
-            ));
-        }
-        let Some(tenant) = snap.topology.tenant_for_address(&addr) else {
-            return self.error(Reply::new(550, "5.7.1", "Relaying denied"));
-        };
-        if let Some(t) = &self.tenant
-            && t.id != tenant.id
-        {
-            // One tenant per transaction: the sender retries the rest in another one.
-            return Step::Reply(Reply::new(
-                452,
-                "4.5.3",
-                "Too many recipients in this transaction; retry later",
-            ));
-        }
-        if !tenant.knows(&addr) {
-            return self.error(Reply::new(
-                550,
-                "5.1.1",
-                "Recipient address rejected: user unknown",
-            ));
-        }
-        if self.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
-            return Step::Reply(Reply::new(250, "2.1.5", "Recipient OK (duplicate)"));
-        }
-        if self.tenant.is_none() {
-            self.tenant = Some(Arc::new(tenant.clone()));
-        }
-        self.rcpts.push(addr);
-        Step::Reply(Reply::new(250, "2.1.5", "Recipient OK"))
+    #[test]
+    fn a_pipelined_transaction_gets_every_reply_and_hands_over_the_message() {
+        let mut s = session();
+        let (wire, msgs) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\n\
+              RCPT TO:<boss@globex.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
+            &replies::queued("Q1", false),
+        );
+        assert_eq!(
+            wire,
+            "250-mde.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n250 2.1.0 Sender OK\r\n\
+             250 2.1.5 Recipient OK\r\n\
+             452 4.5.3 Too many recipients in this transaction; retry later\r\n\
+             354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 Bye\r\n"
+        );
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].owner, Some(TenantIdx(0)));
+        assert_eq!(msgs[0].body, b"hello\r\n");
+        assert_eq!(s.helo(), "c.example");
     }
 
-    fn esmtp_utf8_ok(&self, addr: &str) -> bool {
-        addr.is_ascii() || self.mail.as_ref().is_some_and(|m| m.smtputf8)
-    }
-
-    fn ehlo_reply(&self) -> Reply {
-        let mut lines = vec![
-            self.limits.hostname.clone(),
-            "PIPELINING".into(),
-            format!("SIZE {}", self.limits.max_message_size),
-            "8BITMIME".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "SMTPUTF8".into(),
-        ];
-        if self.limits.starttls && !self.tls {
-            lines.push("STARTTLS".into());
+    #[test]
+    fn refused_messages_count_towards_the_error_cap() {
+        let mut s = session();
+        let one = b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\nDATA\r\nx\r\n.\r\n";
+        let mut input = b"EHLO c.example\r\n".to_vec();
+        for _ in 0..4 {
+            input.extend_from_slice(one);
         }
-        Reply {
-            code: 250,
-            enhanced: "",
-            lines,
-        }
+        let (wire, msgs) = transcript(&mut s, &input, &replies::STORAGE_FULL);
+        assert_eq!(msgs.len(), 3, "the third refusal ends the session");
+        assert!(
+            wire.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n421 4.7.0 Too many errors, closing connection\r\n"),
+            "{wire}"
+        );
     }
 
-    /// After the driver has dealt with the message: the transaction is over.
-    pub fn data_done(&mut self) {
-        self.reset();
-    }
-
-    /// Counts an error reply the driver produced (e.g. a rejected message).
-    pub fn count_error(&mut self) -> bool {
-        self.errors += 1;
-        self.errors >= self.limits.max_errors
+    #[test]
+    fn unknown_users_and_foreign_domains_are_refused() {
+        let mut s = session();
+        let (wire, _) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<x@globex.example>\r\n\
+              RCPT TO:<x@other.example>\r\nDATA\r\n",
+            &replies::OK,
+        );
+        assert!(
+            wire.ends_with(
+                "550 5.1.1 Recipient address rejected: user unknown\r\n\
+                 550 5.7.1 Relaying denied\r\n421 4.7.0 Too many errors, closing connection\r\n"
+            ),
+            "{wire}"
+        );
     }
 }

@@ -117,6 +117,7 @@ async fn clamd_down_temp_fails_when_the_policy_says_so() {
     let Action::TempFail { reply } = &v.action else {
         panic!("{:?}: {}", v.action, v.summary);
     };
+    let reply = reply.to_string();
     assert!(
         reply.starts_with("451 4.7.1 ") && reply.contains("Q0TEST"),
         "{reply}"
