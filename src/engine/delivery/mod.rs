@@ -215,11 +215,7 @@ async fn resolve(shared: &Delivery, dest: &Dest) -> Result<Vec<SocketAddr>, Null
 async fn connect(shared: &Delivery, dest: &Dest) -> Result<Option<Client>, NullMx> {
     let cfg = shared.config();
     for addr in resolve(shared, dest).await? {
-        let source = cfg
-            .source_addresses
-            .iter()
-            .find(|s| s.is_ipv4() == addr.is_ipv4())
-            .copied();
+        let source = crate::net::source_for(&cfg.source_addresses, addr);
         match Client::connect(
             addr,
             source,
@@ -428,7 +424,7 @@ fn spawn_probe(shared: Arc<Delivery>, dest: Dest) {
                 .min(Duration::from_secs(5));
             let sources = shared.config().source_addresses.clone();
             for a in addrs {
-                let source = sources.iter().find(|s| s.is_ipv4() == a.is_ipv4()).copied();
+                let source = crate::net::source_for(&sources, a);
                 if client::probe(a, source, timeout).await {
                     let n = shared.store.dest_up(&dest);
                     shared.metrics.destination_up(&dest, true);
