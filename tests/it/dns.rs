@@ -15,7 +15,11 @@ use hickory_proto::rr::{DNSClass, RData, RecordType};
 
 use crate::support::*;
 
+mod conformance; // whole answers to gdnsd's t/ cases, RFC 6891, 3225, 8906
 mod harness;
+mod malformed; // hand-encoded broken queries (gdnsd 019bad, 039clientsub)
+mod raw; // queries byte by byte, answers rendered whole
+mod tcp; // RFC 7766: pipelining, idle timeouts; truncation
 use harness::*;
 
 #[test]

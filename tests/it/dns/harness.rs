@@ -105,8 +105,7 @@ mx_names = ["@"]
 nsid = "it-ns"
 mta_sts_id = "2024"
 tls_rpt = "mailto:tls@example.net"
-tcp_idle_timeout = "1s"
-udp_threads = 2
+{idle}udp_threads = 2
 {dns_extra}
 [dns.tenant.globex]
 names = ["mail-globex"]
@@ -125,6 +124,12 @@ rise = 2
 fall = 2
 "#,
         db = geo_db(),
+        // A test that sets its own idle timeout in `dns_extra` gets it instead.
+        idle = if dns_extra.contains("tcp_idle_timeout") {
+            ""
+        } else {
+            "tcp_idle_timeout = \"1s\"\n"
+        },
         lon = silo(0, 51.5, -0.12, "uk"),
         fra = silo(1, 50.11, 8.68, "de"),
         nyc = silo(2, 40.71, -74.0, "us"),
