@@ -83,19 +83,7 @@ pub async fn bind(ops: &Arc<Ops>) -> io::Result<Bound> {
     for &addr in &cfg.listen {
         let (first, listener) = bind_pair(addr)?;
         let local = first.local_addr()?;
-        udp.push(first);
-        for _ in 1..threads {
-            udp.push(udp_socket(local)?);
-        }
-        // More threads than CPUs: steering by CPU would leave the extra sockets idle.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads > 1
-            && threads <= cpus
-            && let Err(e) =
-                crate::sys::steer_reuseport_by_cpu(&udp[udp.len() - threads], threads as u32)
-        {
-            tracing::warn!(address = %local, error = %e, "dns: cannot steer UDP by CPU; the kernel's hash spreads queries");
-        }
+        udp.extend(grow_group(first, threads)?);
         udp_addrs.push(local);
         tcp_addrs.push(listener.local_addr()?);
         tcp.push(listener);
@@ -141,7 +129,6 @@ impl Bound {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(udp.len());
         for (i, sock) in udp.into_iter().enumerate() {
-            sock.set_read_timeout(Some(UDP_POLL))?;
             let (state, stop) = (state.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
@@ -192,6 +179,34 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no port")))
+}
+
+/// The UDP sockets of one address: `threads` sockets in one SO_REUSEPORT group, steered by
+/// CPU (see the module docs), each with the read timeout the workers poll their stop flag by.
+/// Public so that bench/dns's no-op reflector gets exactly our sockets.
+pub fn udp_group(addr: SocketAddr, threads: usize) -> io::Result<Vec<UdpSocket>> {
+    grow_group(udp_socket(addr)?, threads)
+}
+
+/// Adds `threads - 1` sockets on the port of `first` and steers the group.
+fn grow_group(first: UdpSocket, threads: usize) -> io::Result<Vec<UdpSocket>> {
+    let local = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..threads {
+        group.push(udp_socket(local)?);
+    }
+    // More threads than CPUs: steering by CPU would leave the extra sockets idle.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > 1
+        && threads <= cpus
+        && let Err(e) = crate::sys::steer_reuseport_by_cpu(&group[0], threads as u32)
+    {
+        tracing::warn!(address = %local, error = %e, "dns: cannot steer UDP by CPU; the kernel's hash spreads queries");
+    }
+    for s in &group {
+        s.set_read_timeout(Some(UDP_POLL))?;
+    }
+    Ok(group)
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
