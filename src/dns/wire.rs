@@ -128,11 +128,11 @@ pub fn parse<'a>(msg: &'a [u8], name: &mut [u8; MAX_NAME]) -> Result<Request<'a>
     let mut pos = HEADER_LEN;
     let mut first = None;
     if qd > 0 {
-        let name_len = question_name(msg, name).ok_or(reply(rcode::FORMERR, None, None))?;
+        let name_len = question_name(msg, name).ok_or_else(|| reply(rcode::FORMERR, None, None))?;
         let qend = HEADER_LEN + name_len + 4;
         let question = msg
             .get(HEADER_LEN..qend)
-            .ok_or(reply(rcode::FORMERR, None, None))?;
+            .ok_or_else(|| reply(rcode::FORMERR, None, None))?;
         first = Some((question, name_len));
         pos = qend;
     }
@@ -142,30 +142,30 @@ pub fn parse<'a>(msg: &'a [u8], name: &mut [u8; MAX_NAME]) -> Result<Request<'a>
         pos = skip_name(msg, pos)
             .map(|p| p + 4)
             .filter(|&p| p <= msg.len())
-            .ok_or(formerr(None))?;
+            .ok_or_else(|| formerr(None))?;
     }
     for _ in 0..u32::from(an) + u32::from(ns) {
-        pos = skip_record(msg, pos).ok_or(formerr(None))?;
+        pos = skip_record(msg, pos).ok_or_else(|| formerr(None))?;
     }
     let mut edns: Option<Edns> = None;
     for _ in 0..ar {
         let owner = pos;
-        let after_name = skip_name(msg, pos).ok_or(formerr(edns))?;
-        let rtype = u16_at(msg, after_name).ok_or(formerr(edns))?;
+        let after_name = skip_name(msg, pos).ok_or_else(|| formerr(edns))?;
+        let rtype = u16_at(msg, after_name).ok_or_else(|| formerr(edns))?;
         if rtype != 41 {
-            pos = skip_record(msg, pos).ok_or(formerr(edns))?;
+            pos = skip_record(msg, pos).ok_or_else(|| formerr(edns))?;
             continue;
         }
         // OPT: only one, owned by the root (RFC 6891 6.1.1).
         if edns.is_some() || after_name != owner + 1 || msg[owner] != 0 {
             return Err(formerr(edns));
         }
-        let (e, start, end) = opt_header(msg, after_name).ok_or(formerr(None))?;
+        let (e, start, end) = opt_header(msg, after_name).ok_or_else(|| formerr(None))?;
         if e.version > 0 {
             return Err(reply(rcode::BADVERS, question, Some(e)));
         }
-        let data = msg.get(start..end).ok_or(formerr(Some(e)))?;
-        edns = Some(opt_options(data, e).ok_or(formerr(Some(e)))?);
+        let data = msg.get(start..end).ok_or_else(|| formerr(Some(e)))?;
+        edns = Some(opt_options(data, e).ok_or_else(|| formerr(Some(e)))?);
         pos = end;
     }
     let opcode = (flags >> 11) & 0xF;
