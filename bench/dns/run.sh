@@ -148,6 +148,7 @@ latency() {
 
 : >"$W/results"
 : >"$W/latency"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # Rounds rotate which server goes first, so drift in the machine's load hits all alike.
 for round in $(seq 1 "$ROUNDS"); do
     for mode in plain ecs; do
@@ -181,6 +182,8 @@ echo
 echo "GeoDNS benchmark: $(nproc) CPUs, $THREADS UDP threads each, dnsperf -c $CLIENTS, ${DURATION}s runs,"
 echo "pinned=$PIN, medians of $ROUNDS rotating rounds (every run: $W/results, $W/latency)"
 echo "reflector = no-op echo over our sockets and batch loop: the floor of CPU per query"
+echo "load average (1/5/15 min) before the runs: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "(other work on the machine shows in q/s and the percentiles; CPU per query is the server's own)"
 printf '%-14s %-6s %10s %14s %14s %8s %8s %8s %8s\n' server ECS "q/s" "avg lat (us)" "CPU us/query" \
     "p50 us" "p90 us" "p99 us" "p99.9 us"
 for mode in plain ecs; do
