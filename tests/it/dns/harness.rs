@@ -53,6 +53,17 @@ const EGRESS: [&str; 3] = [
     "",
 ];
 
+/// An extra silo far away (for `Geo::start_with`) with 100 edge addresses: its host name,
+/// `bulk.in.example.net`, answers 100 A records — too many for 512 or 1232 bytes.
+pub(super) fn bulk_silo() -> String {
+    let edges: Vec<String> = (1..=100).map(|i| format!("\"127.0.5.{i}\"")).collect();
+    format!(
+        "[[silo]]\nname = \"bulk\"\nhostname = \"bulk.in.example.net\"\nlat = -89.0\nlon = 0.0\n\
+         edge_addresses = [{}]\nedge_port = {{bulk_port}}\n",
+        edges.join(", ")
+    )
+}
+
 pub(super) fn config(edges: &[SocketAddr], silos_extra: &str, dns_extra: &str) -> String {
     let silo = |i: usize, lat: f64, lon: f64, region: &str| {
         format!(

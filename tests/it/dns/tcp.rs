@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use super::harness::Geo;
+use super::harness::{Geo, bulk_silo};
 use super::raw::*;
 
 fn framed(q: &Query) -> Vec<u8> {
@@ -124,13 +124,7 @@ fn idle_connections_are_closed() {
 /// EDNS) loses its records and sets TC, keeping the question and OPT; over TCP it is whole.
 #[test]
 fn truncated_udp_answers_keep_only_question_and_opt() {
-    let edges: Vec<String> = (1..=100).map(|i| format!("\"127.0.5.{i}\"")).collect();
-    let bulk = format!(
-        "[[silo]]\nname = \"bulk\"\nhostname = \"bulk.in.example.net\"\nlat = -89.0\nlon = 0.0\n\
-         edge_addresses = [{}]\nedge_port = {{bulk_port}}\n",
-        edges.join(", ")
-    );
-    let g = Geo::start_with(&bulk, "");
+    let g = Geo::start_with(&bulk_silo(), "");
     let wait = Duration::from_secs(3);
     let q = Query::new("bulk.in.example.net", t::A);
     assert_answer(
