@@ -330,21 +330,63 @@ async fn controller_learns_spam_and_ham_once_each() {
     ));
 }
 
-/// A long, distinctive pitch (fuzzy hashes want text of some length).
-fn pitch(n: &str, greeting: &str) -> Vec<u8> {
+/// A long pitch whose words are drawn from `seed`: fuzzy hashes match near-copies, so each run
+/// needs text that no earlier run added to the storage.
+fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "offer",
+        "bonus",
+        "deposit",
+        "returns",
+        "partners",
+        "exclusive",
+        "membership",
+        "claim",
+        "account",
+        "confirm",
+        "deadline",
+        "limited",
+        "guarantee",
+        "today",
+        "places",
+        "reward",
+        "investment",
+        "profit",
+        "secure",
+        "instant",
+        "access",
+        "premium",
+        "winner",
+        "selected",
+        "opportunity",
+        "cash",
+        "credit",
+        "approved",
+        "free",
+        "trial",
+        "savings",
+        "discount",
+    ];
+    let mut x = seed.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let mut body = format!("{greeting},\r\n\r\n");
-    for i in 0..12 {
-        body.push_str(&format!(
-            "Our partners in offer {n} guarantee outstanding returns on every deposit made before \
-             the deadline; claim the bonus in step {i} by confirming your account details today. \
-             Limited places remain, and the exclusive membership closes when they are gone.\r\n"
-        ));
+    for line in 0..30 {
+        for _ in 0..14 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            body.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+            body.push(' ');
+        }
+        body.push_str(&format!("(step {line}).\r\n"));
     }
     format!(
         "From: Offers <deals@offers.test>\r\nTo: bob@acme.example\r\nSubject: Your bonus is \
-         waiting\r\nDate: {}\r\nMessage-ID: <{n}.{greeting}@offers.test>\r\nMIME-Version: 1.0\r\n\
+         waiting\r\nDate: {}\r\nMessage-ID: <{seed}.{}@offers.test>\r\nMIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
-        httpdate_like()
+        httpdate_like(),
+        greeting.len()
     )
     .into_bytes()
 }
