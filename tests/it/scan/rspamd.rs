@@ -63,7 +63,7 @@ fn nonce() -> String {
 
 /// A plain, legitimate-looking message with today's date.
 fn clean_message(id: &str, body: &str) -> Vec<u8> {
-    let date = httpdate_like();
+    let date = now_rfc5322();
     format!(
         "From: Alice <alice@good.test>\r\nTo: Bob <bob@acme.example>\r\nSubject: Minutes of the \
          planning meeting\r\nDate: {date}\r\nMessage-ID: <{id}@good.test>\r\nMIME-Version: 1.0\r\n\
@@ -73,28 +73,9 @@ fn clean_message(id: &str, body: &str) -> Vec<u8> {
 }
 
 /// Now, as an RFC 5322 date.
-fn httpdate_like() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let days = secs / 86400;
-    let (h, m, s) = (secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mon = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mon <= 2);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let mn = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mon - 1) as usize];
-    format!("{wd}, {d} {mn} {y} {h:02}:{m:02}:{s:02} +0000")
+fn now_rfc5322() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    maildistiller::smtp::date::rfc5322(now.as_secs())
 }
 
 const MEETING: &str = "Hi Bob,\r\n\r\nHere are the notes from this morning. We agreed to move the \
@@ -210,19 +191,9 @@ fn counted(h: &Harness) -> (Scanner, prometheus::Registry) {
 }
 
 async fn scan_with(h: &Harness, scanner: &Scanner, raw: &[u8]) -> Verdict {
-    let mail = Mail::from("alice@good.test");
-    let env = maildistiller::engine::scan::Envelope {
-        session_id: "S0RSPAMD",
-        queue_id: &mail.queue_id,
-        client_ip: mail.client,
-        client_country: None,
-        helo: &mail.helo,
-        mail_from: &mail.from,
-        rcpts: &mail.rcpts,
-        tenant: h.snap.topology.tenant(&mail.tenant).unwrap(),
-        tls: false,
-    };
-    scanner.scan(&env, raw).await
+    let mut mail = Mail::from("alice@good.test");
+    mail.queue_id = "Q0RSPAMD".into();
+    h.scan_with(scanner, &mail, raw).await
 }
 
 /// A loopback relay to the real rspamd that waits `delay` before it connects: rspamd, slow.
@@ -385,7 +356,7 @@ fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
         "From: Offers <deals@offers.test>\r\nTo: bob@acme.example\r\nSubject: Your bonus is \
          waiting\r\nDate: {}\r\nMessage-ID: <{seed}.{}@offers.test>\r\nMIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
-        httpdate_like(),
+        now_rfc5322(),
         greeting.len()
     )
     .into_bytes()

@@ -28,7 +28,8 @@
 //! # Learning
 //!
 //! [`RspamdController`] trains rspamd's Bayes classifier (`/learnspam`, `/learnham`; rspamd
-//! answers 208 for a message it already learnt as that class, which is [`Learned::Already`])
+//! answers 208 for a message it already learnt as that class, [`Learned::Already`], and 204
+//! when its Bayes already classifies the message so, [`Learned::NotNeeded`])
 //! and its fuzzy storage (`/fuzzyadd` with a flag and a weight): a message added there makes its
 //! near-copies match at once. The controller wants `Password` unless the caller is one of its
 //! `secure_ip`s.
@@ -254,6 +255,20 @@ pub enum Learned {
     Now,
     /// rspamd had already learnt this message as this class (HTTP 208): nothing changed.
     Already,
+    /// rspamd's learn conditions declined it (HTTP 204): its Bayes already puts the message
+    /// in this class with 95 % or more, and rspamd learns only what it gets wrong unless the
+    /// call is a bulk one ([`RspamdController::bulk`]).
+    NotNeeded,
+}
+
+/// A learning call's answer: 200, 208 and 204 are outcomes, anything else an error.
+fn learn_outcome(resp: &http::Response) -> Result<Learned, CheckError> {
+    match resp.status {
+        200 => Ok(Learned::Now),
+        208 => Ok(Learned::Already),
+        204 => Ok(Learned::NotNeeded),
+        _ => Err(status_error(resp)),
+    }
 }
 
 /// rspamd's controller worker (`HOST:PORT`, default port 11334): learning calls.
@@ -262,6 +277,7 @@ pub struct RspamdController {
     to: HostPort,
     timeout: Duration,
     password: Option<String>,
+    bulk: bool,
 }
 
 impl RspamdController {
@@ -276,14 +292,28 @@ impl RspamdController {
             to: HostPort::parse(address)?,
             timeout,
             password,
+            bulk: false,
         })
     }
 
+    /// Bulk learning (`Learn-Type: bulk`, an operator training a corpus): rspamd learns every
+    /// message, also those its Bayes already classifies right. Off by default: a user's report
+    /// teaches only what rspamd got wrong.
+    pub fn bulk(mut self, yes: bool) -> RspamdController {
+        self.bulk = yes;
+        self
+    }
+
     fn headers(&self) -> Vec<(&'static str, String)> {
-        self.password
+        let mut h: Vec<(&'static str, String)> = self
+            .password
             .iter()
             .map(|p| ("Password", p.clone()))
-            .collect()
+            .collect();
+        if self.bulk {
+            h.push(("Learn-Type", "bulk".to_owned()));
+        }
+        h
     }
 
     /// Trains the Bayes classifier with one raw message.
@@ -293,11 +323,7 @@ impl RspamdController {
             LearnAs::Ham => "/learnham",
         };
         let resp = exchange(&self.to, path, &self.headers(), message, self.timeout).await?;
-        match resp.status {
-            200 => Ok(Learned::Now),
-            208 => Ok(Learned::Already),
-            _ => Err(status_error(&resp)),
-        }
+        learn_outcome(&resp)
     }
 
     /// Adds the message's fuzzy hashes to the storage under `flag` (the `flag` of a
@@ -357,6 +383,46 @@ mod tests {
             "{}",
             a.detail()
         );
+    }
+
+    #[test]
+    fn learning_answers() {
+        let r = |status: u16, body: &str| http::Response {
+            status,
+            body: body.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            learn_outcome(&r(200, r#"{"success":true}"#)),
+            Ok(Learned::Now)
+        );
+        assert_eq!(
+            learn_outcome(&r(
+                208,
+                r#"{"error":"<x> has been already learned as spam"}"#
+            )),
+            Ok(Learned::Already)
+        );
+        assert_eq!(
+            learn_outcome(&r(
+                204,
+                r#"{"error":"all learn conditions denied learning ham"}"#
+            )),
+            Ok(Learned::NotNeeded)
+        );
+        let Err(CheckError::Protocol(e)) = learn_outcome(&r(403, r#"{"error":"Unauthorized"}"#))
+        else {
+            panic!("403 is an error");
+        };
+        assert_eq!(e, "HTTP status 403: Unauthorized");
+    }
+
+    #[test]
+    fn bulk_learning_says_so() {
+        let c = RspamdController::new("127.0.0.1:11334", Some("pw".into()), Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(c.headers(), vec![("Password", "pw".to_owned())]);
+        let h = c.bulk(true).headers();
+        assert!(h.contains(&("Learn-Type", "bulk".to_owned())), "{h:?}");
     }
 
     #[test]
