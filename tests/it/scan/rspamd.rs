@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use maildistiller::engine::policy::Disposition;
+use maildistiller::engine::policy::finding::CheckError;
 use maildistiller::engine::scan::check::{LearnAs, Learned, RspamdController};
-use maildistiller::engine::scan::finding::CheckError;
 use maildistiller::engine::scan::{Action, ScanMetrics, Scanner, Verdict};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -112,6 +112,7 @@ async fn gtube_gets_rspamds_reject_and_the_policys_action() {
     let Action::Reject { reply } = &v.action else {
         panic!("{:?}: {}", v.action, v.summary);
     };
+    let reply = reply.to_string();
     assert!(reply.starts_with("550 5.7.1 "), "{reply}");
 
     // Same answer, default thresholds (reject at 20): our policy quarantines. rspamd's action
@@ -235,6 +236,7 @@ async fn rspamd_slow_or_stopped_gives_on_failure_and_is_counted() {
     let Action::TempFail { reply } = &v.action else {
         panic!("{:?}: {}", v.action, v.summary);
     };
+    let reply = reply.to_string();
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
     assert!(v.summary.contains("rspamd: timed out"), "{}", v.summary);
     assert_eq!(rspamd_failures(&registry), 1.0);
