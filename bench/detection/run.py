@@ -484,7 +484,7 @@ listen = ["127.0.0.1:{self.edge_port}"]
 connect_rate_per_ip = 1000
 connect_rate_per_prefix = 1000
 [engine]
-listen = ["127.0.0.1:{self.engine_port}"]
+proxy_listen = ["127.0.0.1:{self.engine_port}"]
 spool_dir = "{self.dir}/spool"
 hostname = "engine-bench.local"
 trusted_proxies = ["127.0.0.0/8"]
