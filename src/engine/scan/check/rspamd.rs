@@ -29,10 +29,11 @@
 //!
 //! [`RspamdController`] trains rspamd's Bayes classifier (`/learnspam`, `/learnham`; rspamd
 //! answers 208 for a message it already learnt as that class, [`Learned::Already`], and 204
-//! when its Bayes already classifies the message so, [`Learned::NotNeeded`])
-//! and its fuzzy storage (`/fuzzyadd` with a flag and a weight): a message added there makes its
-//! near-copies match at once. The controller wants `Password` unless the caller is one of its
-//! `secure_ip`s.
+//! when its Bayes already classifies the message so, [`Learned::NotNeeded`]) and its fuzzy
+//! storage (`/fuzzyadd` with a flag and a weight): a message added there makes its near-copies
+//! match as soon as the storage has written it (the fuzzy worker's `sync` period: 60 s by
+//! default, 1 s in `tests/rspamd/start.sh`). The controller wants `Password` unless the caller
+//! is one of its `secure_ip`s.
 
 use std::time::Duration;
 
