@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod delivery;
+pub mod learn;
 mod metrics;
 pub mod policy;
 pub mod scan;

@@ -14,6 +14,7 @@
 //! timeout between commands, a data timeout for the whole DATA phase, and at most
 //! [`PROXY_HEADER_WAIT`] for the PROXY header.
 
+mod report;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -399,10 +400,16 @@ async fn accept_message(
         return problem.reply();
     }
     let body = m.body;
-    let mut message = received_header(shared, info, session, &m.rcpts, &id).into_bytes();
-    message.extend_from_slice(&body);
     let mail_from = m.mail.address;
     let scanner = shared.scanner(snap);
+    let client = info.client.ip().to_canonical();
+    let rcpts = match report::handle(snap, &scanner, tenant, client, &mail_from, m.rcpts, &body).await
+    {
+        report::Report::Deliver(rcpts) => rcpts,
+        report::Report::Answer(reply) => return reply,
+    };
+    let mut message = received_header(shared, info, session, &rcpts, &id).into_bytes();
+    message.extend_from_slice(&body);
     let verdict = scanner
         .scan(
             &scan::Envelope {
@@ -412,7 +419,7 @@ async fn accept_message(
                 client_country: info.country.as_deref(),
                 helo: session.helo(),
                 mail_from: &mail_from,
-                rcpts: &m.rcpts,
+                rcpts: &rcpts,
                 tenant,
                 tls: session.tls() || info.client_tls,
             },
@@ -439,7 +446,7 @@ async fn accept_message(
         client: info.client.ip().to_canonical(),
         helo: session.helo().to_owned(),
         from: mail_from,
-        rcpts: m.rcpts,
+        rcpts,
         status: status.clone(),
         verdict: verdict.summary.clone(),
         subject: header_value(&body, "Subject"),

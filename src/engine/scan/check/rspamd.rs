@@ -2,9 +2,10 @@
 //! normal worker: the envelope in request headers, the raw message as the body, a JSON answer),
 //! and the learning calls of its controller (`/learnspam`, `/learnham`, `/fuzzyadd`).
 //!
-//! rspamd's score times the policy's `rspamd.weight` becomes the finding `rspamd` (its action,
-//! its reason when it gives one, and its top symbols in the detail); rspamd's own action is
-//! recorded, not obeyed: our policy decides. A refused connection, a timeout, a non-200 status,
+//! rspamd's score times the policy's `rspamd.weight`, clipped to `rspamd.min_score ..=
+//! max_score`, becomes the finding `rspamd` (its raw score, the weight and clip, its action,
+//! its reason when it gives one, and its top symbols in the detail: see `config/detect.rs` for
+//! why it is clipped); rspamd's own action is recorded, not obeyed: our policy decides. A refused connection, a timeout, a non-200 status,
 //! an `error` answer or an unreadable one is a failure, and the policy's `rspamd.on_failure`
 //! says whether to decide without it or answer 451.
 //!
@@ -55,6 +56,8 @@ pub struct RspamdCheck {
     timeout: Duration,
     on_failure: OnFailure,
     weight: f64,
+    min_score: f64,
+    max_score: f64,
     max_size: u64,
 }
 
@@ -65,6 +68,8 @@ impl RspamdCheck {
             timeout: c.timeout.get(),
             on_failure: c.on_failure,
             weight: c.weight,
+            min_score: c.min_score,
+            max_score: c.max_score,
             max_size: c.max_size.0,
         })
     }
@@ -182,6 +187,20 @@ impl Answer {
     }
 }
 
+/// What rspamd's `score` adds to ours: times `weight`, clipped to `min..=max`; with the
+/// explanation the verdict line carries (`rspamd 23.10 x1 = 23.1, capped at 15`).
+pub fn combine(score: f64, weight: f64, min: f64, max: f64) -> (f64, String) {
+    let weighted = score * weight;
+    let counted = weighted.clamp(min, max);
+    let mut how = format!("rspamd {score:.2} x{weight} = {weighted:.1}");
+    if counted > weighted {
+        how.push_str(&format!(", floored at {min}"));
+    } else if counted < weighted {
+        how.push_str(&format!(", capped at {max}"));
+    }
+    (counted, how)
+}
+
 /// One HTTP exchange with rspamd under `timeout`, errors sorted by what the caller must do.
 async fn exchange(
     to: &HostPort,
@@ -231,12 +250,13 @@ impl Check for RspamdCheck {
         }
         let answer = parse_answer(&resp.body).map_err(CheckError::Protocol)?;
         let mut out = Outcome::default();
+        let (counted, how) = combine(answer.score, self.weight, self.min_score, self.max_score);
         out.findings.push(Finding::configured(
             NAME,
             "rspamd".into(),
-            answer.score * self.weight,
+            counted,
             None,
-            answer.detail(),
+            format!("{how}; {}", answer.detail()),
         ));
         Ok(out)
     }
@@ -345,6 +365,18 @@ impl RspamdController {
             Err(status_error(&resp))
         }
     }
+
+    /// Removes the message's fuzzy hashes under `flag` (undoing [`Self::fuzzy_add`]).
+    pub async fn fuzzy_del(&self, message: &[u8], flag: u32) -> Result<(), CheckError> {
+        let mut headers = self.headers();
+        headers.push(("Flag", flag.to_string()));
+        let resp = exchange(&self.to, "/fuzzydel", &headers, message, self.timeout).await?;
+        if resp.status == 200 {
+            Ok(())
+        } else {
+            Err(status_error(&resp))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +416,17 @@ mod tests {
             "{}",
             a.detail()
         );
+    }
+
+    #[test]
+    fn scores_combine_by_weight_and_clip() {
+        assert_eq!(combine(4.0, 1.5, -5.0, 15.0).0, 6.0);
+        let (c, how) = combine(30.0, 1.0, -5.0, 15.0);
+        assert_eq!(c, 15.0);
+        assert_eq!(how, "rspamd 30.00 x1 = 30.0, capped at 15");
+        let (c, how) = combine(-12.0, 1.0, -5.0, 15.0);
+        assert_eq!(c, -5.0);
+        assert!(how.ends_with("floored at -5"), "{how}");
     }
 
     #[test]
