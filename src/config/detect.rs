@@ -136,11 +136,7 @@ impl LearningConfig {
 }
 
 /// What the schema alone can judge of these sections (addresses are checked by the scanner).
-pub fn check(
-    rspamd: &RspamdConfig,
-    learning: &LearningConfig,
-    mut err: impl FnMut(&str, String),
-) {
+pub fn check(rspamd: &RspamdConfig, learning: &LearningConfig, mut err: impl FnMut(&str, String)) {
     for (p, v) in [
         ("rspamd.weight", rspamd.weight),
         ("rspamd.max_score", rspamd.max_score),
@@ -160,7 +156,11 @@ pub fn check(
         );
     }
     let local = &learning.report_address;
-    if local.contains('@') || local.len() > 64 || local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+    if local.contains('@')
+        || local.len() > 64
+        || local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
     {
         err(
             "learning.report_address",
@@ -185,12 +185,11 @@ pub fn read_password(learning: &LearningConfig) -> Result<Option<String>, Config
         return Ok(None);
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "learning.password_file",
-            format!("{}: {e}", path.display()),
-        )
+        ConfigError::new("learning.password_file", format!("{}: {e}", path.display()))
     })?;
-    Ok(Some(text.lines().next().unwrap_or_default().trim().to_owned()))
+    Ok(Some(
+        text.lines().next().unwrap_or_default().trim().to_owned(),
+    ))
 }
 
 #[cfg(test)]

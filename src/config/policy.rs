@@ -13,8 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Dur};
 pub use super::detect::{GatewayConfig, LearningConfig, RspamdConfig};
+use super::units::{Bytes, Dur};
 use super::validate::{Checker, is_domain};
 use super::{Config, ConfigError};
 

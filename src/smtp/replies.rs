@@ -155,11 +155,8 @@ pub const REPORT_REFUSED: Reply = Reply::canned(
     "Reports are taken from the tenant's own users only",
 );
 /// A report that could not be learnt now (classifier down, the user's hourly limit).
-pub const REPORT_LATER: Reply = Reply::canned(
-    451,
-    e(4, 3, 0),
-    "Report not learnt now, try again later",
-);
+pub const REPORT_LATER: Reply =
+    Reply::canned(451, e(4, 3, 0), "Report not learnt now, try again later");
 
 pub const STORAGE_FULL: Reply = Reply::canned(
     452,

@@ -20,6 +20,7 @@
 //! | `render.rs` | parsing and sanitising a message |
 //! | `pages.rs` + `webmail.css` | the HTML |
 //! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
+//! | `learn.rs` | "This is spam" / "Not spam": the engine's teacher (`engine::learn`) |
 //! | `allow.rs` | users' allow lists under the spool (read by the scanner) |
 //!
 //! # Lifecycle
@@ -40,6 +41,7 @@
 mod allow;
 mod auth;
 mod handlers;
+mod learn;
 mod mailbox;
 mod pages;
 pub mod peer;
@@ -189,6 +191,8 @@ fn router(web: Arc<Web>) -> Router {
         .route("/m/{token}/body", get(handlers::body))
         .route("/m/{token}/raw", get(handlers::raw))
         .route("/m/{token}/part/{n}", get(handlers::part))
+        .route("/m/{token}/spam", post(learn::spam))
+        .route("/m/{token}/notspam", post(learn::not_spam))
         .route("/m/{token}/{action}", post(handlers::act))
         .route("/static/webmail.css", get(handlers::css))
         .fallback(handlers::fallback)

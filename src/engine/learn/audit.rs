@@ -67,13 +67,21 @@ fn field(message: &[u8], name: &str) -> String {
     head.lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
         .unwrap_or_default()
 }
 
 impl Entry {
-    pub fn new(who: &Teller, class: &str, digest: &[u8; 32], outcome: &str, message: &[u8]) -> Entry {
+    pub fn new(
+        who: &Teller,
+        class: &str,
+        digest: &[u8; 32],
+        outcome: &str,
+        message: &[u8],
+    ) -> Entry {
         Entry {
             time: crate::store::now_secs(),
             source: who.source.to_owned(),
@@ -104,7 +112,17 @@ impl Entry {
 
     fn parse(line: &str) -> Option<Entry> {
         let f: Vec<&str> = line.split('\t').collect();
-        let [time, source, user, tenant, class, digest, outcome, message_id, subject] = f[..]
+        let [
+            time,
+            source,
+            user,
+            tenant,
+            class,
+            digest,
+            outcome,
+            message_id,
+            subject,
+        ] = f[..]
         else {
             return None;
         };

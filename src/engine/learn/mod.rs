@@ -258,6 +258,23 @@ impl Teacher {
     }
 }
 
+/// The `[learning]` section of `tenant`'s policy (its override merged), as webmail and the
+/// command line need it without a compiled scanner. Learning is off for an unknown tenant.
+pub fn config_for(snap: &crate::snapshot::Snapshot, tenant: &str) -> LearningConfig {
+    use crate::config::policy::{DEFAULT, resolve};
+    let Some(t) = snap.topology.tenant(tenant) else {
+        return LearningConfig::default();
+    };
+    let policies = &snap.config.policies;
+    let Some(base) = policies.get(&t.policy).or_else(|| policies.get(DEFAULT)) else {
+        return LearningConfig::default();
+    };
+    match base.tenant.get(tenant) {
+        Some(ov) => resolve(base, ov).map(|p| p.learning).unwrap_or_default(),
+        None => base.learning.clone(),
+    }
+}
+
 /// Counts one lesson of `user` in this clock hour; refuses past `limit`.
 fn count(st: &mut State, user: &str, limit: u32) -> Result<(), LearnError> {
     let hour = crate::store::now_secs() / 3600;

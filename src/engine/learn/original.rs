@@ -79,6 +79,10 @@ fn inline_forward(text: &str) -> Option<Vec<u8>> {
     if head.is_empty() {
         return None;
     }
+    // The blank line under the quoted fields is the header block's end, written below.
+    if lines.peek().is_some_and(|l| l.trim().is_empty()) {
+        lines.next();
+    }
     let body: Vec<&str> = lines.collect();
     let mut out = head.into_bytes();
     out.extend_from_slice(b"\r\n");
@@ -210,9 +214,15 @@ mod tests {
             "From: bob@acme.test\r\nTo: report-spam@acme.test\r\nSubject: Fwd: Cheap watches\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nthis is spam\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n{ORIGINAL}\r\n--b--\r\n"
         );
         let got = String::from_utf8(extract(report.as_bytes())).unwrap();
-        assert!(got.starts_with("From: Pitch <pitch@sender.test>\r\n"), "{got}");
+        assert!(
+            got.starts_with("From: Pitch <pitch@sender.test>\r\n"),
+            "{got}"
+        );
         assert!(got.contains("Message-ID: <p1@sender.test>"), "{got}");
-        assert!(!got.contains("X-Maildistiller"), "our verdict is not learnt: {got}");
+        assert!(
+            !got.contains("X-Maildistiller"),
+            "our verdict is not learnt: {got}"
+        );
         assert!(!got.contains("X-Spam-Flag"), "{got}");
         assert!(got.contains("Buy now."), "{got}");
         assert_eq!(digest(got.as_bytes()), digest(ORIGINAL.as_bytes()));
@@ -222,14 +232,24 @@ mod tests {
     fn an_inline_forward_is_rebuilt() {
         let report = "From: bob@acme.test\r\nSubject: Fwd: Cheap watches\r\n\r\nspam, please block\r\n\r\n---------- Forwarded message ---------\r\nFrom: Pitch <pitch@sender.test>\r\nDate: Mon, 7 Dec 2026 10:00:00 +0000\r\nSubject: Cheap watches\r\nTo: <bob@acme.test>\r\n\r\nBuy now.\r\n";
         let got = String::from_utf8(extract(report.as_bytes())).unwrap();
-        assert!(got.starts_with("From: Pitch <pitch@sender.test>\r\nDate: Mon"), "{got}");
-        assert!(got.contains("Subject: Cheap watches\r\nTo: <bob@acme.test>\r\n\r\nBuy now."), "{got}");
-        assert!(!got.contains("please block"), "the user's note is not the original: {got}");
+        assert!(
+            got.starts_with("From: Pitch <pitch@sender.test>\r\nDate: Mon"),
+            "{got}"
+        );
+        assert!(
+            got.contains("Subject: Cheap watches\r\nTo: <bob@acme.test>\r\n\r\nBuy now."),
+            "{got}"
+        );
+        assert!(
+            !got.contains("please block"),
+            "the user's note is not the original: {got}"
+        );
     }
 
     #[test]
     fn without_a_forward_the_report_text_is_learnt() {
-        let got = extract(b"From: bob@acme.test\r\nSubject: Fwd: FW: Cheap watches\r\n\r\nBuy now.\r\n");
+        let got =
+            extract(b"From: bob@acme.test\r\nSubject: Fwd: FW: Cheap watches\r\n\r\nBuy now.\r\n");
         assert_eq!(got, b"Subject: Cheap watches\r\n\r\nBuy now.\r\n");
     }
 

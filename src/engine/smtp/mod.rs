@@ -403,11 +403,11 @@ async fn accept_message(
     let mail_from = m.mail.address;
     let scanner = shared.scanner(snap);
     let client = info.client.ip().to_canonical();
-    let rcpts = match report::handle(snap, &scanner, tenant, client, &mail_from, m.rcpts, &body).await
-    {
-        report::Report::Deliver(rcpts) => rcpts,
-        report::Report::Answer(reply) => return reply,
-    };
+    let rcpts =
+        match report::handle(snap, &scanner, tenant, client, &mail_from, m.rcpts, &body).await {
+            report::Report::Deliver(rcpts) => rcpts,
+            report::Report::Answer(reply) => return reply,
+        };
     let mut message = received_header(shared, info, session, &rcpts, &id).into_bytes();
     message.extend_from_slice(&body);
     let verdict = scanner

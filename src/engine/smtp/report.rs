@@ -61,8 +61,8 @@ pub async fn handle(
             .tenant_for_domain(&d)
             .is_some_and(|t| t.id == tenant.id)
     });
-    let from_network = cfg.report_networks.is_empty()
-        || cfg.report_networks.iter().any(|n| n.contains(client));
+    let from_network =
+        cfg.report_networks.is_empty() || cfg.report_networks.iter().any(|n| n.contains(client));
     let tid = tenant.id.0.as_str();
     let reply = if !own_sender || !from_network {
         tracing::info!(tenant = tid, client = %client, from = mail_from, own_sender, from_network, "report refused: not from the tenant's users");
