@@ -13,6 +13,8 @@ mod dns;
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
+/// Learning from users: the report address, webmail's buttons, `maildistiller learn`, near-copies.
+mod learning;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

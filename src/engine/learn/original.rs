@@ -159,7 +159,7 @@ fn header_end(m: &[u8]) -> usize {
 }
 
 /// The key under which a message is learnt once: SHA-256 over its `Message-ID` and its body
-/// (line ends normalised, trailing white space dropped), so the same message reported by two
+/// (line ends normalised, trailing white space and blank lines dropped), so the same message reported by two
 /// users, each copy with other trace headers in front, is one message; without a
 /// `Message-ID` the `Subject` stands in.
 pub fn digest(message: &[u8]) -> [u8; 32] {
@@ -192,7 +192,8 @@ pub fn digest(message: &[u8]) -> [u8; 32] {
         ctx.update(id.as_bytes());
     }
     ctx.update(b"\n");
-    for line in message[end..].split(|&b| b == b'\n') {
+    // Trailing blank lines do not count (an mbox keeps one before its next `From ` line).
+    for line in message[end..].trim_ascii_end().split(|&b| b == b'\n') {
         let line = line.trim_ascii_end();
         ctx.update(line);
         ctx.update(b"\n");

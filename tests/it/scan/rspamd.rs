@@ -305,7 +305,7 @@ async fn controller_learns_spam_and_ham_once_each() {
 
 /// A long pitch whose words are drawn from `seed`: fuzzy hashes match near-copies, so each run
 /// needs text that no earlier run added to the storage.
-fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
+pub fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "offer",
         "bonus",
