@@ -4,7 +4,7 @@
 //! the `user` command.
 
 mod cluster;
-mod harness;
+pub mod harness;
 #[path = "../../bench/webmail/page_load.rs"]
 mod page_load; // the page-load benchmark (bench/webmail/run.sh runs it in release mode)
 
