@@ -41,3 +41,36 @@ pub fn authenticator(cfg: &LookupConfig) -> Result<MessageAuthenticator, String>
     opts.negative_min_ttl = Some(cfg.negative_ttl.get());
     MessageAuthenticator::new(config, opts).map_err(|e| format!("cannot build a resolver: {e}"))
 }
+
+/// Forward-confirmed reverse DNS: the client's PTR names, the first (of at most four) whose
+/// A/AAAA records include `ip`. `None` when there is no such name, or the lookups fail (a
+/// resolver that cannot answer is not evidence for the client). Answers come from the
+/// resolver's cache when it has them.
+pub async fn fcrdns(r: &MessageAuthenticator, ip: std::net::IpAddr) -> Option<String> {
+    use mail_auth::common::cache::NoCache;
+    use mail_auth::{IpLookupStrategy, RecordSet};
+    let names = r
+        .ptr_lookup(ip, None::<&NoCache<std::net::IpAddr, RecordSet<Box<str>>>>)
+        .await
+        .ok()?;
+    for name in names.rrset.iter().take(4) {
+        let strategy = if ip.is_ipv4() {
+            IpLookupStrategy::Ipv4Only
+        } else {
+            IpLookupStrategy::Ipv6Only
+        };
+        let addrs = r
+            .ip_lookup(
+                name,
+                strategy,
+                16,
+                None::<&NoCache<Box<str>, RecordSet<std::net::Ipv4Addr>>>,
+                None::<&NoCache<Box<str>, RecordSet<std::net::Ipv6Addr>>>,
+            )
+            .await;
+        if addrs.is_ok_and(|a| a.contains(&ip)) {
+            return Some(name.to_string());
+        }
+    }
+    None
+}
