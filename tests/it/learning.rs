@@ -543,8 +543,12 @@ async fn webmail_not_spam_releases_and_learns_ham_and_this_is_spam_learns_spam()
     );
     s.webmail = &extra;
     let e = WebEngine::start(&dir.path().join("e"), &s).await;
-    e.send("a@sender.example", &["bob@acme.example"], &msg("bob@acme.example", "QUARANTINE me"))
-        .await;
+    e.send(
+        "a@sender.example",
+        &["bob@acme.example"],
+        &msg("bob@acme.example", "QUARANTINE me"),
+    )
+    .await;
     e.wait_listed(1).await;
     let mut b = e.browser();
     b.login("bob@acme.example").await;
@@ -552,20 +556,36 @@ async fn webmail_not_spam_releases_and_learns_ham_and_this_is_spam_learns_spam()
     let csrf = field(&inbox, "csrf").unwrap();
     let link = links(&inbox)[0].clone();
     let page = b.get(&link).await.text();
-    assert!(page.contains("Not spam: release and learn") && page.contains("This is spam"), "{page}");
+    assert!(
+        page.contains("Not spam: release and learn") && page.contains("This is spam"),
+        "{page}"
+    );
     let r = b.post(&format!("{link}/spam"), &[("csrf", &csrf)]).await;
     assert_eq!(r.location(), "/inbox?done=reported", "{}", r.text());
     assert_eq!(ctl.paths(), ["/learnspam", "/fuzzyadd"]);
     assert!(ctl.calls()[0].body.contains("Subject: QUARANTINE me"));
-    assert!(!ctl.calls()[0].body.contains("X-Maildistiller"), "{}", ctl.calls()[0].body);
+    assert!(
+        !ctl.calls()[0].body.contains("X-Maildistiller"),
+        "{}",
+        ctl.calls()[0].body
+    );
     // Changed their mind: not spam releases it, relearns it as ham and removes its hashes.
     let r = b.post(&format!("{link}/notspam"), &[("csrf", &csrf)]).await;
     assert_eq!(r.location(), "/inbox?done=notspam", "{}", r.text());
-    assert!(until(Duration::from_secs(10), || a.messages().len() == 1).await, "released");
+    assert!(
+        until(Duration::from_secs(10), || a.messages().len() == 1).await,
+        "released"
+    );
     assert_eq!(ctl.paths()[2..], ["/learnham", "/fuzzydel"]);
     let log = audit(&e.spool);
-    assert!(log.contains("\twebmail\tbob@acme.example\tacme\tspam\t"), "{log}");
-    assert!(log.contains("\twebmail\tbob@acme.example\tacme\tham\t"), "{log}");
+    assert!(
+        log.contains("\twebmail\tbob@acme.example\tacme\tspam\t"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\twebmail\tbob@acme.example\tacme\tham\t"),
+        "{log}"
+    );
     // A forged form (no CSRF token) teaches nothing.
     let r = b.post(&format!("{link}/spam"), &[]).await;
     assert_eq!(r.status, 403);

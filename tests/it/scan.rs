@@ -5,6 +5,7 @@
 
 mod dns; // the loopback test zone (tests/fixtures/scan/zone.toml)
 mod external; // clamd and rspamd: fakes, failures, fail-open vs temp-fail, real clamd
+mod gateway; // our first line: FCrDNS, envelope vs header, link domains, recipients, new domains
 mod harness; // config + scanner + envelopes + fixture cases
 mod hostile; // bombs, 10,000 parts, 100-level nesting, broken encodings, random mutations
 mod policy; // actions, headers, shadow mode, overrides, lists, metrics, config errors

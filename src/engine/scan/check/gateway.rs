@@ -95,7 +95,9 @@ pub fn org(domain: &str) -> String {
 }
 
 fn domain_of(addr: &str) -> Option<&str> {
-    addr.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty())
+    addr.rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
 }
 
 fn public(ip: IpAddr) -> bool {
@@ -163,7 +165,14 @@ pub fn header_signals(s: &Subject<'_>) -> Vec<Finding> {
     if orgs.len() >= 3 && !orgs.iter().any(own) {
         out.push(finding(
             "gateway.url_unrelated",
-            clip(&format!("{} link domains, none the sender's: {}", orgs.len(), orgs.join(" ")), 120),
+            clip(
+                &format!(
+                    "{} link domains, none the sender's: {}",
+                    orgs.len(),
+                    orgs.join(" ")
+                ),
+                120,
+            ),
         ));
     }
     let to = [header("to"), header("cc")]
@@ -172,7 +181,11 @@ pub fn header_signals(s: &Subject<'_>) -> Vec<Finding> {
         .collect::<Vec<_>>()
         .join(",")
         .to_ascii_lowercase();
-    let named = s.envelope.rcpts.iter().any(|r| to.contains(&r.to_ascii_lowercase()));
+    let named = s
+        .envelope
+        .rcpts
+        .iter()
+        .any(|r| to.contains(&r.to_ascii_lowercase()));
     let why = if to.trim().is_empty() {
         Some("no To or Cc")
     } else if to.contains("undisclosed") {
