@@ -338,6 +338,71 @@ async fn other_recipients_beside_the_report_address_get_the_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fuzzy_flag_and_weight_and_the_report_networks_are_the_policys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let ctl = Controller::start().await;
+    let extra = learning(
+        dir.path(),
+        &ctl.addr.to_string(),
+        "fuzzy_flag = 12\nfuzzy_weight = 3\nreport_address = \"junk\"",
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+    let mut c = Client::connect(e.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["junk@acme.example"],
+            &report("bob@acme.example", &original("f1")),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
+    let calls = ctl.calls();
+    assert_eq!(calls[1].path, "/fuzzyadd");
+    assert_eq!(
+        (calls[1].header("Flag"), calls[1].header("Weight")),
+        (Some("12"), Some("3"))
+    );
+    c.cmd("QUIT", "221").await;
+    drop(e);
+    // No fuzzy hashes with flag 0; reports only from the listed networks (we are 127.0.0.1).
+    let dir = tempfile::tempdir().unwrap();
+    let extra = learning(
+        dir.path(),
+        &ctl.addr.to_string(),
+        "fuzzy_flag = 0\nreport_networks = [\"192.0.2.0/24\"]",
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+    let mut c = Client::connect(e.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["report-spam@acme.example"],
+            &report("bob@acme.example", &original("f2")),
+        )
+        .await;
+    assert!(r.starts_with("550 5.7.1"), "not from a report network: {r}");
+    drop(e);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = learning(
+        dir.path(),
+        &ctl.addr.to_string(),
+        "fuzzy_flag = 0\nreport_networks = [\"127.0.0.0/8\"]",
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, &extra).await;
+    let mut c = Client::connect(e.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["report-spam@acme.example"],
+            &report("bob@acme.example", &original("f3")),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
+    assert_eq!(ctl.paths()[2..], ["/learnspam"], "flag 0: no fuzzy hashes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_learn_in_bulk_from_an_mbox_and_a_ham_lesson_reverses_spam() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = Controller::start().await;
