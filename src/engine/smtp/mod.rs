@@ -1,6 +1,7 @@
 //! The engine's SMTP listeners and session driver: PROXY handling, reading and writing with
 //! PIPELINING, STARTTLS, and handing complete messages to scanning and the spool. The protocol
-//! itself is the sans-I/O [`session`].
+//! itself is the sans-I/O [`session`]. Mail to a tenant's report address is learnt, not
+//! delivered (`report.rs`).
 //!
 //! PROXY is a property of the listener, never guessed: on `engine.proxy_listen` (the edges')
 //! the peer must be in `engine.trusted_proxies` (else `554 5.7.0`) and must send a PROXY v1/v2
