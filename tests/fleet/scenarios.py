@@ -4,10 +4,14 @@ Part of tests/fleet (see fleet.py and bench/fleet/README.md).
 """
 
 import calendar
+import glob
 import http.client as httpclient
 import os
+import random
 import re
 import signal
+import smtplib
+import subprocess
 import time
 import zlib
 
@@ -20,8 +24,10 @@ from deploy import *  # noqa: F403
 class Scenario:
     """Traffic for `duration` seconds; `fault(ctx, at)` callbacks at fractions of it."""
 
-    def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc=""):
+    def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc="",
+                 rspamd=False):
         self.name, self.steps, self.kills = name, steps, kills
+        self.rspamd = rspamd  # the fleet scans with one shared rspamd (tests/rspamd/start.sh)
         self.spool_limits = spool_limits or {}
         self.check = check
         self.doc = doc
@@ -173,6 +179,91 @@ def step_flap(engine, period=1.0, cycles=6):
             time.sleep(period)
         notes.append(f"{engine} stopped/continued {cycles} times ({period}s each)")
     return f
+
+
+# Learning across silos: a user of acme (uk: London or Manchester) forwards a pitch to acme's
+# report address; a near-copy sent to hansa (de only: Frankfurt) must then be quarantined there.
+LEARN_WORDS = ("offer bonus deposit returns partners exclusive membership claim account confirm "
+               "deadline limited guarantee today places reward investment profit secure instant "
+               "access premium winner selected opportunity cash credit approved free trial").split()
+
+
+def learn_pitch(seed, greeting, to):
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(LEARN_WORDS) for _ in range(14)) + f" (step {i})."
+             for i in range(30)]
+    return (f"From: Offers <deals@{SENDER_DOMAIN}>\r\nTo: <{to}>\r\nSubject: learn-{seed} bonus\r\n"
+            f"Message-ID: <{greeting.replace(' ', '')}.{seed}@{SENDER_DOMAIN}>\r\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{greeting},\r\n\r\n" + "\r\n".join(lines) + "\r\n")
+
+
+def submit(mail_from, rcpt, data):
+    with smtplib.SMTP(POSTFIX_IP, 25, timeout=30) as c:
+        c.ehlo("client.fleet.test")
+        c.sendmail(mail_from, [rcpt], data.encode())
+
+
+def step_report(fleet, notes, state):
+    seed = f"{int(time.time())}{os.getpid()}"
+    state["learn_seed"] = seed
+    original = learn_pitch(seed, "Dear Bob", "user0@acme.example")
+    report = ("From: <user0@acme.example>\r\nTo: <report-spam@acme.example>\r\n"
+              "Subject: Fwd: spam\r\nMIME-Version: 1.0\r\n"
+              "Content-Type: multipart/mixed; boundary=\"r\"\r\n\r\n--r\r\n"
+              "Content-Type: text/plain\r\n\r\nThis got through.\r\n--r\r\n"
+              f"Content-Type: message/rfc822\r\n\r\n{original}\r\n--r--\r\n")
+    submit("user0@acme.example", "report-spam@acme.example", report)
+    state["reported_at"] = time.time()
+    learnt = wait_for("an engine of acme to learn the report", lambda: any(
+        f"learn-{seed} bonus" in open(p, errors="replace").read()
+        for p in glob.glob(os.path.join(fleet.base, "spool", "*", "learning", "audit.log"))), 30)
+    where = [os.path.basename(os.path.dirname(os.path.dirname(p))) for p in
+             glob.glob(os.path.join(fleet.base, "spool", "*", "learning", "audit.log"))]
+    notes.append(f"report learnt by {where} {time.time() - state['reported_at']:.1f}s after "
+                 f"submission" if learnt else "report NOT learnt within 30 s")
+    state["learnt"] = bool(learnt)
+
+
+def step_near_copy(fleet, notes, state):
+    seed = state.get("learn_seed")
+    if not seed:
+        return
+    submit(f"deals@{SENDER_DOMAIN}", "user1@hansa.example",
+           learn_pitch(seed, "Dear customer", "user1@hansa.example"))
+    state["copy_sent"] = time.time()
+
+
+def copy_quarantined_on(fleet, seed):
+    for n in fleet.nodes.values():
+        if n.role != "engine":
+            continue
+        st, body = http(n.ops, "/queue?state=quarantined")
+        for line in (body or "").splitlines() if st == 200 else []:
+            qid = line.split()[0] if line and not line.startswith("--") else None
+            if qid and f"learn-{seed}" in (http(n.ops, f"/queue/{qid}")[1] or ""):
+                return n.name
+    return None
+
+
+def check_learn(fleet, state, acct, out):
+    seed = state.get("learn_seed")
+    v = []
+    if not state.get("learnt"):
+        return ["the report to report-spam@acme.example was not learnt"]
+    where = wait_for("the near-copy to be quarantined", lambda: copy_quarantined_on(fleet, seed), 30)
+    if not where:
+        v.append("the near-copy to hansa was not quarantined")
+    elif not where.startswith("fra1"):
+        v.append(f"the near-copy was quarantined on {where}, not in hansa's Frankfurt silo")
+    else:
+        state["note"] = (f"near-copy to hansa quarantined on {where} (another silo, another tenant) "
+                         f"{state['copy_sent'] - state['reported_at']:.1f}s after the report was sent")
+    delivered = glob.glob(os.path.join(fleet.sink_dir("hansa"), "*.eml"))
+    if any(f"learn-{seed}" in open(p, errors="replace").read() for p in delivered):
+        v.append("the near-copy reached hansa's server")
+    return v
 
 
 def check_silo(fleet, state, acct, out):
@@ -336,6 +427,11 @@ SCENARIOS = {
         "engine-flap", [(0.1, step_flap("lon1-uk-e2", period=2.0, cycles=6))], check=check_flap,
         doc="an engine frozen and thawed every second (SIGSTOP/SIGCONT): slow and flapping"),
 }
+SCENARIOS["learn"] = Scenario(
+    "learn", [(0.2, step_report), (0.5, step_near_copy)], check=check_learn, rspamd=True,
+    doc="one shared rspamd: acme's user reports a pitch in the UK, its near-copy to hansa is "
+        "quarantined in Frankfurt")
+
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
          "spool-full", "engine-flap"]
 
@@ -344,7 +440,12 @@ def run_scenario(sc, args, workdir):
     base = os.path.join(workdir, sc.name)
     os.makedirs(base)
     os.chmod(base, 0o755)
-    fleet = Fleet(base, args.bin, sc.spool_limits)
+    rspamd = None
+    if sc.rspamd:
+        started = subprocess.run(["bash", os.path.join(REPO, "tests/rspamd/start.sh")],
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout
+        rspamd = dict(re.findall(r"^export (\w+)=(\S*)$", started, re.M))
+    fleet = Fleet(base, args.bin, sc.spool_limits, rspamd)
     notes, state = [], {}
     try:
         log(f"== scenario {sc.name}: {sc.doc}")
@@ -376,3 +477,6 @@ def run_scenario(sc, args, workdir):
         return row
     finally:
         fleet.stop()
+        if rspamd:
+            subprocess.run(["bash", os.path.join(REPO, "tests/rspamd/stop.sh"),
+                            rspamd["MAILDISTILLER_RSPAMD_DIR"]], check=False)
