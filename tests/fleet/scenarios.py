@@ -433,7 +433,7 @@ SCENARIOS["learn"] = Scenario(
         "quarantined in Frankfurt")
 
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
-         "spool-full", "engine-flap"]
+         "spool-full", "engine-flap", "learn"]
 
 
 def run_scenario(sc, args, workdir):
