@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! From the floor up: a room imports only rooms above it in this table's order of dependence
+//! (`python3 ops/check_layers.py` prints the graph and fails on a circle).
+//!
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the floor: the schema operators write (one file per section), reading with every error collected, validation. Imports no role |
@@ -11,20 +14,24 @@
 //! | [`snapshot`] | one validated config with its topology and geo locator, swapped atomically on reload |
 //! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
 //! | [`smtp`] | sans-I/O SMTP: commands, replies (every one we write, named once), the receiving session both engine and edge run, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
+//! | [`tls`] | rustls in one place: certificates and keys into server configs, the ring provider |
 //! | [`net`] | listening sockets: binding (SO_REUSEPORT, backlog) and the one bounded accept loop of edge and engine |
-//! | [`sys`] | the only `unsafe`: adopting sockets from systemd socket activation |
+//! | [`sys`] | the only `unsafe`: systemd socket activation, GeoDNS `recvmmsg`/`sendmmsg` and its SO_REUSEPORT CPU steering, `statvfs`, the monotonic clock |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
-//! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`health`] | active probes (interval, rise, fall), passive ejection, shared health state |
+//! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`edge`] | the edge: listeners, admission, the SMTP-aware front session, routing to engines, layer-4 mode |
-//! | [`dns`] | GeoDNS: the only module naming hickory types |
-//! | [`engine`] | the MDE: SMTP reception, scan + policy, spool, delivery, webmail |
-//! | [`node`] | the top: loads a config with the schema's and every role's checks into a snapshot |
+//! | [`dns`] | GeoDNS: authoritative answers by location and silo health; the only module naming hickory types |
+//! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
+//! | [`engine`] | the MDE: SMTP reception, scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
+//! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the engine |
+//! | [`node`] | loads a config with the schema's and every role's checks into a snapshot |
+//! | [`cli`] | the top: the command line (the only module naming clap), running roles, exit codes |
 //!
-//! The binary (`src/main.rs`) parses the command line, loads and validates the config without
-//! binding anything, then binds and runs the roles it was asked for.
+//! The binary (`src/main.rs`) is `cli::main`: parse the command line, load and validate the
+//! config without binding anything, then bind and run the roles it was asked for.
 
-// No unsafe code anywhere but `sys` (socket activation), which says why it needs it.
+// No unsafe code anywhere but `sys`, which says why it needs it.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -42,6 +49,8 @@ pub mod ops;
 pub mod proxy;
 pub mod smtp;
 pub mod snapshot;
+pub mod store;
 pub mod sys;
 pub mod tls;
 pub mod topology;
+pub mod webmail;

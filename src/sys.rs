@@ -2,7 +2,8 @@
 //! activation (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`; sd_listen_fds(3)). File descriptors
 //! 3.. are owned by this process once `LISTEN_PID` names it; each is adopted at most once (the
 //! caller takes them at bind time) and checked to be a TCP listener before use. Also the
-//! GeoDNS UDP batches (`recvmmsg`/`sendmmsg`) and its SO_REUSEPORT CPU steering program.
+//! GeoDNS UDP batches (`recvmmsg`/`sendmmsg`) and its SO_REUSEPORT CPU steering program, the
+//! spool's free-space check (`statvfs`), and the monotonic clock systemd's notify protocol uses.
 
 #![allow(unsafe_code)]
 
@@ -298,6 +299,21 @@ pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds: what systemd's `MONOTONIC_USEC=` (sd_notify, around a
+/// reload) is measured in.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out pointer for the duration of the call; CLOCK_MONOTONIC exists
+    // on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(ts.tv_nsec as u64 / 1000)
 }
 
 #[cfg(test)]

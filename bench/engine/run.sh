@@ -158,6 +158,7 @@ engine_config() {
 [ops]
 listen = "$OPS"
 grace_period = "2s"
+token_file = "$W/ops.token"
 [regions.bench]
 [[silo]]
 name = "bench"
@@ -213,7 +214,7 @@ engine_stop() {
 # Messages in the engine's index (exact, unlike /readyz's queue_depth which is refreshed every 2 s).
 engine_queued() {
 	local state=${1:-}
-	curl -sf "http://$OPS/queue${state:+?state=$state}" | tail -1 | awk '{print $2}'
+	curl -sf -H "Authorization: Bearer $(cat "$W/ops.token")" "http://$OPS/queue${state:+?state=$state}" | tail -1 | awk '{print $2}'
 }
 engine_empty() { [ "$(engine_queued)" = 0 ]; }
 engine_all_held() { [ "$(engine_queued held)" = "$1" ]; }

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use maildistiller::engine::spool::{Envelope, Kind, QueueId, Status};
+use maildistiller::store::{Envelope, Kind, QueueId, State, Status};
 
 use super::harness::{Setup, WebEngine, down_addr, links};
 use crate::mail::until;
@@ -90,7 +90,7 @@ pub async fn run() {
     let n = env_or("WEBMAIL_BENCH_MESSAGES", 10_000);
     let rounds = env_or("WEBMAIL_BENCH_ROUNDS", 50).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let now = maildistiller::engine::queue::now_secs();
+    let now = maildistiller::store::now_secs();
     let spool = dir.path().join("spool");
     let t0 = Instant::now();
     fill(&spool, "acme", "bob@acme.example", n, now);
@@ -105,18 +105,17 @@ pub async fn run() {
     let total = n + 2000;
     assert!(
         until(Duration::from_secs(120), || e
-            .shared
-            .queue
+            .store
             .list()
             .iter()
-            .filter(|l| l.display == "held")
+            .filter(|l| l.state == State::Held)
             .count()
             == total)
         .await,
         "all held"
     );
     let t = Instant::now();
-    let listed = e.shared.queue.list().len();
+    let listed = e.store.list().len();
     println!(
         "queue.list() of {listed} entries alone: {:.2} ms (a floor under every inbox load)",
         t.elapsed().as_secs_f64() * 1000.0

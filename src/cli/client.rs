@@ -1,17 +1,26 @@
 //! A minimal blocking HTTP/1.1 client for the CLI commands that talk to a running process's
-//! ops listener (`maildistiller queue …`). Loopback or private addresses only, no TLS.
+//! ops listener (`maildistiller queue …`). Loopback or private addresses only, no TLS; the
+//! operator token (from `ops.token_file`) goes in `Authorization: Bearer`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Sends `method path` and returns (status, body).
-pub fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+/// Sends `method path` (with the operator token, when given) and returns (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.take(64 << 20).read_to_end(&mut buf)?;

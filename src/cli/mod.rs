@@ -29,6 +29,7 @@ use crate::config::{ConfigErrors, RoleSet};
 use crate::explain;
 use crate::node;
 use crate::snapshot::Snapshot;
+use crate::store::State;
 
 /// Why a command did not succeed, by cause. Each variant says what the operator must do; its
 /// exit code is given in one place, [`Failure::exit_code`].
@@ -191,23 +192,32 @@ enum Command {
     },
 }
 
+/// A `--state` value: one of the store's state names.
+fn parse_state(s: &str) -> Result<State, String> {
+    State::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+        format!("one of {}", names.join(", "))
+    })
+}
+
 #[derive(Subcommand, Debug)]
 pub enum QueueAction {
     /// One line per message: id, state, tenant, age, size, envelope, reason.
     List {
         #[arg(long)]
         tenant: Option<String>,
-        /// queued, deferred, held, delivering, hold, quarantined
-        #[arg(long)]
-        state: Option<String>,
+        /// queued, deferred, delivering, held (its destination is down), suspended (by an
+        /// operator: `queue hold`), quarantined
+        #[arg(long, value_parser = parse_state)]
+        state: Option<State>,
     },
     /// Envelope, per-recipient state, verdict and retry state of one message.
     Show { id: String },
     /// Retry now: one message, or every deferred message (and re-probe down destinations).
     Flush { id: Option<String> },
-    /// Put a queued message on hold (not delivered until released).
+    /// Suspend a waiting message (queued, deferred or held): not delivered until released.
     Hold { id: String },
-    /// Release a held or quarantined message for delivery.
+    /// Release a suspended or quarantined message for delivery now.
     Release { id: String },
     /// Delete a message from the queue (no DSN).
     Delete { id: String },
@@ -292,11 +302,26 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
         },
         Some(Command::Queue { action, ops }) => {
-            let addr = match ops {
-                Some(a) => *a,
-                None => load()?.config.ops.listen,
+            // The config names the engine's ops listener and the operator token file; with
+            // `--ops` and no readable config, the request goes without a token (and the engine
+            // says 401 if it wants one).
+            let (addr, snap) = match ops {
+                Some(a) => (*a, load().ok()),
+                None => {
+                    let s = load()?;
+                    (s.config.ops.listen, Some(s))
+                }
             };
-            queue::command(addr, action)
+            let token = match snap.as_ref().and_then(|s| s.config.ops.token_file.clone()) {
+                Some(f) => Some(crate::ops::auth::read_token(&f).map_err(|e| {
+                    Failure::Unavailable(format!(
+                        "cannot read the operator token ({}): {e}",
+                        f.display()
+                    ))
+                })?),
+                None => None,
+            };
+            queue::command(addr, token.as_deref(), action)
         }
         Some(Command::Egress) => {
             print!("{}", crate::topology::egress::explain(&load()?.topology));

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::{Failure, QueueAction, client};
 
 /// Sends one queue request to the engine at `addr` and prints its answer.
-pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
+pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> Result<(), Failure> {
     let enc = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -18,8 +18,8 @@ pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
             if let Some(t) = tenant.as_deref().and_then(enc) {
                 q.push(format!("tenant={t}"));
             }
-            if let Some(s) = state.as_deref().and_then(enc) {
-                q.push(format!("state={s}"));
+            if let Some(s) = state {
+                q.push(format!("state={}", s.as_str()));
             }
             ("GET", format!("/queue?{}", q.join("&")))
         }
@@ -42,7 +42,7 @@ pub fn command(addr: SocketAddr, action: &QueueAction) -> Result<(), Failure> {
             format!("/queue/{}/delete", enc(id).unwrap_or_default()),
         ),
     };
-    match client::request(addr, method, &path) {
+    match client::request(addr, method, &path, token) {
         Ok((200, body)) => {
             print!("{body}");
             Ok(())

@@ -29,6 +29,20 @@ pub fn run(snap: Snapshot, roles: RoleSet) -> Result<(), Failure> {
     for w in &snap.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
+    if let Some(path) = &snap.config.ops.token_file {
+        match crate::ops::auth::ensure_token_file(path) {
+            Ok(true) => {
+                tracing::info!(file = %path.display(), "operator token created (maildistiller queue reads it; send it as Authorization: Bearer)")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Failure::Runtime(format!(
+                    "cannot create the operator token file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,6 +80,14 @@ pub fn run(snap: Snapshot, roles: RoleSet) -> Result<(), Failure> {
                 Ok(bound) => {
                     tracing::info!(smtp = ?bound.addrs, "engine listening");
                     tasks.spawn(bound.serving);
+                    // Webmail, beside the engine, on its store (when configured).
+                    match crate::webmail::bind(&ops, &bound.store).await {
+                        Ok(Some(web)) => {
+                            tasks.spawn(web.serving);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return bind_failed("webmail", e),
+                    }
                 }
                 Err(e) => return bind_failed("engine", e),
             }
@@ -91,7 +113,13 @@ pub fn run(snap: Snapshot, roles: RoleSet) -> Result<(), Failure> {
         }
         tasks.spawn(ops::serve(ops.clone(), listener));
         tasks.spawn(watch(ops.clone()));
+        let watchdog_token = ops.shutdown.clone();
         ops.set_ready(true);
+        ops::notify::ready(&format!("serving config {}", ops.config.load().version));
+        tasks.spawn(async move {
+            ops::notify::watchdog(watchdog_token).await;
+            Ok(())
+        });
         if let Err(e) = ops::handle_signals(ops.clone()).await {
             tracing::error!(error = %e, "cannot install signal handlers");
             ops.shutdown.cancel();

@@ -290,9 +290,7 @@ pub fn run(
     }
     let hash = match (action, password) {
         (Action::Remove, _) => None,
-        (_, Some(p)) => {
-            Some(crate::engine::webmail::secret::hash_password(p).map_err(UserError::Usage)?)
-        }
+        (_, Some(p)) => Some(crate::webmail::secret::hash_password(p).map_err(UserError::Usage)?),
         (_, None) => return Err(UserError::Usage("a password is needed".into())),
     };
     for file in candidates(main)? {

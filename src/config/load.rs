@@ -198,6 +198,7 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
         None => shipped_geo_database(base),
     };
     c.engine.spool_dir = base.join(&c.engine.spool_dir);
+    c.ops.token_file = c.ops.token_file.as_ref().map(|p| base.join(p));
     c.tenant_files = c.tenant_files.iter().map(|p| base.join(p)).collect();
     c
 }

@@ -52,6 +52,13 @@ pub struct OpsConfig {
     pub listen: SocketAddr,
     /// How long SIGTERM waits for sessions to finish before cutting them. Default 30 s.
     pub grace_period: Dur,
+    /// The operator credential: a file holding a bearer token (one line). Everything on the ops
+    /// listener that changes state or shows mail — reload, drains, the queue API — answers only
+    /// requests with `Authorization: Bearer <token>`; `/metrics`, `/healthz`, `/readyz` and
+    /// `/status` stay open. `maildistiller queue` reads the same file. When the file does not
+    /// exist, the process creates it at start (random token, mode 0600). Relative paths are
+    /// relative to the config file. Default none: the operator API is closed.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for OpsConfig {
@@ -59,6 +66,7 @@ impl Default for OpsConfig {
         OpsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9125)),
             grace_period: Dur::secs(30),
+            token_file: None,
         }
     }
 }

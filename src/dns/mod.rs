@@ -4,7 +4,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `config.rs` | `[dns]`: names, TTLs, static records, listeners, limits |
+//! | `records.rs` | `[[dns.record]]` values parsed by hickory-proto (the schema is `config::dns`) |
 //! | `zone.rs` | the zone of one config snapshot, as pre-encoded wire records (hickory-proto encodes them) |
 //! | `state.rs` | the plan answers are made from: zone + health overlay; reload, health, drain |
 //! | `wire.rs` | parsing queries (header, question, EDNS0, ECS), sans I/O, no allocation |
@@ -14,9 +14,10 @@
 //! | `status.rs` | the `/status` section and `POST /-/dns/drain`, `/-/dns/undrain` |
 //! | `explain.rs` | `maildistiller dns-explain` |
 //!
-//! Why our own loops rather than hickory-server's `Server`: its per-request task, `Request`
-//! decoding and `Message` encoding cost several times what answering does here (parse in place,
-//! copy pre-encoded records, patch ID, flags, counts and ECS), and it cannot read PROXY headers.
+//! Why our own loops rather than hickory-server's `Server` (so hickory-server is not a
+//! dependency at all): its per-request task, `Request` decoding and `Message` encoding cost
+//! several times what answering does here (parse in place, copy pre-encoded records, patch ID,
+//! flags, counts and ECS), and it cannot read PROXY headers.
 //! hickory-proto still does what it is good at: parsing record values from the config and encoding
 //! every record the zone serves; `dns-explain` and the tests decode our answers with it.
 //!

@@ -1,33 +1,37 @@
 //! The queue API on the ops listener, used by `maildistiller queue …` (safe while the engine
-//! runs: every change goes through the engine's own index and spool).
+//! runs: every change is one call to the engine's store, which writes it and updates its index).
 //!
 //! | request | effect |
 //! |---|---|
-//! | `GET /queue?tenant=T&state=S` | one line per message |
+//! | `GET /queue?tenant=T&state=S` | one line per message; `S` one of the [`State`] names (400 for any other) |
 //! | `GET /queue/{id}` | envelope, per-recipient state, verdict, retry state |
-//! | `POST /queue/{id}/hold` · `/release` · `/flush` · `/delete` | change one message |
+//! | `POST /queue/{id}/hold` | suspend it (`suspended`: not delivered until released) |
+//! | `POST /queue/{id}/release` | release a `suspended` or `quarantined` message for delivery now |
+//! | `POST /queue/{id}/flush` · `/delete` | retry it now · delete it (no DSN) |
 //! | `POST /queue/flush` | retry every deferred message now (and un-mark down destinations) |
+//!
+//! A change the state table refuses (deleting a message being delivered, holding a quarantined
+//! one, …) is `409` with the reason; nothing is written.
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use super::Shared;
-use super::queue::{Listed, now_secs};
-use super::spool::{QueueId, RcptOutcome, Status};
+use crate::store::{
+    Change, ChangeError, Listed, QueueId, RcptOutcome, State, Status, Store, now_secs,
+};
 
-pub fn routes(shared: Arc<Shared>) -> Router {
+pub fn routes(store: Store) -> Router {
     Router::new()
         .route("/queue", get(list))
         .route("/queue/flush", post(flush_all))
         .route("/queue/{id}", get(show))
         .route("/queue/{id}/{action}", post(act))
-        .with_state(shared)
+        .with_state(store)
 }
 
 fn age(secs: u64) -> String {
@@ -40,14 +44,14 @@ fn age(secs: u64) -> String {
 }
 
 fn line(l: &Listed, now: u64) -> String {
-    let reason = match &l.state.status {
+    let reason = match &l.progress.status {
         Status::Quarantined { reason } => reason.clone(),
-        _ => l.state.error.clone(),
+        _ => l.progress.error.clone(),
     };
     format!(
         "{}  {:<11} {:<10} {:>5} {:>8}  <{}> -> {}{}",
         l.env.id,
-        l.display,
+        l.state.as_str(),
         l.env.tenant,
         age(now.saturating_sub(l.env.received)),
         l.env.size,
@@ -62,15 +66,25 @@ fn line(l: &Listed, now: u64) -> String {
 }
 
 async fn list(
-    AxState(s): AxState<Arc<Shared>>,
+    AxState(s): AxState<Store>,
     Query(q): Query<HashMap<String, String>>,
-) -> String {
+) -> Result<String, (StatusCode, String)> {
+    let state = match q.get("state") {
+        None => None,
+        Some(name) => Some(State::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+            (
+                StatusCode::BAD_REQUEST,
+                format!("unknown state {name:?}: one of {}\n", names.join(", ")),
+            )
+        })?),
+    };
     let now = now_secs();
     let mut out = String::new();
     let mut n = 0;
-    for l in s.queue.list() {
+    for l in s.list() {
         if q.get("tenant").is_some_and(|t| *t != l.env.tenant)
-            || q.get("state").is_some_and(|st| st != l.display)
+            || state.is_some_and(|st| st != l.state)
         {
             continue;
         }
@@ -78,7 +92,7 @@ async fn list(
         let _ = writeln!(out, "{}", line(&l, now));
     }
     let _ = writeln!(out, "-- {n} message{}", if n == 1 { "" } else { "s" });
-    out
+    Ok(out)
 }
 
 fn parse_id(id: &str) -> Result<QueueId, (StatusCode, String)> {
@@ -86,19 +100,18 @@ fn parse_id(id: &str) -> Result<QueueId, (StatusCode, String)> {
 }
 
 async fn show(
-    AxState(s): AxState<Arc<Shared>>,
+    AxState(s): AxState<Store>,
     Path(id): Path<String>,
 ) -> Result<String, (StatusCode, String)> {
     let id = parse_id(&id)?;
     let l = s
-        .queue
         .get(&id)
         .ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
     let e = &l.env;
     let mut o = String::new();
     let _ = writeln!(o, "id:          {}", e.id);
-    let _ = writeln!(o, "state:       {} (destination {})", l.display, l.dest);
-    if let Status::Quarantined { reason } = &l.state.status {
+    let _ = writeln!(o, "state:       {} (destination {})", l.state, l.dest);
+    if let Status::Quarantined { reason } = &l.progress.status {
         let _ = writeln!(o, "quarantined: {reason}");
     }
     let _ = writeln!(o, "tenant:      {}", e.tenant);
@@ -114,15 +127,15 @@ async fn show(
     let _ = writeln!(o, "subject:     {}", e.subject);
     let _ = writeln!(o, "size:        {}", e.size);
     let _ = writeln!(o, "verdict:     {}", e.verdict);
-    let _ = writeln!(o, "attempts:    {}", l.state.attempts);
-    if l.state.next > now_secs() {
-        let _ = writeln!(o, "next try:    in {}", age(l.state.next - now_secs()));
+    let _ = writeln!(o, "attempts:    {}", l.progress.attempts);
+    if l.progress.next > now_secs() {
+        let _ = writeln!(o, "next try:    in {}", age(l.progress.next - now_secs()));
     }
-    if !l.state.error.is_empty() {
-        let _ = writeln!(o, "last error:  {}", l.state.error);
+    if !l.progress.error.is_empty() {
+        let _ = writeln!(o, "last error:  {}", l.progress.error);
     }
     for (i, r) in e.rcpts.iter().enumerate() {
-        let st = match l.state.rcpts.get(i).cloned().flatten() {
+        let st = match l.progress.rcpts.get(i).cloned().flatten() {
             None => "pending".to_owned(),
             Some(RcptOutcome::Delivered { at }) => {
                 format!("delivered {}", crate::smtp::date::rfc5322(at))
@@ -134,69 +147,48 @@ async fn show(
     Ok(o)
 }
 
-async fn flush_all(AxState(s): AxState<Arc<Shared>>) -> String {
-    format!("{} messages due now\n", s.queue.flush(None))
+async fn flush_all(AxState(s): AxState<Store>) -> String {
+    format!("{} messages due now\n", s.flush(None))
+}
+
+/// The one place a refused change becomes an HTTP status.
+fn refused(id: &QueueId, e: ChangeError) -> (StatusCode, String) {
+    let status = match &e {
+        ChangeError::NotFound => StatusCode::NOT_FOUND,
+        ChangeError::Busy | ChangeError::Moved { .. } | ChangeError::Illegal(_) => {
+            StatusCode::CONFLICT
+        }
+        ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{id}: {e}\n"))
 }
 
 async fn act(
-    AxState(s): AxState<Arc<Shared>>,
+    AxState(s): AxState<Store>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<String, (StatusCode, String)> {
     let id = parse_id(&id)?;
-    let conflict = |e: String| (StatusCode::CONFLICT, format!("{e}\n"));
-    match action.as_str() {
-        "hold" | "release" => {
-            let current = s
-                .queue
-                .get(&id)
-                .ok_or((StatusCode::NOT_FOUND, format!("no such message: {id}\n")))?;
-            let status = match (action.as_str(), &current.state.status) {
-                ("hold", Status::Queued) => Status::Hold,
-                ("hold", _) => {
-                    return Err(conflict(format!(
-                        "{id} is {}: only queued mail can be held",
-                        current.state.status.as_str()
-                    )));
-                }
-                ("release", Status::Hold | Status::Quarantined { .. }) => Status::Queued,
-                (_, _) => return Err(conflict(format!("{id} is not held or quarantined"))),
+    let (change, done) = match action.as_str() {
+        "hold" => (Change::Suspend, "suspended (not delivered until released)"),
+        "release" => (Change::Release, "released for delivery"),
+        "delete" => (Change::Delete, "deleted"),
+        "flush" => {
+            return match s.flush(Some(&id)) {
+                0 => Err((
+                    StatusCode::CONFLICT,
+                    format!("{id} is not waiting for a retry\n"),
+                )),
+                _ => Ok(format!("{id}: due now\n")),
             };
-            let was_quarantined = matches!(current.state.status, Status::Quarantined { .. });
-            let state = s.queue.set_status(&id, status).map_err(conflict)?;
-            s.spool.write_state(&id, &state).await.map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot persist: {e}\n"),
-                )
-            })?;
-            tracing::info!(id = %id, action, was_quarantined, "queue change by operator");
-            Ok(format!(
-                "{id}: {}\n",
-                if action == "hold" {
-                    "on hold"
-                } else {
-                    "released for delivery"
-                }
-            ))
         }
-        "flush" => match s.queue.flush(Some(&id)) {
-            0 => Err(conflict(format!("{id} is not waiting for a retry"))),
-            _ => Ok(format!("{id}: due now\n")),
-        },
-        "delete" => {
-            s.queue.remove(&id).map_err(conflict)?;
-            s.spool.remove(&id).await.map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot remove: {e}\n"),
-                )
-            })?;
-            tracing::info!(id = %id, "message deleted by operator");
-            Ok(format!("{id}: deleted\n"))
+        other => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?} (hold, release, flush, delete)\n"),
+            ));
         }
-        other => Err((
-            StatusCode::NOT_FOUND,
-            format!("unknown action {other:?} (hold, release, flush, delete)\n"),
-        )),
-    }
+    };
+    let was = s.change(&id, change).await.map_err(|e| refused(&id, e))?;
+    tracing::info!(id = %id, action, was = %was, "queue change by operator");
+    Ok(format!("{id}: {done}\n"))
 }

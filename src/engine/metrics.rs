@@ -3,8 +3,8 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use super::queue::Dest;
 use crate::ops::Metrics;
+use crate::store::Dest;
 
 #[derive(Debug, Clone)]
 pub struct EngineMetrics {

@@ -1,20 +1,21 @@
-//! The Maildistiller Engine (MDE, `--role engine`): SMTP reception, scanning, durable spool,
-//! delivery to the tenant's servers, held mail.
+//! The Maildistiller Engine (MDE, `--role engine`): SMTP reception, scanning, delivery to the
+//! tenant's servers, quarantine expiry; every message it accepts lives in the [`Store`].
 //!
-//! Lifecycle: [`bind`] opens the spool, recovers every queued message into the index, binds the
+//! Lifecycle: [`bind`] opens the store (the spool, every queued message recovered), binds the
 //! SMTP listeners and returns the future that serves; it accepts until `ops.shutdown`, then
 //! stops accepting, lets sessions reach a command boundary (`421`) or finish their DATA, lets
-//! in-flight deliveries finish, and returns.
+//! in-flight deliveries finish, and returns. Webmail is a room of its own beside the engine: the
+//! process that runs the engine starts it on [`Bound::store`].
+//!
+//! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics); delivery gets
+//! its own [`delivery::Delivery`] (the store, config, metrics) and the queue API the store alone.
 
 pub mod api;
 pub mod delivery;
 mod metrics;
 pub mod policy;
-pub mod queue;
 pub mod scan;
 pub mod smtp;
-pub mod spool;
-pub mod webmail;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,69 +24,24 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 
-use crate::config::DeliveryConfig;
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::{Change, ChangeError, Listed, State, Store, now_secs};
 pub use metrics::EngineMetrics;
-use queue::{Dest, Queue};
-use spool::Spool;
 
-/// What every engine task shares.
+/// What SMTP reception shares (delivery and the queue API get narrower handles).
 pub struct Shared {
     pub ops: Arc<Ops>,
-    pub spool: Spool,
-    pub queue: Arc<Queue>,
+    pub store: Store,
     pub metrics: EngineMetrics,
     pub hostname: String,
     /// STARTTLS config, when a certificate is configured.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
-    /// Per-tenant delivery rate limiters (tenant id -> (rate, limiter)); bounded by the tenants.
-    limiters: Mutex<std::collections::HashMap<String, (u32, Arc<ratelimit::Ratelimiter>)>>,
 }
 
 impl Shared {
-    pub fn delivery(&self) -> DeliveryConfig {
-        self.ops.config.load().config.engine.delivery.clone()
-    }
-
-    /// How long a message may wait for delivery before it expires (`engine.message_lifetime`).
-    pub fn message_lifetime(&self) -> std::time::Duration {
-        self.ops.config.load().config.engine.message_lifetime.get()
-    }
-
-    /// The delivery rate limiter of a tenant destination with `delivery_rate` set (rebuilt when
-    /// the rate changes).
-    pub fn rate_limiter(&self, dest: &queue::Dest) -> Option<Arc<ratelimit::Ratelimiter>> {
-        let queue::Dest::Tenant(id) = dest else {
-            return None;
-        };
-        let rate = self
-            .ops
-            .config
-            .load()
-            .topology
-            .tenant(id)
-            .and_then(|t| t.delivery_rate)?;
-        let mut g = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        match g.get(id) {
-            Some((r, l)) if *r == rate => Some(l.clone()),
-            _ => {
-                let r = u64::from(rate.max(1));
-                let l = Arc::new(
-                    ratelimit::Ratelimiter::builder(r)
-                        .max_tokens(r)
-                        .initial_available(r)
-                        .build()
-                        .unwrap_or_else(|_| ratelimit::Ratelimiter::new(r)),
-                );
-                g.insert(id.clone(), (rate, l.clone()));
-                Some(l)
-            }
-        }
-    }
-
     /// The scanner for `snap`, rebuilt when the config version changes. A snapshot whose
     /// policies fail to build keeps the previous scanner (and says so).
     pub fn scanner(&self, snap: &Snapshot) -> Arc<scan::Scanner> {
@@ -121,18 +77,29 @@ pub type Serving = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 pub struct Bound {
     /// Serves until shutdown, then drains.
     pub serving: Serving,
-    pub shared: Arc<Shared>,
+    /// The engine's messages (for webmail, and for tests to look at).
+    pub store: Store,
     /// `engine.listen` addresses (the real ports when configured with port 0).
     pub addrs: Vec<std::net::SocketAddr>,
     /// `engine.proxy_listen` addresses.
     pub proxy_addrs: Vec<std::net::SocketAddr>,
 }
 
-/// Opens the spool, recovers it, binds the listeners, mounts the queue API on the ops listener.
+/// Opens the store (recovering the spool), binds the listeners, mounts the queue API on the ops
+/// listener.
 pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     let snap = ops.config.load_full();
     let ecfg = &snap.config.engine;
-    let spool = Spool::open(&ecfg.spool_dir)?;
+    let (store, problems) = Store::open(
+        &ecfg.spool_dir,
+        |env| delivery::route(&snap, env),
+        ops.shutdown.clone(),
+    )
+    .await?;
+    for p in &problems {
+        tracing::error!(problem = %p, "spool recovery");
+    }
+    tracing::info!(messages = store.len(), spool = %ecfg.spool_dir.display(), "spool recovered");
     let tls = match (&ecfg.tls_cert, &ecfg.tls_key) {
         (Some(c), Some(k)) => {
             let (config, expiry) =
@@ -144,37 +111,22 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     };
     let scanner =
         scan::Scanner::new(&snap).map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
+    let metrics = EngineMetrics::new(&ops.metrics);
+    let hostname = hostname(&snap);
     let shared = Arc::new(Shared {
         ops: ops.clone(),
-        spool: spool.clone(),
-        queue: Arc::new(Queue::default()),
-        metrics: EngineMetrics::new(&ops.metrics),
-        hostname: hostname(&snap),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        hostname: hostname.clone(),
         tls: ArcSwapOption::new(tls),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
-        limiters: Mutex::new(std::collections::HashMap::new()),
     });
-    let s2 = spool.clone();
-    let (found, problems) = tokio::task::spawn_blocking(move || s2.recover())
-        .await
-        .map_err(std::io::Error::other)??;
-    for p in &problems {
-        tracing::error!(problem = %p, "spool recovery");
-    }
-    let n = found.len();
-    for r in found {
-        let dest = match r.envelope.kind {
-            spool::Kind::Dsn => match snap.topology.tenant_for_address(&r.envelope.rcpts[0]) {
-                Some(t) => Dest::Tenant(t.id.0.clone()),
-                None => {
-                    Dest::Domain(crate::smtp::domain_of(&r.envelope.rcpts[0]).unwrap_or_default())
-                }
-            },
-            spool::Kind::Message => Dest::Tenant(r.envelope.tenant.clone()),
-        };
-        shared.queue.insert(Arc::new(r.envelope), r.state, dest);
-    }
-    tracing::info!(messages = n, spool = %ecfg.spool_dir.display(), "spool recovered");
+    let delivery = Arc::new(delivery::Delivery::new(
+        store.clone(),
+        ops.clone(),
+        metrics,
+        hostname,
+    ));
     let mut listeners = Vec::new();
     let configured = ecfg
         .listen
@@ -200,12 +152,11 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     };
     let addrs = bound_of(smtp::Listener::Direct);
     let proxy_addrs = bound_of(smtp::Listener::Proxy);
-    ops.add_routes(api::routes(shared.clone()));
-    let webmail = webmail::bind(&shared).await?;
-    let serving = Box::pin(run(shared.clone(), listeners, webmail));
+    ops.add_routes(api::routes(store.clone()));
+    let serving = Box::pin(run(shared, delivery, listeners));
     Ok(Bound {
         serving,
-        shared,
+        store,
         addrs,
         proxy_addrs,
     })
@@ -213,13 +164,10 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
 
 async fn run(
     shared: Arc<Shared>,
+    delivery: Arc<delivery::Delivery>,
     listeners: Vec<(TcpListener, smtp::Listener)>,
-    webmail: Option<Serving>,
 ) -> std::io::Result<()> {
     let tracker = tokio_util::task::TaskTracker::new();
-    if let Some(w) = webmail {
-        tracker.spawn(w);
-    }
     // Sessions of all listeners together: at most `engine.max_sessions` (read at start);
     // beyond it a client gets `421 4.3.2` at once.
     let max_sessions = shared.ops.config.load().config.engine.max_sessions as usize;
@@ -245,7 +193,7 @@ async fn run(
             },
         ));
     }
-    tracker.spawn(delivery::dispatcher(shared.clone()));
+    tracker.spawn(delivery::dispatcher(delivery));
     tracker.spawn(gauges(shared.clone()));
     tracker.close();
     tracker.wait().await;
@@ -253,10 +201,9 @@ async fn run(
     Ok(())
 }
 
-/// Refreshes queue gauges every few seconds (queue depth, held counts and ages per tenant).
 /// Deletes quarantined messages older than `engine.quarantine_lifetime` (checked with the
 /// gauges, every 2 s). A message being released right now is left for the next round.
-async fn expire_quarantine(shared: &Shared, list: &[queue::Listed], now: u64) {
+async fn expire_quarantine(shared: &Shared, list: &[Listed], now: u64) {
     let lifetime = shared
         .ops
         .config
@@ -267,27 +214,28 @@ async fn expire_quarantine(shared: &Shared, list: &[queue::Listed], now: u64) {
         .get()
         .as_secs();
     for l in list {
-        if l.display != "quarantined" || now.saturating_sub(l.env.received) < lifetime {
+        if l.state != State::Quarantined || now.saturating_sub(l.env.received) < lifetime {
             continue;
         }
-        if shared.queue.remove(&l.env.id).is_err() {
-            continue;
-        }
-        match shared.spool.remove(&l.env.id).await {
-            Ok(()) => {
+        match shared.store.change(&l.env.id, Change::Expire).await {
+            Ok(_) => {
                 shared.metrics.quarantine_expired(&l.env.tenant);
                 tracing::info!(id = %l.env.id, tenant = %l.env.tenant, age_s = now.saturating_sub(l.env.received), "quarantined message expired and deleted");
             }
-            Err(e) => {
+            Err(ChangeError::Io(e)) => {
                 tracing::warn!(id = %l.env.id, error = %e, "cannot delete an expired quarantined message")
             }
+            // Released, deleted or being changed meanwhile.
+            Err(_) => {}
         }
     }
 }
 
+/// Refreshes queue gauges every few seconds (queue depth by state, held counts and ages per
+/// tenant) and expires old quarantined mail.
 async fn gauges(shared: Arc<Shared>) {
     loop {
-        let list = shared.queue.list();
+        let list = shared.store.list();
         shared
             .ops
             .queue_depth
@@ -295,16 +243,16 @@ async fn gauges(shared: Arc<Shared>) {
         shared.metrics.queue_depth.reset();
         shared.metrics.held.reset();
         shared.metrics.oldest_held.reset();
-        let now = queue::now_secs();
+        let now = now_secs();
         expire_quarantine(&shared, &list, now).await;
         let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for l in &list {
             shared
                 .metrics
                 .queue_depth
-                .with_label_values(&[&l.env.tenant, l.display])
+                .with_label_values(&[&l.env.tenant, l.state.as_str()])
                 .inc();
-            if l.display == "held" {
+            if l.state == State::Held {
                 shared
                     .metrics
                     .held

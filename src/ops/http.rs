@@ -1,13 +1,16 @@
-//! The ops HTTP listener. Plain HTTP on a private address (loopback by default): it exposes load
-//! and config versions, never secrets.
+//! The ops HTTP listener. Plain HTTP on a private address (loopback by default). What it shows
+//! to anyone who reaches it is load, topology and config versions, never secrets or mail;
+//! everything else is the operator API, behind the operator credential (`auth.rs`).
 //!
-//! | path | answer |
-//! |---|---|
-//! | `GET /metrics` | Prometheus text format |
-//! | `GET /healthz` | 200 while the process runs (liveness) |
-//! | `GET /readyz` | 200 when every listener is bound and config is loaded, else 503; body: load as JSON |
-//! | `GET /status` | HTML overview, no JavaScript |
-//! | `POST /-/reload` | reload the config like SIGHUP; 200 with warnings or 400 with every error |
+//! | path | answer | credential |
+//! |---|---|---|
+//! | `GET /metrics` | Prometheus text format | open |
+//! | `GET /healthz` | 200 while the process runs (liveness) | open |
+//! | `GET /readyz` | 200 when every listener is bound and config is loaded, else 503; body: load as JSON | open |
+//! | `GET /status` | HTML overview, no JavaScript | open |
+//! | `POST /-/reload` | reload the config like SIGHUP; 200 with warnings or 400 with every error | operator |
+//! | routes roles add (`/queue…`, `/-/engines…`, `/-/dns/…`) | see each role | operator |
+//! | peer routes (engine to engine) | webmail actions on a colleague engine | the cluster's peer secret |
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -23,16 +26,25 @@ use tokio::net::TcpListener;
 use super::Ops;
 
 pub fn router(ops: Arc<Ops>) -> Router {
-    let extra = ops.take_routes();
+    let mut operator = Router::new()
+        .route("/-/reload", post(reload))
+        .with_state(ops.clone());
+    for e in ops.take_routes() {
+        operator = operator.merge(e);
+    }
+    let operator = operator.route_layer(axum::middleware::from_fn_with_state(
+        ops.clone(),
+        super::auth::require_operator,
+    ));
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/", get(status))
-        .route("/-/reload", post(reload))
-        .with_state(ops);
-    for e in extra {
+        .with_state(ops.clone())
+        .merge(operator);
+    for e in ops.take_peer_routes() {
         r = r.merge(e);
     }
     r

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub registry: Registry,
     reload_total: IntCounterVec,
     geo_reload_total: IntCounterVec,
+    api_auth_total: IntCounterVec,
     config_info: IntGaugeVec,
     tls_expiry: IntGaugeVec,
 }
@@ -39,6 +40,15 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let api_auth_total = IntCounterVec::new(
+            Opts::new(
+                "ops_api_requests_total",
+                "Requests to the operator API (reload, drains, queue) by credential check: ok, \
+                 missing (401), wrong (403), disabled (403: no ops.token_file).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let config_info = IntGaugeVec::new(
             Opts::new("config_info", "The config version in force (value 1)."),
             &["version"],
@@ -55,7 +65,7 @@ impl Metrics {
         registry
             .register(Box::new(tls_expiry.clone()))
             .expect("registered once");
-        for m in [&reload_total, &geo_reload_total] {
+        for m in [&reload_total, &geo_reload_total, &api_auth_total] {
             registry
                 .register(Box::new(m.clone()))
                 .expect("registered once");
@@ -71,6 +81,7 @@ impl Metrics {
             registry,
             reload_total,
             geo_reload_total,
+            api_auth_total,
             config_info,
             tls_expiry,
         }
@@ -88,6 +99,10 @@ impl Metrics {
 
     pub fn reload(&self, result: &str) {
         self.reload_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn api_auth(&self, result: &str) {
+        self.api_auth_total.with_label_values(&[result]).inc();
     }
 
     pub fn geo_reload(&self, result: &str) {

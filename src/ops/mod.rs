@@ -6,8 +6,10 @@
 //! shutdown: listeners stop accepting, sessions get `grace_period` to finish, then are cut and the
 //! process says so loudly.
 
+pub mod auth;
 mod http;
 pub mod metrics;
+pub mod notify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,8 +43,11 @@ pub struct Ops {
     /// Sections roles add to `/status` (health tables, queues).
     status: std::sync::RwLock<Vec<Arc<dyn StatusSection>>>,
     /// Routes roles add to the ops listener (e.g. the engine's `/queue` API); mounted by
-    /// [`serve`], so roles add them at bind time.
+    /// [`serve`] behind the operator credential, so roles add them at bind time.
     routes: std::sync::Mutex<Vec<axum::Router>>,
+    /// Routes that authenticate themselves (engine-to-engine webmail calls signed with the
+    /// cluster's peer secret): mounted without the operator credential.
+    peer_routes: std::sync::Mutex<Vec<axum::Router>>,
 }
 
 /// A block of HTML a role contributes to `/status`. Implementations escape what they print.
@@ -66,6 +71,7 @@ impl Ops {
             ops_addr: std::sync::OnceLock::new(),
             status: std::sync::RwLock::new(Vec::new()),
             routes: std::sync::Mutex::new(Vec::new()),
+            peer_routes: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -89,6 +95,18 @@ impl Ops {
         std::mem::take(&mut *self.routes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Routes that check their own credential (see `peer_routes`).
+    pub fn add_peer_routes(&self, r: axum::Router) {
+        self.peer_routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+    }
+
+    pub fn take_peer_routes(&self) -> Vec<axum::Router> {
+        std::mem::take(&mut *self.peer_routes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn add_status(&self, section: Arc<dyn StatusSection>) {
         self.status
             .write()
@@ -104,7 +122,18 @@ impl Ops {
     }
 
     /// Build, validate, swap. On error the old snapshot stays and every error is logged.
+    /// systemd hears `RELOADING=1` before and `READY=1` after, either way.
     pub fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        notify::reloading();
+        let result = self.reload_inner();
+        notify::ready(&match &result {
+            Ok(s) => format!("config {}", s.version),
+            Err(e) => format!("reload refused ({} errors)", e.0.len()),
+        });
+        result
+    }
+
+    fn reload_inner(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
         let old = self.config.load_full();
         match old.reload() {
             Ok(new) => {
@@ -178,11 +207,13 @@ pub async fn handle_signals(ops: Arc<Ops>) -> std::io::Result<()> {
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
+                notify::stopping();
                 ops.shutdown.cancel();
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: draining");
+                notify::stopping();
                 ops.shutdown.cancel();
                 return Ok(());
             }

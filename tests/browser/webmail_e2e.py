@@ -119,6 +119,7 @@ def config(d, ports, cert, key):
     return f"""
 [ops]
 listen = "127.0.0.1:{ports['ops']}"
+token_file = "{d}/ops.token"
 [regions.uk]
 [[silo]]
 name = "lon1"
@@ -157,8 +158,13 @@ tls_key = "{key}"
 """
 
 
-def queue(ops):
-    with urllib.request.urlopen(f"http://127.0.0.1:{ops}/queue", timeout=5) as r:
+def queue(ops, token_file):
+    """The engine's queue listing, asked as the operator (the engine wrote the token file)."""
+    with open(token_file) as f:
+        token = f.read().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{ops}/queue",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return r.read().decode()
 
 
@@ -197,8 +203,8 @@ def main():
             s.sendmail("promo@sender.example", ["bob@acme.example"],
                        plain("Please QUARANTINE test", "A message the policy quarantined."))
             s.sendmail("m@evil.example", ["bob@acme.example"], hostile(canary))
-        wait_for("1 held + 2 quarantined", lambda: queue(ports["ops"]).count(" held ") == 1
-                 and queue(ports["ops"]).count(" quarantined ") == 2)
+        wait_for("1 held + 2 quarantined", lambda: queue(ports["ops"], os.path.join(tmp, "ops.token")).count(" held ") == 1
+                 and queue(ports["ops"], os.path.join(tmp, "ops.token")).count(" quarantined ") == 2)
 
         opts = Options()
         opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
@@ -252,7 +258,7 @@ def main():
         wait.until(EC.url_contains("done=released"))
         flash = driver.find_element(By.CSS_SELECTOR, "[role=status]").text
         check("release says so", "released" in flash, flash)
-        q = queue(ports["ops"])
+        q = queue(ports["ops"], os.path.join(tmp, "ops.token"))
         check("released message is no longer quarantined", q.count(" quarantined ") == 1, q)
         shot("04-released")
 

@@ -79,9 +79,14 @@ ENGINE_ADDRS = {a: n for s in SILOS for n, a, _ in engines_of(s)}
 # ---------------------------------------------------------------------------------------------
 # HTTP helpers (ops listeners)
 
+# The operator token every node's `ops.token_file` holds (the queue API, drains, reload need it).
+OPS_TOKEN = "fleet-operator-token"
+
+
 def http(addr, path, method="GET", timeout=2.0):
-    """(status, body) or (None, error)."""
-    req = urllib.request.Request(f"http://{addr}{path}", method=method)
+    """(status, body) or (None, error). Sent as the operator."""
+    req = urllib.request.Request(f"http://{addr}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {OPS_TOKEN}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode("utf-8", "replace")
@@ -139,8 +144,12 @@ class Fleet:
         self.aux = {}  # sinks, resolver: name -> Popen
         self.spool_limits = spool_limits or {}  # engine -> tmpfs size, e.g. "6m"
         self.mounts = []
+        self.token_file = os.path.join(base, "etc", "ops.token")
         for d in ("etc", "logs", "spool", "sinks", "postfix"):
             os.makedirs(os.path.join(base, d), exist_ok=True)
+        with open(self.token_file, "w") as f:
+            f.write(OPS_TOKEN + "\n")
+        os.chmod(self.token_file, 0o600)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -227,6 +236,7 @@ class Fleet:
             "[ops]",
             f'listen = "{node.ops}"',
             'grace_period = "3s"',
+            f'token_file = "{self.token_file}"',
         ]
         if node.role == "edge":
             out += [

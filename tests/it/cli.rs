@@ -276,7 +276,7 @@ fn route_shows_multi_office_placement() {
 
 /// Exit codes follow the cause: a policy the scanner cannot compile is a config error (64, with
 /// its path), found before anything is bound — not a listener that "cannot bind" (71); a queue
-/// command whose engine does not answer is "unavailable" (69).
+/// command whose engine does not answer is "unavailable" (69); an unknown queue state is 64.
 #[test]
 fn exit_codes_follow_the_cause() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +313,30 @@ fn exit_codes_follow_the_cause() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let o = run(&["queue", "--ops", &port.to_string(), "list"]);
+    let o = run(&[
+        "queue",
+        "--config",
+        "/nonexistent.toml",
+        "--ops",
+        &port.to_string(),
+        "list",
+    ]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot reach the ops listener"));
+    // A state that does not exist is a usage error naming the ones that do (`hold` is the
+    // command; the state it leaves a message in is `suspended`), not an empty list.
+    let o = run(&[
+        "queue",
+        "--ops",
+        &port.to_string(),
+        "list",
+        "--state",
+        "hold",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("held, suspended, quarantined"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -193,8 +193,11 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
         missing.len(),
         missing.iter().take(5).collect::<Vec<_>>()
     );
+    // A kill can cut each delivery connection once between the sink's 250 and the spool's
+    // record of it: at most `connections_per_destination` (10 by default) duplicates per kill.
+    // (A fixed share of the messages was flaky on a loaded machine, where fewer are sent.)
     assert!(
-        duplicates * 20 <= acked.len().max(20),
-        "too many duplicates: {duplicates}"
+        duplicates <= 4 * 10,
+        "more duplicates than deliveries in flight at four kills: {duplicates}"
     );
 }

@@ -484,7 +484,7 @@ fn the_drain_api_is_on_the_ops_listener() {
             .unwrap();
     let ops_addr = listener.local_addr().unwrap();
     g.rt.spawn(maildistiller::ops::serve(g.ops.clone(), listener));
-    let (code, body) = http(ops_addr, "POST", "/-/dns/drain?silo=lon1").unwrap();
+    let (code, body) = http_operator(ops_addr, "POST", "/-/dns/drain?silo=lon1").unwrap();
     assert_eq!((code, body.as_str()), (200, "silo lon1 drained\n"));
     assert_eq!(
         g.ask("mx.in.example.net.", RecordType::A)
@@ -494,13 +494,15 @@ fn the_drain_api_is_on_the_ops_listener() {
         ip(1)
     );
     assert_eq!(
-        http(ops_addr, "POST", "/-/dns/undrain?silo=lon1")
+        http_operator(ops_addr, "POST", "/-/dns/undrain?silo=lon1")
             .unwrap()
             .0,
         200
     );
     assert_eq!(
-        http(ops_addr, "POST", "/-/dns/drain?silo=mars").unwrap().0,
+        http_operator(ops_addr, "POST", "/-/dns/drain?silo=mars")
+            .unwrap()
+            .0,
         404
     );
     let (_, status) = http(ops_addr, "GET", "/status").unwrap();

@@ -12,7 +12,7 @@ use maildistiller::ops::Ops;
 
 use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
-use crate::support::write;
+use crate::support::{OPS_TOKEN, ops_token, write};
 
 /// Four engines: lon1/uk (e0, e1), fra1/uk (e2), fra1/de (e3); an edge in lon1.
 struct Fleet {
@@ -55,6 +55,7 @@ impl Fleet {
 silo = "lon1"
 [ops]
 listen = "127.0.0.1:0"
+{token}
 [[geo.override]]
 cidr = "127.0.0.2/32"
 country = "GB"
@@ -121,6 +122,7 @@ connect_timeout = "500ms"
             a1 = a[1],
             a2 = a[2],
             a3 = a[3],
+            token = ops_token(dir.path()),
         );
         let cfg = write(dir.path(), "edge.toml", &text);
         let roles = RoleSet {
@@ -523,7 +525,7 @@ async fn operators_drain_engines_through_the_ops_api() {
     let e1 = f.engines[1].as_ref().unwrap().proxy.unwrap();
     let req = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
-            maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
+            maildistiller::cli::client::request(ops_addr, method, &path, Some(OPS_TOKEN)).unwrap()
         })
     };
     for e in [e0, e1] {

@@ -9,14 +9,15 @@ use std::time::Duration;
 use maildistiller::config::RoleSet;
 use maildistiller::engine;
 use maildistiller::ops::Ops;
+use maildistiller::store::{State, Store};
 
 use crate::mail::{Client, Sink, until};
-use crate::support::write;
+use crate::support::{OPS_TOKEN, ops_token, write};
 
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {
     pub ops: Arc<Ops>,
-    pub shared: Arc<engine::Shared>,
+    pub store: Store,
     /// `engine.listen`: direct senders.
     pub smtp: SocketAddr,
     /// `engine.proxy_listen`, when `extra` configured one: edges.
@@ -59,6 +60,7 @@ impl TestEngine {
             r#"
 [ops]
 listen = "127.0.0.1:0"
+{token}
 [regions.uk]
 [[silo]]
 name = "lon1"
@@ -88,7 +90,8 @@ spool_dir = "{spool}"
 hostname = "{hostname}"
 {extra}
 "#,
-            spool = spool.display()
+            spool = spool.display(),
+            token = ops_token(spool.parent().unwrap()),
         );
         let cfg = write(spool.parent().unwrap(), "engine.toml", &text);
         let snap = maildistiller::node::load(
@@ -102,13 +105,13 @@ hostname = "{hostname}"
         let ops = Ops::new(snap);
         let bound = engine::bind(&ops).await.expect("engine binds");
         let smtp = bound.addrs[0];
+        let store = bound.store.clone();
         let proxy = bound.proxy_addrs.first().copied();
-        let shared = bound.shared.clone();
         let task = tokio::spawn(bound.serving);
         ops.set_ready(true);
         TestEngine {
             ops,
-            shared,
+            store,
             smtp,
             proxy,
             task: Some(task),
@@ -181,7 +184,7 @@ async fn plain_delivery_is_byte_identical_with_one_received_header() {
     );
     assert_eq!(got.data.matches("Received:").count(), 1);
     assert!(
-        until(Duration::from_secs(5), || e.shared.queue.is_empty()).await,
+        until(Duration::from_secs(5), || e.store.is_empty()).await,
         "removed from the queue"
     );
     e.stop().await;
@@ -265,7 +268,7 @@ async fn smuggling_attempt_is_one_rejected_message_not_two() {
         "nothing delivered: {:?}",
         a.messages()
     );
-    assert!(e.shared.queue.is_empty());
+    assert!(e.store.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +358,7 @@ async fn proxy_is_a_property_of_the_listener() {
     c.send(&proxy_header("81.2.69.160:4000")).await;
     c.expect("220").await;
     delivered_from(&mut c, &a, "proxied", 1, "81.2.69.160").await;
-    let l = e.shared.queue.list();
+    let l = e.store.list();
     assert!(l.is_empty() || l[0].env.session == "edge-sess-42");
 
     // No header on the edges' listener: refused, without a banner.
@@ -445,18 +448,13 @@ async fn mixed_recipient_results_deliver_bounce_and_defer_independently() {
         "deferred is not bounced"
     );
     // The deferred recipient is retried; once the mailbox has room it is delivered.
-    let id = e.shared.queue.list()[0].env.id.clone();
-    assert_eq!(e.shared.queue.list()[0].state.pending().count(), 1);
+    let id = e.store.list()[0].env.id.clone();
+    assert_eq!(e.store.list()[0].progress.pending().count(), 1);
     a.rcpt_reply("full@acme.example", "250 ok now");
     assert!(
-        until(Duration::from_secs(10), || e
-            .shared
-            .queue
-            .get(&id)
-            .is_none())
-        .await,
+        until(Duration::from_secs(10), || e.store.get(&id).is_none()).await,
         "retried and done: {:?}",
-        e.shared.queue.get(&id)
+        e.store.get(&id)
     );
     assert_eq!(a.messages().len(), 2);
     assert_eq!(a.messages()[1].rcpts, ["full@acme.example"]);
@@ -494,11 +492,10 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
         c.cmd("RSET", "250").await;
     }
     let held = || {
-        e.shared
-            .queue
+        e.store
             .list()
             .iter()
-            .filter(|l| l.display == "held")
+            .filter(|l| l.state == State::Held)
             .count()
     };
     assert!(
@@ -513,7 +510,7 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
         "drained: {}",
         a.messages().len()
     );
-    assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await);
+    assert!(until(Duration::from_secs(5), || e.store.is_empty()).await);
     e.stop().await;
 }
 
@@ -607,7 +604,7 @@ async fn expiry_sends_a_dsn_and_null_senders_get_none() {
     );
     assert!(
         until(Duration::from_secs(15), || g.messages().len() == 1
-            && e.shared.queue.is_empty())
+            && e.store.is_empty())
         .await,
         "one DSN, queue empty"
     );
@@ -650,13 +647,13 @@ async fn quarantined_mail_is_deleted_after_its_lifetime_and_counted() {
     );
     assert!(
         until(Duration::from_secs(10), || a.messages().len() == 1
-            && e.shared.queue.len() == 1)
+            && e.store.len() == 1)
         .await,
         "the clean one is delivered and leaves the queue"
     );
-    let listed = e.shared.queue.list();
+    let listed = e.store.list();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].display, "quarantined", "kept, not delivered");
+    assert_eq!(listed[0].state, State::Quarantined, "kept, not delivered");
     let id = listed[0].env.id.clone();
     // Expiry takes it out of the index, deletes its files, then counts it.
     let expired = |m: &str| {
@@ -667,7 +664,7 @@ async fn quarantined_mail_is_deleted_after_its_lifetime_and_counted() {
         })
     };
     assert!(
-        until(Duration::from_secs(15), || e.shared.queue.is_empty()
+        until(Duration::from_secs(15), || e.store.is_empty()
             && expired(&e.ops.metrics.render()))
         .await,
         "deleted once older than quarantine_lifetime, and counted:\n{}",
@@ -721,7 +718,7 @@ async fn restart_recovers_queued_mail_and_its_state() {
         );
         c.cmd("RSET", "250").await;
     }
-    let id = e.shared.queue.list()[0].env.id.clone();
+    let id = e.store.list()[0].env.id.clone();
     e.stop().await;
     // Never-acknowledged leftovers in tmp/ are discarded at start.
     std::fs::write(
@@ -736,7 +733,7 @@ async fn restart_recovers_queued_mail_and_its_state() {
         "{}",
         a.messages().len()
     );
-    assert!(e.shared.queue.get(&id).is_none());
+    assert!(e.store.get(&id).is_none());
     assert!(
         !spool
             .join("tmp")
@@ -882,15 +879,14 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         c.cmd("RSET", "250").await;
     }
     let ids: Vec<String> = e
-        .shared
-        .queue
+        .store
         .list()
         .iter()
         .map(|l| l.env.id.to_string())
         .collect();
     let ops = move |method: &'static str, path: String| {
         tokio::task::spawn_blocking(move || {
-            maildistiller::cli::client::request(ops_addr, method, &path).unwrap()
+            maildistiller::cli::client::request(ops_addr, method, &path, Some(OPS_TOKEN)).unwrap()
         })
     };
     let (code, body) = ops("GET", "/queue".into()).await.unwrap();
@@ -918,10 +914,18 @@ async fn queue_api_lists_holds_releases_and_deletes() {
             .unwrap()
             .0,
         409,
-        "already on hold"
+        "already suspended"
     );
-    let (_, body) = ops("GET", "/queue?state=hold".into()).await.unwrap();
-    assert!(body.contains("-- 1 message"), "{body}");
+    let (_, body) = ops("GET", "/queue?state=suspended".into()).await.unwrap();
+    assert!(
+        body.contains("-- 1 message") && body.contains(&format!("{}  suspended", ids[0])),
+        "{body}"
+    );
+    // The operator's hold is `suspended`, never confused with `held` (destination down): the
+    // old word is not a state, and says which are.
+    let (code, body) = ops("GET", "/queue?state=hold".into()).await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("held, suspended, quarantined"), "{body}");
     assert_eq!(
         ops("POST", format!("/queue/{}/delete", ids[1]))
             .await

@@ -25,6 +25,7 @@ fn config_text(ops_port: u16, ttl: &str) -> String {
 [ops]
 listen = "127.0.0.1:{ops_port}"
 grace_period = "2s"
+token_file = "ops.token"
 [edge]
 listen = ["127.0.0.1:0"]
 [engine]
@@ -37,9 +38,14 @@ ttl = "{ttl}"
 }
 
 fn start(dir: &std::path::Path) -> Running {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
     let port = free_port();
     let cfg = write(dir, "md.toml", &config_text(port, "60s"));
     let child = bin()
+        .envs(env.iter().copied())
         .args([
             "--role",
             "all",
@@ -135,8 +141,39 @@ fn sighup_with_a_broken_file_keeps_serving_the_old_config() {
     assert_eq!(version(r.ops), before, "old config still in force");
     assert_eq!(http(r.ops, "GET", "/readyz").unwrap().0, 200, "still ready");
 
-    // The API says why.
-    let (code, body) = http(r.ops, "POST", "/-/reload").unwrap();
+    // The API says why — to the operator. The process made its token file at start (mode
+    // 0600); without it the API answers 401, with another token 403, and counts both.
+    let token_file = dir.path().join("ops.token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the token file is the operator's alone"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let token = token.trim();
+    assert_eq!(http(r.ops, "POST", "/-/reload").unwrap().0, 401);
+    assert_eq!(
+        http_with(r.ops, "POST", "/-/reload", Some("not-the-token"))
+            .unwrap()
+            .0,
+        403
+    );
+    assert_eq!(
+        metric(
+            r.ops,
+            "maildistiller_ops_api_requests_total{result=\"missing\""
+        )
+        .unwrap_or(0.0)
+            + metric(
+                r.ops,
+                "maildistiller_ops_api_requests_total{result=\"wrong\""
+            )
+            .unwrap_or(0.0),
+        2.0
+    );
+    let (code, body) = http_with(r.ops, "POST", "/-/reload", Some(token)).unwrap();
     assert_eq!(code, 400);
     assert!(
         body.contains(r#"tenant[acme].regions[0]: unknown region "mars""#),
@@ -214,4 +251,91 @@ fn the_edge_takes_its_socket_from_systemd_socket_activation() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut banner).unwrap();
     assert!(banner.starts_with("220 activated.test"), "{banner:?}");
     let _ = r.child.kill();
+}
+
+/// Everything on the ops listener that changes state or shows mail answers only the operator
+/// (`ops.token_file`); what Prometheus, load balancers and a browser need stays open.
+#[test]
+fn the_operator_api_needs_the_operator_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(dir.path());
+    let token = std::fs::read_to_string(dir.path().join("ops.token")).unwrap();
+    let token = token.trim().to_owned();
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+        assert_eq!(http(r.ops, "GET", path).unwrap().0, 200, "{path} is open");
+    }
+    let engine = "127.0.0.1:2601"; // an engine of the fleet config (not running: 404 is fine)
+    let operator_api = [
+        ("POST", "/-/reload".to_owned()),
+        ("POST", "/-/dns/drain?silo=fra1".to_owned()),
+        ("POST", "/-/dns/undrain?silo=fra1".to_owned()),
+        ("GET", "/queue".to_owned()),
+        ("GET", "/queue/0123456789abcdef".to_owned()),
+        ("POST", "/queue/flush".to_owned()),
+        ("POST", "/queue/0123456789abcdef/flush".to_owned()),
+        ("POST", "/queue/0123456789abcdef/hold".to_owned()),
+        ("POST", "/queue/0123456789abcdef/release".to_owned()),
+        ("POST", "/queue/0123456789abcdef/delete".to_owned()),
+        ("GET", "/edge/engines".to_owned()),
+        ("POST", format!("/edge/engines/{engine}/drain")),
+        ("POST", format!("/edge/engines/{engine}/undrain")),
+    ];
+    for (method, path) in &operator_api {
+        let (code, body) = http(r.ops, method, path).unwrap();
+        assert_eq!(code, 401, "{method} {path} without a credential: {body}");
+        let (code, _) = http_with(r.ops, method, path, Some("wrong")).unwrap();
+        assert_eq!(code, 403, "{method} {path} with a wrong token");
+        let (code, body) = http_with(r.ops, method, path, Some(&token)).unwrap();
+        assert!(
+            code != 401 && code != 403,
+            "{method} {path} as the operator: {code} {body}"
+        );
+    }
+    // `maildistiller queue` reads the same file from the config.
+    let cfg = dir.path().join("md.toml");
+    let o = run(&["queue", "--config", cfg.to_str().unwrap(), "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Under systemd (`Type=notify`): READY=1 only once every listener is bound, RELOADING=1 then
+/// READY=1 around a reload (taken or refused), WATCHDOG=1 while the runtime runs, STOPPING=1 when
+/// the drain starts.
+#[test]
+fn systemd_hears_ready_reloading_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let recv = |want: &str| -> String {
+        let mut buf = [0u8; 4096];
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let n = sock.recv(&mut buf).expect("a notification");
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == want) {
+                return msg;
+            }
+        }
+        panic!("no {want} within 10 s");
+    };
+    let r = start_with(
+        dir.path(),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let ready = recv("READY=1");
+    assert!(ready.contains("STATUS=serving config"), "{ready}");
+    // `start` waited for /readyz: READY=1 was sent by then, so it came after the binds.
+    recv("WATCHDOG=1");
+    recv("WATCHDOG=1");
+    signal(&r.child, "-HUP");
+    let reloading = recv("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    recv("READY=1");
+    signal(&r.child, "-TERM");
+    recv("STOPPING=1");
 }

@@ -107,13 +107,40 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// The operator token of every test config that sets `ops.token_file` (see [`ops_token`]).
+pub const OPS_TOKEN: &str = "test-operator-token-5f2b9c";
+
+/// Writes the operator token file into `dir`; returns the `[ops]` line that names it.
+pub fn ops_token(dir: &Path) -> String {
+    let p = write(dir, "ops.token", &format!("{OPS_TOKEN}\n"));
+    format!("token_file = \"{}\"", p.display())
+}
+
 /// A minimal HTTP/1.1 request; returns (status, body). `None` when nothing listens yet.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_with(addr, method, path, None)
+}
+
+/// [`http`] as the operator: with `Authorization: Bearer` [`OPS_TOKEN`].
+pub fn http_operator(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_with(addr, method, path, Some(OPS_TOKEN))
+}
+
+/// [`http`] with a bearer token (or none).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();

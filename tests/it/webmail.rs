@@ -181,8 +181,8 @@ async fn every_change_needs_the_csrf_token() {
     );
     b.extra.clear();
     assert_eq!(
-        e.shared.queue.list()[0].display,
-        "quarantined",
+        e.store.list()[0].state,
+        maildistiller::store::State::Quarantined,
         "nothing changed"
     );
     // With the token it works.
@@ -260,7 +260,7 @@ async fn users_see_only_their_mail_and_tenants_never_see_each_other() {
         404
     );
     // A queue id is not a message link either.
-    let qid = e.shared.queue.list()[0].env.id.to_string();
+    let qid = e.store.list()[0].env.id.to_string();
     assert_eq!(bob.get(&format!("/m/{qid}")).await.status, 404);
 
     let mut admin = e.browser();
@@ -336,12 +336,12 @@ async fn release_delivers_delete_removes_and_policy_can_reserve_release() {
     assert_eq!(b.get(&ls[0]).await.status, 404, "gone from the page");
 
     // Delete: gone from the queue and the spool, never delivered.
-    let id = e.shared.queue.list()[0].env.id.clone();
+    let id = e.store.list()[0].env.id.clone();
     let r = b
         .post(&format!("{}/delete", ls[1]), &[("csrf", &csrf)])
         .await;
     assert_eq!(r.location(), "/inbox?done=deleted");
-    assert!(e.shared.queue.is_empty());
+    assert!(e.store.is_empty());
     let shard = &id.as_str()[id.as_str().len() - 1..];
     let file = e.spool.join("q").join(shard).join(format!("{id}.msg"));
     assert!(!file.exists(), "{} removed", file.display());
@@ -452,7 +452,7 @@ async fn held_mail_is_listed_paged_searched_and_leaves_when_delivered() {
     // The tenant's server comes back: everything is delivered and leaves the list.
     let a = Sink::start_on(down).await;
     assert!(until(Duration::from_secs(20), || a.messages().len() == 13).await);
-    assert!(until(Duration::from_secs(5), || e.shared.queue.is_empty()).await);
+    assert!(until(Duration::from_secs(5), || e.store.is_empty()).await);
     let empty = b.get("/inbox").await.text();
     assert!(
         empty.contains("No messages here.") && empty.contains("Held (0)"),
@@ -587,7 +587,7 @@ async fn allow_this_sender_writes_the_users_list() {
             .location(),
         "/inbox?done=allowed"
     );
-    use maildistiller::engine::webmail::{AllowStore, sender_allowed};
+    use maildistiller::webmail::{AllowStore, sender_allowed};
     assert!(sender_allowed(
         &e.spool,
         "acme",

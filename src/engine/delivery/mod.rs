@@ -3,35 +3,121 @@
 //! update the spool, failures become DSNs, and a down destination is watched by a cheap probe
 //! that releases all its held mail the moment it answers again.
 //!
+//! Delivery works with [`Delivery`]: the store (it takes messages from it and settles them
+//! there), the config and metrics — not the engine's whole shared state.
+//!
 //! Bounds: `delivery.max_connections` workers in all, `connections_per_destination` per
-//! destination, one probe task per down destination.
+//! destination, one probe task per down destination; one rate limiter per tenant with a
+//! `delivery_rate`.
 
 pub mod client;
 pub mod dsn;
 mod mx;
 mod outcome;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::Shared;
-use super::queue::{Dest, now_secs};
-use super::spool::{Envelope, Kind, QueueId, State, Status};
+use super::EngineMetrics;
+use crate::config::DeliveryConfig;
+use crate::ops::Ops;
+use crate::snapshot::Snapshot;
+use crate::store::{Dest, Envelope, InFlight, Kind, QueueId, Status, Store, now_secs};
 use client::Client;
 pub use outcome::{Outcome, apply};
 
+/// What delivery works with.
+pub struct Delivery {
+    pub store: Store,
+    ops: Arc<Ops>,
+    metrics: EngineMetrics,
+    /// Our name in EHLO and in DSNs.
+    hostname: String,
+    /// Per-tenant delivery rate limiters (tenant id -> (rate, limiter)); bounded by the tenants.
+    limiters: Mutex<HashMap<String, (u32, Arc<ratelimit::Ratelimiter>)>>,
+}
+
+impl Delivery {
+    pub fn new(store: Store, ops: Arc<Ops>, metrics: EngineMetrics, hostname: String) -> Delivery {
+        Delivery {
+            store,
+            ops,
+            metrics,
+            hostname,
+            limiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn config(&self) -> DeliveryConfig {
+        self.ops.config.load().config.engine.delivery.clone()
+    }
+
+    /// How long a message may wait for delivery before it expires (`engine.message_lifetime`).
+    fn message_lifetime(&self) -> Duration {
+        self.ops.config.load().config.engine.message_lifetime.get()
+    }
+
+    /// The delivery rate limiter of a tenant destination with `delivery_rate` set (rebuilt when
+    /// the rate changes).
+    fn rate_limiter(&self, dest: &Dest) -> Option<Arc<ratelimit::Ratelimiter>> {
+        let Dest::Tenant(id) = dest else {
+            return None;
+        };
+        let rate = self
+            .ops
+            .config
+            .load()
+            .topology
+            .tenant(id)
+            .and_then(|t| t.delivery_rate)?;
+        let mut g = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get(id) {
+            Some((r, l)) if *r == rate => Some(l.clone()),
+            _ => {
+                let r = u64::from(rate.max(1));
+                let l = Arc::new(
+                    ratelimit::Ratelimiter::builder(r)
+                        .max_tokens(r)
+                        .initial_available(r)
+                        .build()
+                        .unwrap_or_else(|_| ratelimit::Ratelimiter::new(r)),
+                );
+                g.insert(id.clone(), (rate, l.clone()));
+                Some(l)
+            }
+        }
+    }
+}
+
+/// Where a message goes: a received message to its tenant's servers; a DSN to the tenant of
+/// its recipient (the original sender) when there is one, else to that address's domain.
+pub fn route(snap: &Snapshot, env: &Envelope) -> Dest {
+    match env.kind {
+        Kind::Message => Dest::Tenant(env.tenant.clone()),
+        Kind::Dsn => address_dest(snap, &env.rcpts[0]),
+    }
+}
+
+fn address_dest(snap: &Snapshot, address: &str) -> Dest {
+    match snap.topology.tenant_for_address(address) {
+        Some(t) => Dest::Tenant(t.id.0.clone()),
+        None => Dest::Domain(crate::smtp::domain_of(address).unwrap_or_default()),
+    }
+}
+
 /// Runs until shutdown: starts workers when there is work.
-pub async fn dispatcher(shared: Arc<Shared>) {
-    let permits = Arc::new(Semaphore::new(shared.delivery().max_connections as usize));
+pub async fn dispatcher(shared: Arc<Delivery>) {
+    let permits = Arc::new(Semaphore::new(shared.config().max_connections as usize));
     let shutdown = shared.ops.shutdown.clone();
     // Workers stop taking messages at shutdown; the one in flight is finished and recorded
     // before the engine exits, or a message the server just took would be sent again.
     let workers = tokio_util::task::TaskTracker::new();
     loop {
-        let cfg = shared.delivery();
+        let cfg = shared.config();
         let budget = permits.available_permits() as u32;
         let snap = shared.ops.config.load_full();
         let cap = |d: &Dest| match d {
@@ -42,18 +128,18 @@ pub async fn dispatcher(shared: Arc<Shared>) {
                 .unwrap_or(cfg.connections_per_destination),
             Dest::Domain(_) => cfg.connections_per_destination,
         };
-        let (start, earliest) = shared.queue.plan(&cap, budget);
+        let (start, earliest) = shared.store.plan(&cap, budget);
         drop(snap);
         for dest in start {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                shared.queue.released(&dest);
+                shared.store.released(&dest);
                 continue;
             };
             let s = shared.clone();
             workers.spawn(async move {
                 worker(&s, &dest).await;
                 drop(permit);
-                s.queue.released(&dest);
+                s.store.released(&dest);
             });
         }
         let wait = earliest
@@ -61,7 +147,7 @@ pub async fn dispatcher(shared: Arc<Shared>) {
             .unwrap_or(Duration::from_secs(5))
             .min(Duration::from_secs(5));
         tokio::select! {
-            _ = shared.queue.wake.notified() => {}
+            _ = shared.store.changed() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => break,
         }
@@ -74,7 +160,7 @@ pub async fn dispatcher(shared: Arc<Shared>) {
 /// A destination whose domain publishes a null MX (RFC 7505): it takes no mail.
 struct NullMx;
 
-async fn resolve(shared: &Shared, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx> {
+async fn resolve(shared: &Delivery, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx> {
     // Read what is needed from the config snapshot, then let it go before any lookup.
     let (tenant_hosts, relay) = {
         let snap = shared.ops.config.load();
@@ -126,14 +212,10 @@ async fn resolve(shared: &Shared, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx
     Ok(out)
 }
 
-async fn connect(shared: &Shared, dest: &Dest) -> Result<Option<Client>, NullMx> {
-    let cfg = shared.delivery();
+async fn connect(shared: &Delivery, dest: &Dest) -> Result<Option<Client>, NullMx> {
+    let cfg = shared.config();
     for addr in resolve(shared, dest).await? {
-        let source = cfg
-            .source_addresses
-            .iter()
-            .find(|s| s.is_ipv4() == addr.is_ipv4())
-            .copied();
+        let source = crate::net::source_for(&cfg.source_addresses, addr);
         match Client::connect(
             addr,
             source,
@@ -152,8 +234,8 @@ async fn connect(shared: &Shared, dest: &Dest) -> Result<Option<Client>, NullMx>
     Ok(None)
 }
 
-async fn worker(shared: &Arc<Shared>, dest: &Dest) {
-    let cfg = shared.delivery();
+async fn worker(shared: &Arc<Delivery>, dest: &Dest) {
+    let cfg = shared.config();
     // At shutdown nothing is in flight yet: stop connecting at once.
     let connected = tokio::select! {
         c = connect(shared, dest) => c,
@@ -164,14 +246,14 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         Err(NullMx) => return refuse_all(shared, dest).await,
     };
     let Some(mut client) = connected else {
-        if shared.queue.connect_failed(dest, cfg.dead_after) {
+        if shared.store.connect_failed(dest, cfg.dead_after) {
             tracing::warn!(destination = %dest, "destination down: holding its mail and probing every {}", cfg.probe_interval);
             shared.metrics.destination_up(dest, false);
             spawn_probe(shared.clone(), dest.clone());
         }
         return;
     };
-    shared.queue.connect_ok(dest);
+    shared.store.connect_ok(dest);
     shared.metrics.destination_up(dest, true);
     for _ in 0..cfg.messages_per_connection {
         if shared.ops.shutdown.is_cancelled() {
@@ -186,17 +268,18 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
                 }
             }
         }
-        let Some((env, state)) = shared.queue.take(dest) else {
+        let Some(msg) = shared.store.take(dest) else {
             break;
         };
-        let message = match shared.spool.read_message(&env.id).await {
+        let (env, state) = (msg.envelope().clone(), msg.progress().clone());
+        let message = match shared.store.read(&env.id).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(id = %env.id, error = %e, "cannot read spooled message; leaving it for an operator");
-                let mut st = state.clone();
-                st.status = Status::Hold;
-                st.error = format!("spool read failed: {e}");
-                shared.queue.finish(&env.id, st, false);
+                tracing::error!(id = %env.id, error = %e, "cannot read spooled message; suspending it for an operator");
+                let why = format!("spool read failed: {e}");
+                if let Err(e) = msg.set_aside(state, why).await {
+                    tracing::warn!(id = %env.id, error = %e, "stopping before the message was set aside");
+                }
                 continue;
             }
         };
@@ -212,7 +295,7 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
         let unfinished = matches!(&result, Ok(r) if r.data.is_none() && r.mail.is_positive());
         let lifetime = shared.message_lifetime();
         let outcome = apply(&env, &state, &pending, result, now_secs(), lifetime, &cfg);
-        finish(shared, &env, &message, outcome).await;
+        finish(shared, msg, &message, outcome).await;
         if broken {
             return;
         }
@@ -226,27 +309,29 @@ async fn worker(shared: &Arc<Shared>, dest: &Dest) {
 /// Fails every message waiting for a destination that takes no mail (null MX) at once, rather
 /// than holding it for days: such mail can only be DSNs to senders of that domain (tenants'
 /// mail goes to their configured hosts), which are never bounced in turn.
-async fn refuse_all(shared: &Arc<Shared>, dest: &Dest) {
+async fn refuse_all(shared: &Arc<Delivery>, dest: &Dest) {
     tracing::warn!(destination = %dest, "null MX: the domain takes no mail; failing its messages");
-    let cfg = shared.delivery();
+    let cfg = shared.config();
     let lifetime = shared.message_lifetime();
-    while let Some((env, state)) = shared.queue.take(dest) {
+    while let Some(msg) = shared.store.take(dest) {
+        let (env, state) = (msg.envelope(), msg.progress());
         let pending: Vec<usize> = state.pending().collect();
         let outcome = apply(
-            &env,
-            &state,
+            env,
+            state,
             &pending,
             Ok(outcome::null_mx()),
             now_secs(),
             lifetime,
             &cfg,
         );
-        finish(shared, &env, &[], outcome).await;
+        finish(shared, msg, &[], outcome).await;
     }
 }
 
-/// Persists an outcome, queues DSNs, updates metrics and the index.
-pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o: Outcome) {
+/// Records an outcome in the store (DSNs first), and counts it.
+async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcome) {
+    let env = msg.envelope().clone();
     let tenant = env.tenant.as_str();
     if !o.delivered.is_empty() {
         shared.metrics.delivered(
@@ -267,44 +352,39 @@ pub async fn finish(shared: &Arc<Shared>, env: &Arc<Envelope>, message: &[u8], o
                     remote: *remote,
                 })
                 .collect();
-            let body = dsn::build(&shared.hostname, env, message, &failures, now_secs());
-            if let Err(e) = queue_dsn(shared, env, body).await {
-                tracing::error!(id = %env.id, error = %e, "cannot queue DSN; keeping the message on hold");
-                let mut st = o.state.clone();
-                st.status = Status::Hold;
-                let _ = shared.spool.write_state(&env.id, &st).await;
-                shared.queue.finish(&env.id, st, false);
+            let body = dsn::build(&shared.hostname, &env, message, &failures, now_secs());
+            if let Err(e) = queue_dsn(shared, &env, body).await {
+                tracing::error!(id = %env.id, error = %e, "cannot queue DSN; suspending the message for an operator");
+                let why = format!("cannot queue a DSN: {e}");
+                if let Err(e) = msg.set_aside(o.state, why).await {
+                    tracing::warn!(id = %env.id, error = %e, "stopping before the message was set aside");
+                }
                 return;
             }
         } else {
             tracing::info!(id = %env.id, "permanent failure for a null-sender or DSN message: no DSN (no loops)");
         }
     }
-    if o.done {
-        let _ = shared.spool.retire(&env.id).await;
-        shared.queue.finish(&env.id, o.state, true);
+    let (done, attempts, error) = (o.done, o.state.attempts, o.state.error.clone());
+    if let Err(e) = msg.settle(o.state).await {
+        tracing::warn!(id = %env.id, error = %e, "stopping before the outcome was written; the message stays as last written");
+        return;
+    }
+    if done {
         tracing::info!(id = %env.id, tenant, delivered = o.delivered.len(), failed = o.failures.len(), "message done");
     } else {
         shared.metrics.deferred(tenant);
-        if let Err(e) = shared.spool.write_state(&env.id, &o.state).await {
-            tracing::error!(id = %env.id, error = %e, "cannot persist delivery state (will retry from the last saved state)");
-        }
-        tracing::info!(id = %env.id, tenant, attempts = o.state.attempts, error = %o.state.error, "delivery deferred");
-        shared.queue.finish(&env.id, o.state, false);
+        tracing::info!(id = %env.id, tenant, attempts, error = %error, "delivery deferred");
     }
 }
 
 /// Spools a DSN to the original sender.
 async fn queue_dsn(
-    shared: &Arc<Shared>,
+    shared: &Arc<Delivery>,
     original: &Envelope,
     body: Vec<u8>,
 ) -> std::io::Result<()> {
-    let snap = shared.ops.config.load();
-    let dest = match snap.topology.tenant_for_address(&original.from) {
-        Some(t) => Dest::Tenant(t.id.0.clone()),
-        None => Dest::Domain(crate::smtp::domain_of(&original.from).unwrap_or_default()),
-    };
+    let dest = address_dest(&shared.ops.config.load(), &original.from);
     let env = Envelope {
         id: QueueId::generate(),
         received: now_secs(),
@@ -321,34 +401,32 @@ async fn queue_dsn(
         kind: Kind::Dsn,
         size: body.len() as u64,
     };
-    shared.spool.store(&env, &body).await?;
-    let state = State::initial(&env);
-    shared.queue.insert(Arc::new(env), state, dest);
+    shared.store.accept(env, &body, dest).await?;
     Ok(())
 }
 
-fn spawn_probe(shared: Arc<Shared>, dest: Dest) {
-    if !shared.queue.claim_probe(&dest) {
+fn spawn_probe(shared: Arc<Delivery>, dest: Dest) {
+    if !shared.store.claim_probe(&dest) {
         return;
     }
     tokio::spawn(async move {
         loop {
-            let interval = shared.delivery().probe_interval.get();
+            let interval = shared.config().probe_interval.get();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shared.ops.shutdown.cancelled() => return,
             }
             let addrs = resolve(&shared, &dest).await.unwrap_or_default();
             let timeout = shared
-                .delivery()
+                .config()
                 .connect_timeout
                 .get()
                 .min(Duration::from_secs(5));
-            let sources = shared.delivery().source_addresses.clone();
+            let sources = shared.config().source_addresses.clone();
             for a in addrs {
-                let source = sources.iter().find(|s| s.is_ipv4() == a.is_ipv4()).copied();
+                let source = crate::net::source_for(&sources, a);
                 if client::probe(a, source, timeout).await {
-                    let n = shared.queue.dest_up(&dest);
+                    let n = shared.store.dest_up(&dest);
                     shared.metrics.destination_up(&dest, true);
                     tracing::info!(destination = %dest, address = %a, held = n, "destination is back: delivering held mail now");
                     return;

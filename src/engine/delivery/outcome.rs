@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use super::client::{ClientError, TransactionResult};
 use crate::config::DeliveryConfig;
-use crate::engine::spool::{Envelope, RcptOutcome, State};
+use crate::store::{Envelope, Progress, RcptOutcome};
 
 /// The result of [`apply`].
 #[derive(Debug)]
 pub struct Outcome {
-    pub state: State,
+    pub state: Progress,
     /// Recipient indexes delivered now.
     pub delivered: Vec<usize>,
     /// Recipient indexes that failed permanently now: (index, text, text came from the server).
@@ -45,7 +45,7 @@ pub fn backoff(attempt: u32, cfg: &DeliveryConfig) -> Duration {
 /// envelope's recipients, in the order they were sent).
 pub fn apply(
     env: &Envelope,
-    state: &State,
+    state: &Progress,
     pending: &[usize],
     result: Result<TransactionResult, ClientError>,
     now: u64,
@@ -55,7 +55,7 @@ pub fn apply(
     let mut st = state.clone();
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
-    let fail = |st: &mut State,
+    let fail = |st: &mut Progress,
                 failures: &mut Vec<(usize, String, bool)>,
                 i: usize,
                 text: String,
@@ -148,7 +148,7 @@ mod tests {
     use crate::smtp::reply::Received;
 
     fn env(n: usize) -> Envelope {
-        crate::engine::spool::test_envelope(n)
+        crate::store::test_envelope(n)
     }
 
     fn r(code: u16) -> Received {
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn a_null_mx_fails_every_recipient_at_once() {
         let e = env(2);
-        let s = State::initial(&e);
+        let s = Progress::initial(&e);
         let o = apply(
             &e,
             &s,
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn mixed_recipients_deliver_fail_and_defer_independently() {
         let e = env(3);
-        let s = State::initial(&e);
+        let s = Progress::initial(&e);
         let tr = TransactionResult {
             mail: r(250),
             rcpts: vec![r(250), r(550), r(451)],
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn connection_errors_defer_and_expiry_fails_with_our_text() {
         let e = env(1);
-        let s = State::initial(&e);
+        let s = Progress::initial(&e);
         let err = Err(ClientError::Timeout("greeting"));
         let o = apply(&e, &s, &[0], err, 2000, DAY, &DeliveryConfig::default());
         assert!(!o.done && o.failures.is_empty());
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn data_5xx_fails_accepted_and_mail_5xx_fails_all() {
         let e = env(2);
-        let s = State::initial(&e);
+        let s = Progress::initial(&e);
         let tr = TransactionResult {
             mail: r(250),
             rcpts: vec![r(250), r(250)],

@@ -24,14 +24,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::queue::{Dest, now_secs};
 use super::scan;
-use super::spool::{Envelope, Kind, QueueId, State, Status};
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::ending::Ending;
 use crate::smtp::server::{Limits, Message};
 use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
+use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
 use crate::topology::TenantIdx;
 use session::{Session, Step};
 
@@ -448,25 +447,25 @@ async fn accept_message(
         kind: Kind::Message,
         size: message.len() as u64,
     };
-    if let Err(e) = shared.spool.store(&env, &message).await {
-        shared.metrics.rejected(tid, "spool");
-        tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
-        return if e.kind() == std::io::ErrorKind::StorageFull {
-            replies::STORAGE_FULL
-        } else {
-            replies::LOCAL_ERROR
-        };
-    }
+    let dest = Dest::Tenant(tid.to_owned());
+    let env = match shared.store.accept(env, &message, dest).await {
+        Ok(env) => env,
+        Err(e) => {
+            shared.metrics.rejected(tid, "spool");
+            tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
+            return if e.kind() == std::io::ErrorKind::StorageFull {
+                replies::STORAGE_FULL
+            } else {
+                replies::LOCAL_ERROR
+            };
+        }
+    };
     shared.metrics.queued(tid, status.as_str());
     tracing::info!(
         session = %info.session_id, id = %id, tenant = tid, client = %info.client,
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
         verdict = %verdict.summary, "message queued"
     );
-    let state = State::initial(&env);
-    shared
-        .queue
-        .insert(Arc::new(env), state, Dest::Tenant(tid.to_owned()));
     replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
 }
 

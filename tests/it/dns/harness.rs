@@ -182,7 +182,11 @@ impl Geo {
         let path = write(
             dir.path(),
             "md.toml",
-            &config(&addrs, &silos_extra, dns_extra),
+            &format!(
+                "{}\n[ops]\n{}\n",
+                config(&addrs, &silos_extra, dns_extra),
+                ops_token(dir.path())
+            ),
         );
         let roles = RoleSet {
             dns: true,

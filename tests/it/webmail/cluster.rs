@@ -1,6 +1,8 @@
 //! Two engines of one cluster: a user signed in on one sees, opens, releases and deletes mail
 //! held by the other, through the authenticated peer API on the ops listener.
 
+use maildistiller::store::State;
+
 use super::harness::{Setup, WebEngine, down_addr, links, msg};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
@@ -84,18 +86,14 @@ async fn mail_held_on_a_peer_is_shown_and_acted_on() {
         .await;
     assert_eq!(r.location(), "/inbox?done=released", "{}", r.text());
     assert!(
-        b.shared
-            .queue
-            .list()
-            .iter()
-            .all(|l| l.display != "quarantined"),
+        b.store.list().iter().all(|l| l.state != State::Quarantined),
         "released on B"
     );
     let r = bob
         .post(&format!("{held_b}/delete"), &[("csrf", &csrf)])
         .await;
     assert_eq!(r.location(), "/inbox?done=deleted");
-    assert_eq!(b.shared.queue.len(), 2, "deleted on B");
+    assert_eq!(b.store.len(), 2, "deleted on B");
 
     // The other tenant sees its own mail on B and nothing of acme's.
     let mut boss = a.browser();

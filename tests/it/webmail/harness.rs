@@ -12,6 +12,7 @@ use std::time::Duration;
 use maildistiller::config::RoleSet;
 use maildistiller::engine;
 use maildistiller::ops::Ops;
+use maildistiller::store::{State, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::mail::{Client, until};
@@ -75,7 +76,7 @@ impl Setup<'_> {
 /// A running engine with webmail; dropped = shut down.
 pub struct WebEngine {
     pub ops: Arc<Ops>,
-    pub shared: Arc<engine::Shared>,
+    pub store: Store,
     pub smtp: SocketAddr,
     pub web: SocketAddr,
     pub cert: rustls_pki_types::CertificateDer<'static>,
@@ -184,16 +185,21 @@ impl WebEngine {
             let _ = ops.ops_addr.set(l.local_addr().unwrap());
         }
         let bound = engine::bind(&ops).await.expect("engine binds");
-        let shared = bound.shared.clone();
-        let web = engine::webmail::local_addrs(&shared)[0];
+        let store = bound.store.clone();
         tokio::spawn(bound.serving);
+        let webmail = maildistiller::webmail::bind(&ops, &store)
+            .await
+            .expect("webmail binds")
+            .expect("webmail is configured");
+        let web = webmail.addrs[0];
+        tokio::spawn(webmail.serving);
         if let Some(l) = ops_listener {
             tokio::spawn(maildistiller::ops::serve(ops.clone(), l));
         }
         ops.set_ready(true);
         WebEngine {
             ops,
-            shared,
+            store,
             smtp: bound.addrs[0],
             web,
             cert: c.der,
@@ -224,11 +230,10 @@ impl WebEngine {
     /// Waits until `n` messages are in a state the page shows (`held` or `quarantined`).
     pub async fn wait_listed(&self, n: usize) {
         let ok = until(Duration::from_secs(20), || {
-            self.shared
-                .queue
+            self.store
                 .list()
                 .iter()
-                .filter(|l| l.display == "held" || l.display == "quarantined")
+                .filter(|l| l.state == State::Held || l.state == State::Quarantined)
                 .count()
                 == n
         })
@@ -236,11 +241,10 @@ impl WebEngine {
         assert!(
             ok,
             "{n} held or quarantined: {:?}",
-            self.shared
-                .queue
+            self.store
                 .list()
                 .iter()
-                .map(|l| l.display)
+                .map(|l| l.state)
                 .collect::<Vec<_>>()
         );
     }

@@ -69,7 +69,7 @@ pub async fn inbox(
     let Some(cur) = current(&web, &headers) else {
         return to_login();
     };
-    let snap = web.shared.ops.config.load_full();
+    let snap = web.local.ops.config.load_full();
     let cfg = &snap.config.engine.webmail;
     let page_size = cfg.page_size as usize;
     let view = View::parse(q(&params, "view"));
@@ -88,11 +88,11 @@ pub async fn inbox(
         search: search.clone(),
         limit: page * page_size,
     };
-    let mut listing = mailbox::list(&web.shared, &cur.viewer, &filter);
+    let mut listing = mailbox::list(&web.local, &cur.viewer, &filter);
     let mut unreachable = 0;
     if let Some(client) = web.peer_client() {
         let mut set = tokio::task::JoinSet::new();
-        for p in super::peer::peers(&web.shared) {
+        for p in super::peer::peers(&web.local) {
             let (c, v, f) = (client.clone(), cur.viewer.clone(), filter.clone());
             set.spawn(async move { (p, c.list(p, &v, &f).await) });
         }
@@ -161,12 +161,11 @@ async fn load(
         .ok_or_else(|| not_found(cur))?;
     match r.peer {
         None => {
-            let row =
-                mailbox::get(&web.shared, &cur.viewer, &r.id).ok_or_else(|| not_found(cur))?;
+            let row = mailbox::get(&web.local, &cur.viewer, &r.id).ok_or_else(|| not_found(cur))?;
             let data = if raw {
-                web.shared
-                    .spool
-                    .read_message(&r.id)
+                web.local
+                    .store
+                    .read(&r.id)
                     .await
                     .map_err(|_| not_found(cur))?
             } else {
@@ -225,7 +224,7 @@ pub async fn message(
         token: &token,
         row: &row,
         view: view.as_ref(),
-        may_release: mailbox::may_release(&web.shared, &cur.viewer, &reason),
+        may_release: mailbox::may_release(&web.local, &cur.viewer, &reason),
         remote: params.contains_key("remote"),
         text_only: params.contains_key("text"),
         sender: &sender,
@@ -235,7 +234,7 @@ pub async fn message(
 
 /// `engine.webmail.max_render_size`: larger messages are listed and downloadable, not rendered.
 fn max_render_size(web: &Web) -> u64 {
-    web.shared
+    web.local
         .ops
         .config
         .load()
@@ -390,8 +389,8 @@ pub async fn act(
         return not_found(&cur);
     };
     let result = match (action.as_str(), r.peer) {
-        ("release", None) => mailbox::release(&web.shared, &cur.viewer, &r.id).await,
-        ("delete", None) => mailbox::delete(&web.shared, &cur.viewer, &r.id).await,
+        ("release", None) => mailbox::release(&web.local, &cur.viewer, &r.id).await,
+        ("delete", None) => mailbox::delete(&web.local, &cur.viewer, &r.id).await,
         ("release" | "delete", Some(p)) => match web.peer_client() {
             Some(c) => c.act(p, &cur.viewer, &r.id, &action).await,
             None => Err(ActionError::NotFound),
@@ -415,7 +414,7 @@ async fn write_allow(
     entry: &str,
     add: bool,
 ) -> Result<bool, Response> {
-    let dir = web.shared.ops.config.load().config.engine.spool_dir.clone();
+    let dir = web.local.ops.config.load().config.engine.spool_dir.clone();
     for u in users {
         let (d, t, u2, e) = (dir.clone(), tenant.to_owned(), u.clone(), entry.to_owned());
         match tokio::task::spawn_blocking(move || super::allow::change(&d, &t, &u2, &e, add)).await
@@ -429,7 +428,7 @@ async fn write_allow(
     }
     let mut complete = true;
     if let Some(client) = web.peer_client() {
-        for p in super::peer::peers(&web.shared) {
+        for p in super::peer::peers(&web.local) {
             for u in users {
                 if client.allow(p, tenant, u, entry, add).await.is_err() {
                     complete = false;
@@ -470,7 +469,7 @@ pub async fn allowed(
     let Some(cur) = current(&web, &headers) else {
         return to_login();
     };
-    let dir = web.shared.ops.config.load().config.engine.spool_dir.clone();
+    let dir = web.local.ops.config.load().config.engine.spool_dir.clone();
     let entries = super::allow::entries(&dir, &cur.viewer.tenant, &cur.viewer.address);
     pages::allowed(&cur.viewer, &cur.csrf, &entries, flash(q(&params, "done"))).into_response()
 }

@@ -1,19 +1,25 @@
 //! The in-memory index of the spool: which messages wait for which destination, when they are
-//! due, which destinations are down (their mail is *held*), and what is in flight. The spool on
-//! disk is the truth; this index is rebuilt from it at start.
+//! due, which destinations are down (their mail is *held*), and which message is claimed (by a
+//! delivery worker, or by a change being written). Private to the store: only [`super::Store`]
+//! calls it, after (or instead of) the matching write to the spool, so the two cannot disagree.
+//! Rebuilt from the spool at start.
 //!
 //! Bounds: one small entry per spooled message (envelope in an `Arc`, no message bodies), so
 //! memory follows the spool size; destinations are tenants plus remote domains of DSNs.
 //!
 //! Lifecycle of a message: `insert` (ready, or waiting until `next`) -> `take` by a delivery
-//! worker (in flight) -> `finish`: done (removed), or back to waiting with a new `next`. When a
+//! worker (claimed) -> `settle`: gone, or back to waiting with a new `next` -> ... When a
 //! destination is down, its messages stay where they are and are not taken; when a probe
-//! succeeds, everything of that destination becomes ready at once (the fast drain).
+//! succeeds, everything of that destination becomes ready at once (the fast drain). A change
+//! (suspend, release, delete, expire) claims the message with `begin_change`, the store writes
+//! it, and `end_change` applies it or puts everything back as it was.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::spool::{Envelope, QueueId, State, Status};
+use super::ChangeError;
+use super::spool::{Envelope, Progress, QueueId};
+use super::state::{Event, Next, State, Status};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,28 +39,74 @@ impl std::fmt::Display for Dest {
     }
 }
 
+/// Who has a message claimed: nobody else may take or change it meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// A delivery worker (the message is `delivering`).
+    Delivery,
+    /// A change being written to the spool (the message shows its state before the change).
+    Change,
+}
+
 #[derive(Debug)]
-pub struct Entry {
-    pub env: Arc<Envelope>,
-    pub state: State,
-    pub dest: Dest,
-    pub in_flight: bool,
+struct Entry {
+    env: Arc<Envelope>,
+    progress: Progress,
+    dest: Dest,
+    claim: Option<Claim>,
+}
+
+impl Entry {
+    fn state(&self, dests: &HashMap<Dest, DestState>) -> State {
+        State::of(
+            &self.progress.status,
+            self.claim == Some(Claim::Delivery),
+            dests.get(&self.dest).is_some_and(|d| d.down),
+            self.progress.attempts,
+        )
+    }
+
+    fn listed(&self, dests: &HashMap<Dest, DestState>) -> Listed {
+        Listed {
+            env: self.env.clone(),
+            progress: self.progress.clone(),
+            dest: self.dest.clone(),
+            state: self.state(dests),
+            dest_down: dests.get(&self.dest).is_some_and(|d| d.down),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-pub struct DestState {
+struct DestState {
     ready: VecDeque<QueueId>,
     /// (due unix seconds, id)
     waiting: BTreeSet<(u64, QueueId)>,
-    pub down: bool,
+    down: bool,
     /// Unix seconds when it went down.
-    pub down_since: u64,
+    down_since: u64,
     failures: u32,
     /// No new connection before this (unix ms), after a connection failure.
     backoff_until_ms: u64,
-    pub active: u32,
+    active: u32,
     /// A probe task is watching it.
-    pub probing: bool,
+    probing: bool,
+}
+
+impl DestState {
+    /// Puts a waiting message where it belongs: ready when due, else waiting until `next`.
+    fn enqueue(&mut self, id: QueueId, next: u64, now: u64) {
+        if next <= now {
+            self.ready.push_back(id);
+        } else {
+            self.waiting.insert((next, id));
+        }
+    }
+
+    fn unqueue(&mut self, id: &QueueId) {
+        self.ready.retain(|x| x != id);
+        self.waiting.retain(|(_, x)| x != id);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,18 +117,27 @@ struct Inner {
     round: usize,
 }
 
-/// A row of `queue list`.
+/// One message as the store shows it (a copy: taking it holds nothing up).
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub env: Arc<Envelope>,
-    pub state: State,
+    pub progress: Progress,
     pub dest: Dest,
-    /// `queued`, `deferred`, `held` (destination down), `delivering`, `hold`, `quarantined`.
-    pub display: &'static str,
+    pub state: State,
+    /// Its destination is marked down (also true while a worker still has it: `delivering`).
+    pub dest_down: bool,
+}
+
+/// A message claimed for a change: what it was, and where the change leads.
+#[derive(Debug)]
+pub struct Claimed {
+    pub progress: Progress,
+    pub from: State,
+    pub next: Next,
 }
 
 #[derive(Debug, Default)]
-pub struct Queue {
+pub struct Index {
     inner: Mutex<Inner>,
     pub wake: tokio::sync::Notify,
 }
@@ -95,33 +156,33 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-impl Queue {
+impl Index {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a spooled message.
-    pub fn insert(&self, env: Arc<Envelope>, state: State, dest: Dest) {
+    pub fn insert(&self, env: Arc<Envelope>, progress: Progress, dest: Dest) {
         let id = env.id.clone();
         let mut g = self.lock();
-        let queued = state.status == Status::Queued;
-        let next = state.next;
+        let queued = progress.status == Status::Queued;
+        let next = progress.next;
         g.msgs.insert(
             id.clone(),
             Entry {
                 env,
-                state,
+                progress,
                 dest: dest.clone(),
-                in_flight: false,
+                claim: None,
             },
         );
-        let d = g.dests.entry(dest).or_default();
         if queued {
-            if next <= now_secs() {
-                d.ready.push_back(id);
-            } else {
-                d.waiting.insert((next, id));
-            }
+            g.dests
+                .entry(dest)
+                .or_default()
+                .enqueue(id, next, now_secs());
+        } else {
+            g.dests.entry(dest).or_default();
         }
         drop(g);
         self.wake.notify_one();
@@ -173,8 +234,8 @@ impl Queue {
         (start, earliest)
     }
 
-    /// The next ready message of `dest`, marked in flight.
-    pub fn take(&self, dest: &Dest) -> Option<(Arc<Envelope>, State)> {
+    /// The next ready message of `dest`, claimed by a delivery worker (`delivering`).
+    pub fn take(&self, dest: &Dest) -> Option<(Arc<Envelope>, Progress)> {
         let mut g = self.lock();
         let Inner { msgs, dests, .. } = &mut *g;
         let d = dests.get_mut(dest)?;
@@ -183,11 +244,13 @@ impl Queue {
         }
         while let Some(id) = d.ready.pop_front() {
             if let Some(e) = msgs.get_mut(&id)
-                && !e.in_flight
-                && e.state.status == Status::Queued
+                && e.claim.is_none()
+                && State::of(&e.progress.status, false, false, e.progress.attempts)
+                    .next(Event::Take)
+                    .is_ok()
             {
-                e.in_flight = true;
-                return Some((e.env.clone(), e.state.clone()));
+                e.claim = Some(Claim::Delivery);
+                return Some((e.env.clone(), e.progress.clone()));
             }
         }
         None
@@ -201,36 +264,41 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// A delivery attempt ended: `state` is the new state, `done` removes the entry.
-    pub fn finish(&self, id: &QueueId, state: State, done: bool) {
+    /// A delivery worker's message, its outcome on disk: `Some` is its new progress (waiting
+    /// again, or suspended), `None` removes it.
+    pub fn settle(&self, id: &QueueId, progress: Option<Progress>) {
         let mut g = self.lock();
-        if done {
+        let Some(progress) = progress else {
             g.msgs.remove(id);
             return;
-        }
+        };
         let Some(e) = g.msgs.get_mut(id) else { return };
-        e.in_flight = false;
-        e.state = state;
+        e.claim = None;
+        e.progress = progress;
         let (next, dest, queued) = (
-            e.state.next,
+            e.progress.next,
             e.dest.clone(),
-            e.state.status == Status::Queued,
+            e.progress.status == Status::Queued,
         );
         if queued && let Some(d) = g.dests.get_mut(&dest) {
             d.waiting.insert((next, id.clone()));
         }
     }
 
-    /// The message went back without an attempt (connection lost before it was tried).
-    pub fn requeue(&self, id: &QueueId) {
+    /// A delivery worker lets its message go untried (its connection ended first).
+    pub fn give_back(&self, id: &QueueId) {
         let mut g = self.lock();
         let Inner { msgs, dests, .. } = &mut *g;
-        if let Some(e) = msgs.get_mut(id) {
-            e.in_flight = false;
+        if let Some(e) = msgs.get_mut(id)
+            && e.claim == Some(Claim::Delivery)
+        {
+            e.claim = None;
             if let Some(d) = dests.get_mut(&e.dest) {
                 d.ready.push_front(id.clone());
             }
         }
+        drop(g);
+        self.wake.notify_one();
     }
 
     /// A connection to `dest` failed. Returns true when this marks it down.
@@ -284,10 +352,6 @@ impl Queue {
         n
     }
 
-    pub fn is_down(&self, dest: &Dest) -> bool {
-        self.lock().dests.get(dest).is_some_and(|d| d.down)
-    }
-
     /// Destinations and whether they are up, for metrics.
     pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
         self.lock()
@@ -301,35 +365,11 @@ impl Queue {
         self.lock().msgs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn display(e: &Entry, dests: &HashMap<Dest, DestState>) -> &'static str {
-        match &e.state.status {
-            Status::Hold => "hold",
-            Status::Quarantined { .. } => "quarantined",
-            Status::Queued if e.in_flight => "delivering",
-            Status::Queued if dests.get(&e.dest).is_some_and(|d| d.down) => "held",
-            Status::Queued if e.state.attempts > 0 => "deferred",
-            Status::Queued => "queued",
-        }
-    }
-
     /// Every message, oldest first.
     pub fn list(&self) -> Vec<Listed> {
         let g = self.lock();
-        let mut v: Vec<Listed> = g
-            .msgs
-            .values()
-            .map(|e| Listed {
-                env: e.env.clone(),
-                state: e.state.clone(),
-                dest: e.dest.clone(),
-                display: Self::display(e, &g.dests),
-            })
-            .collect();
-        // The snapshot is ours: sort it without holding up SMTP and delivery.
+        let mut v: Vec<Listed> = g.msgs.values().map(|e| e.listed(&g.dests)).collect();
+        // The copy is ours: sort it without holding up SMTP and delivery.
         drop(g);
         v.sort_by(|a, b| a.env.id.cmp(&b.env.id));
         v
@@ -337,38 +377,71 @@ impl Queue {
 
     pub fn get(&self, id: &QueueId) -> Option<Listed> {
         let g = self.lock();
-        g.msgs.get(id).map(|e| Listed {
-            env: e.env.clone(),
-            state: e.state.clone(),
-            dest: e.dest.clone(),
-            display: Self::display(e, &g.dests),
+        g.msgs.get(id).map(|e| e.listed(&g.dests))
+    }
+
+    /// Claims a message for `event` when the table allows it (and it is still in `expect`, when
+    /// given): nobody takes or changes it until [`Index::end_change`]. A waiting message leaves
+    /// its destination's lists meanwhile.
+    pub fn begin_change(
+        &self,
+        id: &QueueId,
+        expect: Option<State>,
+        event: Event,
+    ) -> Result<Claimed, ChangeError> {
+        let mut g = self.lock();
+        let Inner { msgs, dests, .. } = &mut *g;
+        let e = msgs.get_mut(id).ok_or(ChangeError::NotFound)?;
+        if e.claim == Some(Claim::Change) {
+            return Err(ChangeError::Busy);
+        }
+        let from = e.state(dests);
+        if let Some(want) = expect
+            && want != from
+        {
+            return Err(ChangeError::Moved { want, now: from });
+        }
+        let next = from.next(event)?;
+        e.claim = Some(Claim::Change);
+        if e.progress.status == Status::Queued
+            && let Some(d) = dests.get_mut(&e.dest)
+        {
+            d.unqueue(id);
+        }
+        Ok(Claimed {
+            progress: e.progress.clone(),
+            from,
+            next,
         })
     }
 
-    /// Changes a message's status (hold / release / quarantine release). Returns the new state
-    /// for the caller to persist, or an error text.
-    pub fn set_status(&self, id: &QueueId, status: Status) -> Result<State, String> {
+    /// Ends a change begun with [`Index::begin_change`]: `Ok(Some(progress))` is on disk now,
+    /// `Ok(None)` the message is gone from disk; `Err(())` nothing was written, so everything
+    /// goes back as it was.
+    pub fn end_change(&self, id: &QueueId, written: Result<Option<Progress>, ()>) {
         let mut g = self.lock();
         let Inner { msgs, dests, .. } = &mut *g;
-        let e = msgs.get_mut(id).ok_or("no such message")?;
-        if e.in_flight {
-            return Err("message is being delivered right now; try again".into());
+        match written {
+            Ok(None) => {
+                msgs.remove(id);
+            }
+            written => {
+                let Some(e) = msgs.get_mut(id) else { return };
+                e.claim = None;
+                if let Ok(Some(progress)) = written {
+                    e.progress = progress;
+                }
+                if e.progress.status == Status::Queued {
+                    dests.entry(e.dest.clone()).or_default().enqueue(
+                        id.clone(),
+                        e.progress.next,
+                        now_secs(),
+                    );
+                }
+            }
         }
-        let was_queued = e.state.status == Status::Queued;
-        e.state.status = status;
-        let d = dests.entry(e.dest.clone()).or_default();
-        if was_queued {
-            d.ready.retain(|x| x != id);
-            d.waiting.retain(|(_, x)| x != id);
-        }
-        if e.state.status == Status::Queued {
-            e.state.next = 0;
-            d.ready.push_back(id.clone());
-        }
-        let s = e.state.clone();
         drop(g);
         self.wake.notify_one();
-        Ok(s)
     }
 
     /// Makes deferred messages due now (all, or one). Returns how many.
@@ -394,16 +467,5 @@ impl Queue {
         drop(g);
         self.wake.notify_one();
         n
-    }
-
-    /// Removes a message from the index (the caller removes it from disk).
-    pub fn remove(&self, id: &QueueId) -> Result<(), String> {
-        let mut g = self.lock();
-        let e = g.msgs.get(id).ok_or("no such message")?;
-        if e.in_flight {
-            return Err("message is being delivered right now; try again".into());
-        }
-        g.msgs.remove(id);
-        Ok(())
     }
 }

@@ -14,13 +14,12 @@
 //! | `POST /webmail/peer/msg/{id}/{release,delete}?tenant&user&admin` | 200, 403, 404 or 409 with a text |
 //! | `POST /webmail/peer/allow?tenant&user&entry&remove` | 200 or 400 |
 //!
-//! Rows are tab-separated; spool values never hold control characters (see `spool/record.rs`).
+//! Rows are tab-separated; spool values never hold control characters (see `store/spool/record.rs`).
 //! The client speaks HTTP/1.1 with `Connection: close`, with `peer_timeout` for the whole
 //! exchange and `MAX_BODY` for the answer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -30,34 +29,34 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::Local;
 use super::mailbox::{self, ActionError, Filter, Listing, Row, View};
 use super::secret::ct_eq;
 use super::sessions::Viewer;
-use crate::engine::Shared;
-use crate::engine::spool::QueueId;
+use crate::store::QueueId;
 
 /// Largest answer read from a peer (a listing, or a message and its row).
 pub const MAX_BODY: u64 = 1 << 30;
 
-pub fn routes(shared: Arc<Shared>) -> Router {
+pub fn routes(local: Local) -> Router {
     Router::new()
         .route("/webmail/peer/list", get(list))
         .route("/webmail/peer/msg/{id}", get(message))
         .route("/webmail/peer/msg/{id}/{action}", post(act))
         .route("/webmail/peer/allow", post(allow))
-        .with_state(shared)
+        .with_state(local)
 }
 
 /// The ops addresses of the other engines of this engine's cluster. This engine is the one
 /// whose SMTP address is one of `engine.listen`, or whose ops address is `ops.listen` (or the
 /// bound ops address).
-pub fn peers(shared: &Shared) -> Vec<SocketAddr> {
-    let snap = shared.ops.config.load();
+pub fn peers(local: &Local) -> Vec<SocketAddr> {
+    let snap = local.ops.config.load();
     let t = &snap.topology;
     let listen = &snap.config.engine.listen;
     let ops_addrs = [
         Some(snap.config.ops.listen),
-        shared.ops.ops_addr.get().copied(),
+        local.ops.ops_addr.get().copied(),
     ];
     let is_me = |e: &crate::topology::Engine| {
         listen.contains(&e.address) || (e.ops.is_some() && ops_addrs.contains(&e.ops))
@@ -74,8 +73,8 @@ pub fn peers(shared: &Shared) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn authorised(shared: &Shared, headers: &HeaderMap) -> bool {
-    let snap = shared.ops.config.load();
+fn authorised(local: &Local, headers: &HeaderMap) -> bool {
+    let snap = local.ops.config.load();
     let Some(secret) = &snap.config.engine.webmail.peer_secret else {
         return false;
     };
@@ -142,7 +141,7 @@ pub fn decode_row(line: &str) -> Option<Row> {
 }
 
 async fn list(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Local>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -168,7 +167,7 @@ async fn list(
 }
 
 async fn message(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Local>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -180,7 +179,7 @@ async fn message(
     let Some(row) = mailbox::get(&s, &v, &id) else {
         return not_found();
     };
-    match s.spool.read_message(&id).await {
+    match s.store.read(&id).await {
         Ok(data) => {
             let mut out = encode_row(&row).into_bytes();
             out.push(b'\n');
@@ -192,7 +191,7 @@ async fn message(
 }
 
 async fn act(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Local>,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
@@ -213,7 +212,7 @@ async fn act(
 }
 
 async fn allow(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Local>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {

@@ -1,11 +1,16 @@
 //! Webmail: while a tenant's mail server is down, its users read the mail held for them (and
-//! their quarantined mail) on an HTTPS page served by the engines, straight from the spool.
+//! their quarantined mail) on an HTTPS page served by the engines, straight from the engine's
+//! message store.
+//!
+//! A room of its own beside the engine: it talks to the [`Store`] (list, read, release, delete)
+//! and to the process's [`Ops`] (config, shutdown, metrics, the ops listener for the peer API),
+//! never to the engine itself. The process that runs an engine starts it on that engine's store
+//! (`cli/run.rs`).
 //!
 //! # Layout
 //!
 //! | file | owns |
 //! |---|---|
-//! | `config.rs` | `[engine.webmail]` and its checks |
 //! | `serve.rs` | the TLS listener for axum, connection bounds and idle timeout, security headers, HTTP→HTTPS |
 //! | `sessions.rs` | sessions, per-session message tokens, the sign-in limiter |
 //! | `secret.rs` | random tokens, constant-time compare, argon2 checks |
@@ -19,7 +24,7 @@
 //!
 //! # Lifecycle
 //!
-//! [`bind`] (called by `engine::bind`) mounts the peer API on the ops listener when a peer
+//! [`bind`] (called with the engine's store once the engine is bound) mounts the peer API on the ops listener when a peer
 //! secret is set, loads the certificate, binds the HTTPS and redirect listeners and returns the
 //! future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
 //! finish. Config reloads apply to the next request (users, limits, page size, peers); the
@@ -43,8 +48,10 @@ pub mod secret;
 mod serve;
 mod sessions;
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -52,8 +59,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{Serving, Shared};
+use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::Store;
 pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
 
 /// `maildistiller_webmail_*` metrics.
@@ -118,9 +126,17 @@ impl WebMetrics {
     }
 }
 
+/// What webmail works with on this node: the process's ops handle and this engine's store
+/// (cheap to clone).
+#[derive(Clone)]
+pub struct Local {
+    pub ops: Arc<Ops>,
+    pub store: Store,
+}
+
 /// What every webmail request shares.
 pub struct Web {
-    pub shared: Arc<Shared>,
+    pub local: Local,
     sessions: sessions::Sessions,
     limiter: sessions::Limiter,
     /// Password checks running at once.
@@ -149,7 +165,7 @@ impl Web {
 
     /// The peer client, when the config in force has a peer secret.
     fn peer_client(&self) -> Option<peer::Client> {
-        let snap = self.shared.ops.config.load();
+        let snap = self.local.ops.config.load();
         let c = &snap.config.engine.webmail;
         c.peer_secret.as_ref().map(|s| peer::Client {
             secret: s.clone(),
@@ -180,27 +196,25 @@ fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
-/// Bound webmail listeners per engine, so callers that configured port 0 (tests, benchmarks)
-/// can find the ports. Entries of engines that are gone are dropped on the next bind.
-type Bound = Vec<(Weak<Shared>, Vec<SocketAddr>)>;
-static BOUND: Mutex<Bound> = Mutex::new(Vec::new());
-
-/// The HTTPS addresses the webmail of this engine listens on (empty when off).
-pub fn local_addrs(shared: &Arc<Shared>) -> Vec<SocketAddr> {
-    let g = BOUND.lock().unwrap_or_else(|e| e.into_inner());
-    g.iter()
-        .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
-        .map(|(_, a)| a.clone())
-        .unwrap_or_default()
+/// The webmail listeners bound, and the future that serves them until shutdown.
+pub struct Bound {
+    pub serving: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
+    /// The HTTPS addresses (the real ports when configured with port 0).
+    pub addrs: Vec<SocketAddr>,
 }
 
-/// Binds the webmail listeners when configured, and mounts the peer API when a peer secret is.
-pub async fn bind(shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
-    let snap = shared.ops.config.load_full();
+/// Mounts the peer API when a peer secret is set, and binds the webmail listeners when
+/// configured (`None` when `engine.webmail.listen` is empty).
+pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound>> {
+    let local = Local {
+        ops: ops.clone(),
+        store: store.clone(),
+    };
+    let snap = ops.config.load_full();
     let cfg = snap.config.engine.webmail.clone();
     if cfg.peer_secret.is_some() {
-        shared.ops.add_routes(peer::routes(shared.clone()));
-        if peer::peers(shared).is_empty() {
+        ops.add_peer_routes(peer::routes(local.clone()));
+        if peer::peers(&local).is_empty() {
             tracing::info!(
                 "webmail: no cluster peers found for this engine in the topology; showing local mail only"
             );
@@ -216,7 +230,7 @@ pub async fn bind(shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
     };
     let (tls, expiry) = crate::tls::server_config_with_expiry(cert, key)
         .map_err(|e| std::io::Error::other(format!("webmail certificate: {e}")))?;
-    shared.ops.metrics.tls_expiry("webmail", expiry);
+    ops.metrics.tls_expiry("webmail", expiry);
     let mut tls = (*tls).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = Arc::new(tls);
@@ -235,25 +249,23 @@ pub async fn bind(shared: &Arc<Shared>) -> std::io::Result<Option<Serving>> {
         })?);
     }
     let addrs: Vec<SocketAddr> = https.iter().filter_map(|l| l.local_addr().ok()).collect();
-    {
-        let mut g = BOUND.lock().unwrap_or_else(|e| e.into_inner());
-        g.retain(|(w, _)| w.strong_count() > 0);
-        g.push((Arc::downgrade(shared), addrs.clone()));
-    }
     let web = Arc::new(Web {
-        shared: shared.clone(),
+        local,
         sessions: sessions::Sessions::new(cfg.max_sessions as usize),
         limiter: sessions::Limiter::default(),
         logins: Arc::new(Semaphore::new(cfg.max_concurrent_logins as usize)),
         dummy: Mutex::new((String::new(), String::new())),
-        metrics: WebMetrics::new(&shared.ops.metrics),
+        metrics: WebMetrics::new(&ops.metrics),
     });
     // Made now, so the first unknown address does not pay for it.
     let (w2, s2) = (web.clone(), snap.clone());
     let _ = tokio::task::spawn_blocking(move || w2.dummy_hash(&s2)).await;
     tracing::info!(https = ?addrs, redirect = ?cfg.http_redirect_listen, "webmail listening");
     let https_port = addrs.first().map_or(443, |a| a.port());
-    Ok(Some(Box::pin(run(web, https, plain, tls, https_port))))
+    Ok(Some(Bound {
+        serving: Box::pin(run(web, https, plain, tls, https_port)),
+        addrs,
+    }))
 }
 
 async fn run(
@@ -263,8 +275,8 @@ async fn run(
     tls: Arc<rustls::ServerConfig>,
     https_port: u16,
 ) -> std::io::Result<()> {
-    let shutdown = web.shared.ops.shutdown.clone();
-    let cfg = web.shared.ops.config.load().config.engine.webmail.clone();
+    let shutdown = web.local.ops.shutdown.clone();
+    let cfg = web.local.ops.config.load().config.engine.webmail.clone();
     let idle = cfg.idle_timeout.get();
     let max = cfg.max_connections as usize;
     let tracker = tokio_util::task::TaskTracker::new();
@@ -289,7 +301,7 @@ async fn run(
             let w = w.clone();
             async move {
                 let public = w
-                    .shared
+                    .local
                     .ops
                     .config
                     .load()
@@ -314,9 +326,9 @@ async fn run(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-                _ = w.shared.ops.shutdown.cancelled() => return,
+                _ = w.local.ops.shutdown.cancelled() => return,
             }
-            let c = w.shared.ops.config.load().config.engine.webmail.clone();
+            let c = w.local.ops.config.load().config.engine.webmail.clone();
             let n = w
                 .sessions
                 .sweep(c.session_idle.get(), c.session_lifetime.get());

@@ -4,29 +4,9 @@
 use std::net::IpAddr;
 
 use super::QueueId;
+use crate::store::state::Status;
 
 const MAGIC: &str = "MDSPOOL 1";
-
-/// Where a message stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    /// Waiting for (or in) delivery, possibly deferred.
-    Queued,
-    /// Put on hold by an operator: not delivered until released.
-    Hold,
-    /// Set aside by policy; released by a user or operator.
-    Quarantined { reason: String },
-}
-
-impl Status {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Hold => "hold",
-            Status::Quarantined { .. } => "quarantined",
-        }
-    }
-}
 
 /// What produced the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +51,10 @@ pub enum RcptOutcome {
     },
 }
 
-/// The mutable part.
+/// The mutable part: what was decided ([`Status`]), the attempts so far, the next one, and
+/// each recipient's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
+pub struct Progress {
     pub status: Status,
     pub attempts: u32,
     /// Unix seconds of the next attempt (0: now).
@@ -83,9 +64,9 @@ pub struct State {
     pub rcpts: Vec<Option<RcptOutcome>>,
 }
 
-impl State {
-    pub fn initial(e: &Envelope) -> State {
-        State {
+impl Progress {
+    pub fn initial(e: &Envelope) -> Progress {
+        Progress {
             status: e.status.clone(),
             attempts: 0,
             next: 0,
@@ -124,8 +105,8 @@ impl State {
         out.extend_from_slice(b"\r\n");
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<State, String> {
-        let mut s = State {
+    pub fn decode(bytes: &[u8]) -> Result<Progress, String> {
+        let mut s = Progress {
             status: Status::Queued,
             attempts: 0,
             next: 0,
@@ -167,17 +148,8 @@ impl State {
                 _ => {}
             }
         }
-        s.status = parse_status(&status, reason)?;
+        s.status = Status::parse(&status, reason)?;
         Ok(s)
-    }
-}
-
-fn parse_status(s: &str, reason: String) -> Result<Status, String> {
-    match s {
-        "queued" => Ok(Status::Queued),
-        "hold" => Ok(Status::Hold),
-        "quarantined" => Ok(Status::Quarantined { reason }),
-        other => Err(format!("unknown status {other:?}")),
     }
 }
 
@@ -291,7 +263,7 @@ impl Envelope {
             }
         }
         e.id = id.ok_or("missing or bad id")?;
-        e.status = parse_status(&status, reason)?;
+        e.status = Status::parse(&status, reason)?;
         if e.rcpts.is_empty() {
             return Err("no recipients".into());
         }
@@ -347,7 +319,7 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let mut s = State::initial(&env());
+        let mut s = Progress::initial(&env());
         s.status = Status::Queued;
         s.attempts = 3;
         s.next = 1_700_000_600;
@@ -357,7 +329,7 @@ mod tests {
         });
         let mut buf = Vec::new();
         s.encode(&mut buf);
-        assert_eq!(State::decode(&buf).unwrap(), s);
+        assert_eq!(Progress::decode(&buf).unwrap(), s);
         assert_eq!(s.pending().collect::<Vec<_>>(), [0]);
     }
 }

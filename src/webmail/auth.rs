@@ -65,7 +65,7 @@ fn with_cookies(mut r: Response, cookies: &[HeaderValue]) -> Response {
 /// with the same password hash (a removed user or a changed password ends the session).
 pub fn current(web: &Web, headers: &HeaderMap) -> Option<Current> {
     let token = cookie(headers, SESSION_COOKIE)?;
-    let snap = web.shared.ops.config.load();
+    let snap = web.local.ops.config.load();
     let cfg = &snap.config.engine.webmail;
     web.sessions.get(
         &token,
@@ -188,7 +188,7 @@ pub async fn login(
         };
         return page(StatusCode::TOO_MANY_REQUESTS, &text);
     }
-    let snap = web.shared.ops.config.load_full();
+    let snap = web.local.ops.config.load_full();
     let cfg = snap.config.engine.webmail.clone();
     // The user, if the address is one: (tenant, admin, hash).
     let user = snap

@@ -5,15 +5,11 @@
 //! A user sees a message when it goes to their tenant's servers, one of its recipients still
 //! pending is their address (any case; tenant admins: any recipient), and it is either
 //! *held* (its destination is down) or *quarantined*. Everything else — mail being delivered
-//! normally, mail an operator put on hold, other tenants' mail — does not exist for the page.
+//! normally, mail an operator suspended, other tenants' mail — does not exist for the page.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
+use super::Local;
 use super::sessions::Viewer;
-use crate::engine::Shared;
-use crate::engine::queue::{Dest, Listed};
-use crate::engine::spool::{Kind, QueueId, Status};
+use crate::store::{Change, ChangeError, Dest, Kind, Listed, QueueId, State, Status};
 
 /// Which list the inbox shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,19 +104,21 @@ impl Listing {
 
 /// Whether `viewer` may see `l`: `Some(true)` quarantined, `Some(false)` held, `None` not
 /// theirs. Allocates nothing (it runs for every message of the engine on every inbox load).
-fn visible(l: &Listed, viewer: &Viewer, down: &HashSet<Dest>) -> Option<bool> {
+fn visible(l: &Listed, viewer: &Viewer) -> Option<bool> {
     let Dest::Tenant(t) = &l.dest else {
         return None;
     };
     if *t != viewer.tenant || (l.env.kind == Kind::Message && l.env.tenant != viewer.tenant) {
         return None;
     }
-    let quarantined = match &l.state.status {
-        Status::Quarantined { .. } => true,
-        Status::Queued if l.display == "held" || down.contains(&l.dest) => false,
+    let quarantined = match l.state {
+        State::Quarantined => true,
+        // Held; or being tried once more as its destination went down: still held to the user.
+        State::Held => false,
+        State::Delivering if l.dest_down => false,
         _ => return None,
     };
-    let pending = |i: usize| l.state.rcpts.get(i).is_none_or(|r| r.is_none());
+    let pending = |i: usize| l.progress.rcpts.get(i).is_none_or(|r| r.is_none());
     let mine = l
         .env
         .rcpts
@@ -135,7 +133,7 @@ fn row(l: &Listed) -> Row {
         id: l.env.id.clone(),
         received: l.env.received,
         size: l.env.size,
-        quarantine: match &l.state.status {
+        quarantine: match &l.progress.status {
             Status::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         },
@@ -167,25 +165,14 @@ fn matches_search(l: &Listed, search: &str, admin: bool) -> bool {
         || (admin && l.env.rcpts.iter().any(|x| has(x)))
 }
 
-fn down_set(shared: &Shared) -> HashSet<Dest> {
-    shared
-        .queue
-        .destinations()
-        .into_iter()
-        .filter(|(_, up, _)| !up)
-        .map(|(d, _, _)| d)
-        .collect()
-}
-
 /// This engine's messages for `viewer`: counts, and the newest `f.limit` matching rows. Only
 /// those rows are built; the rest is counted without allocating.
-pub fn list(shared: &Shared, viewer: &Viewer, f: &Filter) -> Listing {
-    let down = down_set(shared);
-    let all = shared.queue.list();
+pub fn list(local: &Local, viewer: &Viewer, f: &Filter) -> Listing {
+    let all = local.store.list();
     let mut out = Listing::default();
     let mut hits: Vec<&Listed> = Vec::new();
     for l in &all {
-        let Some(quarantined) = visible(l, viewer, &down) else {
+        let Some(quarantined) = visible(l, viewer) else {
             continue;
         };
         if quarantined {
@@ -219,9 +206,9 @@ pub fn list(shared: &Shared, viewer: &Viewer, f: &Filter) -> Listing {
 }
 
 /// One message of this engine, if `viewer` may see it.
-pub fn get(shared: &Shared, viewer: &Viewer, id: &QueueId) -> Option<Row> {
-    let l = shared.queue.get(id)?;
-    visible(&l, viewer, &down_set(shared))?;
+pub fn get(local: &Local, viewer: &Viewer, id: &QueueId) -> Option<Row> {
+    let l = local.store.get(id)?;
+    visible(&l, viewer)?;
     Some(row(&l))
 }
 
@@ -242,11 +229,11 @@ pub enum ActionError {
 
 /// Whether `viewer` may release a quarantined message with this reason, under the config in
 /// force (tenant admins always may).
-pub fn may_release(shared: &Shared, viewer: &Viewer, reason: &str) -> bool {
+pub fn may_release(local: &Local, viewer: &Viewer, reason: &str) -> bool {
     if viewer.admin {
         return true;
     }
-    let snap = shared.ops.config.load();
+    let snap = local.ops.config.load();
     let cfg = &snap.config.engine.webmail;
     let r = reason.to_lowercase();
     cfg.users_may_release
@@ -261,53 +248,59 @@ pub fn may_release(shared: &Shared, viewer: &Viewer, reason: &str) -> bool {
 fn may_delete(l: &Listed, viewer: &Viewer) -> bool {
     viewer.admin
         || l.env.rcpts.iter().enumerate().all(|(i, r)| {
-            l.state.rcpts.get(i).is_some_and(|o| o.is_some())
+            l.progress.rcpts.get(i).is_some_and(|o| o.is_some())
                 || r.eq_ignore_ascii_case(&viewer.address)
         })
 }
 
-/// Releases a quarantined message for delivery: the index first, then the state on disk
-/// (as the operator's queue API does).
-pub async fn release(
-    shared: &Arc<Shared>,
-    viewer: &Viewer,
-    id: &QueueId,
-) -> Result<(), ActionError> {
-    let row = get(shared, viewer, id).ok_or(ActionError::NotFound)?;
+/// What the store said, as the page's error (the store has changed nothing).
+impl From<ChangeError> for ActionError {
+    fn from(e: ChangeError) -> ActionError {
+        match e {
+            ChangeError::NotFound => ActionError::NotFound,
+            ChangeError::Io(e) => ActionError::Io(e),
+            ChangeError::Moved { .. } => ActionError::Conflict(
+                "this message changed meanwhile (delivered, released or deleted): reload the page"
+                    .into(),
+            ),
+            e @ (ChangeError::Busy | ChangeError::Illegal(_)) => {
+                ActionError::Conflict(e.to_string())
+            }
+        }
+    }
+}
+
+/// Releases a quarantined message for delivery, if it is still quarantined.
+pub async fn release(local: &Local, viewer: &Viewer, id: &QueueId) -> Result<(), ActionError> {
+    let row = get(local, viewer, id).ok_or(ActionError::NotFound)?;
     let Some(reason) = &row.quarantine else {
         return Err(ActionError::Conflict(
             "this message is not quarantined: it is delivered when your server is back".into(),
         ));
     };
-    if !may_release(shared, viewer, reason) {
+    if !may_release(local, viewer, reason) {
         return Err(ActionError::Forbidden(
             "your organisation's policy lets only an administrator release this message",
         ));
     }
-    let state = shared
-        .queue
-        .set_status(id, Status::Queued)
-        .map_err(ActionError::Conflict)?;
-    shared.spool.write_state(id, &state).await?;
+    local
+        .store
+        .change_from(id, State::Quarantined, Change::Release)
+        .await?;
     tracing::info!(id = %id, tenant = %viewer.tenant, user = %viewer.address, "quarantined message released in webmail");
     Ok(())
 }
 
-/// Deletes a message (no DSN): the index first, then the files.
-pub async fn delete(
-    shared: &Arc<Shared>,
-    viewer: &Viewer,
-    id: &QueueId,
-) -> Result<(), ActionError> {
-    get(shared, viewer, id).ok_or(ActionError::NotFound)?;
-    let l = shared.queue.get(id).ok_or(ActionError::NotFound)?;
+/// Deletes a message (no DSN), if it is still in the state the user saw.
+pub async fn delete(local: &Local, viewer: &Viewer, id: &QueueId) -> Result<(), ActionError> {
+    let l = local.store.get(id).ok_or(ActionError::NotFound)?;
+    visible(&l, viewer).ok_or(ActionError::NotFound)?;
     if !may_delete(&l, viewer) {
         return Err(ActionError::Forbidden(
             "this message is also addressed to colleagues: ask an administrator to delete it",
         ));
     }
-    shared.queue.remove(id).map_err(ActionError::Conflict)?;
-    shared.spool.remove(id).await?;
+    local.store.change_from(id, l.state, Change::Delete).await?;
     tracing::info!(id = %id, tenant = %viewer.tenant, user = %viewer.address, "message deleted in webmail");
     Ok(())
 }

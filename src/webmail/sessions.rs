@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::secret::{ct_eq, token};
-use crate::engine::spool::QueueId;
+use crate::store::QueueId;
 
 /// Message tokens one session remembers.
 pub const MAX_TOKENS: usize = 20_000;

@@ -30,7 +30,8 @@
 //! `id`, `received` (unix seconds), `tenant`, `session`, `client`, `helo`, `from` (empty for the
 //! null sender), `rcpt` (one line each, in order), `status` (`queued` or `quarantined`), `reason`,
 //! `verdict`, `subject`, `header-from`, `kind` (`message` or `dsn`). Values never contain CR or LF.
-//! The `.st` file holds the same kind of lines: `status` (`queued`, `hold`, `quarantined`),
+//! The `.st` file holds the same kind of lines: `status` (`queued`, `suspended` — written `hold`
+//! by versions before the name changed, and read as `suspended` — or `quarantined`),
 //! `reason`, `attempts`, `next` (unix seconds), `error`, and `rcpt: N delivered|failed TEXT` for
 //! each recipient that is done.
 //!
@@ -61,8 +62,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(test)]
+use crate::store::state::Status;
 pub use dirsync::DirSync;
-pub use record::{Envelope, Kind, RcptOutcome, State, Status};
+pub use record::{Envelope, Kind, Progress, RcptOutcome};
 
 /// A message's id: 12 hex digits of microseconds since the epoch, then 12 random hex digits.
 /// Sorts by arrival; not guessable enough to be a capability (webmail uses its own tokens).
@@ -106,7 +109,7 @@ impl std::fmt::Display for QueueId {
 #[derive(Debug)]
 pub struct Recovered {
     pub envelope: Envelope,
-    pub state: State,
+    pub progress: Progress,
 }
 
 /// The spool directory.
@@ -191,7 +194,8 @@ impl Spool {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Files waiting in the pool (tests and metrics).
+    /// Files waiting in the pool (tests).
+    #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.pool().len()
     }
@@ -245,9 +249,9 @@ impl Spool {
     }
 
     /// Replaces the state file durably.
-    pub async fn write_state(&self, id: &QueueId, state: &State) -> io::Result<()> {
+    pub async fn write_state(&self, id: &QueueId, progress: &Progress) -> io::Result<()> {
         let mut buf = Vec::with_capacity(256);
-        state.encode(&mut buf);
+        progress.encode(&mut buf);
         let tmp = self.tmp_path(id, "st");
         let dst = self.st_path(id);
         tokio::task::spawn_blocking(move || write_synced(&tmp, &dst, &buf))
@@ -355,16 +359,16 @@ impl Spool {
                         envelope.id
                     )),
                     Ok(envelope) => {
-                        let state = match std::fs::read(self.st_path(&id)) {
-                            Ok(bytes) => State::decode(&bytes).unwrap_or_else(|e| {
+                        let progress = match std::fs::read(self.st_path(&id)) {
+                            Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
                                 problems.push(format!(
                                     "{name}: state unreadable ({e}); retrying from the start"
                                 ));
-                                State::initial(&envelope)
+                                Progress::initial(&envelope)
                             }),
-                            Err(_) => State::initial(&envelope),
+                            Err(_) => Progress::initial(&envelope),
                         };
-                        found.push(Recovered { envelope, state });
+                        found.push(Recovered { envelope, progress });
                     }
                     Err(e) => problems.push(format!("{name}: {e}; left in place for an operator")),
                 },
@@ -521,7 +525,10 @@ mod tests {
         let (a, b) = (envelope(), envelope());
         spool.store(&a, b"hello").await.unwrap();
         spool.store(&b, b"world").await.unwrap();
-        spool.write_state(&b.id, &State::initial(&b)).await.unwrap();
+        spool
+            .write_state(&b.id, &Progress::initial(&b))
+            .await
+            .unwrap();
         let sharded = spool.msg_path(&a.id);
         assert!(sharded.exists());
         assert_eq!(
@@ -579,7 +586,10 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let (a, b) = (envelope(), envelope());
         spool.store(&a, &[b'x'; 5000]).await.unwrap();
-        spool.write_state(&a.id, &State::initial(&a)).await.unwrap();
+        spool
+            .write_state(&a.id, &Progress::initial(&a))
+            .await
+            .unwrap();
         let ino = std::fs::metadata(spool.msg_path(&a.id)).unwrap().ino();
         spool.retire(&a.id).await.unwrap();
         assert!(!spool.msg_path(&a.id).exists() && !spool.st_path(&a.id).exists());

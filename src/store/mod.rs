@@ -1,0 +1,388 @@
+//! The message store: the one owner of every accepted message and its state. It owns the
+//! durable spool (`spool/`, the truth on disk) and its in-memory index (`index.rs`: what waits
+//! for which destination, what is due, what is claimed), and keeps them in step itself: every
+//! change of a message is one call that writes the change durably and then updates the index, or
+//! fails and changes neither. Nobody else can reach the spool or the index.
+//!
+//! # Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | `state.rs` | [`State`] (`queued`, `deferred`, `delivering`, `held`, `suspended`, `quarantined`), the persisted [`Status`], and the one table of allowed moves |
+//! | `spool/` | the files: format, durability (fsync before 250, group commit, shards, file recycling) |
+//! | `index.rs` | the in-memory index: destinations, due times, claims |
+//!
+//! # Who calls what
+//!
+//! | caller | calls |
+//! |---|---|
+//! | SMTP reception, DSNs | [`Store::accept`]: on disk (synced) first, then in the index |
+//! | delivery | [`Store::plan`], [`Store::take`] → an [`InFlight`] message → [`InFlight::settle`], [`InFlight::set_aside`] or [`InFlight::give_back`]; destination health ([`Store::connect_failed`], [`Store::dest_up`], …) |
+//! | queue API, webmail, quarantine expiry | [`Store::list`], [`Store::get`], [`Store::read`], [`Store::change`] (suspend, release, delete, expire), [`Store::flush`] |
+//!
+//! # Why one call cannot leave the two apart
+//!
+//! - A new message is written and synced before it enters the index; a failed write leaves no
+//!   trace in either.
+//! - A delivery worker holds its message as an [`InFlight`] value: nobody else can change the
+//!   message meanwhile, and only that value can settle it. The outcome is written first; the
+//!   index follows once it is on disk. While the disk refuses the write, the worker keeps the
+//!   message and retries ([`RETRY_MAX`] between tries), so the index never runs ahead of the disk
+//!   (and a recipient just delivered is not sent again); at shutdown it gives up and the message
+//!   stays as last written (sent again after the restart: at least once, never lost). An
+//!   `InFlight` dropped without an outcome (its task cancelled) gives the message back.
+//! - A change claims the message in the index (nobody takes or changes it meanwhile), checks the
+//!   move against [`State::next`], writes, then applies; when the write fails the claim is
+//!   dropped and everything is as it was.
+//!
+//! # Cost
+//!
+//! The hot path pays what it paid before the store existed: reception one spool write (synced,
+//! group-committed) and one index insert; delivery one index lock to take, one read, one state
+//! write or retire, and one index lock to settle. The state checks are a `match` under locks
+//! already taken. Bounds: the index holds one small entry per spooled message (no bodies).
+
+mod index;
+mod spool;
+pub mod state;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use index::{Dest, Listed, now_secs};
+pub use spool::{Envelope, Kind, Progress, QueueId, RcptOutcome};
+pub use state::{Event, Illegal, Next, State, Status};
+
+use index::Index;
+use spool::Spool;
+#[cfg(test)]
+pub(crate) use spool::test_envelope;
+
+/// Longest pause between two tries of writing a delivery outcome the disk refused.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What an operator, a webmail user or quarantine expiry may do to a message (the moves of
+/// delivery go through [`InFlight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `queue hold`: not delivered until released.
+    Suspend,
+    /// `queue release`, webmail's release: due for delivery now.
+    Release,
+    /// Gone, without a DSN.
+    Delete,
+    /// Quarantined past `engine.quarantine_lifetime`: gone.
+    Expire,
+}
+
+impl Change {
+    pub fn event(self) -> Event {
+        match self {
+            Change::Suspend => Event::Suspend,
+            Change::Release => Event::Release,
+            Change::Delete => Event::Delete,
+            Change::Expire => Event::Expire,
+        }
+    }
+}
+
+/// Why a change was not made; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no such message")]
+    NotFound,
+    /// Another change of this message is being written right now.
+    #[error("another change of this message is being written; try again")]
+    Busy,
+    /// The message moved on since the caller looked at it.
+    #[error("the message is {now} now, no longer {want}")]
+    Moved { want: State, now: State },
+    #[error(transparent)]
+    Illegal(#[from] Illegal),
+    #[error("cannot write the change: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The store (cheap to clone: every clone is the same store).
+#[derive(Debug, Clone)]
+pub struct Store {
+    spool: Spool,
+    index: Arc<Index>,
+    /// Cancelled at shutdown: writes of delivery outcomes stop retrying.
+    stopping: CancellationToken,
+}
+
+impl Store {
+    /// Opens the spool in `dir` (creating it), recovers every message into the index with the
+    /// destination `route` gives it, and returns the store with the problems recovery found
+    /// (files left in place for an operator). Must run inside the tokio runtime.
+    pub async fn open(
+        dir: &Path,
+        route: impl Fn(&Envelope) -> Dest,
+        stopping: CancellationToken,
+    ) -> io::Result<(Store, Vec<String>)> {
+        let spool = Spool::open(dir)?;
+        let s2 = spool.clone();
+        let (found, problems) = tokio::task::spawn_blocking(move || s2.recover())
+            .await
+            .map_err(io::Error::other)??;
+        let index = Arc::new(Index::default());
+        for r in found {
+            let dest = route(&r.envelope);
+            index.insert(Arc::new(r.envelope), r.progress, dest);
+        }
+        Ok((
+            Store {
+                spool,
+                index,
+                stopping,
+            },
+            problems,
+        ))
+    }
+
+    /// Stores a new message for `dest`: returns once it is on disk (synced: safe to say 250)
+    /// and in the index. On error it is in neither.
+    pub async fn accept(
+        &self,
+        env: Envelope,
+        message: &[u8],
+        dest: Dest,
+    ) -> io::Result<Arc<Envelope>> {
+        self.spool.store(&env, message).await?;
+        let env = Arc::new(env);
+        let progress = Progress::initial(&env);
+        self.index.insert(env.clone(), progress, dest);
+        Ok(env)
+    }
+
+    /// A message's bytes (after the envelope).
+    pub async fn read(&self, id: &QueueId) -> io::Result<Vec<u8>> {
+        self.spool.read_message(id).await
+    }
+
+    /// Every message, oldest first (a copy).
+    pub fn list(&self) -> Vec<Listed> {
+        self.index.list()
+    }
+
+    pub fn get(&self, id: &QueueId) -> Option<Listed> {
+        self.index.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a change to a message, when the table allows it from the state it is in.
+    /// Returns that state.
+    pub async fn change(&self, id: &QueueId, change: Change) -> Result<State, ChangeError> {
+        self.change_inner(id, None, change).await
+    }
+
+    /// [`Store::change`], only if the message is still in `from` (what the caller showed or
+    /// checked), else [`ChangeError::Moved`].
+    pub async fn change_from(
+        &self,
+        id: &QueueId,
+        from: State,
+        change: Change,
+    ) -> Result<State, ChangeError> {
+        self.change_inner(id, Some(from), change).await
+    }
+
+    async fn change_inner(
+        &self,
+        id: &QueueId,
+        expect: Option<State>,
+        change: Change,
+    ) -> Result<State, ChangeError> {
+        let claimed = self.index.begin_change(id, expect, change.event())?;
+        let mut p = claimed.progress;
+        let written = match claimed.next {
+            Next::Gone => self.spool.remove(id).await.map(|()| None),
+            Next::To(State::Suspended) => {
+                p.status = Status::Suspended;
+                self.spool.write_state(id, &p).await.map(|()| Some(p))
+            }
+            // Released: due now.
+            Next::Waiting => {
+                p.status = Status::Queued;
+                p.next = 0;
+                self.spool.write_state(id, &p).await.map(|()| Some(p))
+            }
+            // No change leads anywhere else (the table): refuse rather than write it.
+            Next::To(other) => Err(io::Error::other(format!("no change leads to {other}"))),
+        };
+        match written {
+            Ok(w) => {
+                self.index.end_change(id, Ok(w));
+                Ok(claimed.from)
+            }
+            Err(e) => {
+                self.index.end_change(id, Err(()));
+                Err(ChangeError::Io(e))
+            }
+        }
+    }
+
+    /// Makes waiting messages due now (all, or one; all also un-marks down destinations).
+    /// Changes no state on disk. Returns how many.
+    pub fn flush(&self, only: Option<&QueueId>) -> usize {
+        self.index.flush(only)
+    }
+
+    // Delivery scheduling: in memory only (nothing of it is persisted).
+
+    /// Destinations that want a new connection now (see `Index::plan`), and the earliest due
+    /// time of the rest.
+    pub fn plan(&self, per_dest: &dyn Fn(&Dest) -> u32, budget: u32) -> (Vec<Dest>, Option<u64>) {
+        self.index.plan(per_dest, budget)
+    }
+
+    /// Resolves when something may be ready for delivery (a message arrived, was released, a
+    /// destination came back, a connection ended).
+    pub async fn changed(&self) {
+        self.index.wake.notified().await
+    }
+
+    /// The next ready message of `dest`, now `delivering` and held by the caller.
+    pub fn take(&self, dest: &Dest) -> Option<InFlight> {
+        let (env, progress) = self.index.take(dest)?;
+        Some(InFlight {
+            store: self.clone(),
+            env,
+            progress,
+            done: false,
+        })
+    }
+
+    /// A worker's connection to `dest` ended.
+    pub fn released(&self, dest: &Dest) {
+        self.index.released(dest)
+    }
+
+    /// A connection to `dest` failed; true when this marks it down (its mail becomes `held`).
+    pub fn connect_failed(&self, dest: &Dest, dead_after: u32) -> bool {
+        self.index.connect_failed(dest, dead_after)
+    }
+
+    pub fn connect_ok(&self, dest: &Dest) {
+        self.index.connect_ok(dest)
+    }
+
+    /// Claims the probe of a down destination (one prober at a time).
+    pub fn claim_probe(&self, dest: &Dest) -> bool {
+        self.index.claim_probe(dest)
+    }
+
+    /// A probe succeeded: all of `dest`'s mail is ready now. Returns how many messages.
+    pub fn dest_up(&self, dest: &Dest) -> usize {
+        self.index.dest_up(dest)
+    }
+
+    /// Destinations, whether each is up, and since when it is down (unix seconds).
+    pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
+        self.index.destinations()
+    }
+
+    /// Writes `progress` (a delivery outcome) until the disk takes it or the store is stopping.
+    async fn write_outcome(&self, id: &QueueId, progress: Option<&Progress>) -> io::Result<()> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let r = match progress {
+                Some(p) => self.spool.write_state(id, p).await,
+                None => match self.spool.retire(id).await {
+                    // Gone already (an earlier try got that far): retired.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                },
+            };
+            let e = match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            tracing::error!(id = %id, error = %e, retry_in = ?pause, "cannot write a delivery outcome; keeping the message until it is written");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.stopping.cancelled() => return Err(e),
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// A message a delivery worker has taken (`delivering`): nobody else can change it until this
+/// value settles it, sets it aside or gives it back (dropping it gives it back).
+#[derive(Debug)]
+pub struct InFlight {
+    store: Store,
+    env: Arc<Envelope>,
+    progress: Progress,
+    done: bool,
+}
+
+impl InFlight {
+    pub fn envelope(&self) -> &Arc<Envelope> {
+        &self.env
+    }
+
+    /// Its progress when it was taken.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Records an attempt: with recipients still pending it waits for `progress.next`
+    /// (`deferred`), else it is complete and leaves the store (its file recycled). Returns once
+    /// the outcome is on disk and in the index; when the store stops first, nothing changed.
+    pub async fn settle(mut self, progress: Progress) -> io::Result<()> {
+        let event = if progress.pending().next().is_none() {
+            Event::Complete
+        } else {
+            Event::Defer
+        };
+        self.finish(event, progress).await
+    }
+
+    /// Sets the message aside for an operator (`suspended`), with `why` as its last error.
+    pub async fn set_aside(mut self, mut progress: Progress, why: String) -> io::Result<()> {
+        progress.status = Status::Suspended;
+        progress.error = why;
+        self.finish(Event::Fault, progress).await
+    }
+
+    /// Lets the message go untried (its connection ended before it was sent).
+    pub fn give_back(self) {
+        // Drop does it.
+    }
+
+    async fn finish(&mut self, event: Event, progress: Progress) -> io::Result<()> {
+        // Only the table decides: an InFlight is `delivering` by construction.
+        let next = State::Delivering.next(event).map_err(io::Error::other)?;
+        let keep = (next != Next::Gone).then_some(progress);
+        let id = &self.env.id;
+        self.store.write_outcome(id, keep.as_ref()).await?;
+        self.store.index.settle(id, keep);
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.index.give_back(&self.env.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
