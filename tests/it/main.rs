@@ -7,6 +7,8 @@ mod cli;
 mod config_files;
 /// The real engine binary under SIGKILL: no acknowledged message is lost.
 mod crash;
+/// TLS on delivery against a STARTTLS sink with a test CA: opportunistic, required, pins, MTA-STS.
+mod delivery_tls;
 /// GeoDNS in-process: geo answers, ECS scope, tenants, MX, negative cases, TC/TCP, health, fuzz.
 mod dns;
 /// The edge in front of in-process engines: routing, failover, spill-over, admission, TLS, layer 4.
