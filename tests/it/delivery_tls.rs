@@ -2,6 +2,8 @@
 //! a test CA (rcgen). Opportunistic upgrade, `required` with good and bad certificates (never
 //! a MAIL FROM in clear), a stripped STARTTLS, pins, `never`, and the reason in `queue show`.
 
+mod mta_sts; // policies over HTTPS from a test DNS server, cached, enforced, testing
+
 use std::time::Duration;
 
 use maildistiller::store::State;
