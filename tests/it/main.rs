@@ -15,6 +15,8 @@ mod dns;
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
+/// Inbound STARTTLS: self-signed at first start, renewed certificates picked up on reload.
+mod inbound_tls;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.
