@@ -324,6 +324,10 @@ fn describe(e: &rustls::Error) -> String {
             }
             C::Revoked => "certificate revoked".into(),
             C::BadSignature => "bad signature".into(),
+            C::Other(o) if format!("{o}").contains("CaUsedAsEndEntity") => {
+                "a CA certificate shown as the server's own (self-signed?)".into()
+            }
+            C::Other(o) => o.to_string(),
             other => format!("{other:?}"),
         },
         other => other.to_string(),

@@ -44,7 +44,10 @@ pub enum Connected {
 /// Each tenant's TLS plan, built once per config snapshot (a reload rebuilds it, re-reading
 /// `tls_ca`). Bounded by the tenants.
 #[derive(Default)]
-pub struct Plans(Mutex<HashMap<String, (Arc<Snapshot>, Arc<Plan>)>>);
+pub struct Plans(Mutex<HashMap<String, Built>>);
+
+/// A plan and the snapshot it was built from.
+type Built = (Arc<Snapshot>, Arc<Plan>);
 
 impl Plans {
     fn tenant(&self, snap: &Arc<Snapshot>, id: &str) -> Arc<Plan> {
