@@ -6,6 +6,10 @@
 //! Delivery works with [`Delivery`]: the store (it takes messages from it and settles them
 //! there), the config and metrics — not the engine's whole shared state.
 //!
+//! How a destination's connections use TLS is its plan (`tls.rs`: a tenant's `tls`, `tls_ca`,
+//! `tls_pin`, or MTA-STS for mail by MX, `mta_sts.rs`); `connect.rs` finds the hosts and gets a
+//! session that meets the plan, or the reason none does, which defers the mail (never in clear).
+//!
 //! Bounds: `delivery.max_connections` workers in all, `connections_per_destination` per
 //! destination, one probe task per down destination; one rate limiter per tenant with a
 //! `delivery_rate`.

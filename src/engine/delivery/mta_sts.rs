@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mail_auth::hickory_resolver::TokioResolver;
-use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::proto::rr::RData;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,19 +165,12 @@ impl Fetcher {
             None => TokioResolver::builder_tokio()
                 .and_then(|b| b.build())
                 .map_err(|e| format!("no resolver: {e}")),
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
-                .build()
-                .map_err(|e| format!("no resolver: {e}"))
-            }
+            Some(addr) => TokioResolver::builder_with_config(
+                crate::engine::scan::dns::one_server(addr),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+            .map_err(|e| format!("no resolver: {e}")),
         }
     }
 
