@@ -174,6 +174,38 @@ async fn opportunistic_upgrades_when_offered_and_the_tenant_sees_the_same_messag
     e.stop().await;
 }
 
+/// A handshake that fails: opportunistic delivers in clear over a new connection, as MTAs do;
+/// `required` defers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handshake_falls_back_to_clear_only_when_opportunistic() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let sink = Sink::start().await;
+    sink.offer_tls(ca.leaf(&["127.0.0.1"]).get());
+    sink.break_tls(true);
+    std::fs::create_dir_all(dir.path().join("o")).unwrap();
+    let e = engine(&dir.path().join("o"), &sink, "", 1000).await;
+    send(&e, "fallback").await;
+    assert!(until(Duration::from_secs(10), || sink.messages().len() == 1).await);
+    assert!(!sink.messages()[0].tls);
+    assert_eq!(tls_count(&e, "acme", "plain"), 1);
+    e.stop().await;
+
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    std::fs::create_dir_all(dir.path().join("r")).unwrap();
+    let acme = format!("tls = \"required\"\ntls_ca = \"{}\"", ca_file.display());
+    let e = engine(&dir.path().join("r"), &sink, &acme, 1000).await;
+    send(&e, "no fallback").await;
+    let err = crate::support::eventually(Duration::from_secs(10), || error_of(&e, "no fallback"));
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("TLS handshake failed")),
+        "{err:?}"
+    );
+    assert_eq!(sink.messages().len(), 1);
+    e.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_does_not_start_tls_even_when_offered() {
     let dir = tempfile::tempdir().unwrap();

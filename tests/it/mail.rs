@@ -132,6 +132,8 @@ pub struct Sink {
     tls: Arc<Mutex<Option<Arc<rustls::ServerConfig>>>>,
     /// Leave STARTTLS out of EHLO although configured (what a downgrading attacker does).
     strip_starttls: Arc<std::sync::atomic::AtomicBool>,
+    /// Answer STARTTLS with 220, then hang up instead of a handshake (a broken TLS stack).
+    break_tls: Arc<std::sync::atomic::AtomicBool>,
     /// MAIL commands that arrived in clear text.
     pub plain_mail: Arc<std::sync::atomic::AtomicUsize>,
     /// TLS handshakes completed.
@@ -155,6 +157,7 @@ impl Sink {
             nested_mail: Arc::default(),
             tls: Arc::default(),
             strip_starttls: Arc::default(),
+            break_tls: Arc::default(),
             plain_mail: Arc::default(),
             handshakes: Arc::default(),
         };
@@ -207,6 +210,12 @@ impl Sink {
     pub fn strip_starttls(&self, strip: bool) {
         self.strip_starttls
             .store(strip, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes STARTTLS fail after its 220 (the connection closes), or work again.
+    pub fn break_tls(&self, broken: bool) {
+        self.break_tls
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn messages(&self) -> Vec<Got> {
@@ -278,7 +287,9 @@ impl Sink {
                     continue;
                 };
                 let _ = w.write_all(b"220 2.0.0 go ahead\r\n").await;
-                if !r.buffer().is_empty() {
+                if !r.buffer().is_empty()
+                    || self.break_tls.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     return None;
                 }
                 return Some((r.into_inner().unsplit(w), cfg));
