@@ -8,7 +8,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the floor: the schema operators write (one file per section), reading with every error collected, validation. Imports no role |
-//! | [`hash`] | FNV-1a: config and policy versions, the DNS name table's hasher |
+//! | [`hash`] | FNV-1a: config and policy versions |
 //! | [`geo`] | MaxMind DB lookups (the only module naming `maxminddb`), the country table, distances, CIDR overrides |
 //! | [`topology`] | silos, clusters, engines, tenants; routing decisions (pure, table-tested) |
 //! | [`snapshot`] | one validated config with its topology and geo locator, swapped atomically on reload |

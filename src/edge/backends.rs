@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::metrics::EdgeMetrics;
 use crate::config::ProxyProtocol;
+use crate::net::{connect_from, source_for};
 use crate::ops::Ops;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::reply;
@@ -228,28 +229,6 @@ impl Backends {
         }
         Err(NoEngine { tried: tried.len() })
     }
-}
-
-/// The configured source address of `addr`'s family, if any.
-fn source_for(sources: &[IpAddr], addr: SocketAddr) -> Option<IpAddr> {
-    sources
-        .iter()
-        .find(|s| s.is_ipv4() == addr.is_ipv4())
-        .copied()
-}
-
-/// Connects to `addr`, from `source` when given.
-async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let Some(ip) = source else {
-        return TcpStream::connect(addr).await;
-    };
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(addr).await
 }
 
 /// Connects (from `source` when given), sends the PROXY header, reads the 220 greeting.

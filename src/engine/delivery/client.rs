@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::tls::Plan;
 use crate::config::DeliveryTls;
+use crate::net::connect_from;
 use crate::smtp::data::stuff;
 use crate::smtp::reply::{self, Received};
 use crate::tls::client::{Facts, handshake};
@@ -409,23 +409,6 @@ fn data_body(message: &[u8]) -> Vec<u8> {
 }
 
 /// Is there an SMTP server? Connect, read a 220, QUIT (the cheap probe for down destinations).
-/// Connects to `addr`, from `source` when given (the egress address tenants' firewalls allow).
-async fn connect_from(
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
-) -> std::io::Result<TcpStream> {
-    let Some(ip) = source else {
-        return TcpStream::connect(addr).await;
-    };
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(addr).await
-}
-
 /// Is the destination back? Connect (from the egress `source`, as deliveries do: a firewall
 /// that lets only the egress ranges in would refuse anything else), read the 220, QUIT, and
 /// wait up to `QUIT_WAIT` for the server to close, so the probe's session is over before the

@@ -150,11 +150,7 @@ pub async fn connect(shared: &Delivery, dest: &Dest) -> Connected {
     };
     let mut refused = route.refused;
     for (host, addr) in &route.targets {
-        let source = cfg
-            .source_addresses
-            .iter()
-            .find(|s| s.is_ipv4() == addr.is_ipv4())
-            .copied();
+        let source = crate::net::source_for(&cfg.source_addresses, *addr);
         let target = Target {
             addr: *addr,
             host,
@@ -202,11 +198,7 @@ pub async fn probe(shared: &Delivery, dest: &Dest) -> Option<SocketAddr> {
     let cfg = shared.config();
     let timeout = cfg.connect_timeout.get().min(Duration::from_secs(5));
     for (host, a) in &route.targets {
-        let source = cfg
-            .source_addresses
-            .iter()
-            .find(|s| s.is_ipv4() == a.is_ipv4())
-            .copied();
+        let source = crate::net::source_for(&cfg.source_addresses, *a);
         let up = if route.plan.requires_tls() {
             let target = Target {
                 addr: *a,
