@@ -234,6 +234,13 @@ async fn connect(shared: &Delivery, dest: &Dest) -> Result<Option<Client>, NullM
     Ok(None)
 }
 
+/// A session with the first host of `dest` that answers, opened exactly as a delivery opens
+/// one (the same hosts in order, egress source address, timeouts): what the recipient
+/// call-ahead (`engine::verify`) talks to. `None` when no host answered.
+pub async fn open_session(shared: &Delivery, dest: &Dest) -> Option<Client> {
+    connect(shared, dest).await.ok().flatten()
+}
+
 async fn worker(shared: &Arc<Delivery>, dest: &Dest) {
     let cfg = shared.config();
     // At shutdown nothing is in flight yet: stop connecting at once.
