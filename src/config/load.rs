@@ -47,10 +47,9 @@ pub fn read(path: &Path) -> Result<Read, ConfigErrors> {
             let prefix = format!("{}: ", file.display());
             if let Some(v) = table.remove("tenant") {
                 let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-                let tenants = elements::<TenantConfig>(v, "tenant", &prefix, &mut errors);
-                config
-                    .tenants
-                    .extend(tenants.into_iter().map(|t| tenant_paths(t, &dir)));
+                let mut tenants = elements::<TenantConfig>(v, "tenant", &prefix, &mut errors);
+                tenants.iter_mut().for_each(|t| t.resolve_paths(&dir));
+                config.tenants.extend(tenants);
             }
             for key in table.keys() {
                 errors.push(ConfigError::new(
@@ -200,19 +199,17 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
         None => shipped_geo_database(base),
     };
     c.engine.spool_dir = base.join(&c.engine.spool_dir);
+    let join = |p: &mut Option<PathBuf>| *p = p.as_ref().map(|p| base.join(p));
+    join(&mut c.edge.tls_cert);
+    join(&mut c.edge.tls_key);
+    join(&mut c.engine.tls_cert);
+    join(&mut c.engine.tls_key);
+    join(&mut c.engine.webmail.tls_cert);
+    join(&mut c.engine.webmail.tls_key);
+    c.tenants.iter_mut().for_each(|t| t.resolve_paths(base));
     c.ops.token_file = c.ops.token_file.as_ref().map(|p| base.join(p));
     c.tenant_files = c.tenant_files.iter().map(|p| base.join(p)).collect();
-    c.tenants = std::mem::take(&mut c.tenants)
-        .into_iter()
-        .map(|t| tenant_paths(t, base))
-        .collect();
     c
-}
-
-/// A tenant's paths made absolute against the directory of the file that defines it.
-fn tenant_paths(mut t: TenantConfig, dir: &Path) -> TenantConfig {
-    t.recipients_file = t.recipients_file.map(|p| dir.join(p));
-    t
 }
 
 /// Takes keys that were removed out of `[section]`, each reported with what to write instead.

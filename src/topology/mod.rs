@@ -100,9 +100,20 @@ pub struct Tenant {
     pub recipients_file: Option<std::path::PathBuf>,
     /// How addresses outside the lists are judged.
     pub verify: crate::config::RecipientVerify,
-    pub tls: crate::config::DeliveryTls,
+    /// TLS towards the tenant's servers.
+    pub tls: TenantTls,
     pub delivery_connections: Option<u32>,
     pub delivery_rate: Option<u32>,
+}
+
+/// A tenant's delivery TLS settings as written (`tls`, `tls_ca`, `tls_pin`); delivery turns
+/// them into a policy (`engine::delivery::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantTls {
+    pub mode: crate::config::DeliveryTls,
+    pub ca: Option<std::path::PathBuf>,
+    /// Base64 SHA-256 SPKI hashes, checked by validation.
+    pub pins: Vec<String>,
 }
 
 impl Tenant {
@@ -209,7 +220,11 @@ impl Topology {
                     .collect(),
                 recipients_file: tc.recipients_file.clone(),
                 verify: tc.verify,
-                tls: tc.tls,
+                tls: TenantTls {
+                    mode: tc.tls,
+                    ca: tc.tls_ca.clone(),
+                    pins: tc.tls_pin.clone(),
+                },
                 delivery_connections: tc.delivery_connections,
                 delivery_rate: tc.delivery_rate,
             });

@@ -117,6 +117,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::smtp::replies;
+    use crate::smtp::server::Problem;
     use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
@@ -244,6 +245,28 @@ mod tests {
         assert_eq!(close, None);
         let (_, close) = s.verified("u@acme.example".into(), TenantIdx(0), replies::USER_UNKNOWN);
         assert_eq!(close, Some(replies::TOO_MANY_ERRORS));
+    }
+
+    #[test]
+    fn a_smuggled_end_of_data_is_one_flagged_message() {
+        let mut s = session();
+        let (wire, msgs) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\nDATA\r\n\
+              hi\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<boss@globex.example>\r\nDATA\r\n\
+              evil\r\n.\r\nNOOP\r\n",
+            &replies::BARE_NEWLINE,
+        );
+        assert_eq!(msgs.len(), 1, "one message, whatever it contains");
+        assert_eq!(msgs[0].problem, Some(Problem::BareNewline));
+        assert_eq!(msgs[0].rcpts, ["b@acme.example"]);
+        assert!(
+            wire.ends_with(
+                "354 End data with <CR><LF>.<CR><LF>\r\n550 5.6.0 Message contains bare CR or LF; \
+                 lines must end with CRLF (RFC 5321 2.3.8)\r\n250 2.0.0 OK\r\n"
+            ),
+            "{wire}"
+        );
     }
 
     #[test]
