@@ -3,8 +3,9 @@
 //! whether recipient files read. Tenant labels are bounded by the configured tenants; the other
 //! labels are fixed words.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 
+use crate::engine::metrics::{counter, gauge};
 use crate::ops::Metrics;
 
 /// Values of the `result` label of `engine_rcpt_verify_total`.
@@ -37,35 +38,12 @@ pub struct VerifyMetrics {
 
 impl VerifyMetrics {
     pub fn new(m: &Metrics) -> VerifyMetrics {
-        let verify = IntCounterVec::new(
-            Opts::new(
-                "engine_rcpt_verify_total",
-                "Recipients judged by recipient verification (tenants with recipients_file or call-ahead), by result.",
-            ),
-            &["tenant", "result"],
-        )
-        .expect("valid metric");
-        let cache = IntCounterVec::new(
-            Opts::new(
-                "engine_rcpt_verify_cache_total",
-                "Call-ahead cache lookups: hit (the answer stood), refresh (known, asked again), miss.",
-            ),
-            &["tenant", "result"],
-        )
-        .expect("valid metric");
-        let cache_entries = IntGaugeVec::new(
-            Opts::new(
-                "engine_rcpt_verify_cache_entries",
-                "Call-ahead answers held, by answer (known, unknown); each set at most engine.verify.cache_size.",
-            ),
-            &["answer"],
-        )
-        .expect("valid metric");
         let cache_evictions = IntCounter::new(
             "engine_rcpt_verify_cache_evictions_total",
             "Call-ahead answers evicted to keep the cache within engine.verify.cache_size.",
         )
         .expect("valid metric");
+        m.register(Box::new(cache_evictions.clone()));
         let probe_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "engine_rcpt_probe_seconds",
@@ -77,37 +55,40 @@ impl VerifyMetrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let file_reload = IntCounterVec::new(
-            Opts::new(
-                "engine_recipients_file_reload_total",
-                "Recipient files read after a change, by result (ok, error: the previous list stays).",
-            ),
-            &["tenant", "result"],
-        )
-        .expect("valid metric");
-        let file_entries = IntGaugeVec::new(
-            Opts::new(
-                "engine_recipients_file_entries",
-                "Entries (addresses and @domain catch-alls) of the recipient list in force.",
-            ),
-            &["tenant"],
-        )
-        .expect("valid metric");
-        m.register(Box::new(verify.clone()));
-        m.register(Box::new(cache.clone()));
-        m.register(Box::new(cache_entries.clone()));
-        m.register(Box::new(cache_evictions.clone()));
         m.register(Box::new(probe_seconds.clone()));
-        m.register(Box::new(file_reload.clone()));
-        m.register(Box::new(file_entries.clone()));
         VerifyMetrics {
-            verify,
-            cache,
-            cache_entries,
+            verify: counter(
+                m,
+                "engine_rcpt_verify_total",
+                "Recipients judged by recipient verification (tenants with recipients_file or call-ahead), by result.",
+                &["tenant", "result"],
+            ),
+            cache: counter(
+                m,
+                "engine_rcpt_verify_cache_total",
+                "Call-ahead cache lookups: hit (the answer stood), refresh (known, asked again), miss.",
+                &["tenant", "result"],
+            ),
+            cache_entries: gauge(
+                m,
+                "engine_rcpt_verify_cache_entries",
+                "Call-ahead answers held, by answer (known, unknown); each set at most engine.verify.cache_size.",
+                &["answer"],
+            ),
             cache_evictions,
             probe_seconds,
-            file_reload,
-            file_entries,
+            file_reload: counter(
+                m,
+                "engine_recipients_file_reload_total",
+                "Recipient files read after a change, by result (ok, error: the previous list stays).",
+                &["tenant", "result"],
+            ),
+            file_entries: gauge(
+                m,
+                "engine_recipients_file_entries",
+                "Entries (addresses and @domain catch-alls) of the recipient list in force.",
+                &["tenant"],
+            ),
         }
     }
 

@@ -206,14 +206,12 @@ impl Verifier {
             let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             let n = c.record(id, address, known_now, std::time::Instant::now());
             let (k, u) = c.len();
-            self.metrics
-                .cache_entries
-                .with_label_values(&["known"])
-                .set(k as i64);
-            self.metrics
-                .cache_entries
-                .with_label_values(&["unknown"])
-                .set(u as i64);
+            for (answer, held) in [("known", k), ("unknown", u)] {
+                self.metrics
+                    .cache_entries
+                    .with_label_values(&[answer])
+                    .set(held as i64);
+            }
             n
         };
         self.metrics.cache_evictions.inc_by(evicted as u64);
