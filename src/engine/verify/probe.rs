@@ -1,7 +1,8 @@
 //! The call-ahead: asking a tenant's server whether it would take a recipient, without sending
 //! anything. Over a session opened exactly as deliveries open theirs
 //! (`delivery::open_session`: the tenant's hosts in order, the egress source address its
-//! firewall lets in), one probe is
+//! firewall lets in, STARTTLS as its `tls` plan says, so a tenant that requires TLS never sees
+//! its recipients' addresses in clear), one probe is
 //!
 //! ```text
 //! MAIL FROM:<>            (engine.verify.sender; SMTPUTF8 when the address needs it)
@@ -148,7 +149,9 @@ impl Prober {
         let dest = Dest::Tenant(tenant.to_owned());
         let attempt = async {
             let Some(mut client) = delivery::open_session(&self.delivery, &dest).await else {
-                return Probe::Unanswered("no server of the tenant answered".into());
+                return Probe::Unanswered(
+                    "no server of the tenant answered (or met its TLS policy)".into(),
+                );
             };
             match ask(&mut client, sender, address).await {
                 Ok((probe, reusable)) => {
