@@ -3,6 +3,7 @@
 //! while the tenant's server is down, recipient files read again when they change.
 
 mod harness;
+mod postfix; // the call-ahead against a real Postfix (skips without it)
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use maildistiller::store::State;
 
 use crate::mail::{Client, until};
 use crate::support::write;
-use harness::{Setup, edge, metric, rcpt_at};
+pub use harness::rcpt_at;
+use harness::{Setup, edge, metric};
 
 const CALL_AHEAD: &str = "verify = \"call-ahead\"";
 
