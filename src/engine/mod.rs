@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::allow::AllowStore;
 use crate::store::{Change, ChangeError, Listed, State, Store, now_secs};
 pub use metrics::EngineMetrics;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
+    /// Users' own allow lists under the spool, which every scanner consults.
+    allow: Arc<AllowStore>,
 }
 
 impl Shared {
@@ -48,7 +51,12 @@ impl Shared {
         let mut g = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 != snap.version {
             match scan::Scanner::new(snap) {
-                Ok(s) => *g = (snap.version.clone(), Arc::new(s)),
+                Ok(s) => {
+                    *g = (
+                        snap.version.clone(),
+                        Arc::new(s.with_allow(self.allow.clone())),
+                    )
+                }
                 Err(e) => {
                     tracing::error!(errors = %e, "policies of the new config do not build; keeping the previous scanner");
                     g.0 = snap.version.clone();
@@ -109,8 +117,10 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         }
         _ => None,
     };
-    let scanner =
-        scan::Scanner::new(&snap).map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
+    let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
+    let scanner = scan::Scanner::new(&snap)
+        .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
+        .with_allow(allow.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
     let hostname = hostname(&snap);
     let shared = Arc::new(Shared {
@@ -120,6 +130,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         hostname: hostname.clone(),
         tls: ArcSwapOption::new(tls),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+        allow,
     });
     let delivery = Arc::new(delivery::Delivery::new(
         store.clone(),

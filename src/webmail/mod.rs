@@ -20,7 +20,9 @@
 //! | `render.rs` | parsing and sanitising a message |
 //! | `pages.rs` + `webmail.css` | the HTML |
 //! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
-//! | `allow.rs` | users' allow lists under the spool (read by the scanner) |
+//!
+//! "Allow this sender" writes the user's allow list, which lives with the engine's messages
+//! (`store/allow.rs`), where the scanner reads it.
 //!
 //! # Lifecycle
 //!
@@ -37,7 +39,6 @@
 //! password checks, `sessions::MAX_TRACKED` limiter entries, inbox pages up to
 //! `handlers::MAX_PAGE`, peer answers up to `peer::MAX_BODY` within `peer_timeout`.
 
-mod allow;
 mod auth;
 mod handlers;
 mod mailbox;
@@ -62,7 +63,7 @@ use tokio::sync::Semaphore;
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
+pub use crate::store::allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
 
 /// `maildistiller_webmail_*` metrics.
 #[derive(Debug, Clone)]
@@ -262,8 +263,9 @@ pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound
     let _ = tokio::task::spawn_blocking(move || w2.dummy_hash(&s2)).await;
     tracing::info!(https = ?addrs, redirect = ?cfg.http_redirect_listen, "webmail listening");
     let https_port = addrs.first().map_or(443, |a| a.port());
+    let names = serve::redirect_names(snap.config.engine.hostname.as_deref(), &addrs);
     Ok(Some(Bound {
-        serving: Box::pin(run(web, https, plain, tls, https_port)),
+        serving: Box::pin(run(web, https, plain, tls, https_port, names)),
         addrs,
     }))
 }
@@ -274,6 +276,7 @@ async fn run(
     plain: Vec<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     https_port: u16,
+    names: Vec<String>,
 ) -> std::io::Result<()> {
     let shutdown = web.local.ops.shutdown.clone();
     let cfg = web.local.ops.config.load().config.engine.webmail.clone();
@@ -297,8 +300,9 @@ async fn run(
     for l in plain {
         let listener = serve::TlsListener::start(l, None, max, idle, shutdown.clone())?;
         let w = web.clone();
+        let names = Arc::new(names.clone());
         let app = Router::new().fallback(move |req: axum::extract::Request| {
-            let w = w.clone();
+            let (w, names) = (w.clone(), names.clone());
             async move {
                 let public = w
                     .local
@@ -310,7 +314,7 @@ async fn run(
                     .webmail
                     .public_url
                     .clone();
-                serve::redirect(&req, public.as_deref(), https_port)
+                serve::redirect(&req, public.as_deref(), &names, https_port)
             }
         });
         let stop = shutdown.clone();

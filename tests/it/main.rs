@@ -19,6 +19,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.
+mod smuggling;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
 /// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.

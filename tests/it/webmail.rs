@@ -5,6 +5,8 @@
 
 mod cluster;
 mod harness;
+mod rules; // issue 15: release rights, per-recipient release, origins, allow lists
+
 #[path = "../../bench/webmail/page_load.rs"]
 mod page_load; // the page-load benchmark (bench/webmail/run.sh runs it in release mode)
 
@@ -287,7 +289,7 @@ async fn release_delivers_delete_removes_and_policy_can_reserve_release() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);
     let mut s = Setup::new(a.addr, g.addr);
-    s.webmail = "admin_release_only = [\"virus\", \"dangerous\"]\n";
+    s.webmail = "admin_release_only = [\"virus\", \"macro\"]\n";
     let e = WebEngine::start(dir.path(), &s).await;
     e.send(
         "a@sender.example",
@@ -656,22 +658,44 @@ async fn plain_http_is_redirected_to_https() {
     s.webmail = &extra;
     let e = WebEngine::start(dir.path(), &s).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /inbox?view=held HTTP/1.1\r\nHost: mail.acme.example\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
-    assert!(r.starts_with("HTTP/1.1 308"), "{r}");
+    let get = |host: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(
+                format!(
+                    "GET /inbox?view=held HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out.to_lowercase()
+        })
+    };
+    // A name of ours (the listener's address) is kept; any other Host gets our first configured
+    // name (engine.hostname), never its own text: no open redirect.
+    let r = get("127.0.0.1:8080").await.unwrap();
+    assert!(r.starts_with("http/1.1 308"), "{r}");
     let want = format!(
-        "location: https://mail.acme.example:{}/inbox?view=held",
+        "location: https://127.0.0.1:{}/inbox?view=held",
         e.web.port()
     );
-    assert!(r.to_lowercase().contains(&want), "{r}");
+    assert!(r.contains(&want), "{r}");
+    for evil in [
+        "evil.example",
+        "mail.acme.example",
+        "mde.test.evil.example:80",
+    ] {
+        let r = get(evil).await.unwrap();
+        let want = format!(
+            "location: https://mde.test:{}/inbox?view=held",
+            e.web.port()
+        );
+        assert!(r.contains(&want), "{evil}: {r}");
+        assert!(!r.contains("evil") && !r.contains("acme"), "{evil}: {r}");
+    }
     // Plain HTTP on the HTTPS port is refused by TLS, never served.
     let web = e.web;
     let plain = tokio::task::spawn_blocking(move || crate::support::http(web, "GET", "/inbox"))

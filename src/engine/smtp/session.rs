@@ -104,6 +104,7 @@ mod tests {
             max_line_length: 4096,
             starttls: false,
             collect: true,
+            bare_newline: crate::config::BareNewline::Reject,
         })
     }
 
@@ -147,7 +148,7 @@ mod tests {
             &mut s,
             b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\n\
               RCPT TO:<boss@globex.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
-            &replies::queued("Q1", false),
+            &replies::queued("Q1"),
         );
         assert_eq!(
             wire,
