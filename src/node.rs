@@ -1,5 +1,5 @@
 //! What one process is: the config loaded with every check — the schema's (`config`) and the
-//! roles' own (`dns::check_records`, `scan::compile::check`) — into a [`Snapshot`].
+//! roles' own (`dns::check_records`, `scan::compile::check`, `delivery::tls::check`) — into a [`Snapshot`].
 //!
 //! This is the top of the house: it may name every role, and nothing imports it but the binary,
 //! the CLI and tests. Everything that loads a config to run or explain it comes through here, so
@@ -15,6 +15,7 @@ use crate::snapshot::Snapshot;
 pub fn role_checks(c: &Config, _roles: RoleSet) -> Vec<ConfigError> {
     let mut errors = crate::dns::check_records(c);
     errors.extend(crate::engine::scan::compile::check(c));
+    errors.extend(crate::engine::delivery::tls::check(c));
     errors
 }
 

@@ -58,9 +58,18 @@ pub struct EngineConfig {
     pub quarantine_lifetime: Dur,
     /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
     pub hostname: Option<String>,
-    /// PEM certificate chain and key for STARTTLS. Both or neither.
+    /// PEM certificate chain and key for STARTTLS. Both or neither. Relative paths are relative
+    /// to the config file. A renewed pair is picked up on reload (SIGHUP, `POST /-/reload`):
+    /// write both files, then reload; a pair that does not load is refused and the previous
+    /// certificate stays.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When `tls_cert` and `tls_key` are both missing at start, make a self-signed certificate
+    /// there (for the host name, `localhost` and 127.0.0.1; ten years; key mode 0600) and use
+    /// it: STARTTLS out of the box on a test or loopback setup. Never replaces existing files.
+    /// Senders do not check MX certificates, so it encrypts; it authenticates nothing. Default
+    /// false.
+    pub tls_self_signed: bool,
     pub delivery: DeliveryConfig,
     pub webmail: WebmailConfig,
 }
@@ -146,6 +155,7 @@ impl Default for EngineConfig {
             hostname: None,
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
             delivery: DeliveryConfig::default(),
             webmail: Default::default(),
         }
@@ -201,6 +211,12 @@ impl EngineConfig {
             k.err(
                 "engine.tls_cert",
                 "give both tls_cert and tls_key, or neither",
+            );
+        }
+        if e.tls_self_signed && e.tls_cert.is_none() {
+            k.err(
+                "engine.tls_self_signed",
+                "needs tls_cert and tls_key: the paths the certificate is made at",
             );
         }
         if let Some(h) = &e.hostname

@@ -274,9 +274,20 @@ pub struct TenantConfig {
     /// accepted; otherwise others get `550 5.1.1`.
     #[serde(default)]
     pub recipients: Vec<String>,
-    /// TLS when delivering to the tenant's servers.
+    /// TLS when delivering to the tenant's servers: `opportunistic` (default), `required`,
+    /// `never` (see [`DeliveryTls`]).
     #[serde(default)]
     pub tls: DeliveryTls,
+    /// A PEM file of CA certificates the tenant's servers' certificates are checked against
+    /// (a private CA), instead of the system's trust anchors. Relative to the file that
+    /// defines the tenant. Default none: the system's (`/etc/ssl/certs`).
+    pub tls_ca: Option<PathBuf>,
+    /// Pinned keys: base64 SHA-256 hashes of the SubjectPublicKeyInfo of the tenant's servers'
+    /// certificates. When set, delivery needs TLS and a certificate whose key matches one of
+    /// them; a match stands in for the CA check (so a self-signed server can be pinned). List
+    /// the next key before rotating. Default none.
+    #[serde(default)]
+    pub tls_pin: Vec<String>,
     /// Most concurrent delivery connections to this tenant's servers (per engine). Default:
     /// `engine.delivery.connections_per_destination`.
     pub delivery_connections: Option<u32>,
@@ -285,17 +296,39 @@ pub struct TenantConfig {
     pub delivery_rate: Option<u32>,
 }
 
+impl TenantConfig {
+    /// Makes `tls_ca` absolute against `dir`, the directory of the file defining the tenant.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        self.tls_ca = self.tls_ca.as_ref().map(|p| dir.join(p));
+    }
+}
+
 /// STARTTLS towards a tenant's mail server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeliveryTls {
-    /// Use STARTTLS when offered, without certificate checks (as MTAs do); plain otherwise.
+    /// Use STARTTLS when offered, without certificate checks (as MTAs do); plain when not
+    /// offered, refused, or when the handshake fails (then once more without it).
     #[default]
     Opportunistic,
-    /// Require STARTTLS with a certificate valid for the host name (webpki roots or `tls_ca`).
+    /// Require STARTTLS with a certificate valid for the host name (the system's trust anchors
+    /// or `tls_ca`). Not offered, a failed handshake or a certificate that does not verify:
+    /// the mail is deferred with the reason (`queue show`), never sent in clear.
     Required,
-    /// Never use TLS.
-    None,
+    /// Never use TLS: for servers whose STARTTLS is broken. `none`, the word before, is read
+    /// as `never`.
+    #[serde(alias = "none")]
+    Never,
+}
+
+impl DeliveryTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryTls::Opportunistic => "opportunistic",
+            DeliveryTls::Required => "required",
+            DeliveryTls::Never => "never",
+        }
+    }
 }
 
 fn default_policy() -> String {

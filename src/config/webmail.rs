@@ -27,7 +27,7 @@ pub struct WebmailConfig {
     /// own host text is never copied into the redirect.
     pub public_url: Option<String>,
     /// PEM certificate chain and key of the page. Required when `listen` is set. Relative paths
-    /// are relative to the working directory (write absolute ones).
+    /// are relative to the config file.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// A session ends after this long without a request. Default 30 m.

@@ -108,21 +108,13 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         tracing::error!(problem = %p, "spool recovery");
     }
     tracing::info!(messages = store.len(), spool = %ecfg.spool_dir.display(), "spool recovered");
-    let tls = match (&ecfg.tls_cert, &ecfg.tls_key) {
-        (Some(c), Some(k)) => {
-            let (config, expiry) =
-                crate::tls::server_config_with_expiry(c, k).map_err(std::io::Error::other)?;
-            ops.metrics.tls_expiry("engine", expiry);
-            Some(config)
-        }
-        _ => None,
-    };
+    let hostname = hostname(&snap);
+    let tls = tls_config(&snap, ops, &hostname)?;
     let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
     let scanner = scan::Scanner::new(&snap)
         .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
         .with_allow(allow.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
-    let hostname = hostname(&snap);
     let shared = Arc::new(Shared {
         ops: ops.clone(),
         store: store.clone(),
@@ -206,10 +198,52 @@ async fn run(
     }
     tracker.spawn(delivery::dispatcher(delivery));
     tracker.spawn(gauges(shared.clone()));
+    tracker.spawn(follow_tls(shared.clone()));
     tracker.close();
     tracker.wait().await;
     tracing::info!("engine drained");
     Ok(())
+}
+
+/// The STARTTLS config of `engine.tls_cert`/`tls_key` (made first when `tls_self_signed` and
+/// missing), or `None` without a certificate.
+fn tls_config(
+    snap: &Snapshot,
+    ops: &Ops,
+    hostname: &str,
+) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+    let e = &snap.config.engine;
+    let (Some(cert), Some(key)) = (&e.tls_cert, &e.tls_key) else {
+        return Ok(None);
+    };
+    let names = crate::tls::self_signed_names(hostname);
+    let (config, expiry) = crate::tls::listener_config(cert, key, e.tls_self_signed, &names)
+        .map_err(std::io::Error::other)?;
+    ops.metrics.tls_expiry("engine", expiry);
+    Ok(Some(config))
+}
+
+/// Loads the STARTTLS certificate again after every config reload (a renewed certificate
+/// changes the PEM files, not the config); a pair that does not load keeps the previous one.
+async fn follow_tls(shared: Arc<Shared>) {
+    let mut last = shared.ops.config.load_full();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shared.ops.shutdown.cancelled() => return,
+        }
+        let snap = shared.ops.config.load_full();
+        if Arc::ptr_eq(&snap, &last) {
+            continue;
+        }
+        last = snap.clone();
+        match tls_config(&snap, &shared.ops, &shared.hostname) {
+            Ok(t) => shared.tls.store(t),
+            Err(e) => {
+                tracing::error!(error = %e, "engine TLS certificate reload failed; keeping the previous one")
+            }
+        }
+    }
 }
 
 /// Deletes quarantined messages older than `engine.quarantine_lifetime` (checked with the

@@ -96,9 +96,20 @@ pub struct Tenant {
     /// Known recipients, lower-cased (full addresses, or local parts meaning any listed domain).
     /// Empty: all accepted.
     pub recipients: std::collections::HashSet<String>,
-    pub tls: crate::config::DeliveryTls,
+    /// TLS towards the tenant's servers.
+    pub tls: TenantTls,
     pub delivery_connections: Option<u32>,
     pub delivery_rate: Option<u32>,
+}
+
+/// A tenant's delivery TLS settings as written (`tls`, `tls_ca`, `tls_pin`); delivery turns
+/// them into a policy (`engine::delivery::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantTls {
+    pub mode: crate::config::DeliveryTls,
+    pub ca: Option<std::path::PathBuf>,
+    /// Base64 SHA-256 SPKI hashes, checked by validation.
+    pub pins: Vec<String>,
 }
 
 impl Tenant {
@@ -193,7 +204,11 @@ impl Topology {
                     .iter()
                     .map(|r| r.to_ascii_lowercase())
                     .collect(),
-                tls: tc.tls,
+                tls: TenantTls {
+                    mode: tc.tls,
+                    ca: tc.tls_ca.clone(),
+                    pins: tc.tls_pin.clone(),
+                },
                 delivery_connections: tc.delivery_connections,
                 delivery_rate: tc.delivery_rate,
             });

@@ -636,3 +636,23 @@ async fn operators_drain_engines_through_the_ops_api() {
         404
     );
 }
+
+/// `edge.max_line_length` and `edge.data_timeout`, as a client of the edge meets them (the
+/// defaults, 1000 bytes and 10 m, would accept both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_line_and_data_limits_are_configured() {
+    let f = Fleet::start("max_line_length = 512\ndata_timeout = \"1s\"\n", 100).await;
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(505)), "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(506)), "500 5.5.2")
+        .await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: slow\r\n").await;
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(f.acme.messages().is_empty());
+}

@@ -989,3 +989,60 @@ async fn per_tenant_delivery_rate_and_concurrency_are_capped() {
     }
     e.stop().await;
 }
+
+/// `engine.max_recipients`, `max_line_length`, `max_commands` and `data_timeout`, each as a
+/// client meets it (the defaults — 100, 4096, 1000, 10 m — would accept all of this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_are_configured() {
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        "max_recipients = 2\nmax_line_length = 512\nmax_commands = 12\ndata_timeout = \"1s\"\n";
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, extra).await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<one@acme.example>", "250").await;
+    c.cmd("RCPT TO:<two@acme.example>", "250").await;
+    c.cmd("RCPT TO:<three@acme.example>", "452 4.5.3").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(505)), "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(506)), "500 5.5.2")
+        .await;
+    // Six commands so far (a line too long is none); the twelfth is the last one answered.
+    for _ in 0..6 {
+        c.cmd("NOOP", "250").await;
+    }
+    c.cmd("NOOP", "421 4.7.0").await;
+    assert!(c.closed().await);
+
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<one@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: slow\r\n").await;
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+    assert!(e.store.list().is_empty(), "nothing accepted");
+    e.stop().await;
+}
+
+/// `engine.max_sessions`: one session open, the next client is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_max_sessions_are_refused() {
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        "max_sessions = 1\n",
+    )
+    .await;
+    let mut first = Client::connect(e.smtp).await;
+    let mut second = Client::connect_raw(e.smtp).await;
+    second.expect("421 4.3.2").await;
+    assert!(second.closed().await);
+    first.cmd("NOOP", "250").await;
+    e.stop().await;
+}

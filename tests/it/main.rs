@@ -7,12 +7,16 @@ mod cli;
 mod config_files;
 /// The real engine binary under SIGKILL: no acknowledged message is lost.
 mod crash;
+/// TLS on delivery against a STARTTLS sink with a test CA: opportunistic, required, pins, MTA-STS.
+mod delivery_tls;
 /// GeoDNS in-process: geo answers, ECS scope, tenants, MX, negative cases, TC/TCP, health, fuzz.
 mod dns;
 /// The edge in front of in-process engines: routing, failover, spill-over, admission, TLS, layer 4.
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
+/// Inbound STARTTLS: self-signed at first start, renewed certificates picked up on reload.
+mod inbound_tls;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

@@ -44,7 +44,7 @@ pub mod budget;
 pub mod check;
 pub mod compile;
 pub mod decode;
-mod dns;
+pub(crate) mod dns;
 pub mod magic;
 pub mod metrics;
 pub mod verdict;

@@ -92,6 +92,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::server::Problem;
     use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
@@ -176,6 +177,28 @@ mod tests {
         assert_eq!(msgs.len(), 3, "the third refusal ends the session");
         assert!(
             wire.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n421 4.7.0 Too many errors, closing connection\r\n"),
+            "{wire}"
+        );
+    }
+
+    #[test]
+    fn a_smuggled_end_of_data_is_one_flagged_message() {
+        let mut s = session();
+        let (wire, msgs) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\nDATA\r\n\
+              hi\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<boss@globex.example>\r\nDATA\r\n\
+              evil\r\n.\r\nNOOP\r\n",
+            &replies::BARE_NEWLINE,
+        );
+        assert_eq!(msgs.len(), 1, "one message, whatever it contains");
+        assert_eq!(msgs[0].problem, Some(Problem::BareNewline));
+        assert_eq!(msgs[0].rcpts, ["b@acme.example"]);
+        assert!(
+            wire.ends_with(
+                "354 End data with <CR><LF>.<CR><LF>\r\n550 5.6.0 Message contains bare CR or LF; \
+                 lines must end with CRLF (RFC 5321 2.3.8)\r\n250 2.0.0 OK\r\n"
+            ),
             "{wire}"
         );
     }

@@ -88,6 +88,11 @@ impl Mail {
 
 impl Harness {
     pub async fn scan(&self, mail: &Mail, raw: &[u8]) -> Verdict {
+        self.scan_with(&self.scanner, mail, raw).await
+    }
+
+    /// Like [`Harness::scan`], with another scanner built from this config (one with metrics).
+    pub async fn scan_with(&self, scanner: &Scanner, mail: &Mail, raw: &[u8]) -> Verdict {
         let tenant = self
             .snap
             .topology
@@ -104,7 +109,7 @@ impl Harness {
             tenant,
             tls: false,
         };
-        self.scanner.scan(&env, raw).await
+        scanner.scan(&env, raw).await
     }
 
     pub async fn scan_fixture(&self, mail: &Mail, file: &str) -> Verdict {

@@ -9,7 +9,7 @@
 //! | `attachments` | `attachments` | blocked types (by content) and extensions, name/content mismatch, encrypted archives, macros |
 //! | `antivirus` | `antivirus` | EICAR, built in |
 //! | `clamd` | `clamd` | clamd over INSTREAM (TCP or Unix socket) |
-//! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2` |
+//! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2`; its controller's learning calls |
 //!
 //! Lifecycle: checks are built once per config snapshot by [`build`] (regexes compiled, clients
 //! configured); checks with external state (resolvers, clamd, rspamd) are shared between the
@@ -43,6 +43,7 @@ use crate::engine::policy::finding::{CheckError, Outcome};
 
 pub use clamd::ClamdAddr;
 pub use content::{Url, extract_urls};
+pub use rspamd::{LearnAs, Learned, RspamdController};
 
 /// A message as the scanners see it.
 pub struct Subject<'m> {
