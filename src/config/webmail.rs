@@ -30,6 +30,12 @@ pub struct WebmailConfig {
     /// are relative to the config file.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When neither `tls_cert` nor `tls_key` exists, make a self-signed pair there at start
+    /// (for `engine.hostname`, `localhost`, 127.0.0.1 and the listeners' addresses) and keep it:
+    /// the loopback default's page works at first start. Browsers warn about it; its SHA-256
+    /// fingerprint is in the log to compare with. Default false (production: a real
+    /// certificate).
+    pub tls_self_signed: bool,
     /// A session ends after this long without a request. Default 30 m.
     pub session_idle: Dur,
     /// A session ends this long after sign-in, however busy. Default 12 h.
@@ -85,6 +91,7 @@ impl Default for WebmailConfig {
             public_url: None,
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
             session_idle: Dur::secs(30 * 60),
             session_lifetime: Dur::secs(12 * 3600),
             max_sessions: 10_000,
@@ -173,6 +180,12 @@ impl WebmailConfig {
             k.err(
                 format!("{p}.tls_cert"),
                 "the page is HTTPS only: give tls_cert and tls_key",
+            );
+        }
+        if self.tls_self_signed && self.tls_cert.is_none() {
+            k.err(
+                format!("{p}.tls_self_signed"),
+                "a self-signed certificate is made at tls_cert and tls_key: give both",
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

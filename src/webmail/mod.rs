@@ -27,8 +27,9 @@
 //! # Lifecycle
 //!
 //! [`bind`] (called with the engine's store once the engine is bound) mounts the peer API on the ops listener when a peer
-//! secret is set, loads the certificate, binds the HTTPS and redirect listeners and returns the
-//! future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
+//! secret is set, loads the certificate (made first when `tls_self_signed` and missing; its
+//! SHA-256 fingerprint is logged with the page's URL), binds the HTTPS and redirect listeners
+//! and returns the future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
 //! finish. Config reloads apply to the next request (users, limits, page size, peers); the
 //! listeners, certificate and `max_concurrent_logins` are read at start only.
 //!
@@ -229,8 +230,22 @@ pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound
             "webmail: tls_cert and tls_key are required",
         ));
     };
-    let (tls, expiry) = crate::tls::server_config_with_expiry(cert, key)
+    let mut names = crate::tls::self_signed_names(
+        snap.config
+            .engine
+            .hostname
+            .as_deref()
+            .unwrap_or("localhost"),
+    );
+    for a in &cfg.listen {
+        let ip = a.ip().to_string();
+        if !a.ip().is_unspecified() && !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
+    let (tls, expiry) = crate::tls::listener_config(cert, key, cfg.tls_self_signed, &names)
         .map_err(|e| std::io::Error::other(format!("webmail certificate: {e}")))?;
+    let fingerprint = crate::tls::fingerprint_sha256(cert).unwrap_or_default();
     ops.metrics.tls_expiry("webmail", expiry);
     let mut tls = (*tls).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -261,7 +276,14 @@ pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound
     // Made now, so the first unknown address does not pay for it.
     let (w2, s2) = (web.clone(), snap.clone());
     let _ = tokio::task::spawn_blocking(move || w2.dummy_hash(&s2)).await;
-    tracing::info!(https = ?addrs, redirect = ?cfg.http_redirect_listen, "webmail listening");
+    let url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| match addrs.first() {
+            Some(a) => format!("https://{a}/"),
+            None => String::new(),
+        });
+    tracing::info!(%url, https = ?addrs, redirect = ?cfg.http_redirect_listen, certificate_sha256 = %fingerprint, "webmail listening (a browser that warns about the certificate should show this fingerprint)");
     let https_port = addrs.first().map_or(443, |a| a.port());
     let names = serve::redirect_names(snap.config.engine.hostname.as_deref(), &addrs);
     Ok(Some(Bound {

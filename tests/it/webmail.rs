@@ -4,6 +4,7 @@
 //! the `user` command.
 
 mod cluster;
+mod first_start; // the loopback default: webmail, its certificate and demo user at first start
 mod harness;
 mod rules; // issue 15: release rights, per-recipient release, origins, allow lists
 
@@ -696,6 +697,21 @@ async fn plain_http_is_redirected_to_https() {
         assert!(r.contains(&want), "{evil}: {r}");
         assert!(!r.contains("evil") && !r.contains("acme"), "{evil}: {r}");
     }
+    // With public_url, that is where everyone goes (read per request: a reload applies).
+    std::fs::write(
+        &e.config,
+        std::fs::read_to_string(&e.config).unwrap().replace(
+            "http_redirect_listen",
+            "public_url = \"https://mail.example.net\"\nhttp_redirect_listen",
+        ),
+    )
+    .unwrap();
+    e.ops.reload().expect("reload");
+    let r = get("127.0.0.1:8080").await.unwrap();
+    assert!(
+        r.contains("location: https://mail.example.net/inbox?view=held"),
+        "{r}"
+    );
     // Plain HTTP on the HTTPS port is refused by TLS, never served.
     let web = e.web;
     let plain = tokio::task::spawn_blocking(move || crate::support::http(web, "GET", "/inbox"))
