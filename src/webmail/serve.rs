@@ -245,7 +245,10 @@ pub async fn security_headers(mut res: Response) -> Response {
     set(h, header::CONTENT_SECURITY_POLICY, PAGE_CSP);
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::X_FRAME_OPTIONS, "DENY");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: under it browsers send `Origin: null` on the page's own form posts,
+    // which the Origin check must refuse. `same-origin` sends nothing to other sites (links in
+    // messages, remote images) and the real origin to us.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     set(
         h,

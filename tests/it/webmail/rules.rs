@@ -150,6 +150,12 @@ async fn state_changes_from_another_origin_are_refused() {
     b.login("bob@acme.example").await;
     let link = b.message_links("").await.remove(0);
     let csrf = b.csrf().await;
+    // Pages ask browsers to send their real origin on their own posts: under `no-referrer`
+    // they would send `Origin: null`, refused below. Message bodies still leak nothing.
+    let inbox = b.get("/inbox").await;
+    assert_eq!(inbox.header("referrer-policy"), Some("same-origin"));
+    let body = b.get(&format!("{link}/body")).await;
+    assert_eq!(body.header("referrer-policy"), Some("no-referrer"));
     for origin in [
         "https://evil.example",
         "null",
