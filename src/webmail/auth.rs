@@ -110,16 +110,7 @@ pub fn same_origin(web: &Web, headers: &HeaderMap) -> bool {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::trim);
-    let public = web
-        .local
-        .ops
-        .config
-        .load()
-        .config
-        .engine
-        .webmail
-        .public_url
-        .clone();
+    let public = web.public_url();
     let ours = |o: &str| {
         host.is_some_and(|h| !h.is_empty() && o.eq_ignore_ascii_case(&format!("https://{h}")))
             || public

@@ -165,6 +165,12 @@ impl Web {
         g.1.clone()
     }
 
+    /// `engine.webmail.public_url` in force.
+    fn public_url(&self) -> Option<String> {
+        let snap = self.local.ops.config.load();
+        snap.config.engine.webmail.public_url.clone()
+    }
+
     /// The peer client, when the config in force has a peer secret.
     fn peer_client(&self) -> Option<peer::Client> {
         let snap = self.local.ops.config.load();
@@ -325,19 +331,7 @@ async fn run(
         let names = Arc::new(names.clone());
         let app = Router::new().fallback(move |req: axum::extract::Request| {
             let (w, names) = (w.clone(), names.clone());
-            async move {
-                let public = w
-                    .local
-                    .ops
-                    .config
-                    .load()
-                    .config
-                    .engine
-                    .webmail
-                    .public_url
-                    .clone();
-                serve::redirect(&req, public.as_deref(), &names, https_port)
-            }
+            async move { serve::redirect(&req, w.public_url().as_deref(), &names, https_port) }
         });
         let stop = shutdown.clone();
         tracker.spawn(async move {
