@@ -6,7 +6,7 @@
 mod cluster;
 mod first_start; // the loopback default: webmail, its certificate and demo user at first start
 mod harness;
-mod rules; // issue 15: release rights, per-recipient release, origins, allow lists
+mod rules; // issue 15: release rights, per-recipient release, origins, redirects, allow lists
 
 #[path = "../../bench/webmail/page_load.rs"]
 mod page_load; // the page-load benchmark (bench/webmail/run.sh runs it in release mode)
@@ -647,77 +647,6 @@ async fn allow_this_sender_writes_the_users_list() {
         "bob@acme.example",
         "alice@sender.example"
     ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_is_redirected_to_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let port = crate::support::free_port();
-    let mut s = Setup::new(a.addr, g.addr);
-    let extra = format!("http_redirect_listen = [\"127.0.0.1:{port}\"]\n");
-    s.webmail = &extra;
-    let e = WebEngine::start(dir.path(), &s).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let get = |host: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut c = std::net::TcpStream::connect(addr).unwrap();
-            c.write_all(
-                format!(
-                    "GET /inbox?view=held HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).unwrap();
-            out.to_lowercase()
-        })
-    };
-    // A name of ours (the listener's address) is kept; any other Host gets our first configured
-    // name (engine.hostname), never its own text: no open redirect.
-    let r = get("127.0.0.1:8080").await.unwrap();
-    assert!(r.starts_with("http/1.1 308"), "{r}");
-    let want = format!(
-        "location: https://127.0.0.1:{}/inbox?view=held",
-        e.web.port()
-    );
-    assert!(r.contains(&want), "{r}");
-    for evil in [
-        "evil.example",
-        "mail.acme.example",
-        "mde.test.evil.example:80",
-    ] {
-        let r = get(evil).await.unwrap();
-        let want = format!(
-            "location: https://mde.test:{}/inbox?view=held",
-            e.web.port()
-        );
-        assert!(r.contains(&want), "{evil}: {r}");
-        assert!(!r.contains("evil") && !r.contains("acme"), "{evil}: {r}");
-    }
-    // With public_url, that is where everyone goes (read per request: a reload applies).
-    std::fs::write(
-        &e.config,
-        std::fs::read_to_string(&e.config).unwrap().replace(
-            "http_redirect_listen",
-            "public_url = \"https://mail.example.net\"\nhttp_redirect_listen",
-        ),
-    )
-    .unwrap();
-    e.ops.reload().expect("reload");
-    let r = get("127.0.0.1:8080").await.unwrap();
-    assert!(
-        r.contains("location: https://mail.example.net/inbox?view=held"),
-        "{r}"
-    );
-    // Plain HTTP on the HTTPS port is refused by TLS, never served.
-    let web = e.web;
-    let plain = tokio::task::spawn_blocking(move || crate::support::http(web, "GET", "/inbox"))
-        .await
-        .unwrap();
-    assert!(plain.is_none() || plain.is_some_and(|(code, _)| code != 200));
 }
 
 #[test]
