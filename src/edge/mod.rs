@@ -132,6 +132,8 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             delivery: Vec::new(),
             policy: String::new(),
             recipients: Default::default(),
+            recipients_file: None,
+            verify: Default::default(),
             tls: Default::default(),
             delivery_connections: None,
             delivery_rate: None,

@@ -195,9 +195,9 @@ lon = -0.1
   [[silo.cluster]]
   name = "uk"
   region = "uk"
-    # The cluster's engine as edges would reach it (no edge here; mail comes in on engine.listen).
     [[silo.cluster.engine]]
-    address = "127.0.0.1:1"
+    address = "127.0.0.1:{ports['smtp']}"
+    proxy = "none"   # the test is the sender: it talks to the engine's direct listener
 # The tenant's server is down: nothing listens on its port, so its mail is held.
 [[tenant]]
 id = "acme"

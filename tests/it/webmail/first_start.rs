@@ -82,30 +82,52 @@ fn moved_default(dir: &std::path::Path) -> (String, HashMap<u16, u16>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loopback_default_serves_held_mail_to_its_demo_user_at_first_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (text, ports) = moved_default(dir.path());
-    assert!(
-        text.contains(&format!("listen = [\"127.0.0.1:{}\"]", ports[&8443])),
-        "the default turns webmail on"
-    );
-    let cfg = crate::support::write(dir.path(), "maildistiller.toml", &text);
     let log = dir.path().join("log");
-    let child = bin()
-        .args(["--role", "all", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _running = Running(child);
-    let ops: std::net::SocketAddr = format!("127.0.0.1:{}", ports[&9125]).parse().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(60), || {
-            http(ops, "GET", "/readyz").filter(|(c, _)| *c == 200)
+    // Free ports are free when chosen, not when the child binds them: another test may take
+    // one meanwhile. A start that could not bind (exit 71) is tried again with new ports.
+    let mut started = None;
+    for _ in 0..3 {
+        let (text, ports) = moved_default(dir.path());
+        assert!(
+            text.contains(&format!("listen = [\"127.0.0.1:{}\"]", ports[&8443])),
+            "the default turns webmail on"
+        );
+        let cfg = crate::support::write(dir.path(), "maildistiller.toml", &text);
+        let child = bin()
+            .args(["--role", "all", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let running = Arc::new(std::sync::Mutex::new(Running(child)));
+        let ops: std::net::SocketAddr = format!("127.0.0.1:{}", ports[&9125]).parse().unwrap();
+        let r = running.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            eventually(Duration::from_secs(60), || {
+                if let Ok(Some(status)) = r.lock().unwrap().0.try_wait() {
+                    return Some(Err(status.code()));
+                }
+                http(ops, "GET", "/readyz")
+                    .filter(|(c, _)| *c == 200)
+                    .map(|_| Ok(()))
+            })
         })
-    })
-    .await
-    .unwrap();
+        .await
+        .unwrap();
+        match outcome {
+            Some(Ok(())) => {
+                started = Some((running, ports));
+                break;
+            }
+            Some(Err(Some(71))) => continue,
+            other => panic!(
+                "not ready within 60 s ({other:?}): {}",
+                plain(&std::fs::read_to_string(&log).unwrap_or_default())
+            ),
+        }
+    }
+    let (_running, ports) = started.expect("started within three tries");
     let logged = plain(&std::fs::read_to_string(&log).unwrap_or_default());
-    assert!(ready.is_some(), "ready within 60 s: {logged}");
 
     // The certificate was made at first start, and the log names its fingerprint.
     let cert_path = dir.path().join("tls/maildistiller.crt");
