@@ -41,6 +41,12 @@ pub struct EdgeConfig {
     pub allow: Vec<IpNetwork>,
     /// These networks are refused with `554 5.7.1` (checked before `allow`).
     pub deny: Vec<IpNetwork>,
+    /// Networks exempt from the per-address and per-prefix limits (`max_connections_per_ip`,
+    /// `max_connections_per_prefix`, `connect_rate_per_ip`, `connect_rate_per_prefix`): large
+    /// providers and partners that send a lot from few addresses. Everyone else is still
+    /// admitted; `deny`, `allow` and the node's `max_connections` still apply to them.
+    /// Default none.
+    pub exempt: Vec<IpNetwork>,
     /// Pause before the banner; a client that talks during it is refused (`554 5.5.1`,
     /// pregreet). Default 0 (off).
     pub greeting_delay: Dur,
@@ -97,6 +103,7 @@ impl Default for EdgeConfig {
             max_tracked_addresses: 100_000,
             allow: Vec::new(),
             deny: Vec::new(),
+            exempt: Vec::new(),
             greeting_delay: Dur::secs(0),
             command_timeout: Dur::secs(300),
             data_timeout: Dur::secs(600),

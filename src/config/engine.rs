@@ -46,6 +46,11 @@ pub struct EngineConfig {
     pub command_timeout: Dur,
     /// Time allowed for the whole DATA transfer. Default 10 m.
     pub data_timeout: Dur,
+    /// A bare LF (a line end without CR) inside a message: `normalize` (the default) keeps it
+    /// as CRLF, `reject` refuses the message (`550 5.6.0`). Either way `<CRLF>.<CRLF>` is the
+    /// only end of data and a bare CR is refused (see `src/smtp/data.rs`). As Postfix 3.9's
+    /// `smtpd_forbid_bare_newline`. Edges relay the bytes as they are: the engine decides.
+    pub bare_newline: BareNewline,
     /// Concurrent sessions. Default 2000.
     pub max_sessions: u32,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
@@ -71,6 +76,16 @@ pub struct EngineConfig {
     pub webmail: WebmailConfig,
     /// Recipient verification: the call-ahead cache, the probe, recipient files.
     pub verify: VerifyConfig,
+}
+
+/// `engine.bare_newline`: what a bare LF inside a message leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Kept as CRLF: the message is taken (kind to senders that write Unix line ends).
+    Normalize,
+    /// The message is refused with `550 5.6.0`.
+    Reject,
 }
 
 /// `[engine.delivery]`: how the engine delivers to tenants' servers.
@@ -137,6 +152,7 @@ impl Default for EngineConfig {
             max_errors: 10,
             command_timeout: Dur::secs(300),
             data_timeout: Dur::secs(600),
+            bare_newline: BareNewline::Normalize,
             max_sessions: 2000,
             message_lifetime: Dur::secs(5 * 86_400),
             quarantine_lifetime: Dur::secs(30 * 86_400),
@@ -263,7 +279,7 @@ impl EngineConfig {
         {
             k.err("engine.delivery.relay", msg);
         }
-        e.webmail.check(k);
+        e.webmail.check(e.hostname.as_deref(), k);
         e.verify.check(k);
         if !e.proxy_listen.is_empty() && e.trusted_proxies.is_empty() {
             k.err(

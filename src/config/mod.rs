@@ -27,7 +27,7 @@ use std::fmt;
 
 pub use dns::DnsConfig;
 pub use edge::EdgeConfig;
-pub use engine::{DeliveryConfig, EngineConfig};
+pub use engine::{BareNewline, DeliveryConfig, EngineConfig};
 pub use health::HealthConfig;
 pub use model::*;
 pub use policy::PolicyConfig;

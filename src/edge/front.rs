@@ -83,6 +83,9 @@ pub async fn serve(
         max_line_length: cfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
         collect: false,
+        // The edge relays the body byte for byte and only finds its end; the engine that takes
+        // the message applies its own `engine.bare_newline` to the same bytes.
+        bare_newline: crate::config::BareNewline::Normalize,
     });
     let mut f = Front {
         shared: &shared,

@@ -14,6 +14,7 @@ fn session(max_errors: u32) -> Session {
         max_line_length: 64,
         starttls: true,
         collect: true, // the session only finds the end, whatever it is given
+        bare_newline: crate::config::BareNewline::Reject,
     });
     s.greet();
     take(&mut s);

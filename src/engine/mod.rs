@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::allow::AllowStore;
 use crate::store::{Change, ChangeError, Listed, State, Store, now_secs};
 pub use metrics::EngineMetrics;
 
@@ -44,6 +45,8 @@ pub struct Shared {
     pub verifier: Arc<verify::Verifier>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
+    /// Users' own allow lists under the spool, which every scanner consults.
+    allow: Arc<AllowStore>,
 }
 
 impl Shared {
@@ -53,7 +56,12 @@ impl Shared {
         let mut g = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 != snap.version {
             match scan::Scanner::new(snap) {
-                Ok(s) => *g = (snap.version.clone(), Arc::new(s)),
+                Ok(s) => {
+                    *g = (
+                        snap.version.clone(),
+                        Arc::new(s.with_allow(self.allow.clone())),
+                    )
+                }
                 Err(e) => {
                     tracing::error!(errors = %e, "policies of the new config do not build; keeping the previous scanner");
                     g.0 = snap.version.clone();
@@ -107,8 +115,10 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     tracing::info!(messages = store.len(), spool = %ecfg.spool_dir.display(), "spool recovered");
     let hostname = hostname(&snap);
     let tls = tls_config(&snap, ops, &hostname)?;
-    let scanner =
-        scan::Scanner::new(&snap).map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
+    let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
+    let scanner = scan::Scanner::new(&snap)
+        .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
+        .with_allow(allow.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
     let delivery = Arc::new(delivery::Delivery::new(
         store.clone(),
@@ -129,6 +139,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         tls: ArcSwapOption::new(tls),
         verifier,
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+        allow,
     });
     let mut listeners = Vec::new();
     let configured = ecfg

@@ -144,10 +144,11 @@ pub const BARE_NEWLINE: Reply = Reply::canned(
     "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
 );
 
-/// The 250 after DATA: the message is spooled.
-pub fn queued(id: &str, quarantined: bool) -> Reply {
-    let note = if quarantined { " (quarantined)" } else { "" };
-    Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}{note}"))
+/// The 250 after DATA: the message is spooled. The same words whatever the policy decided
+/// (delivered or quarantined): the sender learns that we took the message, not what we made of
+/// it, so a spammer cannot probe which of its messages were caught.
+pub fn queued(id: &str) -> Reply {
+    Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}"))
 }
 
 pub const STORAGE_FULL: Reply = Reply::canned(

@@ -21,11 +21,13 @@
 //!   PROXY read the header before the session starts.
 //! - Commands pipelined behind STARTTLS are refused and the session closed (RFC 3207 §5:
 //!   they would be injected into the TLS session).
-//! - The message ends at `<CRLF>.<CRLF>` only ([`DataReader`]); a bare CR or LF in it is
-//!   flagged ([`Problem::BareNewline`]), never taken as the end (no SMTP smuggling).
+//! - The message ends at `<CRLF>.<CRLF>` only ([`DataReader`]); a bare CR or LF in it is never
+//!   taken as the end (no SMTP smuggling). A bare CR is flagged ([`Problem::BareNewline`]); a
+//!   bare LF is written as CRLF (`BareNewline::Normalize`) or flagged (`Reject`).
 
 use super::data::{DataReader, Feed};
 use super::{Command, MailFrom, Reply, parse_command, replies};
+use crate::config::BareNewline;
 
 /// Who receives mail here: the only question the session asks its caller about recipients.
 pub trait Recipients {
@@ -56,6 +58,8 @@ pub struct Limits {
     pub starttls: bool,
     /// Keep the message's bytes (the engine) or only find its end (the edge).
     pub collect: bool,
+    /// What a bare LF in a message leads to (`engine.bare_newline`).
+    pub bare_newline: BareNewline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +127,8 @@ pub struct Message<O> {
 /// What is wrong with a message as received (not what a policy decides about it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
-    /// A bare CR or LF: refused, since another server may take it as a line end (smuggling).
+    /// A bare CR (or, with `bare_newline = "reject"`, a bare LF): refused, since another server
+    /// may take it as a line end (smuggling).
     BareNewline,
     /// Larger than `max_message_size` (the limit).
     TooBig(u64),
@@ -271,7 +276,8 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
             .reader
             .take()
             .unwrap_or_else(|| DataReader::new(0, false));
-        let problem = if reader.bare_newline {
+        let refused_lf = reader.bare_lf && self.limits.bare_newline == BareNewline::Reject;
+        let problem = if reader.bare_cr || refused_lf {
             Some(Problem::BareNewline)
         } else if reader.oversized() {
             Some(Problem::TooBig(self.limits.max_message_size))
@@ -345,7 +351,10 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         } else {
             usize::MAX
         };
-        self.reader = Some(DataReader::new(max, self.limits.collect));
+        self.reader = Some(
+            DataReader::new(max, self.limits.collect)
+                .normalizing(self.limits.bare_newline == BareNewline::Normalize),
+        );
         replies::START_DATA
     }
 

@@ -141,6 +141,21 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The SHA-256 fingerprint of the first certificate in a PEM file, as browsers show it
+/// (`AB:CD:…`), for the log line that lets a user check a self-signed certificate.
+pub fn fingerprint_sha256(cert: &Path) -> Option<String> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Some(
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
 /// One DER TLV: (tag, content, rest). `None` on anything malformed.
 fn tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, d) = d.split_first()?;

@@ -247,31 +247,6 @@ async fn recipients_are_checked_per_tenant_and_never_relayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smuggling_attempt_is_one_rejected_message_not_two() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
-    let mut c = Client::connect(e.smtp).await;
-    c.cmd("EHLO x.example", "250").await;
-    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
-    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
-    c.cmd("DATA", "354").await;
-    // "<LF>.<LF>" then a smuggled transaction; the real end of data comes later.
-    c.send(b"Subject: innocent\r\n\r\nhi\n.\nMAIL FROM:<ceo@acme.example>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nwire money\r\n.\r\n").await;
-    let r = c.reply().await;
-    assert!(r.starts_with("550 5.6.0"), "{r}");
-    // The connection is in a clean state: the next command is a command.
-    c.cmd("NOOP", "250").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        a.messages().is_empty(),
-        "nothing delivered: {:?}",
-        a.messages()
-    );
-    assert!(e.store.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_and_malformed_input_get_the_right_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);

@@ -23,6 +23,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.
+mod smuggling;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
 /// Recipient verification: 550 at RCPT through the edge, call-ahead cache, held mail while down, recipient files.

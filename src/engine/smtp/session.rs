@@ -130,6 +130,7 @@ mod tests {
             max_line_length: 4096,
             starttls: false,
             collect: true,
+            bare_newline: crate::config::BareNewline::Reject,
         })
     }
 
@@ -186,7 +187,7 @@ mod tests {
             &mut s,
             b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\n\
               RCPT TO:<boss@globex.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
-            &replies::queued("Q1", false),
+            &replies::queued("Q1"),
         );
         assert_eq!(
             wire,
@@ -225,7 +226,7 @@ mod tests {
             &mut s,
             b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<unverified@acme.example>\r\n\
               DATA\r\nRCPT TO:<b@acme.example>\r\nDATA\r\nhi\r\n.\r\n",
-            &replies::queued("Q1", false),
+            &replies::queued("Q1"),
         );
         assert!(
             wire.contains(
