@@ -9,7 +9,9 @@ sections, and lists every key path (`engine.delivery.retry_base`, `policy.*.thre
   an inline table `section = { key = ... }`;
 - in Rust test code that builds the section's struct: `key: ...` in a `StructName { ... }`
   literal or `.key = ...` after a value of that struct is named in the same file.
-- failing both, a test file that assigns the key's name (`key = `, `key: `) and names its parent
+- a policy key set for one tenant (`[policy.NAME.tenant.ID]` overrides any policy key) counts
+  as that policy key;
+- failing those, a test file that assigns the key's name (`key = `, `key: `) and names its parent
   section (`webmail`, `delivery`, `soa`…): tests often inject lines into a section of a template.
 A section (a key holding a table) counts when any key inside it does.
 A key no test sets is a key whose effect nobody checks: the script prints each one and exits 1,
@@ -172,7 +174,8 @@ def toml_keys(text):
     found = set()
     section = ""
     for raw in text.splitlines():
-        line = raw.strip().lstrip('r#"').strip()
+        # A line may open a Rust string (`"`, `r"`, `r#"`) before its TOML.
+        line = re.sub(r'^(?:r#*)?"', "", raw.strip()).strip()
         for piece in re.split(r"\\n", line):
             piece = piece.strip()
             hm = re.match(r"^\[\[?\s*([A-Za-z0-9_.\"-]+)\s*\]\]?", piece)
@@ -192,6 +195,12 @@ def toml_keys(text):
                 for nk, nbody in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*\{([^{}]*)\}", im.group(1)):
                     for ik in re.findall(r"(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", nbody):
                         found.add(f"{full}.{nk}.{ik}")
+    # `[policy.NAME.tenant.ID]` sets any policy key for one tenant (`dns.attempts`, `urls.…`):
+    # such a key is the policy's key. Its own lists (allow, block, user) are keys of their own.
+    for k in list(found):
+        m = re.match(r"policy\.\*\.tenant\.\*\.(.+)$", k)
+        if m and m.group(1).split(".")[0] not in ("allow", "block", "user"):
+            found.add(f"policy.*.{m.group(1)}")
     return found
 
 
