@@ -5,7 +5,7 @@ Reads the schema (the serde structs under src/config/), walks it from the file's
 sections, and lists every key path (`engine.delivery.retry_base`, `policy.*.thresholds.tag`,
 `tenant.delivery_rate`). A key counts as exercised when a test sets it:
 - in TOML written by a test (tests/it/**, the fleet's generated configs in tests/fleet/, the
-  unit tests after `#[cfg(test)]` in src/): `key = ...` under its `[section]` header, or inside
+  unit tests after `#[cfg(test)]` in src/, and the files of `#[cfg(test)] mod x;`): `key = ...` under its `[section]` header, or inside
   an inline table `section = { key = ... }`;
 - in Rust test code that builds the section's struct: `key: ...` in a `StructName { ... }`
   literal or `.key = ...` after a value of that struct is named in the same file.
@@ -134,6 +134,7 @@ def test_texts():
                     if d == "bench" and not f.endswith(".rs"):
                         continue  # bench scripts run configs, they do not assert on them
                     texts.append((p, open(p, encoding="utf-8").read()))
+    test_modules = set()
     for base, _, files in os.walk(os.path.join(ROOT, "src")):
         for f in files:
             if f.endswith(".rs"):
@@ -142,7 +143,29 @@ def test_texts():
                 i = t.find("#[cfg(test)]")
                 if i >= 0:
                     texts.append((p, t[i:]))
+                test_modules.update(test_module_files(p, t))
+    for p in sorted(test_modules):
+        if os.path.exists(p):
+            texts.append((p, open(p, encoding="utf-8").read()))
     return texts
+
+
+def test_module_files(path, text):
+    """Files of the `#[cfg(test)] mod NAME;` declarations in `path` (with `#[path]` when given):
+    unit tests kept in a file of their own, all of it test code."""
+    here = os.path.dirname(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    # `mod x;` in foo.rs lives in foo/x.rs; in mod.rs, lib.rs or main.rs beside it.
+    mod_dir = here if stem in ("mod", "lib", "main") else os.path.join(here, stem)
+    out = []
+    for m in re.finditer(r'#\[cfg\(test\)\]\s*(?:#\[path\s*=\s*"([^"]+)"\]\s*)?mod\s+(\w+)\s*;', text):
+        explicit, name = m.group(1), m.group(2)
+        if explicit:
+            out.append(os.path.join(here, explicit))
+        else:
+            out.append(os.path.join(mod_dir, f"{name}.rs"))
+            out.append(os.path.join(mod_dir, name, "mod.rs"))
+    return out
 
 
 DYNAMIC_AFTER = {"policy": 1, "regions": 1}
