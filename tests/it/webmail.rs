@@ -5,6 +5,7 @@
 
 mod cluster;
 mod harness;
+mod keys; // [engine.webmail] keys away from their defaults: sessions, sign-in limits, timeouts, sizes, texts
 #[path = "../../bench/webmail/page_load.rs"]
 mod page_load; // the page-load benchmark (bench/webmail/run.sh runs it in release mode)
 
