@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::mail::{Sink, until};
+use crate::mail::Sink;
 
 use super::harness::{PASSWORD, Setup, WebEngine, down_addr, field, hash, links, msg};
 
