@@ -9,18 +9,13 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::conformance::both;
 use super::harness::{Geo, bulk_silo};
 use super::raw::*;
 use super::tcp::framed;
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(3);
-
-#[track_caller]
-fn both(g: &Geo, q: Query, expected: &str) {
-    assert_answer(&udp(g.udp, &q.bytes(), WAIT).expect("an answer"), expected);
-    assert_answer(&tcp(g.tcp, &q.bytes()), expected);
-}
 
 /// `static_ttl` gives SOA, NS, glue and records their TTL unless a record has its own `ttl`;
 /// every `[dns.soa]` field is what the SOA says; the negative TTL is min(static_ttl, minimum);
