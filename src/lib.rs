@@ -23,7 +23,7 @@
 //! | [`edge`] | the edge: listeners, admission, the SMTP-aware front session, routing to engines, layer-4 mode |
 //! | [`dns`] | GeoDNS: authoritative answers by location and silo health; the only module naming hickory types |
 //! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
-//! | [`engine`] | the MDE: SMTP reception, scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
+//! | [`engine`] | the MDE: SMTP reception, recipient verification (recipient files, call-ahead), scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
 //! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the engine |
 //! | [`node`] | loads a config with the schema's and every role's checks into a snapshot |
 //! | [`cli`] | the top: the command line (the only module naming clap), running roles, exit codes |

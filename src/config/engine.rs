@@ -1,5 +1,6 @@
 //! `[engine]` and `[engine.delivery]`: the engine role's listeners, session limits, spool,
-//! lifetimes and how it delivers to tenants' servers. `[engine.webmail]` has its own file.
+//! lifetimes and how it delivers to tenants' servers. `[engine.webmail]` and
+//! `[engine.verify]` have their own files.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Bytes, DeliveryHost, Dur};
 use super::validate::{Checker, is_domain};
+use super::verify::VerifyConfig;
 use super::webmail::WebmailConfig;
 
 /// `--role engine`: reception, spool, delivery, webmail.
@@ -67,6 +69,8 @@ pub struct EngineConfig {
     pub tls_self_signed: bool,
     pub delivery: DeliveryConfig,
     pub webmail: WebmailConfig,
+    /// Recipient verification: the call-ahead cache, the probe, recipient files.
+    pub verify: VerifyConfig,
 }
 
 /// `[engine.delivery]`: how the engine delivers to tenants' servers.
@@ -142,6 +146,7 @@ impl Default for EngineConfig {
             tls_self_signed: false,
             delivery: DeliveryConfig::default(),
             webmail: Default::default(),
+            verify: Default::default(),
         }
     }
 }
@@ -259,6 +264,7 @@ impl EngineConfig {
             k.err("engine.delivery.relay", msg);
         }
         e.webmail.check(k);
+        e.verify.check(k);
         if !e.proxy_listen.is_empty() && e.trusted_proxies.is_empty() {
             k.err(
                 "engine.trusted_proxies",

@@ -71,15 +71,7 @@ pub async fn serve(
     _permit: Permit,
 ) {
     let snap = shared.ops.config.load_full();
-    let located = snap.geo.locate(peer.ip());
-    let info = ProxyInfo {
-        client: Some(peer),
-        destination: Some(local),
-        session_id: Some(format!("{:016x}", fastrand::u64(..))),
-        tenant: None,
-        country: located.country.clone(),
-        tls: None,
-    };
+    let (info, _) = super::introduce_client(&snap, peer, local);
     let cfg = &snap.config.edge;
     let session = Session::new(Limits {
         hostname: shared.hostname.clone(),

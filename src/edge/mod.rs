@@ -40,6 +40,26 @@ use crate::topology::{Tenant, TenantId};
 pub use admission::{Admission, Refusal};
 use metrics::EdgeMetrics;
 
+/// How the edge introduces a client it just accepted to an engine (SMTP-aware and layer-4 modes
+/// alike): its address, the edge's address it came to, a new session id (the same in the edge's
+/// and the engine's logs), and where the geo database places it. Also returns that place.
+fn introduce_client(
+    snap: &crate::snapshot::Snapshot,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> (crate::proxy::ProxyInfo, crate::geo::Located) {
+    let located = snap.geo.locate(peer.ip());
+    let info = crate::proxy::ProxyInfo {
+        client: Some(peer),
+        destination: Some(local),
+        session_id: Some(format!("{:016x}", fastrand::u64(..))),
+        tenant: None,
+        country: located.country.clone(),
+        tls: None,
+    };
+    (info, located)
+}
+
 /// Shared by every edge task.
 pub struct EdgeShared {
     pub ops: Arc<Ops>,
@@ -132,6 +152,8 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             delivery: Vec::new(),
             policy: String::new(),
             recipients: Default::default(),
+            recipients_file: None,
+            verify: Default::default(),
             tls: Default::default(),
             delivery_connections: None,
             delivery_rate: None,

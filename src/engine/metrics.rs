@@ -25,13 +25,15 @@ pub struct EngineMetrics {
     mta_sts: IntCounterVec,
 }
 
-fn counter(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A counter family, registered (also for `verify::metrics`).
+pub(super) fn counter(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     m.register(Box::new(c.clone()));
     c
 }
 
-fn gauge(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+/// A gauge family, registered.
+pub(super) fn gauge(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     m.register(Box::new(g.clone()));
     g

@@ -7,8 +7,10 @@
 //! in-flight deliveries finish, and returns. Webmail is a room of its own beside the engine: the
 //! process that runs the engine starts it on [`Bound::store`].
 //!
-//! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics); delivery gets
-//! its own [`delivery::Delivery`] (the store, config, metrics) and the queue API the store alone.
+//! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics, recipient
+//! verification); delivery gets its own [`delivery::Delivery`] (the store, config, metrics) and
+//! the queue API the store alone. Recipient verification ([`verify`]) probes tenants' servers
+//! through delivery's connections.
 
 pub mod api;
 pub mod delivery;
@@ -16,6 +18,7 @@ mod metrics;
 pub mod policy;
 pub mod scan;
 pub mod smtp;
+pub mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +40,8 @@ pub struct Shared {
     pub hostname: String,
     /// STARTTLS config, when a certificate is configured.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Judges recipients of tenants with a recipients file or call-ahead.
+    pub verifier: Arc<verify::Verifier>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
 }
@@ -105,20 +110,26 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     let scanner =
         scan::Scanner::new(&snap).map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
     let metrics = EngineMetrics::new(&ops.metrics);
-    let shared = Arc::new(Shared {
-        ops: ops.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        hostname: hostname.clone(),
-        tls: ArcSwapOption::new(tls),
-        scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
-    });
     let delivery = Arc::new(delivery::Delivery::new(
         store.clone(),
         ops.clone(),
+        metrics.clone(),
+        hostname.clone(),
+    ));
+    let verifier = Arc::new(verify::Verifier::new(
+        ops.clone(),
+        store.clone(),
+        delivery.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        ops: ops.clone(),
+        store: store.clone(),
         metrics,
         hostname,
-    ));
+        tls: ArcSwapOption::new(tls),
+        verifier,
+        scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+    });
     let mut listeners = Vec::new();
     let configured = ecfg
         .listen
@@ -186,6 +197,7 @@ async fn run(
         ));
     }
     tracker.spawn(delivery::dispatcher(delivery));
+    tracker.spawn(verify::watch(shared.verifier.clone()));
     tracker.spawn(gauges(shared.clone()));
     tracker.spawn(follow_tls(shared.clone()));
     tracker.close();

@@ -8,9 +8,9 @@
 //! calls again before it reads more).
 //!
 //! Lifecycle: `Fresh` (banner sent, or TLS just started) → EHLO/HELO → `Ready` → MAIL → `Mail`
-//! → RCPT (the caller accepts each with [`Server::accept_rcpt`]; one owner — tenant — per
-//! transaction) → DATA → the caller calls [`Server::begin_data`] → `Body` → end of data
-//! ([`Event::Message`]) → `Ready`. RSET and EHLO reset the transaction; STARTTLS forgets the
+//! → RCPT (the caller accepts each with [`Server::accept_rcpt`], and may take one back with
+//! [`Server::withdraw_rcpt`]; one owner — tenant — per transaction) → DATA → the caller calls
+//! [`Server::begin_data`] → `Body` → end of data ([`Event::Message`]) → `Ready`. RSET and EHLO reset the transaction; STARTTLS forgets the
 //! EHLO too (RFC 3207). `max_errors` error replies or `max_commands` commands end the session.
 //!
 //! Rules of the input, the same on both sides:
@@ -322,6 +322,19 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
     pub fn accept_rcpt(&mut self, address: String, owner: O) {
         self.owner = Some(owner);
         self.rcpts.push(address);
+    }
+
+    /// Takes back a recipient of the open transaction that was accepted here but refused
+    /// where it was verified (the edge relays the engine's refusal): it no longer counts for
+    /// DATA, and a transaction left without recipients has no owner again (its next RCPT may
+    /// be another tenant's).
+    pub fn withdraw_rcpt(&mut self, address: &str) {
+        if let Some(i) = self.rcpts.iter().rposition(|r| r == address) {
+            self.rcpts.remove(i);
+        }
+        if self.rcpts.is_empty() {
+            self.owner = None;
+        }
     }
 
     /// The body starts now (after the 354); returns our 354.

@@ -289,6 +289,11 @@ impl Store {
         self.index.dest_up(dest)
     }
 
+    /// Whether delivery has marked `dest` down: its mail is held until a probe finds it back.
+    pub fn dest_down(&self, dest: &Dest) -> bool {
+        self.index.dest_down(dest)
+    }
+
     /// Destinations, whether each is up, and since when it is down (unix seconds).
     pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
         self.index.destinations()

@@ -96,6 +96,10 @@ pub struct Tenant {
     /// Known recipients, lower-cased (full addresses, or local parts meaning any listed domain).
     /// Empty: all accepted.
     pub recipients: std::collections::HashSet<String>,
+    /// A file of known recipients (absolute path), read by the engine (`engine::verify`).
+    pub recipients_file: Option<std::path::PathBuf>,
+    /// How addresses outside the lists are judged.
+    pub verify: crate::config::RecipientVerify,
     /// TLS towards the tenant's servers.
     pub tls: TenantTls,
     pub delivery_connections: Option<u32>,
@@ -113,14 +117,24 @@ pub struct TenantTls {
 }
 
 impl Tenant {
-    /// Whether the tenant's recipient list (if any) knows `address`.
+    /// Whether `address` may be taken as far as every node can tell: false only when the
+    /// static `recipients` list is the tenant's whole truth and lacks it. A tenant with a
+    /// `recipients_file` or call-ahead is judged by its engine ([`Tenant::engine_verifies`]),
+    /// which sees the file, the cache and the tenant's server; the edge lets it through.
     pub fn knows(&self, address: &str) -> bool {
-        if self.recipients.is_empty() {
-            return true;
-        }
+        self.recipients.is_empty() || self.engine_verifies() || self.listed(address)
+    }
+
+    /// Whether the static `recipients` list names `address` (in full, or its local part).
+    pub fn listed(&self, address: &str) -> bool {
         let a = address.to_ascii_lowercase();
         let local = a.rsplit_once('@').map(|(l, _)| l).unwrap_or(&a);
         self.recipients.contains(&a) || self.recipients.contains(local)
+    }
+
+    /// Recipients are judged by the engine: a recipients file, or call-ahead.
+    pub fn engine_verifies(&self) -> bool {
+        self.recipients_file.is_some() || self.verify == crate::config::RecipientVerify::CallAhead
     }
 }
 
@@ -204,6 +218,8 @@ impl Topology {
                     .iter()
                     .map(|r| r.to_ascii_lowercase())
                     .collect(),
+                recipients_file: tc.recipients_file.clone(),
+                verify: tc.verify,
                 tls: TenantTls {
                     mode: tc.tls,
                     ca: tc.tls_ca.clone(),

@@ -131,6 +131,7 @@ lon = -0.1
   region = "uk"
     [[silo.cluster.engine]]
     address = "127.0.0.1:{ports['smtp']}"
+    proxy = "none"   # the test is the sender: it talks to the engine's direct listener
 # The tenant's server is down: nothing listens on its port, so its mail is held.
 [[tenant]]
 id = "acme"

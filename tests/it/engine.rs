@@ -501,7 +501,7 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
             .count()
     };
     assert!(
-        until(Duration::from_secs(10), || held() == 20).await,
+        until(Duration::from_secs(30), || held() == 20).await,
         "all held: {}",
         held()
     );

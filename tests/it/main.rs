@@ -27,5 +27,7 @@ mod ops_process;
 mod scan;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
+/// Recipient verification: 550 at RCPT through the edge, call-ahead cache, held mail while down, recipient files.
+mod verify;
 /// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.
 mod webmail;

@@ -381,6 +381,17 @@ impl Client {
         Ok(())
     }
 
+    /// Sends one command line (without CRLF) and reads its reply: the recipient call-ahead's
+    /// MAIL, RCPT and RSET (`engine::verify`).
+    pub async fn command(
+        &mut self,
+        line: &str,
+        what: &'static str,
+    ) -> Result<Received, ClientError> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply(what).await
+    }
+
     pub async fn quit(mut self) {
         if self.send(b"QUIT\r\n").await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.read_reply("QUIT")).await;

@@ -169,6 +169,18 @@ pub async fn dispatcher(shared: Arc<Delivery>) {
     workers.wait().await;
 }
 
+/// A session with the first host of `dest` that answers and meets its TLS plan, opened
+/// exactly as a delivery opens one (the same hosts in order, egress source address, STARTTLS
+/// as the tenant's `tls` says, timeouts): what the recipient call-ahead (`engine::verify`)
+/// talks to, so a tenant that requires TLS never sees its recipients' addresses in clear.
+/// `None` when no host gave one.
+pub async fn open_session(shared: &Delivery, dest: &Dest) -> Option<client::Client> {
+    match connect::connect(shared, dest).await {
+        Connected::Session(c) => Some(c),
+        Connected::Unreachable | Connected::Refused(_) | Connected::NullMx => None,
+    }
+}
+
 async fn worker(shared: &Arc<Delivery>, dest: &Dest) {
     let cfg = shared.config();
     // At shutdown nothing is in flight yet: stop connecting at once.

@@ -293,6 +293,18 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
+            Step::Verify { address, owner } => {
+                let verdict = match snap.topology.tenants.get(owner.0) {
+                    Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
+                    None => crate::engine::verify::Verdict::Accept,
+                };
+                let (reply, close) = session.verified(address, owner, verdict.reply());
+                conn.reply(&reply);
+                if let Some(close) = close {
+                    conn.reply(&close);
+                    return Ending::Protocol;
+                }
+            }
             Step::Close(r) => {
                 conn.reply(&r);
                 return Ending::Protocol;
