@@ -14,6 +14,8 @@ use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
+mod keys; // [edge] keys away from their defaults: backlog, connect attempts, engine drain
+
 /// Four engines: lon1/uk (e0, e1), fra1/uk (e2), fra1/de (e3); an edge in lon1.
 pub(crate) struct Fleet {
     _dir: tempfile::TempDir,

@@ -14,6 +14,8 @@ use maildistiller::store::{State, Store};
 use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
+mod keys; // [engine.delivery] keys away from their defaults: connections, messages per connection
+
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {
     pub ops: Arc<Ops>,

@@ -124,6 +124,8 @@ pub struct Sink {
     /// engine, told the server is back, has already connected to deliver.
     sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub max_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Mail sessions in all, counted as `sessions` is: delivery connections that sent mail.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// RSET commands received.
     pub rsets: Arc<std::sync::atomic::AtomicUsize>,
     /// MAIL commands refused because a transaction was still open (a real server's 503).
@@ -153,6 +155,7 @@ impl Sink {
             behaviour: Arc::default(),
             sessions: Arc::default(),
             max_sessions: Arc::default(),
+            connections: Arc::default(),
             rsets: Arc::default(),
             nested_mail: Arc::default(),
             tls: Arc::default(),
@@ -308,6 +311,7 @@ impl Sink {
                     *counted = true;
                     let now = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
                     self.max_sessions.fetch_max(now, Ordering::SeqCst);
+                    self.connections.fetch_add(1, Ordering::SeqCst);
                 }
                 from = line[10..]
                     .trim()

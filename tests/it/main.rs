@@ -17,6 +17,8 @@ mod edge;
 mod engine;
 /// Inbound STARTTLS: self-signed at first start, renewed certificates picked up on reload.
 mod inbound_tls;
+/// Top-level config keys away from their defaults: include, geo reload interval.
+mod keys;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

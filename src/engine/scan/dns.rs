@@ -37,7 +37,9 @@ pub fn authenticator(cfg: &LookupConfig) -> Result<MessageAuthenticator, String>
             .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
     };
     opts.timeout = cfg.timeout.get();
-    opts.attempts = cfg.attempts as usize;
+    // hickory's `attempts` is retries after the first try (its `RetryDnsHandle`); ours counts
+    // every try, so `attempts = 1` sends one query.
+    opts.attempts = (cfg.attempts as usize).saturating_sub(1);
     opts.cache_size = CACHE_ENTRIES;
     opts.negative_min_ttl = Some(cfg.negative_ttl.get());
     MessageAuthenticator::new(config, opts).map_err(|e| format!("cannot build a resolver: {e}"))
