@@ -192,6 +192,8 @@ impl Teacher {
             .learn(class, message)
             .await
             .map_err(LearnError::Controller)?;
+        // A message without hashable content (short text alone) gets no fuzzy hashes; its
+        // Bayes lesson stands, so that is no failure.
         if cfg.fuzzy_flag != 0 {
             match class {
                 LearnAs::Spam => ctl
@@ -202,8 +204,8 @@ impl Teacher {
                     .fuzzy_del(message, cfg.fuzzy_flag)
                     .await
                     .map_err(LearnError::Controller)?,
-                LearnAs::Ham => {}
-            }
+                LearnAs::Ham => false,
+            };
         }
         let taught = match learned {
             Learned::Now => Taught::Learnt,

@@ -292,6 +292,18 @@ fn learn_outcome(resp: &http::Response) -> Result<Learned, CheckError> {
     }
 }
 
+/// A fuzzy call's answer: 200 is done; 404 "No content to generate fuzzy" means the message
+/// has nothing to hash (rspamd 3.4's answer for short text-only mail), anything else an error.
+fn fuzzy_outcome(resp: &http::Response) -> Result<bool, CheckError> {
+    match resp.status {
+        200 => Ok(true),
+        404 if String::from_utf8_lossy(&resp.body).contains("No content to generate fuzzy") => {
+            Ok(false)
+        }
+        _ => Err(status_error(resp)),
+    }
+}
+
 /// rspamd's controller worker (`HOST:PORT`, default port 11334): learning calls.
 #[derive(Debug, Clone)]
 pub struct RspamdController {
@@ -348,34 +360,29 @@ impl RspamdController {
     }
 
     /// Adds the message's fuzzy hashes to the storage under `flag` (the `flag` of a
-    /// `fuzzy_map` entry of the fuzzy_check rule) with `weight`.
+    /// `fuzzy_map` entry of the fuzzy_check rule) with `weight`. `Ok(false)`: the message
+    /// has nothing rspamd hashes (text parts below its minimum length, no images or
+    /// attachments that qualify), so there is nothing to add; its Bayes lesson stands.
     pub async fn fuzzy_add(
         &self,
         message: &[u8],
         flag: u32,
         weight: u32,
-    ) -> Result<(), CheckError> {
+    ) -> Result<bool, CheckError> {
         let mut headers = self.headers();
         headers.push(("Flag", flag.to_string()));
         headers.push(("Weight", weight.to_string()));
         let resp = exchange(&self.to, "/fuzzyadd", &headers, message, self.timeout).await?;
-        if resp.status == 200 {
-            Ok(())
-        } else {
-            Err(status_error(&resp))
-        }
+        fuzzy_outcome(&resp)
     }
 
-    /// Removes the message's fuzzy hashes under `flag` (undoing [`Self::fuzzy_add`]).
-    pub async fn fuzzy_del(&self, message: &[u8], flag: u32) -> Result<(), CheckError> {
+    /// Removes the message's fuzzy hashes under `flag` (undoing [`Self::fuzzy_add`]);
+    /// `Ok(false)` as there.
+    pub async fn fuzzy_del(&self, message: &[u8], flag: u32) -> Result<bool, CheckError> {
         let mut headers = self.headers();
         headers.push(("Flag", flag.to_string()));
         let resp = exchange(&self.to, "/fuzzydel", &headers, message, self.timeout).await?;
-        if resp.status == 200 {
-            Ok(())
-        } else {
-            Err(status_error(&resp))
-        }
+        fuzzy_outcome(&resp)
     }
 }
 
@@ -458,6 +465,24 @@ mod tests {
             panic!("403 is an error");
         };
         assert_eq!(e, "HTTP status 403: Unauthorized");
+    }
+
+    #[test]
+    fn nothing_to_hash_is_not_a_fuzzy_failure() {
+        let r = |status: u16, body: &str| http::Response {
+            status,
+            body: body.as_bytes().to_vec(),
+        };
+        assert_eq!(fuzzy_outcome(&r(200, r#"{"success":true}"#)), Ok(true));
+        assert_eq!(
+            fuzzy_outcome(&r(
+                404,
+                r#"{"error":"No content to generate fuzzy for flag 11"}"#
+            )),
+            Ok(false)
+        );
+        assert!(fuzzy_outcome(&r(404, r#"{"error":"Not found"}"#)).is_err());
+        assert!(fuzzy_outcome(&r(500, "")).is_err());
     }
 
     #[test]
