@@ -64,7 +64,9 @@ impl Default for RspamdConfig {
 pub struct GatewayConfig {
     /// Forward-confirmed reverse DNS of the client (PTR, then its A/AAAA back to the client),
     /// through the policy's resolver (`dns`), cached by the resolver. Default true; off when
-    /// the engine has no DNS (the signal would then be "no PTR" for every client).
+    /// the engine has no DNS (the signal would then be "no PTR" for every client). Not run when
+    /// the policy's `scanners.rspamd` is on: rspamd checks the client's reverse DNS itself, and
+    /// one fact counts once in the combined score. A resolver that cannot answer adds nothing.
     pub fcrdns: bool,
     /// Sender domains seen by this engine, remembered (at most this many, oldest forgotten) so
     /// that a never-seen domain can count — only together with another signal. Default 100 000;

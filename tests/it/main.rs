@@ -15,12 +15,12 @@ mod dns;
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
-/// Learning from users: the report address, webmail's buttons, `maildistiller learn`, near-copies.
-mod learning;
 /// Inbound STARTTLS: self-signed at first start, renewed certificates picked up on reload.
 mod inbound_tls;
 /// Top-level config keys away from their defaults: include, geo reload interval.
 mod keys;
+/// Learning from users: the report address, webmail's buttons, `maildistiller learn`, near-copies.
+mod learning;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

@@ -46,23 +46,32 @@ pub fn authenticator(cfg: &LookupConfig) -> Result<MessageAuthenticator, String>
 }
 
 /// Forward-confirmed reverse DNS: the client's PTR names, the first (of at most four) whose
-/// A/AAAA records include `ip`. `None` when there is no such name, or the lookups fail (a
-/// resolver that cannot answer is not evidence for the client). Answers come from the
-/// resolver's cache when it has them.
-pub async fn fcrdns(r: &MessageAuthenticator, ip: std::net::IpAddr) -> Option<String> {
+/// A/AAAA records include `ip`. `Ok(None)` when the answers say there is no such name (no PTR,
+/// or no PTR name leads back); `Err` when the resolver could not answer (timeout, SERVFAIL),
+/// which is no evidence about the client. Answers come from the resolver's cache when it has
+/// them.
+pub async fn fcrdns(
+    r: &MessageAuthenticator,
+    ip: std::net::IpAddr,
+) -> Result<Option<String>, String> {
     use mail_auth::common::cache::NoCache;
-    use mail_auth::{IpLookupStrategy, RecordSet};
-    let names = r
+    use mail_auth::{DnsError, Error, IpLookupStrategy, RecordSet};
+    let names = match r
         .ptr_lookup(ip, None::<&NoCache<std::net::IpAddr, RecordSet<Box<str>>>>)
         .await
-        .ok()?;
+    {
+        Ok(n) => n,
+        Err(Error::Dns(DnsError::RecordNotFound(_))) => return Ok(None),
+        Err(e) => return Err(format!("PTR of {ip}: {e}")),
+    };
+    let mut trouble = None;
     for name in names.rrset.iter().take(4) {
         let strategy = if ip.is_ipv4() {
             IpLookupStrategy::Ipv4Only
         } else {
             IpLookupStrategy::Ipv6Only
         };
-        let addrs = r
+        match r
             .ip_lookup(
                 name,
                 strategy,
@@ -70,10 +79,12 @@ pub async fn fcrdns(r: &MessageAuthenticator, ip: std::net::IpAddr) -> Option<St
                 None::<&NoCache<Box<str>, RecordSet<std::net::Ipv4Addr>>>,
                 None::<&NoCache<Box<str>, RecordSet<std::net::Ipv6Addr>>>,
             )
-            .await;
-        if addrs.is_ok_and(|a| a.contains(&ip)) {
-            return Some(name.to_string());
+            .await
+        {
+            Ok(a) if a.contains(&ip) => return Ok(Some(name.to_string())),
+            Ok(_) | Err(Error::Dns(DnsError::RecordNotFound(_))) => {}
+            Err(e) => trouble = Some(format!("address of {name}: {e}")),
         }
     }
-    None
+    trouble.map_or(Ok(None), Err)
 }

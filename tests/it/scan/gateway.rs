@@ -111,3 +111,24 @@ async fn each_part_can_be_turned_off() {
         v.summary
     );
 }
+
+#[tokio::test]
+async fn beside_rspamd_the_client_rdns_counts_once() {
+    // rspamd scores the client's reverse DNS itself (RDNS_NONE, HFILTER_HOSTNAME_UNKNOWN): with
+    // it on, our FCrDNS stays off so the combined score does not count that fact twice. rspamd
+    // is unreachable here (on_failure = accept): only our side of the verdict is looked at.
+    let raw = message("From: Shop <news@shop.test>\r\nTo: someone@else.test\r\n");
+    let mail = Mail::from("bounce@mailer.other.test");
+    let h = harness(
+        "[policy.default.scanners]\nrspamd = true\n[policy.default.rspamd]\n\
+         address = \"127.0.0.1:1\"\ntimeout = \"2s\"\non_failure = \"accept\"\n",
+    )
+    .await;
+    let v = h.scan(&mail, &raw).await;
+    assert!(has(&v, "gateway.envelope_mismatch"), "{}", v.summary);
+    assert!(
+        !has(&v, "gateway.no_fcrdns"),
+        "rspamd on: rDNS is rspamd's: {}",
+        v.summary
+    );
+}

@@ -5,7 +5,7 @@
 //!
 //! | finding | when | default score |
 //! |---|---|---|
-//! | `gateway.no_fcrdns` | a public client address without a PTR name whose A/AAAA leads back to it | 1.0 |
+//! | `gateway.no_fcrdns` | a public client address without a PTR name whose A/AAAA leads back to it (the answers say so; a failing resolver adds nothing); not with `scanners.rspamd`, which checks rDNS itself | 1.0 |
 //! | `gateway.envelope_mismatch` | envelope sender and header From in different organisations, and no sign of a mailing list or a forwarder (`List-Id`, `List-Unsubscribe`, `Sender`, `Resent-From`, `Precedence: list/bulk`) | 1.0 |
 //! | `gateway.url_unrelated` | links to three or more organisations, none of them the sender's (envelope or From) | 1.0 |
 //! | `gateway.undisclosed` | no `To`/`Cc`, an empty or "undisclosed" one, or the recipient named nowhere in them (outside mailing lists) | 1.0 |
@@ -213,12 +213,12 @@ impl Check for GatewayCheck {
         if let Some(r) = &self.resolver
             && public(ip)
         {
-            match super::super::dns::fcrdns(r, ip).await {
-                Some(_) => {}
-                None => findings.push(finding(
+            // A resolver in trouble says nothing about the client: no finding then.
+            if let Ok(None) = super::super::dns::fcrdns(r, ip).await {
+                findings.push(finding(
                     "gateway.no_fcrdns",
                     format!("{ip} has no forward-confirmed PTR"),
-                )),
+                ));
             }
         }
         let sender_org = domain_of(s.envelope.mail_from)

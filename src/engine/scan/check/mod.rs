@@ -124,7 +124,10 @@ pub fn build(
     let mut checks: Vec<Arc<dyn Check>> = Vec::new();
     let mut errors = Vec::new();
     let s = &p.scanners;
-    let wants_dns = (s.gateway && p.gateway.fcrdns)
+    // rspamd checks the client's reverse DNS itself (RDNS_NONE, HFILTER_HOSTNAME_UNKNOWN): with
+    // it on, our FCrDNS would count the same fact twice in the combined score, so it stays off.
+    let fcrdns = s.gateway && p.gateway.fcrdns && !s.rspamd;
+    let wants_dns = fcrdns
         || (s.auth)
         || (s.dnsbl && !(p.dnsbl.is_empty() && p.dnswl.is_empty() && p.urls.uribl.is_empty()));
     let resolver = if wants_dns {
@@ -160,7 +163,7 @@ pub fn build(
     if s.gateway {
         checks.push(Arc::new(gateway::GatewayCheck::new(
             &p.gateway,
-            resolver.clone(),
+            resolver.clone().filter(|_| fcrdns),
         )));
     }
     if s.content {
