@@ -350,6 +350,7 @@ async fn a_slow_peer_is_given_up_on_after_peer_timeout() {
         webmail,
         engines: &engines,
         ops_listen: ops,
+        policy: "",
     };
     let a = WebEngine::start_with_ops(&dir.path().join("a"), &setup(a_ops), Some(ops_a)).await;
     let b = WebEngine::start_with_ops(&dir.path().join("b"), &setup(b_ops), Some(ops_b)).await;
