@@ -41,7 +41,7 @@ pub trait Recipients {
 
 /// Per-session limits, from the role's config section.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct SessionLimits {
     /// Name in the banner and EHLO.
     pub hostname: String,
     /// Announced in EHLO SIZE; a larger MAIL SIZE is refused, a larger message flagged.
@@ -155,7 +155,7 @@ impl Problem {
 /// One session's protocol state.
 #[derive(Debug)]
 pub struct Server<O> {
-    limits: Limits,
+    limits: SessionLimits,
     phase: Phase,
     helo: String,
     esmtp: bool,
@@ -173,7 +173,7 @@ pub struct Server<O> {
 }
 
 impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
-    pub fn new(limits: Limits) -> Server<O> {
+    pub fn new(limits: SessionLimits) -> Server<O> {
         Server {
             limits,
             phase: Phase::Fresh,

@@ -27,7 +27,7 @@ use super::Shared;
 use super::scan;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::ending::Ending;
-use crate::smtp::server::{Limits, Message};
+use crate::smtp::server::{Message, SessionLimits};
 use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
@@ -259,7 +259,7 @@ async fn run_session(
     info: &ConnInfo,
 ) -> Ending {
     let ecfg = &snap.config.engine;
-    let mut session = Session::new(Limits {
+    let mut session = Session::new(SessionLimits {
         hostname: shared.hostname.clone(),
         max_message_size: ecfg.max_message_size.0,
         max_recipients: ecfg.max_recipients as usize,
@@ -418,7 +418,7 @@ async fn accept_message(
     let scanner = shared.scanner(snap);
     let verdict = scanner
         .scan(
-            &scan::Envelope {
+            &scan::Arrival {
                 session_id: &info.session_id,
                 queue_id: id.as_str(),
                 client_ip: info.client.ip().to_canonical(),

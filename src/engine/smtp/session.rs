@@ -10,7 +10,7 @@
 //! [`Step::Message`] it answers and calls [`Session::answered`].
 
 use crate::smtp::Reply;
-use crate::smtp::server::{Event, Limits, Message, Recipients, Server};
+use crate::smtp::server::{Event, Message, Recipients, Server, SessionLimits};
 use crate::topology::TenantIdx;
 
 /// What the driver must do next.
@@ -38,7 +38,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(limits: Limits) -> Session {
+    pub fn new(limits: SessionLimits) -> Session {
         Session {
             server: Server::new(limits),
         }
@@ -121,7 +121,7 @@ mod tests {
     use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
-        Session::new(Limits {
+        Session::new(SessionLimits {
             hostname: "mde.test".into(),
             max_message_size: 1 << 20,
             max_recipients: 100,
