@@ -879,7 +879,7 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         "{body}"
     );
     assert_eq!(
-        ops("POST", format!("/queue/{}/hold", ids[0]))
+        ops("POST", format!("/queue/{}/suspend", ids[0]))
             .await
             .unwrap()
             .0,
