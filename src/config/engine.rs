@@ -54,7 +54,7 @@ pub struct EngineConfig {
     /// Concurrent sessions. Default 2000.
     pub max_sessions: u32,
     /// Memory for message bodies, all sessions together: half for bodies being received, half
-    /// for bodies being scanned and spooled (twice their size each). Small messages stay in
+    /// for bodies being scanned and spooled (four times their size each). Small messages stay in
     /// memory (that is what makes reception fast); a body that does not fit in the receiving
     /// half streams on to an unnamed file under `spool_dir/incoming` as it arrives, and is read
     /// back when the other half has room. Bounds what senders that stall before the final dot

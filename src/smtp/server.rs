@@ -215,6 +215,11 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         self.reader.as_ref().map_or(0, DataReader::kept)
     }
 
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.reader.as_ref().map_or(0, DataReader::memory)
+    }
+
     /// Takes the body bytes kept so far (to spill them): the [`Message`] at the end of data
     /// then carries only the bytes that came after.
     pub fn take_body(&mut self) -> Vec<u8> {

@@ -10,8 +10,8 @@
 //!   body goes on to an unnamed file under `spool_dir/incoming` as it streams in ("spilled"),
 //!   as Postfix streams every body to its queue file. Senders that stall before the final dot
 //!   hold at most this half, whatever their number.
-//! - **processing**: at the end of data a body needs twice its size (the body and the message
-//!   with our headers, scanned and spooled) from the other half, waiting for it (a body larger
+//! - **processing**: at the end of data a body needs [`PROCESSING`] times its size (the copies
+//!   scanning and spooling make) from the other half, waiting for it (a body larger
 //!   than the half waits for all of it); a spilled body is read back then. Only messages being
 //!   scanned and spooled hold this half, and they finish without the sender, so a stalled
 //!   sender can delay nobody's mail.
@@ -38,6 +38,10 @@ const UNIT: usize = 1024;
 /// A session takes memory from the budget this much at a time (in units): one semaphore call
 /// per 64 KiB of body, none for a small message beyond its first.
 const GROW: usize = 64;
+/// What a body costs while it is scanned and spooled, in multiples of its size: the body, the
+/// message with our headers, the message with the verdict's headers, and what the scanner
+/// decodes from it.
+const PROCESSING: usize = 4;
 /// A spilled body is written out in pieces of at least this many bytes.
 const WRITE_PIECE: usize = 64 * 1024;
 
@@ -146,7 +150,7 @@ impl Body {
             }
             return Ok(());
         }
-        let need = kept.div_ceil(UNIT);
+        let need = session.body_memory().div_ceil(UNIT);
         let held = self.receiving.as_ref().map_or(0, |p| p.num_permits());
         if need <= held {
             return Ok(());
@@ -181,7 +185,7 @@ impl Body {
         let file = self.file.take();
         let size = std::mem::take(&mut self.written) + tail.len();
         self.budget.give_back(self.receiving.take());
-        let units = (2 * size.div_ceil(UNIT)).clamp(1, self.budget.half) as u32;
+        let units = (PROCESSING * size.div_ceil(UNIT)).clamp(1, self.budget.half) as u32;
         if let Ok(p) = self
             .budget
             .processing

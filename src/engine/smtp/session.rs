@@ -66,6 +66,11 @@ impl Session {
         self.server.body_kept()
     }
 
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.server.body_memory()
+    }
+
     /// Takes the body bytes kept so far, to spill them to a file.
     pub fn take_body(&mut self) -> Vec<u8> {
         self.server.take_body()
