@@ -348,9 +348,9 @@ async fn a_slow_peer_is_given_up_on_after_peer_timeout() {
         acme_delivery: down,
         globex_delivery: globex_down,
         webmail,
-        policy: "",
         engines: &engines,
         ops_listen: ops,
+        policy: "",
     };
     let a = WebEngine::start_with_ops(&dir.path().join("a"), &setup(a_ops), Some(ops_a)).await;
     let b = WebEngine::start_with_ops(&dir.path().join("b"), &setup(b_ops), Some(ops_b)).await;
