@@ -275,22 +275,42 @@ def copy_quarantined_on(fleet, seed):
     return None
 
 
+def delivered_copy_verdict(fleet, seed):
+    """The X-Maildistiller-Verdict of the near-copy if it reached hansa's server, else None."""
+    for p in glob.glob(os.path.join(fleet.sink_dir("hansa"), "*.eml")):
+        text = open(p, errors="replace").read()
+        if f"learn-{seed}" in text:
+            m = re.search(r"^X-Maildistiller-Verdict: (.*)$", text, re.M)
+            return m.group(1).strip() if m else ""
+    return None
+
+
 def check_learn(fleet, state, acct, out):
+    """Caught, as issue 16 counts it: any action but plain delivery. Quarantine (the usual
+    outcome: fuzzy hit ~10 + the rest >= 10) or, when the near-copy's fuzzy similarity is
+    lower, tagged on its way to hansa. Delivered untouched is the violation."""
     seed = state.get("learn_seed")
     v = []
     if not state.get("learnt"):
         return ["the report to report-spam@acme.example was not learnt"]
-    where = wait_for("the near-copy to be quarantined", lambda: copy_quarantined_on(fleet, seed), 30)
-    if not where:
-        v.append("the near-copy to hansa was not quarantined")
-    elif not where.startswith("fra1"):
-        v.append(f"the near-copy was quarantined on {where}, not in hansa's Frankfurt silo")
+    found = wait_for("the near-copy to be quarantined or delivered", lambda: (
+        copy_quarantined_on(fleet, seed) or delivered_copy_verdict(fleet, seed) is not None), 30)
+    where = copy_quarantined_on(fleet, seed) if found else None
+    verdict = delivered_copy_verdict(fleet, seed)
+    after = state["copy_sent"] - state["reported_at"]
+    if where:
+        if not where.startswith("fra1"):
+            v.append(f"the near-copy was quarantined on {where}, not in hansa's Frankfurt silo")
+        else:
+            state["note"] = (f"near-copy to hansa quarantined on {where} (another silo, another "
+                             f"tenant) {after:.1f}s after the report was sent")
+    elif verdict is not None and not verdict.startswith("action=deliver"):
+        state["note"] = (f"near-copy to hansa caught ({verdict}) {after:.1f}s after the report "
+                         f"was sent")
+    elif verdict is not None:
+        v.append(f"the near-copy reached hansa's server untouched ({verdict})")
     else:
-        state["note"] = (f"near-copy to hansa quarantined on {where} (another silo, another tenant) "
-                         f"{state['copy_sent'] - state['reported_at']:.1f}s after the report was sent")
-    delivered = glob.glob(os.path.join(fleet.sink_dir("hansa"), "*.eml"))
-    if any(f"learn-{seed}" in open(p, errors="replace").read() for p in delivered):
-        v.append("the near-copy reached hansa's server")
+        v.append("the near-copy to hansa was neither quarantined nor delivered within 30 s")
     return v
 
 
@@ -474,7 +494,7 @@ SCENARIOS = {
 SCENARIOS["learn"] = Scenario(
     "learn", [(0.2, step_report), (0.5, step_near_copy)], check=check_learn, rspamd=True,
     doc="one shared rspamd: acme's user reports a pitch in the UK, its near-copy to hansa is "
-        "quarantined in Frankfurt")
+        "caught in Frankfurt (quarantined; tagged when its fuzzy similarity is lower)")
 
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "tls-bad-cert",
          "reload-broken", "spool-full", "engine-flap", "learn"]
