@@ -378,7 +378,11 @@ fn check_listeners(c: &Config, roles: RoleSet, k: &mut Checker) {
         (roles.edge, "edge.listen", &c.edge.listen),
         (roles.engine, "engine.listen", &c.engine.listen),
         (roles.engine, "engine.proxy_listen", &c.engine.proxy_listen),
-        (roles.engine, "engine.shadow.listen", &c.engine.shadow.listen),
+        (
+            roles.engine,
+            "engine.shadow.listen",
+            &c.engine.shadow.listen,
+        ),
         (roles.dns, "dns.listen", &c.dns.listen),
     ];
     for (on, name, list) in sections {

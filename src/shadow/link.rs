@@ -149,7 +149,12 @@ impl Peer {
     /// For `/status`: up, since when down, full, copies in flight.
     pub fn summary(&self) -> (bool, Option<Duration>, bool, u32) {
         let st = lock(&self.st);
-        (st.up, st.down_since.map(|t| t.elapsed()), st.full, st.in_flight)
+        (
+            st.up,
+            st.down_since.map(|t| t.elapsed()),
+            st.full,
+            st.in_flight,
+        )
     }
 
     /// Sends a copy and waits for its acknowledgement, until `deadline`.
@@ -194,7 +199,15 @@ impl Peer {
     /// remembered.
     pub(super) fn outcome(&self, id: QueueId, progress: Option<Progress>) {
         let gone = progress.is_none();
-        if self.tx.try_send(Out::Outcome { id: id.clone(), progress }).is_err() && gone {
+        if self
+            .tx
+            .try_send(Out::Outcome {
+                id: id.clone(),
+                progress,
+            })
+            .is_err()
+            && gone
+        {
             self.remember(id);
         }
     }
@@ -237,7 +250,17 @@ pub(super) async fn run(s: Arc<Shared>, idx: usize, peer: Arc<Peer>) {
             Ok((reader, stream_w, items)) => {
                 pause = Duration::from_millis(200);
                 said_down = false;
-                let first = reconcile(&s, idx, &peer, items).await;
+                // What queued up while down: discards count for the inventory; the rest goes
+                // out after it.
+                let mut queued = Vec::new();
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        Out::Outcome { id, progress: None } => peer.remember(id),
+                        m => queued.push(m),
+                    }
+                }
+                let mut first = reconcile(&s, idx, &peer, items).await;
+                first.append(&mut queued);
                 {
                     let mut st = lock(&peer.st);
                     st.up = true;
@@ -306,7 +329,11 @@ type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
 async fn connect(
     s: &Shared,
     peer: &Peer,
-) -> std::io::Result<(Reader, tokio::net::tcp::OwnedWriteHalf, Vec<(QueueId, Held)>)> {
+) -> std::io::Result<(
+    Reader,
+    tokio::net::tcp::OwnedWriteHalf,
+    Vec<(QueueId, Held)>,
+)> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     let (secret, max) = {
         let snap = s.ops.config.load();
@@ -343,7 +370,11 @@ async fn connect(
         }
         let mut items = Vec::new();
         loop {
-            let Frame::Inventory { last, items: mut more } = reader.next().await? else {
+            let Frame::Inventory {
+                last,
+                items: mut more,
+            } = reader.next().await?
+            else {
                 return Err(bad("expected INVENTORY"));
             };
             items.append(&mut more);
@@ -595,7 +626,10 @@ async fn write_loop(
                             id: id.clone(),
                             progress,
                         },
-                        None => Frame::Gone { seq, id: id.clone() },
+                        None => Frame::Gone {
+                            seq,
+                            id: id.clone(),
+                        },
                     };
                     lock(&pending).insert(seq, Pending::Outcome { id, gone });
                     f.encode(&mut buf);

@@ -91,7 +91,7 @@ use crate::config::{OnShadowFailure, Redundancy};
 use crate::ops::Ops;
 use crate::store::{Dest, Envelope, Follower, Progress, QueueId, Store};
 pub use link::Peer;
-pub use log::{SEGMENT_BYTES, ShadowLog};
+pub use log::{Entry, SEGMENT_BYTES, ShadowLog};
 use metrics::ShadowMetrics;
 pub use takeover::TakeoverError;
 
@@ -324,7 +324,10 @@ impl Shared {
                 // Nobody usable now: wait for a link to come up, until the deadline.
                 let woke = tokio::time::timeout_at(deadline, self.peers_changed.notified());
                 if woke.await.is_err() {
-                    self.metrics.copies.with_label_values(&[if any { "timeout" } else { "no_peer" }]).inc();
+                    self.metrics
+                        .copies
+                        .with_label_values(&[if any { "timeout" } else { "no_peer" }])
+                        .inc();
                     return Err(if any {
                         CopyError::Timeout(self.timeout())
                     } else {
@@ -336,7 +339,10 @@ impl Shared {
             };
             any = true;
             let sent = Instant::now();
-            match self.peers[i].copy(id.clone(), frame.clone(), deadline).await {
+            match self.peers[i]
+                .copy(id.clone(), frame.clone(), deadline)
+                .await
+            {
                 Ok(()) => {
                     self.metrics.latency.observe(sent.elapsed().as_secs_f64());
                     self.metrics.copies.with_label_values(&["ok"]).inc();
@@ -404,6 +410,11 @@ impl Replicator {
         Shared::lock(&self.inner.preparing).remove(id);
     }
 
+    /// A copy was made but the message was not stored here after all: the shadow discards it.
+    pub fn discard(&self, id: &QueueId) {
+        self.changed(id, None);
+    }
+
     /// Records how much longer the 250 waited for the shadow than for the local disk.
     pub fn added_wait(&self, d: Duration) {
         self.inner.metrics.added.observe(d.as_secs_f64());
@@ -443,7 +454,10 @@ impl Follower for Replicator {
             return;
         }
         let holder = parent.and_then(|p| Shared::lock(&s.holders).get(p).copied());
-        let Some(i) = holder.filter(|&i| s.peers[i].usable()).or_else(|| s.choose(&[])) else {
+        let Some(i) = holder
+            .filter(|&i| s.peers[i].usable())
+            .or_else(|| s.choose(&[]))
+        else {
             return; // the re-shadow loop will find it
         };
         let progress = s.store.get(&env.id).map(|l| l.progress);

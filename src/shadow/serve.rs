@@ -201,7 +201,11 @@ async fn read_loop(
                     };
                     Ack::Log(seq, s.log.submit(rec).await)
                 }
-                Ok(_) => Ack::Now(seq, AckCode::Error, "copy id does not match its envelope".into()),
+                Ok(_) => Ack::Now(
+                    seq,
+                    AckCode::Error,
+                    "copy id does not match its envelope".into(),
+                ),
                 Err(e) => Ack::Now(seq, AckCode::Error, format!("copy unreadable: {e}")),
             },
             Frame::Update { seq, id, progress } => {
@@ -273,9 +277,9 @@ fn pong(s: &Shared, seq: u64) -> Frame {
     let full = crate::sys::free_bytes(s.log.dir()).is_ok_and(|b| b < 2 * super::log::RESERVE);
     let mut heard = Vec::new();
     for p in &s.peers {
-        let ms = s
-            .last_heard(&p.id)
-            .map_or(u32::MAX, |t| t.elapsed().as_millis().min(u32::MAX as u128 - 1) as u32);
+        let ms = s.last_heard(&p.id).map_or(u32::MAX, |t| {
+            t.elapsed().as_millis().min(u32::MAX as u128 - 1) as u32
+        });
         heard.push((p.id.clone(), ms));
     }
     Frame::Pong { seq, full, heard }

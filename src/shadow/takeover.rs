@@ -71,19 +71,34 @@ fn gauges(s: &Shared) {
     s.metrics.log_bytes.set(s.log.disk().1 as i64);
 }
 
-/// Whether the cluster agrees `primary` is down, having been silent here for `after`: every
-/// other engine heard within `after` must have said, within [`FRESH`], that it has not heard
-/// `primary` for `after` either. With no other engine heard (a cluster of two, or all others
-/// silent too) this engine's own view decides: it cannot tell a partition from a death.
+/// Whether the cluster agrees `primary` is down, having been silent here for `after`: see
+/// [`agreement`]; each other engine's say is whether this engine heard it within `after`, and
+/// what it last said (within [`FRESH`]) about whom it hears.
 pub(super) fn agreed(s: &Shared, primary: &str, after: Duration) -> bool {
-    let after_ms = after.as_millis().min(u32::MAX as u128) as u32;
-    for p in s.peers.iter().filter(|p| p.id != primary) {
+    let others = s.peers.iter().filter(|p| p.id != primary).map(|p| {
         let alive = s.last_heard(&p.id).is_some_and(|t| t.elapsed() < after);
+        (alive, p.view(FRESH))
+    });
+    agreement(primary, after, others)
+}
+
+/// The rule: every other engine that is alive (heard within `after`) must have said, recently,
+/// that it has not heard `primary` for `after` either (a missing word means "wait"). Engines
+/// not heard themselves get no say; with none left (a cluster of two, or every other engine
+/// silent too) this engine's own view decides — it cannot tell a partition from a death, and a
+/// lost engine's mail must not wait for an operator forever.
+pub fn agreement(
+    primary: &str,
+    after: Duration,
+    others: impl Iterator<Item = (bool, Option<Vec<(String, u32)>>)>,
+) -> bool {
+    let after_ms = after.as_millis().min(u32::MAX as u128) as u32;
+    for (alive, view) in others {
         if !alive {
             continue;
         }
-        let Some(view) = p.view(FRESH) else {
-            return false; // heard, but no fresh word on the primary: wait
+        let Some(view) = view else {
+            return false;
         };
         let silent = view
             .iter()
@@ -158,7 +173,14 @@ pub(super) async fn adopt(
                 break;
             }
         }
-        if let Err(e) = s.log.append(Rec::Taken { key, when: now_secs() }).await {
+        if let Err(e) = s
+            .log
+            .append(Rec::Taken {
+                key,
+                when: now_secs(),
+            })
+            .await
+        {
             tracing::error!(id = %id, error = %e, "cannot mark a copy taken over; will try again");
             break;
         }
@@ -284,9 +306,9 @@ impl crate::ops::StatusSection for Status {
                 (false, _, None) => "<span class=down>never up</span>".to_owned(),
             };
             let (h, t) = held.get(&p.id).copied().unwrap_or_default();
-            let heard = s
-                .last_heard(&p.id)
-                .map_or("never".to_owned(), |t| format!("{:.1}s ago", t.elapsed().as_secs_f64()));
+            let heard = s.last_heard(&p.id).map_or("never".to_owned(), |t| {
+                format!("{:.1}s ago", t.elapsed().as_secs_f64())
+            });
             let _ = write!(
                 o,
                 "<tr><td>{}</td><td>{}</td><td>{link}</td><td>{}</td><td>{h}</td><td>{t}</td><td>{heard}</td></tr>",
@@ -328,5 +350,54 @@ async fn takeover_route(
         ),
         Err(e @ TakeoverError::Unknown(_)) => (StatusCode::NOT_FOUND, format!("{e}\n")),
         Err(e @ TakeoverError::Alive(..)) => (StatusCode::CONFLICT, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ms: u32) -> Option<Vec<(String, u32)>> {
+        Some(vec![("A".into(), ms), ("B".into(), 10)])
+    }
+
+    /// Who must agree before a shadow takes a silent primary's mail.
+    #[test]
+    fn the_cluster_must_agree_that_a_primary_is_down() {
+        let after = Duration::from_secs(300);
+        let none = std::iter::empty();
+        assert!(
+            agreement("A", after, none),
+            "alone (a cluster of two): own view"
+        );
+        assert!(
+            agreement("A", after, [(true, view(400_000))].into_iter()),
+            "C agrees"
+        );
+        assert!(
+            !agreement("A", after, [(true, view(2_000))].into_iter()),
+            "C heard A two seconds ago: no takeover"
+        );
+        assert!(
+            !agreement("A", after, [(true, None)].into_iter()),
+            "C is alive but has not said: wait"
+        );
+        assert!(
+            agreement("A", after, [(false, None), (false, view(1))].into_iter()),
+            "C and D are silent too: nobody to ask, own view"
+        );
+        assert!(
+            !agreement("A", after, [(false, None), (true, view(1))].into_iter()),
+            "D is alive and hears A"
+        );
+        let never = Some(vec![("A".to_owned(), u32::MAX)]);
+        assert!(
+            agreement("A", after, [(true, never)].into_iter()),
+            "never heard"
+        );
+        assert!(
+            agreement("A", after, [(true, Some(Vec::new()))].into_iter()),
+            "C does not know A at all"
+        );
     }
 }

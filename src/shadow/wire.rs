@@ -465,12 +465,24 @@ fn mac(secret: &str, role: &str, first: &[u8], second: &[u8], a: &str, b: &str) 
 }
 
 /// The primary's proof: over the shadow's nonce, its own, its id, the shadow's id.
-pub fn client_mac(secret: &str, server_nonce: &[u8], client_nonce: &[u8], client: &str, server: &str) -> Vec<u8> {
+pub fn client_mac(
+    secret: &str,
+    server_nonce: &[u8],
+    client_nonce: &[u8],
+    client: &str,
+    server: &str,
+) -> Vec<u8> {
     mac(secret, "client", server_nonce, client_nonce, client, server)
 }
 
 /// The shadow's proof: the same in the other order, so it cannot be the primary's reflected.
-pub fn server_mac(secret: &str, client_nonce: &[u8], server_nonce: &[u8], server: &str, client: &str) -> Vec<u8> {
+pub fn server_mac(
+    secret: &str,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+    server: &str,
+    client: &str,
+) -> Vec<u8> {
     mac(secret, "server", client_nonce, server_nonce, server, client)
 }
 
@@ -489,20 +501,55 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_split_anywhere() {
-        let p = Progress::decode(b"status: quarantined\r\nreason: spam\r\nattempts: 0\r\nrcpt: 0 pending\r\n\r\n")
-            .unwrap();
+        let p = Progress::decode(
+            b"status: quarantined\r\nreason: spam\r\nattempts: 0\r\nrcpt: 0 pending\r\n\r\n",
+        )
+        .unwrap();
         let frames = vec![
-            Frame::Hello { nonce: [7; 32], server: "10.0.0.2:25".into() },
-            Frame::Auth { client: "10.0.0.1:25".into(), spool: "0011223344556677".into(), nonce: [9; 32], mac: vec![1; 32] },
+            Frame::Hello {
+                nonce: [7; 32],
+                server: "10.0.0.2:25".into(),
+            },
+            Frame::Auth {
+                client: "10.0.0.1:25".into(),
+                spool: "0011223344556677".into(),
+                nonce: [9; 32],
+                mac: vec![1; 32],
+            },
             Frame::Welcome { mac: vec![2; 32] },
-            Frame::Inventory { last: true, items: vec![(id(), Held::Copy), (id(), Held::TakenOver)] },
-            Frame::Copy { seq: 5, id: id(), progress: Some(p.clone()), data: b"MDSPOOL 1\r\n\r\nhi".to_vec() },
-            Frame::Copy { seq: 6, id: id(), progress: None, data: vec![] },
-            Frame::Update { seq: 7, id: id(), progress: p },
+            Frame::Inventory {
+                last: true,
+                items: vec![(id(), Held::Copy), (id(), Held::TakenOver)],
+            },
+            Frame::Copy {
+                seq: 5,
+                id: id(),
+                progress: Some(p.clone()),
+                data: b"MDSPOOL 1\r\n\r\nhi".to_vec(),
+            },
+            Frame::Copy {
+                seq: 6,
+                id: id(),
+                progress: None,
+                data: vec![],
+            },
+            Frame::Update {
+                seq: 7,
+                id: id(),
+                progress: p,
+            },
             Frame::Gone { seq: 8, id: id() },
             Frame::Ping { seq: 9 },
-            Frame::Ack { seq: 10, code: AckCode::Full, text: "disk full".into() },
-            Frame::Pong { seq: 11, full: false, heard: vec![("10.0.0.3:25".into(), 1500)] },
+            Frame::Ack {
+                seq: 10,
+                code: AckCode::Full,
+                text: "disk full".into(),
+            },
+            Frame::Pong {
+                seq: 11,
+                full: false,
+                heard: vec![("10.0.0.3:25".into(), 1500)],
+            },
         ];
         let mut buf = Vec::new();
         for f in &frames {
@@ -532,7 +579,9 @@ mod tests {
         set_seq(&mut f, 42);
         let (frame, used) = parse(&f, 1 << 20).unwrap().unwrap();
         assert_eq!(used, f.len());
-        let Frame::Copy { seq, id, data, .. } = frame else { panic!("{frame:?}") };
+        let Frame::Copy { seq, id, data, .. } = frame else {
+            panic!("{frame:?}")
+        };
         assert_eq!((seq, &id), (42, &env.id));
         let (back, msg) = crate::store::decode_record(&data).unwrap();
         assert_eq!(back.rcpts, env.rcpts);
@@ -541,16 +590,28 @@ mod tests {
 
     #[test]
     fn hostile_frames_are_errors_not_panics() {
-        assert!(matches!(parse(&[0xff, 0xff, 0xff, 0xff], 1 << 20), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            parse(&[0xff, 0xff, 0xff, 0xff], 1 << 20),
+            Err(WireError::TooLarge(_))
+        ));
         assert!(parse(&[0, 0, 0, 0], 1 << 20).is_err(), "empty body");
         assert!(parse(&[0, 0, 0, 2, PING, 1], 1 << 20).is_err(), "short");
-        assert!(parse(&[0, 0, 0, 9, 99, 0, 0, 0, 0, 0, 0, 0, 0], 1 << 20).is_err(), "unknown kind");
+        assert!(
+            parse(&[0, 0, 0, 9, 99, 0, 0, 0, 0, 0, 0, 0, 0], 1 << 20).is_err(),
+            "unknown kind"
+        );
         let mut b = Vec::new();
-        Frame::Inventory { last: true, items: vec![] }.encode(&mut b);
+        Frame::Inventory {
+            last: true,
+            items: vec![],
+        }
+        .encode(&mut b);
         b[6..10].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(parse(&b, 1 << 20).is_err(), "a count larger than the frame");
         for n in 0..200u8 {
-            let junk: Vec<u8> = (0..40).map(|i| n.wrapping_mul(31).wrapping_add(i)).collect();
+            let junk: Vec<u8> = (0..40)
+                .map(|i| n.wrapping_mul(31).wrapping_add(i))
+                .collect();
             let mut f = vec![0, 0, 0, 40];
             f.extend_from_slice(&junk);
             let _ = parse(&f, 1 << 20);
@@ -564,7 +625,13 @@ mod tests {
         assert!(same_mac(&c, &client_mac(&s, &n1, &n2, "A", "B")));
         assert!(!same_mac(&c, &client_mac(&s, &n2, &n1, "A", "B")));
         assert!(!same_mac(&c, &client_mac(&s, &n1, &n2, "B", "A")));
-        assert!(!same_mac(&c, &server_mac(&s, &n1, &n2, "A", "B")), "not reflectable");
-        assert!(!same_mac(&c, &client_mac(&"b".repeat(32), &n1, &n2, "A", "B")));
+        assert!(
+            !same_mac(&c, &server_mac(&s, &n1, &n2, "A", "B")),
+            "not reflectable"
+        );
+        assert!(!same_mac(
+            &c,
+            &client_mac(&"b".repeat(32), &n1, &n2, "A", "B")
+        ));
     }
 }

@@ -23,9 +23,9 @@
 use std::io;
 use std::sync::Arc;
 
+use super::Store;
 use super::index::Dest;
 use super::spool::{Envelope, Progress, QueueId};
-use super::Store;
 
 /// Hears the store's durable changes (see the module docs).
 pub trait Follower: Send + Sync + std::fmt::Debug {

@@ -19,6 +19,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// Cluster redundancy: shadow copies, takeover, each failure of the model in-process.
+mod shadow;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
 /// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.

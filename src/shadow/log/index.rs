@@ -226,8 +226,7 @@ impl Index {
                     .iter()
                     .any(|(on, _)| on != *n && self.segs.contains_key(on));
                 **n != active
-                    && ((s.live > 0 && s.live_bytes * 2 < segment_bytes)
-                        || (s.live == 0 && needed))
+                    && ((s.live > 0 && s.live_bytes * 2 < segment_bytes) || (s.live == 0 && needed))
             })
             .map(|(n, _)| *n)
     }
@@ -280,7 +279,10 @@ mod tests {
     use super::*;
 
     fn key(n: u8) -> Key {
-        (Arc::from("10.0.0.1:25"), QueueId::parse(&format!("{:024X}", n)).unwrap())
+        (
+            Arc::from("10.0.0.1:25"),
+            QueueId::parse(&format!("{:024X}", n)).unwrap(),
+        )
     }
 
     fn copy(n: u8) -> Op {
@@ -307,7 +309,10 @@ mod tests {
         i.apply(copy(3), at(3, 0));
         // Segment 1 still holds copy 2; segment 2 holds only the tombstone of copy 1.
         assert!(!i.deletable(1, 3));
-        assert!(!i.deletable(2, 3), "its tombstone is needed while segment 1 exists");
+        assert!(
+            !i.deletable(2, 3),
+            "its tombstone is needed while segment 1 exists"
+        );
         i.apply(Op::Gone { key: key(2) }, at(3, 100));
         assert_eq!(i.deletable_now(3), vec![1]);
         i.remove_seg(1);
@@ -321,11 +326,20 @@ mod tests {
         let mut i = Index::default();
         i.apply(copy(1), at(1, 0));
         i.apply(copy(2), at(1, 100));
-        i.apply(Op::Taken { key: key(1), when: 5 }, at(2, 0));
+        i.apply(
+            Op::Taken {
+                key: key(1),
+                when: 5,
+            },
+            at(2, 0),
+        );
         assert!(matches!(i.entries.get(&key(1)), Some(Entry::Taken { .. })));
         i.apply(Op::Gone { key: key(1) }, at(3, 0));
         i.apply(copy(4), at(4, 0));
-        assert!(!i.deletable(2, 4) && !i.deletable(3, 4), "segment 1 still exists");
+        assert!(
+            !i.deletable(2, 4) && !i.deletable(3, 4),
+            "segment 1 still exists"
+        );
         i.apply(Op::Gone { key: key(2) }, at(4, 100));
         assert_eq!(i.deletable_now(4), vec![1]);
         i.remove_seg(1);
@@ -345,11 +359,29 @@ mod tests {
             error: String::new(),
             rcpts: vec![None],
         };
-        i.apply(Op::Progress { key: key(9), progress: p.clone() }, at(1, 0));
+        i.apply(
+            Op::Progress {
+                key: key(9),
+                progress: p.clone(),
+            },
+            at(1, 0),
+        );
         assert!(i.entries.is_empty() && i.segs[&1].live == 0);
         i.apply(copy(1), at(1, 100));
-        i.apply(Op::Progress { key: key(1), progress: p.clone() }, at(2, 0));
-        i.apply(Op::Progress { key: key(1), progress: p }, at(3, 0));
+        i.apply(
+            Op::Progress {
+                key: key(1),
+                progress: p.clone(),
+            },
+            at(2, 0),
+        );
+        i.apply(
+            Op::Progress {
+                key: key(1),
+                progress: p,
+            },
+            at(3, 0),
+        );
         assert_eq!((i.segs[&2].live, i.segs[&3].live), (0, 1));
         assert_eq!(i.to_compact(3, 1000), Some(1));
         let (live, deps) = i.compaction_plan(1);

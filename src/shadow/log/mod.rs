@@ -312,7 +312,10 @@ impl ShadowLog {
             .spawn(move || w.run(rx))?;
         let log = ShadowLog { inner };
         // Whatever recovery left deletable or worth compacting goes now.
-        log.inner.tx.try_send(Req::Maintain(oneshot::channel().0)).ok();
+        log.inner
+            .tx
+            .try_send(Req::Maintain(oneshot::channel().0))
+            .ok();
         Ok((log, problems))
     }
 
@@ -740,11 +743,7 @@ impl Writer {
             if g.entries.contains_key(&k) {
                 g.carry_dep(&k, on);
             } else if on != self.seg {
-                g.segs
-                    .entry(self.seg)
-                    .or_default()
-                    .deps
-                    .push((on, k));
+                g.segs.entry(self.seg).or_default().deps.push((on, k));
             }
         }
         g.clear_deps(n);

@@ -39,7 +39,8 @@ async fn what_was_appended_is_there_after_a_reopen() {
     log.append(copy(&a, 100)).await.unwrap();
     log.append(copy(&b, 100)).await.unwrap();
     log.append(copy(&c, 100)).await.unwrap();
-    let mut p = Progress::decode(b"status: queued\r\nattempts: 2\r\nrcpt: 0 pending\r\n\r\n").unwrap();
+    let mut p =
+        Progress::decode(b"status: queued\r\nattempts: 2\r\nrcpt: 0 pending\r\n\r\n").unwrap();
     p.error = "451 try later".into();
     log.append(Rec::Progress {
         key: b.clone(),
@@ -138,5 +139,9 @@ async fn compaction_keeps_the_live_and_never_revives_the_dead() {
     drop(log);
     let (log, problems) = ShadowLog::open(dir.path(), seg).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    assert_eq!(held(&log, "p1"), kept, "exactly the kept copies after a reopen");
+    assert_eq!(
+        held(&log, "p1"),
+        kept,
+        "exactly the kept copies after a reopen"
+    );
 }
