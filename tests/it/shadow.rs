@@ -129,6 +129,42 @@ async fn no_shadow_in_time_is_a_451_or_a_counted_single_copy() {
     );
 }
 
+/// An engine that cannot prove the cluster's secret gets no copies and sends none: the
+/// links never come up, and the sender hears 451.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_without_the_cluster_secret_gets_no_copies() {
+    let mut o = Opts::new(down_addr());
+    o.timeout = "500ms";
+    o.secret_of = vec![(1, "another-secret-entirely-0123456789abcdef")];
+    let c = Cluster::new(2, o).await;
+    let nodes = c.start_each().await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let r = a.send("needs a copy").await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(b.holds_for(a).is_empty() && a.store.is_empty());
+    assert_eq!(a.metric("maildistiller_engine_shadow_peer_up"), 0.0);
+    assert_eq!(b.metric("maildistiller_engine_shadow_peer_up"), 0.0);
+}
+
+/// `engine.shadow.timeout` is how long a 250 may wait for a shadow: a peer that comes up after
+/// the default (5 s) but within the configured 20 s still gets the copy, and the sender a 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_250_waits_up_to_the_shadow_timeout() {
+    let mut o = Opts::new(down_addr());
+    o.timeout = "20s";
+    let c = Cluster::new(2, o).await;
+    let a = c.start(0).await;
+    let sending = tokio::spawn(async move {
+        let r = a.send("patient").await;
+        (a, r)
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let b = c.start(1).await;
+    let (a, r) = sending.await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(b.holds_for(&a).len(), 1);
+}
+
 /// A primary lost for good (its spool deleted): once it has been silent for takeover_after,
 /// its shadow adopts the copies — held mail held, quarantined mail quarantined — and delivers
 /// them, each once.
@@ -355,4 +391,65 @@ async fn a_partition_is_at_least_once_and_the_duplicates_are_counted() {
         "{}",
         a.metric("maildistiller_engine_shadow_duplicates_delivered_total")
     );
+}
+
+/// A tmpfs mounted at a path for the life of the value (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "shadow-test"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The shadow's disk is full: it refuses copies ("full"), the primary copies to the third
+/// engine instead, and with no other engine left it answers 451 — never a 250 for a copy that
+/// was not made. Needs a small file system (tmpfs, root): skipped with a notice otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_shadow_sends_copies_elsewhere_or_tempfails() {
+    let acme = down_addr();
+    let c = Cluster::new(3, Opts::new(acme)).await;
+    let Some(_fs) = Tmpfs::mount(&c.spool(1), "24m") else {
+        println!("NOTICE: skipped: mounting a small tmpfs needs root (CI runs it as root)");
+        return;
+    };
+    // Leave B less than the copy log's reserve.
+    let free = maildistiller::sys::free_bytes(&c.spool(1)).unwrap();
+    std::fs::write(
+        c.spool(1).join("filler"),
+        vec![0u8; (free - (8 << 20)) as usize],
+    )
+    .unwrap();
+    let nodes = c.start_all().await;
+    let (a, b, cc) = (&nodes[0], &nodes[1], &nodes[2]);
+    for n in 0..5 {
+        let r = a.send_sized(&format!("big {n}"), 512 * 1024).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(b.holds_for(a).is_empty(), "the full shadow holds nothing");
+    assert_eq!(
+        cc.holds_for(a).len(),
+        5,
+        "every copy went to the third engine"
+    );
+    let mut nodes = nodes;
+    nodes.pop().unwrap().stop().await;
+    let r = nodes[0].send_sized("no room anywhere", 512 * 1024).await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
 }

@@ -32,6 +32,8 @@ pub struct Opts {
     pub acme: SocketAddr,
     /// Engines whose shadow address in the fleet is a proxy (index -> proxy address).
     pub via: Vec<(usize, SocketAddr)>,
+    /// Engines configured with another secret than the cluster's.
+    pub secret_of: Vec<(usize, &'static str)>,
 }
 
 impl Opts {
@@ -42,6 +44,7 @@ impl Opts {
             timeout: "2s",
             acme,
             via: Vec::new(),
+            secret_of: Vec::new(),
         }
     }
 }
@@ -232,6 +235,11 @@ connect_timeout = "1s"
             after = o.takeover_after,
             me = self.fleet_shadow(i),
             timeout = o.timeout,
+            SECRET = o
+                .secret_of
+                .iter()
+                .find(|(k, _)| *k == i)
+                .map_or(SECRET, |(_, s)| *s),
         )
     }
 
@@ -292,6 +300,15 @@ connect_timeout = "1s"
             id: Self::id(i),
             task: Some(task),
         }
+    }
+
+    /// Starts every engine (without waiting for links).
+    pub async fn start_each(&self) -> Vec<Node> {
+        let mut v = Vec::new();
+        for i in 0..self.listen.len() {
+            v.push(self.start(i).await);
+        }
+        v
     }
 
     /// Starts every engine and waits until each has its links up.
