@@ -269,6 +269,7 @@ pub(super) async fn run(s: Arc<Shared>, idx: usize, peer: Arc<Peer>) {
                     st.last_ok = Some(Instant::now());
                 }
                 s.metrics.peer_up.with_label_values(&[&peer.id]).set(1);
+                s.refresh_readiness();
                 s.peers_changed.notify_waiters();
                 tracing::info!(peer = %peer.id, "shadow link up");
                 let (back, why) = serve(&s, idx, &peer, rx, reader, stream_w, first).await;
@@ -279,6 +280,7 @@ pub(super) async fn run(s: Arc<Shared>, idx: usize, peer: Arc<Peer>) {
                     st.down_since = Some(Instant::now());
                 }
                 s.metrics.peer_up.with_label_values(&[&peer.id]).set(0);
+                s.refresh_readiness();
                 if !s.ops.shutdown.is_cancelled() {
                     tracing::warn!(peer = %peer.id, reason = %why, "shadow link down");
                 }

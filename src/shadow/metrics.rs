@@ -27,6 +27,9 @@ pub struct ShadowMetrics {
     pub duplicates_avoided: IntCounter,
     pub duplicates_delivered: IntCounter,
     pub log_bytes: IntGauge,
+    /// The copy log's group commits, and the records they carried.
+    pub log_commits: IntCounter,
+    pub log_records: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -128,6 +131,14 @@ impl ShadowMetrics {
                 "Messages both this engine and the shadow that took them over delivered (a partition, or taken over mid-delivery).",
             ),
             log_bytes,
+            log_commits: one(
+                "engine_shadow_log_commits_total",
+                "Group commits of the copy log (one write and one fdatasync each).",
+            ),
+            log_records: one(
+                "engine_shadow_log_records_total",
+                "Records (copies, progress, discards) the copy log committed; over commits: how many share an fsync.",
+            ),
         }
     }
 }

@@ -51,6 +51,10 @@
 //! | disk full on the shadow | the primary, copying elsewhere | below its reserve the shadow acknowledges copies with "full" (the primary tries another peer, then `on_shadow_failure`) and still records discards and progress |
 //! | primary returns after a takeover | the shadow | the primary reads the inventory, drops the taken-over messages it still holds (`duplicates_avoided`), counts those it delivered meanwhile (`duplicates_delivered`), and the shadow forgets its markers |
 //!
+//! An engine whose every message would get `451` (`tempfail`, no usable peer) says so on
+//! `/readyz` (503, `"unready":["no-shadow"]`): edges route its tenants elsewhere (another cluster
+//! of their regions) instead of letting senders retry into the same refusal.
+//!
 //! Delivery is at least once everywhere: nothing acknowledged is lost while one of its two
 //! copies survives; duplicates are possible where the table says so, and counted.
 //!
@@ -111,6 +115,9 @@ pub const FRAME_SLACK: u64 = 2 << 20;
 pub const UNSENT_MAX: usize = 100_000;
 /// Copies the re-shadow loop has out at once.
 pub const RESHADOW_IN_FLIGHT: usize = 64;
+/// The readiness hold (`/readyz` 503) of an engine that would answer 451 to every message:
+/// `tempfail` and no peer usable. Edges then send its tenants' mail to other engines.
+pub const UNREADY: &str = "no-shadow";
 
 /// How the lookups of a takeover route an adopted message (the engine's delivery routing).
 pub type Route = Arc<dyn Fn(&Envelope) -> Dest + Send + Sync>;
@@ -247,6 +254,7 @@ pub async fn start(
         peers_changed: tokio::sync::Notify::new(),
     });
     let r = Replicator { inner };
+    r.inner.refresh_readiness();
     store.follow(Arc::new(r.clone()));
     tracing::info!(
         engine = %me,
@@ -363,6 +371,13 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Holds the engine's readiness while every message would get a 451 for want of a shadow.
+    fn refresh_readiness(&self) {
+        let hold = plan(&self.ops) == Plan::Shadow(OnShadowFailure::Tempfail)
+            && !self.peers.iter().any(|p| p.usable());
+        self.ops.hold_readiness(UNREADY, hold);
     }
 
     fn timeout(&self) -> Duration {

@@ -47,6 +47,7 @@ pub(super) async fn watch(s: Arc<Shared>) {
             _ = s.ops.shutdown.cancelled() => return,
         }
         n += 1;
+        s.refresh_readiness();
         gauges(&s);
         auto(&s).await;
         reshadow(&s, &out, &copying);
@@ -69,6 +70,12 @@ fn gauges(s: &Shared) {
         s.metrics.placed.with_label_values(&[&p.id]).set(n);
     }
     s.metrics.log_bytes.set(s.log.disk().1 as i64);
+    let (commits, records) = s.log.commits();
+    let m = &s.metrics;
+    m.log_commits
+        .inc_by(commits.saturating_sub(m.log_commits.get()));
+    m.log_records
+        .inc_by(records.saturating_sub(m.log_records.get()));
 }
 
 /// Whether the cluster agrees `primary` is down, having been silent here for `after`: see

@@ -54,18 +54,27 @@ probe_interval = "200ms"
 }
 
 fn start(cfg: &std::path::Path, ops: u16) -> Child {
-    let child = bin()
+    let child = spawn(cfg);
+    wait_ready(ops);
+    child
+}
+
+fn spawn(cfg: &std::path::Path) -> Child {
+    bin()
         .args(["--role", "engine", "--config", cfg.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn engine");
+        .expect("spawn engine")
+}
+
+/// Waits for `/readyz` 200 (an engine with shadows is ready once a peer takes its copies).
+fn wait_ready(ops: u16) {
     let ops = SocketAddr::from(([127, 0, 0, 1], ops));
     crate::support::eventually(Duration::from_secs(20), || {
         http(ops, "GET", "/readyz").filter(|(s, _)| *s == 200)
     })
     .expect("engine ready");
-    child
 }
 
 /// Sends messages on one connection until an error; records subjects that got 250.
@@ -278,7 +287,9 @@ async fn two_engines_with_shadows_lose_nothing_acknowledged_under_sigkill() {
         .collect();
     let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], smtp[i]));
     let acked = Arc::new(Mutex::new(HashSet::new()));
-    let mut children = [Some(start(&cfg[0], ops[0])), Some(start(&cfg[1], ops[1]))];
+    let mut children = [Some(spawn(&cfg[0])), Some(spawn(&cfg[1]))];
+    wait_ready(ops[0]);
+    wait_ready(ops[1]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> = (0..4)
         .map(|w| tokio::spawn(sender(addr(w % 2), 100 + w, acked.clone(), stop.clone())))

@@ -106,6 +106,9 @@ async fn no_shadow_in_time_is_a_451_or_a_counted_single_copy() {
     o.timeout = "300ms";
     let c = Cluster::new(2, o).await;
     let a = c.start(0).await;
+    // Every message would get a 451: /readyz says so, and edges send the mail elsewhere.
+    assert!(!a.ops.is_ready());
+    assert_eq!(a.ops.unready_reasons(), vec!["no-shadow"]);
     let r = a.send("nobody to copy to").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     assert!(a.store.is_empty(), "nothing kept, nothing to deliver");
@@ -182,13 +185,14 @@ async fn a_lost_primary_s_mail_is_delivered_by_its_shadow() {
     let q = a.accept("QUARANTINE 3").await;
     a.stop().await;
     std::fs::remove_dir_all(c.spool(0)).unwrap();
-    let adopted = until(LONG, || b.store.len() == 3).await;
+    // Counted once the takeover is complete.
+    let adopted = until(LONG, || {
+        b.metric("maildistiller_engine_shadow_taken_over_messages_total") == 3.0
+    })
+    .await;
     assert!(adopted, "B adopted A's copies: {}", b.store.len());
+    assert_eq!(b.store.len(), 3);
     assert_eq!(b.store.get(&q).map(|l| l.state), Some(State::Quarantined));
-    assert_eq!(
-        b.metric("maildistiller_engine_shadow_taken_over_messages_total"),
-        3.0
-    );
     let sink = Sink::start_on(acme).await;
     let two = until(LONG, || delivered(&sink).len() == 2).await;
     assert!(two, "{:?}", delivered(&sink));

@@ -458,7 +458,7 @@ async fn accept_message(
     tracing::info!(
         session = %info.session_id, id = %id, tenant = tid, client = %info.client,
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
-        verdict = %verdict.summary, shadow = shadow.as_deref().unwrap_or("-"), "message queued"
+        verdict = %verdict.summary, shadow = %shadow.as_deref().unwrap_or("-"), "message queued"
     );
     replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
 }

@@ -51,6 +51,7 @@ mod tests;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -259,6 +260,9 @@ struct Inner {
     dir: PathBuf,
     index: Mutex<Index>,
     tx: mpsc::Sender<Req>,
+    /// Group commits (one write and one fdatasync each) and the records they carried.
+    commits: AtomicU64,
+    records: AtomicU64,
 }
 
 impl std::fmt::Debug for Req {
@@ -299,6 +303,8 @@ impl ShadowLog {
             dir: dir.to_owned(),
             index: Mutex::new(index),
             tx,
+            commits: AtomicU64::new(0),
+            records: AtomicU64::new(0),
         });
         let w = Writer {
             inner: inner.clone(),
@@ -382,6 +388,14 @@ impl ShadowLog {
             }
         }
         m.into_iter().map(|(p, (a, b, c))| (p, a, b, c)).collect()
+    }
+
+    /// (group commits, records committed) since start: how many records share an fsync.
+    pub fn commits(&self) -> (u64, u64) {
+        (
+            self.inner.commits.load(Ordering::Relaxed),
+            self.inner.records.load(Ordering::Relaxed),
+        )
     }
 
     /// (segments, bytes) on disk.
@@ -616,6 +630,10 @@ impl Writer {
             return rolled;
         }
         self.len += buf.len() as u64;
+        self.inner.commits.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .records
+            .fetch_add(placed.len() as u64, Ordering::Relaxed);
         let mut g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
         g.segs.entry(self.seg).or_default().bytes = self.len;
         let mut replies = Vec::with_capacity(placed.len());
