@@ -255,7 +255,8 @@ pub async fn start(
     });
     let r = Replicator { inner };
     r.inner.refresh_readiness();
-    store.follow(Arc::new(r.clone()));
+    let follower: Arc<dyn Follower> = r.inner.clone();
+    store.follow(&follower);
     tracing::info!(
         engine = %me,
         peers = ?r.inner.peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
@@ -427,7 +428,7 @@ impl Replicator {
 
     /// A copy was made but the message was not stored here after all: the shadow discards it.
     pub fn discard(&self, id: &QueueId) {
-        self.changed(id, None);
+        self.inner.changed(id, None);
     }
 
     /// Records how much longer the 250 waited for the shadow than for the local disk.
@@ -462,9 +463,9 @@ impl Replicator {
     }
 }
 
-impl Follower for Replicator {
+impl Follower for Shared {
     fn accepted(&self, env: &Arc<Envelope>, message: &[u8], parent: Option<&QueueId>) {
-        let s = &self.inner;
+        let s = self;
         if plan(&s.ops) == Plan::Single {
             return;
         }
@@ -481,7 +482,7 @@ impl Follower for Replicator {
     }
 
     fn changed(&self, id: &QueueId, progress: Option<&Progress>) {
-        let s = &self.inner;
+        let s = self;
         let holder = {
             let mut h = Shared::lock(&s.holders);
             match progress {

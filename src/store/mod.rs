@@ -135,8 +135,9 @@ pub struct Store {
     index: Arc<Index>,
     /// Cancelled at shutdown: writes of delivery outcomes stop retrying.
     stopping: CancellationToken,
-    /// Who hears every durable change (set once, when the engine replicates).
-    follower: Arc<std::sync::OnceLock<Arc<dyn Follower>>>,
+    /// Who hears every durable change (set once, when the engine replicates). Weak: the
+    /// follower holds the store, and its owner decides how long it lives.
+    follower: Arc<std::sync::OnceLock<std::sync::Weak<dyn Follower>>>,
 }
 
 impl Store {
@@ -237,13 +238,14 @@ impl Store {
         env
     }
 
-    /// Sets who hears every durable change from now on (once; a second call is ignored).
-    pub fn follow(&self, follower: Arc<dyn Follower>) {
-        let _ = self.follower.set(follower);
+    /// Sets who hears every durable change from now on, for as long as it lives (once; a
+    /// second call is ignored).
+    pub fn follow(&self, follower: &Arc<dyn Follower>) {
+        let _ = self.follower.set(Arc::downgrade(follower));
     }
 
     fn tell(&self, f: impl FnOnce(&dyn Follower)) {
-        if let Some(x) = self.follower.get() {
+        if let Some(x) = self.follower.get().and_then(std::sync::Weak::upgrade) {
             f(x.as_ref());
         }
     }

@@ -258,9 +258,15 @@ pub struct ShadowLog {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
+    /// The writer thread ends when the last handle (and so this sender) is dropped.
     tx: mpsc::Sender<Req>,
-    /// Group commits (one write and one fdatasync each) and the records they carried.
+    stats: Arc<Stats>,
+}
+
+/// Group commits (one write and one fdatasync each) and the records they carried.
+#[derive(Debug, Default)]
+struct Stats {
     commits: AtomicU64,
     records: AtomicU64,
 }
@@ -301,13 +307,14 @@ impl ShadowLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
-            index: Mutex::new(index),
+            index: Arc::new(Mutex::new(index)),
             tx,
-            commits: AtomicU64::new(0),
-            records: AtomicU64::new(0),
+            stats: Arc::default(),
         });
         let w = Writer {
-            inner: inner.clone(),
+            dir: inner.dir.clone(),
+            index: inner.index.clone(),
+            stats: inner.stats.clone(),
             file,
             seg: active,
             len: 0,
@@ -393,8 +400,8 @@ impl ShadowLog {
     /// (group commits, records committed) since start: how many records share an fsync.
     pub fn commits(&self) -> (u64, u64) {
         (
-            self.inner.commits.load(Ordering::Relaxed),
-            self.inner.records.load(Ordering::Relaxed),
+            self.inner.stats.commits.load(Ordering::Relaxed),
+            self.inner.stats.records.load(Ordering::Relaxed),
         )
     }
 
@@ -540,7 +547,9 @@ fn start_segment(dir: &Path, n: u64) -> io::Result<std::fs::File> {
 
 /// The writer thread: owns the active segment.
 struct Writer {
-    inner: Arc<Inner>,
+    dir: PathBuf,
+    index: Arc<Mutex<Index>>,
+    stats: Arc<Stats>,
     file: std::fs::File,
     seg: u64,
     len: u64,
@@ -585,7 +594,7 @@ impl Writer {
         if batch.is_empty() {
             return false;
         }
-        let mut free = crate::sys::free_bytes(&self.inner.dir).unwrap_or(u64::MAX);
+        let mut free = crate::sys::free_bytes(&self.dir).unwrap_or(u64::MAX);
         let mut buf = Vec::new();
         let mut placed = Vec::with_capacity(batch.len());
         for (rec, reply) in batch {
@@ -630,11 +639,11 @@ impl Writer {
             return rolled;
         }
         self.len += buf.len() as u64;
-        self.inner.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
             .records
             .fetch_add(placed.len() as u64, Ordering::Relaxed);
-        let mut g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
         g.segs.entry(self.seg).or_default().bytes = self.len;
         let mut replies = Vec::with_capacity(placed.len());
         for (op, start, len, reply) in placed {
@@ -656,11 +665,10 @@ impl Writer {
     /// Seals the active segment (already synced) and starts the next.
     fn roll(&mut self) -> io::Result<()> {
         let n = self.seg + 1;
-        self.file = start_segment(&self.inner.dir, n)?;
+        self.file = start_segment(&self.dir, n)?;
         self.seg = n;
         self.len = 0;
-        self.inner
-            .index
+        self.index
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .segs
@@ -672,7 +680,7 @@ impl Writer {
     /// Compacts one segment worth it, then deletes every segment that may go.
     fn maintain(&mut self) {
         let n = {
-            let g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+            let g = self.index.lock().unwrap_or_else(|e| e.into_inner());
             g.to_compact(self.seg, self.segment_bytes)
         };
         if let Some(n) = n
@@ -688,16 +696,14 @@ impl Writer {
     /// Writes segment `n`'s live records and needed tombstones again, into the active segment.
     fn compact(&mut self, n: u64) -> io::Result<()> {
         let (live, deps) = self
-            .inner
             .index
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .compaction_plan(n);
-        let path = seg_path(&self.inner.dir, n);
+        let path = seg_path(&self.dir, n);
         let mut recs = Vec::new();
         for key in &live {
             let Some(e) = self
-                .inner
                 .index
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -732,7 +738,7 @@ impl Writer {
             }
         }
         let dead: Vec<(u64, Key)> = {
-            let g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+            let g = self.index.lock().unwrap_or_else(|e| e.into_inner());
             deps.iter()
                 .filter(|(_, k)| !g.entries.contains_key(k))
                 .cloned()
@@ -756,7 +762,7 @@ impl Writer {
                 Err(_) => return Err(io::Error::other("compaction record not written")),
             }
         }
-        let mut g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
         for (on, k) in deps {
             if g.entries.contains_key(&k) {
                 g.carry_dep(&k, on);
@@ -773,7 +779,6 @@ impl Writer {
     fn delete_dead(&mut self) -> io::Result<()> {
         loop {
             let dead = self
-                .inner
                 .index
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -782,14 +787,14 @@ impl Writer {
                 return Ok(());
             }
             for &n in &dead {
-                match std::fs::remove_file(seg_path(&self.inner.dir, n)) {
+                match std::fs::remove_file(seg_path(&self.dir, n)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
-            std::fs::File::open(&self.inner.dir)?.sync_all()?;
-            let mut g = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
             for n in dead {
                 g.remove_seg(n);
             }
