@@ -297,7 +297,7 @@ pair_cpu() { awk '{s += $14 + $15} END {print s}' "/proc/$ENGINE_PID/stat" "/pro
 hist_q() {
 	curl -sf "http://$1/metrics" | awk -v m="$2_bucket" -v q="$3" '
 		index($0, m "{") == 1 {
-			match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+			match($0, /[{,]le="[^"]*"/); le = substr($0, RSTART + 5, RLENGTH - 6) # not role="..."
 			n++; les[n] = (le == "+Inf" ? 1e9 : le + 0); cs[n] = $NF + 0
 		}
 		END {
@@ -522,6 +522,7 @@ engine_config
 pf_config
 log "work dir $W; engine 127.0.0.1:$ENGINE_PORT (ops $OPS), postfix 127.0.0.1:$PF_PORT, sink 127.0.0.1:$SINK_PORT"
 log "load: smtp-source -s $SESSIONS; one peer at a time; $RUNS round(s)"
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 
 WORKLOADS=()
 [ "$N_4K" -gt 0 ] && WORKLOADS+=("4k")
@@ -557,6 +558,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 echo
 echo "maildistiller engine vs Postfix $(postconf -d -h mail_version), smtp-source -s $SESSIONS, loopback, $(nproc) cores"
 echo "(spool and Postfix queue on $(df -P "$W" | awk 'NR == 2 {print $1}'); engine scanners: $SCANNERS; probe_interval $PROBE_INTERVAL)"
+echo "(load average 1/5/15 min before the runs: $LOAD_BEFORE, after: $(cut -d" " -f1-3 /proc/loadavg); other work on the machine shows in msg/s, the ratios much less)"
 echo
 printf '%-5s %-28s %-10s %10s %10s %8s\n' round workload metric ours postfix ratio
 for round in $(seq 1 "$RUNS"); do

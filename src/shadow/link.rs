@@ -397,6 +397,18 @@ async fn reconcile(s: &Shared, idx: usize, peer: &Peer, items: Vec<(QueueId, Hel
     let unsent = std::mem::take(&mut *lock(&peer.unsent));
     let mut out = Vec::new();
     let (mut avoided, mut twice, mut matched) = (0u64, 0u64, 0usize);
+    // Copies this engine believed the peer held but the peer does not list (it lost its disk,
+    // or never wrote them): no longer held there; the re-shadow loop copies them again.
+    let listed: HashSet<&QueueId> = items.iter().map(|(id, _)| id).collect();
+    let forgotten = {
+        let mut h = Shared::lock(&s.holders);
+        let before = h.len();
+        h.retain(|id, i| *i != idx || listed.contains(id));
+        before - h.len()
+    };
+    if forgotten > 0 {
+        tracing::warn!(peer = %peer.id, copies = forgotten, "the peer no longer holds copies it had acknowledged (a new disk?): copying them again");
+    }
     for (id, h) in items {
         match h {
             Held::TakenOver => {

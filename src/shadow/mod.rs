@@ -33,15 +33,16 @@
 //!   ordered link: a new progress (a retry, a release, a suspension) updates the copy, leaving the
 //!   store (delivered, bounced, deleted, expired) discards it. Quarantined and held mail keep their
 //!   copy as long as they live, so webmail and release work after a takeover. A DSN is copied to
-//!   the holder of the message it reports on, ahead of that message's discard on the same link,
-//!   so no crash can leave neither. Outcomes a link could not carry are found again when it comes
+//!   the holder of the message it reports on, ahead of that message's discard on the same
+//!   ordered link, so the DSN's copy is on disk there before the message's is dropped (when that
+//!   link is down, the re-shadow loop copies the DSN). Outcomes a link could not carry are found again when it comes
 //!   back: the shadow sends its inventory, and the primary discards what it no longer holds.
 //!
 //! # Failure model
 //!
 //! | failure | who delivers | what holds |
 //! |---|---|---|
-//! | primary dies **before** its `250` | the sender, again (it got no `250`) | a complete local file is delivered when the primary comes back with its spool; a copy its shadow holds is discarded then (same spool identity, message unknown or known). If the primary never comes back, the shadow delivers the copy after takeover: a duplicate of the sender's retry (at least once) |
+//! | primary dies **before** its `250` | the sender, again (it got no `250`) | a local file that was complete is recovered and delivered when the primary comes back with its spool (a duplicate of the sender's retry), and the shadow's copy becomes its copy; an incomplete one is gone, and the shadow discards its copy (same spool identity, unknown message). If the primary never comes back, the shadow delivers the copy after takeover: again a duplicate of the sender's retry (at least once) |
 //! | primary dies **after** `250`, back within `takeover_after` | the primary | no duplicate: the shadow's inventory matches, nothing is taken over |
 //! | primary lost for good (machine or disk gone) | its shadows, once it has been unreachable for `takeover_after` **and** the cluster's other engines agree | 0 acknowledged lost. Messages it delivered whose discard had not reached the shadow are delivered again (at most the deliveries in flight at the loss) |
 //! | primary comes back with a **new, empty spool** | its shadows, at once | the spool identity differs: its old copies are adopted when it connects (`by = "spool-lost"`), not discarded |

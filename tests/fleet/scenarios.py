@@ -520,7 +520,7 @@ SCENARIOS = {
             "were on them may be lost, none acknowledged after the first death"),
 }
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
-         "spool-full", "engine-flap", "engine-destroyed"]
+         "spool-full", "engine-flap", "engine-destroyed", "shadow-destroyed"]
 
 
 def run_scenario(sc, args, workdir):

@@ -48,6 +48,18 @@ async fn a_250_means_a_copy_on_another_engine_and_outcomes_follow() {
         b.shadow.log().of_primary(&b.id).is_empty(),
         "nothing of its own in its log"
     );
+    // /status names the engine's shadow peers and what each holds.
+    let ops = a.ops_addr;
+    let (st, page) =
+        tokio::task::spawn_blocking(move || crate::support::http(ops, "GET", "/status"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("Shadow redundancy") && page.contains(&b.id) && page.contains("<td>3</td>"),
+        "{page}"
+    );
 
     // A release on the primary reaches the copy.
     a.store.change(&quarantined, Change::Release).await.unwrap();
@@ -456,4 +468,22 @@ async fn a_full_disk_on_the_shadow_sends_copies_elsewhere_or_tempfails() {
     nodes.pop().unwrap().stop().await;
     let r = nodes[0].send_sized("no room anywhere", 512 * 1024).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
+}
+
+/// A shadow that comes back with an empty disk (its copies gone) gets them again: the
+/// primary reads its inventory and copies what it no longer lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_back_with_an_empty_disk_gets_its_copies_again() {
+    let c = Cluster::new(2, Opts::new(down_addr())).await;
+    let mut nodes = c.start_all().await;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let mut ids = vec![a.accept("one").await, a.accept("two").await];
+    ids.sort();
+    assert_eq!(b.holds_for(&a), ids);
+    b.stop().await;
+    std::fs::remove_dir_all(c.spool(1)).unwrap();
+    let b = c.start(1).await;
+    let again = until(LONG, || b.holds_for(&a) == ids).await;
+    assert!(again, "copied again: {:?}", b.holds_for(&a));
 }
