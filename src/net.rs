@@ -1,5 +1,6 @@
-//! Listening sockets of the roles that take SMTP connections (edge, engine): binding as
-//! operators expect, and the one accept loop both use.
+//! Sockets of the roles that speak SMTP: listening ones (edge, engine) bound as operators
+//! expect, the one accept loop both use, and outgoing connections from a configured source
+//! address (the edge to its engines, the engine to tenants' servers: [`connect_from`]).
 //!
 //! # The accept loop
 //!
@@ -94,6 +95,33 @@ fn refuse(stream: &TcpStream, reply: &Reply) {
     let mut out = Vec::with_capacity(96);
     reply.write_to(&mut out);
     let _ = socket2::SockRef::from(stream).send(&out);
+}
+
+/// The configured source address of `addr`'s family, if any (`edge.source_addresses`,
+/// `engine.delivery.source_addresses`: the first of the right family is used).
+pub fn source_for(sources: &[std::net::IpAddr], addr: SocketAddr) -> Option<std::net::IpAddr> {
+    sources
+        .iter()
+        .find(|s| s.is_ipv4() == addr.is_ipv4())
+        .copied()
+}
+
+/// Connects to `addr`, from `source` when given (the address a firewall or `trusted_proxies`
+/// on the other side expects), else from whatever the kernel picks.
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }
 
 #[cfg(test)]

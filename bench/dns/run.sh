@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GeoDNS side by side, in one run: gdnsd 3.8 (geoip plugin + tcp_connect health checks) and
-# `maildistiller --role dns`, serving the same zone and sites, driven by dnsperf with the same
-# query file (A, AAAA, MX, 10 % NXDOMAIN), without and with EDNS Client Subnet. Prints q/s,
-# latency percentiles, server CPU per query and our/their ratios. See README.md beside this file.
+# GeoDNS side by side, in one run: gdnsd 3.8 (geoip plugin + tcp_connect health checks),
+# `maildistiller --role dns` serving the same zone and sites, and a no-op UDP reflector
+# (bench/dns/reflector.rs: echoes each query with QR set over the very same sockets and
+# recvmmsg/sendmmsg loop, same thread count) as the floor, driven by dnsperf with the same query
+# file (A, AAAA, MX, 10 % NXDOMAIN), without and with EDNS Client Subnet. Prints q/s, latency
+# percentiles, server CPU per query, each server's CPU per query relative to the reflector's and
+# our/gdnsd ratios. See README.md beside this file.
 #
 # Knobs (environment): DURATION (s per throughput run, 10), CLIENTS (dnsperf -c, 4),
 # RATE (q/s of the latency runs, 20000), LATENCY_SECONDS (5), THREADS (UDP threads of each
-# server, 2), ROUNDS (3; medians are printed), PIN (1: servers on CPU 0, dnsperf on CPU 1), BENCH_DIR (work files, target/bench-dns), GDNSD_PORT / OUR_PORT / OPS_PORT,
-# MAILDISTILLER_BIN (a given binary, no build: A/B runs of two builds).
+# server, 2), ROUNDS (3; medians are printed), PIN (1: servers on CPU 0, dnsperf on CPU 1),
+# BENCH_DIR (work files, target/bench-dns), GDNSD_PORT / OUR_PORT / REFLECTOR_PORT / OPS_PORT,
+# MAILDISTILLER_BIN and REFLECTOR_BIN (given binaries, no build: A/B runs of two builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -22,6 +26,7 @@ THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 GDNSD_PORT=${GDNSD_PORT:-15353}
 OUR_PORT=${OUR_PORT:-15354}
+REFLECTOR_PORT=${REFLECTOR_PORT:-15355}
 OPS_PORT=${OPS_PORT:-19153}
 ZONE=mail.example.test
 # ECS option (code 8): family 1, source /24, scope 0, 81.2.69.0 (GB in the shipped database).
@@ -46,11 +51,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-echo "== building maildistiller (release)"
-if [ -z "${MAILDISTILLER_BIN:-}" ]; then
-	cargo build --release --quiet
+echo "== building maildistiller and the reflector (release)"
+if [ -z "${MAILDISTILLER_BIN:-}" ] || [ -z "${REFLECTOR_BIN:-}" ]; then
+    cargo build --release --quiet --bin maildistiller --example dns-reflector
 fi
 BIN=${MAILDISTILLER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/maildistiller}
+REFLECTOR=${REFLECTOR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/dns-reflector}
 
 echo "== GeoIP2-shaped database for gdnsd (converted once from geo/, cached in $W)"
 mkdir -p "$W/gdnsd/geoip" "$W/gdnsd/zones" "$W/gdnsd/run" "$W/gdnsd/state"
@@ -93,14 +99,18 @@ if [ "$PIN" = 1 ]; then
     dnsperf_cpu=(taskset -c 1)
 fi
 
-echo "== starting gdnsd on :$GDNSD_PORT and maildistiller on :$OUR_PORT"
+echo "== starting gdnsd on :$GDNSD_PORT, maildistiller on :$OUR_PORT, the reflector on :$REFLECTOR_PORT"
 "${server_cpu[@]}" gdnsd -c "$W/gdnsd" start >"$W/gdnsd.log" 2>&1 &
 GDNSD_PID=$!
 PIDS+=($GDNSD_PID)
 "${server_cpu[@]}" "$BIN" --role dns --config "$W/md/maildistiller.toml" --log-level warn >"$W/maildistiller.log" 2>&1 &
 OUR_PID=$!
 PIDS+=($OUR_PID)
+"${server_cpu[@]}" "$REFLECTOR" "127.0.0.1:$REFLECTOR_PORT" "$THREADS" >"$W/reflector.log" 2>&1 &
+REFLECTOR_PID=$!
+PIDS+=($REFLECTOR_PID)
 python3 "$HERE/ready.py" "$GDNSD_PORT" "$ZONE" || { cat "$W/gdnsd.log"; exit 1; }
+python3 "$HERE/ready.py" "$REFLECTOR_PORT" "$ZONE" || { cat "$W/reflector.log"; exit 1; }
 python3 "$HERE/ready.py" "$OUR_PORT" "$ZONE" || { cat "$W/maildistiller.log"; exit 1; }
 # Both health-check every 2 s and need 2 results: let every site settle up.
 sleep 6
@@ -138,16 +148,24 @@ latency() {
 
 : >"$W/results"
 : >"$W/latency"
-# Rounds alternate which server goes first, so drift in the machine's load hits both alike.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# Rounds rotate which server goes first, so drift in the machine's load hits all alike.
 for round in $(seq 1 "$ROUNDS"); do
     for mode in plain ecs; do
         opts=()
         [ "$mode" = ecs ] && opts=(-e -E "$ECS")
-        order=(gdnsd maildistiller)
-        [ $((round % 2)) = 0 ] && order=(maildistiller gdnsd)
+        case $((round % 3)) in
+            1) order=(gdnsd maildistiller reflector) ;;
+            2) order=(maildistiller reflector gdnsd) ;;
+            0) order=(reflector gdnsd maildistiller) ;;
+        esac
         echo "== round $round/$ROUNDS, $mode: throughput (${DURATION}s, -c $CLIENTS) and latency at $RATE q/s"
         for name in "${order[@]}"; do
-            if [ "$name" = gdnsd ]; then pid=$GDNSD_PID port=$GDNSD_PORT; else pid=$OUR_PID port=$OUR_PORT; fi
+            case $name in
+                gdnsd) pid=$GDNSD_PID port=$GDNSD_PORT ;;
+                maildistiller) pid=$OUR_PID port=$OUR_PORT ;;
+                reflector) pid=$REFLECTOR_PID port=$REFLECTOR_PORT ;;
+            esac
             throughput "$name" "$pid" "$port" "$mode" "${opts[@]}"
             latency "$name" "$port" "$mode" "${opts[@]}"
         done
@@ -162,11 +180,14 @@ median() {
 
 echo
 echo "GeoDNS benchmark: $(nproc) CPUs, $THREADS UDP threads each, dnsperf -c $CLIENTS, ${DURATION}s runs,"
-echo "pinned=$PIN, medians of $ROUNDS alternating rounds (every run: $W/results, $W/latency)"
+echo "pinned=$PIN, medians of $ROUNDS rotating rounds (every run: $W/results, $W/latency)"
+echo "reflector = no-op echo over our sockets and batch loop: the floor of CPU per query"
+echo "load average (1/5/15 min) before the runs: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "(other work on the machine shows in q/s and the percentiles; CPU per query is the server's own)"
 printf '%-14s %-6s %10s %14s %14s %8s %8s %8s %8s\n' server ECS "q/s" "avg lat (us)" "CPU us/query" \
     "p50 us" "p90 us" "p99 us" "p99.9 us"
 for mode in plain ecs; do
-    for name in gdnsd maildistiller; do
+    for name in gdnsd maildistiller reflector; do
         printf '%-14s %-6s %10.0f %14.0f %14.2f %8s %8s %8s %8s\n' "$name" "$mode" \
             "$(median "$W/results" $name $mode 3)" "$(median "$W/results" $name $mode 4)" \
             "$(median "$W/results" $name $mode 5)" "$(median "$W/latency" $name $mode 3)" \
@@ -178,8 +199,11 @@ echo
 for mode in plain ecs; do
     awk -v gq="$(median "$W/results" gdnsd $mode 3)" -v mq="$(median "$W/results" maildistiller $mode 3)" \
         -v gc="$(median "$W/results" gdnsd $mode 5)" -v mc="$(median "$W/results" maildistiller $mode 5)" \
+        -v rc="$(median "$W/results" reflector $mode 5)" \
         -v gp="$(median "$W/latency" gdnsd $mode 5)" -v mp="$(median "$W/latency" maildistiller $mode 5)" \
+        -v gpp="$(median "$W/latency" gdnsd $mode 6)" -v mpp="$(median "$W/latency" maildistiller $mode 6)" \
         -v m=$mode 'BEGIN {
-        printf "ratio %-6s q/s ours/gdnsd %.2f   CPU per query gdnsd/ours %.2f   p99 gdnsd/ours %.2f\n",
-            m, mq / gq, gc / (mc > 0 ? mc : 1), gp / (mp > 0 ? mp : 1) }'
+        r = (rc > 0 ? rc : 1)
+        printf "ratio %-6s CPU per query / reflector: ours %.2fx gdnsd %.2fx   q/s ours/gdnsd %.2f   p99 ours/gdnsd %.2f   p99.9 ours/gdnsd %.2f\n",
+            m, mc / r, gc / r, mq / gq, mp / (gp > 0 ? gp : 1), mpp / (gpp > 0 ? gpp : 1) }'
 done

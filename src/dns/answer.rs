@@ -7,8 +7,8 @@
 //! written per query. Work per query is bounded by the message length (parsing) and the number of
 //! silos (ordering).
 //!
-//! Decisions, in order: BADVERS for EDNS versions above 0; REFUSED for classes other than IN,
-//! zone transfers and names outside the zone; FORMERR for a query of type OPT; NOTIMP for other
+//! Decisions, in order (after `wire::parse`'s FORMERR, BADVERS and NOTIMP): REFUSED for classes
+//! other than IN and ANY, zone transfers and names outside the zone; FORMERR for a query of type OPT; NOTIMP for other
 //! meta types; then the name: NXDOMAIN (no such name), NODATA (name exists, type does not; both
 //! with the SOA in the authority section), or the answer. ANY gets one RRset (RFC 8482).
 //! UDP answers larger than the client's EDNS payload (512 without EDNS) first lose their
@@ -26,7 +26,7 @@ use ipnetwork::IpNetwork;
 use super::state::Plan;
 use super::wire::{self, Bad, Ecs, HEADER_LEN, MAX_NAME, rcode};
 use super::zone::{A_LEN, AAAA_LEN, MX_EXCHANGE_AT, MX_PREF_AT, Node, SiloRecords, rtype, unit};
-use crate::geo::{Located, Source};
+use crate::geo::{Located, Point, Source};
 
 /// Per-worker buffers, reused for every query.
 #[derive(Debug)]
@@ -36,6 +36,9 @@ pub(crate) struct Scratch {
     order: Vec<(f64, u16)>,
     /// Where each MX exchange name was written, and its silo.
     exchanges: Vec<(usize, u16)>,
+    /// The last client point and its unit vector: consecutive queries mostly come from the
+    /// same place, and the conversion is two sin/cos pairs (it showed in the bench profile).
+    last_unit: Option<(Point, [f64; 3])>,
 }
 
 impl Default for Scratch {
@@ -44,6 +47,7 @@ impl Default for Scratch {
             name: [0; MAX_NAME],
             order: Vec::with_capacity(16),
             exchanges: Vec::with_capacity(16),
+            last_unit: None,
         }
     }
 }
@@ -69,7 +73,7 @@ struct Client {
 
 impl Client {
     /// (unit vector, ECS scope). Clients of unknown location stand at this node's silo.
-    fn locate(&mut self, plan: &Plan) -> ([f64; 3], u8) {
+    fn locate(&mut self, plan: &Plan, last: &mut Option<(Point, [f64; 3])>) -> ([f64; 3], u8) {
         if let Some(r) = self.resolved {
             return r;
         }
@@ -78,7 +82,17 @@ impl Client {
             _ => (self.peer, None),
         };
         let located = plan.snapshot.geo.locate(addr);
-        let u = located.point.map(unit).unwrap_or(plan.zone.local_unit);
+        let u = match located.point {
+            None => plan.zone.local_unit,
+            Some(p) => match *last {
+                Some((q, u)) if q == p => u,
+                _ => {
+                    let u = unit(p);
+                    *last = Some((p, u));
+                    u
+                }
+            },
+        };
         let scope = source.map_or(0, |s| scope_for(addr, &located, s, &plan.zone.refine));
         self.resolved = Some((u, scope));
         (u, scope)
@@ -106,8 +120,8 @@ pub(crate) fn respond(
             edns,
         }) => {
             let w = Writer::start(out, id, flags, question);
-            let opt = edns.map(|_| Opt::plain(zone.udp_payload));
-            w.finish(rcode, false, usize::from(u16::MAX), opt);
+            let opt = edns.map(|e| Opt::plain(zone.udp_payload, rcode, e.dnssec_ok));
+            w.finish(rcode & 0xF, false, usize::from(u16::MAX), opt);
             let qtype = question
                 .and_then(|q| q.get(q.len() - 4..q.len() - 2))
                 .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
@@ -130,11 +144,9 @@ pub(crate) fn respond(
     let mut silo = None;
     let mut scope = 0;
     let (rc, aa) = 'decide: {
-        if req.edns.is_some_and(|e| e.version > 0) {
-            break 'decide (rcode::BADVERS, false);
-        }
         match (req.qclass, req.qtype) {
-            (c, _) if c != 1 => break 'decide (rcode::REFUSED, false),
+            // IN, or ANY (RFC 1035 3.2.5), which only IN can match here.
+            (c, _) if c != 1 && c != 255 => break 'decide (rcode::REFUSED, false),
             (_, rtype::AXFR | rtype::IXFR) => break 'decide (rcode::REFUSED, false),
             (_, rtype::OPT) => break 'decide (rcode::FORMERR, false),
             (_, 128..=254) => break 'decide (rcode::NOTIMP, false),
@@ -163,6 +175,7 @@ pub(crate) fn respond(
     let opt = req.edns.map(|e| Opt {
         payload: zone.udp_payload,
         ext_rcode: rc >> 4,
+        dnssec_ok: e.dnssec_ok,
         ecs: e.ecs.map(|c| (c, if c.source == 0 { 0 } else { scope })),
         nsid: if e.nsid { zone.nsid.as_deref() } else { None },
     });
@@ -277,7 +290,7 @@ fn order_for(plan: &Plan, set: usize, client: &mut Client, s: &mut Scratch) -> u
         order_silos(plan, set, None, &mut s.order);
         return 0;
     }
-    let (u, scope) = client.locate(plan);
+    let (u, scope) = client.locate(plan, &mut s.last_unit);
     order_silos(plan, set, Some(u), &mut s.order);
     scope
 }
@@ -369,15 +382,19 @@ fn common_prefix(a: IpAddr, b: IpAddr) -> u8 {
 struct Opt<'a> {
     payload: u16,
     ext_rcode: u8,
+    /// The query's DO bit, copied (RFC 3225 3); every other flag stays 0 (RFC 6891 6.1.4).
+    dnssec_ok: bool,
     ecs: Option<(Ecs, u8)>,
     nsid: Option<&'a [u8]>,
 }
 
 impl Opt<'_> {
-    fn plain(payload: u16) -> Opt<'static> {
+    /// The OPT record of an error answer: our payload, the rcode's upper bits, DO copied.
+    fn plain(payload: u16, rcode: u8, dnssec_ok: bool) -> Opt<'static> {
         Opt {
             payload,
-            ext_rcode: 0,
+            ext_rcode: rcode >> 4,
+            dnssec_ok,
             ecs: None,
             nsid: None,
         }
@@ -396,7 +413,8 @@ impl Opt<'_> {
         out.push(0);
         out.extend_from_slice(&rtype::OPT.to_be_bytes());
         out.extend_from_slice(&self.payload.to_be_bytes());
-        out.extend_from_slice(&[self.ext_rcode, 0, 0, 0]);
+        let flags: u8 = if self.dnssec_ok { 0x80 } else { 0 };
+        out.extend_from_slice(&[self.ext_rcode, 0, flags, 0]);
         out.extend_from_slice(&(self.rdlen() as u16).to_be_bytes());
         if let Some((e, scope)) = self.ecs {
             out.extend_from_slice(&[0, 8]);

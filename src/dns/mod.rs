@@ -38,5 +38,5 @@ mod zone;
 
 pub use explain::explain;
 pub use records::check_records;
-pub use server::{Bound, bind};
+pub use server::{Bound, bind, udp_group};
 pub use state::{DnsState, SiloState};

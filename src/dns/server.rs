@@ -16,9 +16,12 @@
 //! Queries over 4 KiB are cut (and then malformed).
 //!
 //! TCP (RFC 7766): at most `tcp_max_connections` connections (the permit is taken before
-//! `accept`); each reads length-prefixed queries in order, answers each, and flushes when no
-//! further query is already buffered, so pipelined queries get their answers in one write. A
-//! connection idle for `tcp_idle_timeout`, or sending something not worth an answer, is closed.
+//! `accept`); each reads length-prefixed queries in order and answers each at once (answering
+//! never waits, so in order is as soon as ready). Answers are written as soon as no further
+//! whole query is already buffered: pipelined queries that came together get one write, and no
+//! answer waits for the rest of a query still in transit. A connection idle for
+//! `tcp_idle_timeout` (every answer written, no new query), one that does not take its answers
+//! within that time, or one sending something not worth an answer, is closed.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -27,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +52,10 @@ const UDP_POLL: Duration = Duration::from_millis(200);
 const TCP_BACKLOG: i32 = 1024;
 /// Most UDP threads per address.
 const MAX_UDP_THREADS: usize = 64;
+/// Read buffer of a TCP connection: room for many pipelined queries.
+const TCP_READ_BUFFER: usize = 16 * 1024;
+/// Answers to pipelined queries are written once this many bytes are waiting, at the latest.
+const TCP_WRITE_BATCH: usize = 64 * 1024;
 
 /// The role's listeners, bound and not yet serving.
 #[derive(Debug)]
@@ -76,19 +83,7 @@ pub async fn bind(ops: &Arc<Ops>) -> io::Result<Bound> {
     for &addr in &cfg.listen {
         let (first, listener) = bind_pair(addr)?;
         let local = first.local_addr()?;
-        udp.push(first);
-        for _ in 1..threads {
-            udp.push(udp_socket(local)?);
-        }
-        // More threads than CPUs: steering by CPU would leave the extra sockets idle.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads > 1
-            && threads <= cpus
-            && let Err(e) =
-                crate::sys::steer_reuseport_by_cpu(&udp[udp.len() - threads], threads as u32)
-        {
-            tracing::warn!(address = %local, error = %e, "dns: cannot steer UDP by CPU; the kernel's hash spreads queries");
-        }
+        udp.extend(grow_group(first, threads)?);
         udp_addrs.push(local);
         tcp_addrs.push(listener.local_addr()?);
         tcp.push(listener);
@@ -134,7 +129,6 @@ impl Bound {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(udp.len());
         for (i, sock) in udp.into_iter().enumerate() {
-            sock.set_read_timeout(Some(UDP_POLL))?;
             let (state, stop) = (state.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
@@ -185,6 +179,34 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no port")))
+}
+
+/// The UDP sockets of one address: `threads` sockets in one SO_REUSEPORT group, steered by
+/// CPU (see the module docs), each with the read timeout the workers poll their stop flag by.
+/// Public so that bench/dns's no-op reflector gets exactly our sockets.
+pub fn udp_group(addr: SocketAddr, threads: usize) -> io::Result<Vec<UdpSocket>> {
+    grow_group(udp_socket(addr)?, threads)
+}
+
+/// Adds `threads - 1` sockets on the port of `first` and steers the group.
+fn grow_group(first: UdpSocket, threads: usize) -> io::Result<Vec<UdpSocket>> {
+    let local = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..threads {
+        group.push(udp_socket(local)?);
+    }
+    // More threads than CPUs: steering by CPU would leave the extra sockets idle.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > 1
+        && threads <= cpus
+        && let Err(e) = crate::sys::steer_reuseport_by_cpu(&group[0], threads as u32)
+    {
+        tracing::warn!(address = %local, error = %e, "dns: cannot steer UDP by CPU; the kernel's hash spreads queries");
+    }
+    for s in &group {
+        s.set_read_timeout(Some(UDP_POLL))?;
+    }
+    Ok(group)
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -300,14 +322,16 @@ async fn tcp_connection(
     shutdown: &CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::new(w);
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::with_capacity(TCP_READ_BUFFER, r);
     let mut reader = state.reader();
     let mut scratch = Scratch::default();
     let mut stats = state.metrics.local("tcp");
-    let (mut msg, mut out) = (Vec::new(), Vec::new());
+    // Answers not yet written, each with its length prefix (RFC 7766 8: prefix and message go
+    // to the kernel in one write).
+    let (mut msg, mut out, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     loop {
+        // Every query read so far is answered and written: the connection is idle (RFC 7766 3).
         let idle = state.plan().snapshot.config.dns.tcp_idle_timeout.get();
         let len = tokio::select! {
             r = tokio::time::timeout(idle, r.read_u16()) => match r {
@@ -326,15 +350,15 @@ async fn tcp_connection(
         let outcome = respond(&plan, &msg, peer.ip(), true, &mut scratch, &mut out);
         let answered = outcome.is_some();
         if answered {
-            let sent = async {
-                w.write_all(&(out.len() as u16).to_be_bytes()).await?;
-                w.write_all(&out).await?;
-                if r.buffer().is_empty() {
-                    w.flush().await?;
-                }
-                io::Result::Ok(())
-            };
-            if sent.await.is_err() {
+            pending.extend_from_slice(&(out.len() as u16).to_be_bytes());
+            pending.extend_from_slice(&out);
+        }
+        // Pipelined queries that arrived together are answered with one write; an answer never
+        // waits for a query that is still on its way (RFC 7766 6.2.1.1).
+        if !answered || !whole_message(r.buffer()) || pending.len() >= TCP_WRITE_BATCH {
+            let sent = tokio::time::timeout(idle, w.write_all(&pending)).await;
+            pending.clear();
+            if !matches!(sent, Ok(Ok(()))) {
                 break;
             }
         }
@@ -344,8 +368,12 @@ async fn tcp_connection(
             break;
         }
     }
-    let _ = w.flush().await;
     stats.flush(Instant::now());
+}
+
+/// Whether `buf` starts with a whole length-prefixed DNS message.
+fn whole_message(buf: &[u8]) -> bool {
+    buf.len() >= 2 && buf.len() - 2 >= usize::from(u16::from_be_bytes([buf[0], buf[1]]))
 }
 
 /// Rebuilds the plan on every health change and once a second, so probe targets follow config

@@ -7,9 +7,10 @@
 //! name may not use them (nothing precedes it that it could point to), and names of other
 //! records are only skipped, which ends at the first pointer. Loops are therefore impossible.
 //!
-//! Malformed input maps to what RFC 1035/6891/7871 ask for: too short for a header, or a
-//! response, is dropped; an opcode other than QUERY gets NOTIMP; anything else broken gets
-//! FORMERR, with the question echoed when it parsed.
+//! Malformed input maps to what RFC 1035/6891/7871/8906 ask for (see [`parse`]): too short for
+//! a header, or a response, is dropped; an EDNS version above 0 gets BADVERS; an opcode other
+//! than QUERY gets NOTIMP; anything else broken gets FORMERR, with the first question echoed
+//! when it parsed and the query's OPT record answered whenever it could be found.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -31,6 +32,8 @@ pub mod rcode {
 /// EDNS option codes we read.
 const OPT_NSID: u16 = 3;
 const OPT_ECS: u16 = 8;
+/// The DO bit of the OPT record's flags (RFC 3225).
+const FLAG_DO: u16 = 0x8000;
 
 /// An EDNS Client Subnet option from a query (RFC 7871 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub struct Edns {
     /// Requestor's UDP payload size (values under 512 count as 512).
     pub payload: u16,
     pub version: u8,
+    /// DNSSEC OK (RFC 3225 3): copied into the answer's OPT record.
+    pub dnssec_ok: bool,
     pub ecs: Option<Ecs>,
     /// NSID requested.
     pub nsid: bool,
@@ -68,6 +73,7 @@ pub struct Request<'a> {
     pub name_len: usize,
     pub qtype: u16,
     pub qclass: u16,
+    /// Only version 0 gets this far (others are BADVERS).
     pub edns: Option<Edns>,
 }
 
@@ -77,7 +83,8 @@ pub enum Bad<'a> {
     /// Too short for a header, or a response: silently dropped (answering responses invites
     /// loops and reflection).
     Drop,
-    /// Answer with this rcode, the question if it parsed, and an OPT record if the query had one.
+    /// Answer with this rcode (BADVERS included), the first question if it parsed, and an OPT
+    /// record when the query had one (RFC 6891 7: errors included).
     Reply {
         id: u16,
         flags: u16,
@@ -92,6 +99,14 @@ fn u16_at(m: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parses a query. `name` receives the question name in lower case (`&name[..name_len]`).
+///
+/// Like gdnsd, the whole message is walked before the opcode and the question count are
+/// judged, so that every reply that can carry the query's OPT record does: the first question,
+/// further questions, the answer and authority records, then the additional records with the
+/// OPT among them. In order: no header or QR set: dropped; a broken record before the OPT:
+/// FORMERR without OPT; an OPT of a version above 0: BADVERS (its options are not read, their
+/// meaning is that version's); a broken OPT or option: FORMERR with a plain OPT; an opcode
+/// other than QUERY: NOTIMP; a question count other than 1: FORMERR.
 pub fn parse<'a>(msg: &'a [u8], name: &mut [u8; MAX_NAME]) -> Result<Request<'a>, Bad<'a>> {
     if msg.len() < HEADER_LEN {
         return Err(Bad::Drop);
@@ -110,59 +125,58 @@ pub fn parse<'a>(msg: &'a [u8], name: &mut [u8; MAX_NAME]) -> Result<Request<'a>
         question,
         edns,
     };
-    let opcode = (flags >> 11) & 0xF;
-    if qd != 1 {
-        let rcode = if opcode != 0 {
-            rcode::NOTIMP
-        } else {
-            rcode::FORMERR
-        };
-        return Err(reply(rcode, None, None));
+    let mut pos = HEADER_LEN;
+    let mut first = None;
+    if qd > 0 {
+        let name_len = question_name(msg, name).ok_or_else(|| reply(rcode::FORMERR, None, None))?;
+        let qend = HEADER_LEN + name_len + 4;
+        let question = msg
+            .get(HEADER_LEN..qend)
+            .ok_or_else(|| reply(rcode::FORMERR, None, None))?;
+        first = Some((question, name_len));
+        pos = qend;
     }
-    let Some(name_len) = question_name(msg, name) else {
-        return Err(reply(rcode::FORMERR, None, None));
-    };
-    let qend = HEADER_LEN + name_len + 4;
-    if msg.len() < qend {
-        return Err(reply(rcode::FORMERR, None, None));
+    let question = first.map(|(q, _)| q);
+    let formerr = |edns| reply(rcode::FORMERR, question, edns);
+    for _ in 1..qd {
+        pos = skip_name(msg, pos)
+            .map(|p| p + 4)
+            .filter(|&p| p <= msg.len())
+            .ok_or_else(|| formerr(None))?;
     }
-    let question = &msg[HEADER_LEN..qend];
-    if opcode != 0 {
-        return Err(reply(rcode::NOTIMP, Some(question), None));
-    }
-    let qtype = u16::from_be_bytes([question[name_len], question[name_len + 1]]);
-    let qclass = u16::from_be_bytes([question[name_len + 2], question[name_len + 3]]);
-
-    let mut pos = qend;
     for _ in 0..u32::from(an) + u32::from(ns) {
-        pos = skip_record(msg, pos).ok_or(reply(rcode::FORMERR, Some(question), None))?;
+        pos = skip_record(msg, pos).ok_or_else(|| formerr(None))?;
     }
     let mut edns: Option<Edns> = None;
     for _ in 0..ar {
         let owner = pos;
-        let after_name = skip_name(msg, pos).ok_or(reply(rcode::FORMERR, Some(question), edns))?;
-        let rtype = u16_at(msg, after_name).ok_or(reply(rcode::FORMERR, Some(question), edns))?;
+        let after_name = skip_name(msg, pos).ok_or_else(|| formerr(edns))?;
+        let rtype = u16_at(msg, after_name).ok_or_else(|| formerr(edns))?;
         if rtype != 41 {
-            pos = skip_record(msg, pos).ok_or(reply(rcode::FORMERR, Some(question), edns))?;
+            pos = skip_record(msg, pos).ok_or_else(|| formerr(edns))?;
             continue;
         }
         // OPT: only one, owned by the root (RFC 6891 6.1.1).
         if edns.is_some() || after_name != owner + 1 || msg[owner] != 0 {
-            return Err(reply(rcode::FORMERR, Some(question), edns));
+            return Err(formerr(edns));
         }
-        let (e, next) = opt_record(msg, after_name).ok_or(reply(
-            rcode::FORMERR,
-            Some(question),
-            Some(Edns {
-                payload: 512,
-                version: 0,
-                ecs: None,
-                nsid: false,
-            }),
-        ))?;
-        edns = Some(e);
-        pos = next;
+        let (e, start, end) = opt_header(msg, after_name).ok_or_else(|| formerr(None))?;
+        if e.version > 0 {
+            return Err(reply(rcode::BADVERS, question, Some(e)));
+        }
+        let data = msg.get(start..end).ok_or_else(|| formerr(Some(e)))?;
+        edns = Some(opt_options(data, e).ok_or_else(|| formerr(Some(e)))?);
+        pos = end;
     }
+    let opcode = (flags >> 11) & 0xF;
+    if opcode != 0 {
+        return Err(reply(rcode::NOTIMP, question, edns));
+    }
+    let Some((question, name_len)) = first.filter(|_| qd == 1) else {
+        return Err(formerr(edns));
+    };
+    let qtype = u16::from_be_bytes([question[name_len], question[name_len + 1]]);
+    let qclass = u16::from_be_bytes([question[name_len + 2], question[name_len + 3]]);
     Ok(Request {
         id,
         flags,
@@ -228,20 +242,26 @@ fn skip_record(msg: &[u8], pos: usize) -> Option<usize> {
     (end <= msg.len()).then_some(end)
 }
 
-/// Reads an OPT record from its type field on; returns it and the offset after it.
-fn opt_record(msg: &[u8], p: usize) -> Option<(Edns, usize)> {
+/// Reads an OPT record's fixed part from its type field on: the EDNS values (no options yet)
+/// and where its options start and end (the end is not checked against the message).
+fn opt_header(msg: &[u8], p: usize) -> Option<(Edns, usize, usize)> {
     let payload = u16_at(msg, p + 2)?.max(512);
     let version = *msg.get(p + 5)?;
+    let flags = u16_at(msg, p + 6)?;
     let rdlen = usize::from(u16_at(msg, p + 8)?);
-    let start = p + 10;
-    let end = start + rdlen;
-    let data = msg.get(start..end)?;
-    let mut e = Edns {
+    let e = Edns {
         payload,
         version,
+        dnssec_ok: flags & FLAG_DO != 0,
         ecs: None,
         nsid: false,
     };
+    Some((e, p + 10, p + 10 + rdlen))
+}
+
+/// Reads a version-0 OPT record's options into `e`; `None` when they are malformed. Unknown
+/// options are skipped (RFC 6891 6.1.2).
+fn opt_options(data: &[u8], mut e: Edns) -> Option<Edns> {
     let mut at = 0;
     while at < data.len() {
         let code = u16_at(data, at)?;
@@ -250,18 +270,23 @@ fn opt_record(msg: &[u8], p: usize) -> Option<(Edns, usize)> {
         match code {
             OPT_ECS if e.ecs.is_some() => return None,
             OPT_ECS => e.ecs = Some(client_subnet(value)?),
+            // RFC 5001 2.1: a query's NSID option is empty (gdnsd answers FORMERR too).
+            OPT_NSID if !value.is_empty() => return None,
             OPT_NSID => e.nsid = true,
             _ => {}
         }
         at += 4 + len;
     }
-    Some((e, end))
+    Some(e)
 }
 
 /// An ECS option's value; `None` when RFC 7871 6 says FORMERR.
 fn client_subnet(v: &[u8]) -> Option<Ecs> {
     let family = u16_at(v, 0)?;
     let source = *v.get(2)?;
+    if *v.get(3)? != 0 {
+        return None; // the scope is the server's to set (RFC 7871 6: 0 in queries)
+    }
     let addr = v.get(4..)?;
     let max = match family {
         1 => 32,
@@ -453,6 +478,45 @@ mod tests {
         let mut m = query("a.b", 1, &[]);
         m[5] = 2;
         assert!(formerr(&m));
+    }
+
+    /// RFC 6891 7: the OPT record is found for error answers too, and a version above 0 is
+    /// BADVERS whatever its options hold.
+    #[test]
+    fn errors_keep_the_opt_record_and_newer_versions_are_badvers() {
+        let mut n = [0; MAX_NAME];
+        let mut m = query("a.b", 1, &[&opt(&[])]);
+        m[2] = 0x28; // UPDATE
+        let Err(Bad::Reply { rcode, edns, .. }) = parse(&m, &mut n) else {
+            panic!("not an error reply")
+        };
+        assert_eq!((rcode, edns.map(|e| e.version)), (rcode::NOTIMP, Some(0)));
+        // No question, DO set: FORMERR with the OPT record and its DO bit.
+        let mut o = opt(&[]);
+        o[7] = 0x80;
+        let mut m = query("a.b", 1, &[&o]);
+        m.drain(12..12 + 9); // the question "a.b" A IN
+        m[5] = 0;
+        let Err(Bad::Reply {
+            rcode,
+            edns,
+            question,
+            ..
+        }) = parse(&m, &mut n)
+        else {
+            panic!("not an error reply")
+        };
+        assert_eq!((rcode, question), (rcode::FORMERR, None));
+        assert!(edns.is_some_and(|e| e.dnssec_ok));
+        let mut v1 = opt(&ecs(9, 99, &[1]));
+        v1[6] = 1;
+        assert!(matches!(
+            parse(&query("a.b", 1, &[&v1]), &mut n),
+            Err(Bad::Reply {
+                rcode: rcode::BADVERS,
+                ..
+            })
+        ));
     }
 
     #[test]

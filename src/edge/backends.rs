@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::metrics::EdgeMetrics;
 use crate::config::ProxyProtocol;
+use crate::net::{connect_from, source_for};
 use crate::ops::Ops;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::reply;
@@ -49,6 +50,23 @@ pub struct EngineHealth {
 }
 
 impl EngineHealth {
+    /// A new engine: up (until a probe says otherwise), nothing outstanding.
+    fn new(address: SocketAddr, cluster: String) -> EngineHealth {
+        EngineHealth {
+            address,
+            cluster,
+            healthy: AtomicBool::new(true),
+            outstanding: AtomicU32::new(0),
+            streak: AtomicU32::new(0),
+            current: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            reported_sessions: AtomicU32::new(0),
+            not_ready: AtomicBool::new(false),
+            flaps: AtomicU32::new(0),
+            up_at_ms: AtomicU64::new(0),
+        }
+    }
+
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -145,19 +163,10 @@ impl Backends {
             let h = match old.get(&e.address) {
                 Some(h) => h.clone(),
                 None => {
-                    let h = Arc::new(EngineHealth {
-                        address: e.address,
-                        cluster: snap.topology.cluster_label(e.cluster),
-                        healthy: AtomicBool::new(true),
-                        outstanding: AtomicU32::new(0),
-                        streak: AtomicU32::new(0),
-                        current: AtomicBool::new(true),
-                        drained: AtomicBool::new(false),
-                        reported_sessions: AtomicU32::new(0),
-                        not_ready: AtomicBool::new(false),
-                        flaps: AtomicU32::new(0),
-                        up_at_ms: AtomicU64::new(0),
-                    });
+                    let h = Arc::new(EngineHealth::new(
+                        e.address,
+                        snap.topology.cluster_label(e.cluster),
+                    ));
                     metrics.engine_up(e.address, &h.cluster, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
                     h
@@ -228,28 +237,6 @@ impl Backends {
         }
         Err(NoEngine { tried: tried.len() })
     }
-}
-
-/// The configured source address of `addr`'s family, if any.
-fn source_for(sources: &[IpAddr], addr: SocketAddr) -> Option<IpAddr> {
-    sources
-        .iter()
-        .find(|s| s.is_ipv4() == addr.is_ipv4())
-        .copied()
-}
-
-/// Connects to `addr`, from `source` when given.
-async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let Some(ip) = source else {
-        return TcpStream::connect(addr).await;
-    };
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(addr).await
 }
 
 /// Connects (from `source` when given), sends the PROXY header, reads the 220 greeting.
@@ -490,19 +477,7 @@ mod tests {
     /// Engines trust edges by address: with `edge.source_addresses` the engine must see that
     /// address, not the kernel's pick (regression: on loopback it was always 127.0.0.1).
     fn health() -> EngineHealth {
-        EngineHealth {
-            address: "127.0.0.1:25".parse().unwrap(),
-            cluster: "lon1/uk".into(),
-            healthy: AtomicBool::new(true),
-            outstanding: AtomicU32::new(0),
-            streak: AtomicU32::new(0),
-            current: AtomicBool::new(true),
-            drained: AtomicBool::new(false),
-            reported_sessions: AtomicU32::new(0),
-            not_ready: AtomicBool::new(false),
-            flaps: AtomicU32::new(0),
-            up_at_ms: AtomicU64::new(0),
-        }
+        EngineHealth::new("127.0.0.1:25".parse().unwrap(), "lon1/uk".into())
     }
 
     /// An engine that keeps flapping needs ever more probes to come back; a stable one does

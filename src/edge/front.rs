@@ -20,7 +20,7 @@ use super::session::{Session, Step};
 use super::{EdgeShared, Stream};
 use crate::proxy::ProxyInfo;
 use crate::smtp::ending::Ending;
-use crate::smtp::server::Limits;
+use crate::smtp::server::SessionLimits;
 use crate::snapshot::Snapshot;
 use crate::topology::{ClusterIdx, TenantIdx};
 
@@ -71,17 +71,9 @@ pub async fn serve(
     _permit: Permit,
 ) {
     let snap = shared.ops.config.load_full();
-    let located = snap.geo.locate(peer.ip());
-    let info = ProxyInfo {
-        client: Some(peer),
-        destination: Some(local),
-        session_id: Some(format!("{:016x}", fastrand::u64(..))),
-        tenant: None,
-        country: located.country.clone(),
-        tls: None,
-    };
+    let (info, _) = super::introduce_client(&snap, peer, local);
     let cfg = &snap.config.edge;
-    let session = Session::new(Limits {
+    let session = Session::new(SessionLimits {
         hostname: shared.hostname.clone(),
         max_message_size: cfg.max_message_size.0,
         max_recipients: super::session::MAX_RECIPIENTS,
@@ -91,6 +83,9 @@ pub async fn serve(
         max_line_length: cfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
         collect: false,
+        // The edge relays the body byte for byte and only finds its end; the engine that takes
+        // the message applies its own `engine.bare_newline` to the same bytes.
+        bare_newline: crate::config::BareNewline::Normalize,
     });
     let mut f = Front {
         shared: &shared,

@@ -32,8 +32,9 @@
 //!   [`Follower`](crate::store::Follower)); the change goes to the copy's holder on the same
 //!   ordered link: a new progress (a retry, a release, a suspension) updates the copy, leaving the
 //!   store (delivered, bounced, deleted, expired) discards it. Quarantined and held mail keep their
-//!   copy as long as they live, so webmail and release work after a takeover. A DSN is copied to
-//!   the holder of the message it reports on, ahead of that message's discard on the same
+//!   copy as long as they live, so webmail and release work after a takeover. A DSN (and a copy
+//!   released from quarantine for some recipients) is copied to the holder of the message it
+//!   reports on (was released from), ahead of that message's discard (new progress) on the same
 //!   ordered link, so the DSN's copy is on disk there before the message's is dropped (when that
 //!   link is down, the re-shadow loop copies the DSN). Outcomes a link could not carry are found again when it comes
 //!   back: the shadow sends its inventory, and the primary discards what it no longer holds.

@@ -6,7 +6,8 @@
 //!
 //! A [`Follower`] hears every durable change, after it is on disk and in the index, in the order
 //! the store made them: a message that entered other than through SMTP reception (a DSN, with
-//! the message it reports on), a new persisted progress (a retry, a release, a suspension), and
+//! the message it reports on; a copy released from quarantine for some of its recipients, with
+//! the original), a new persisted progress (a retry, a release, a suspension), and
 //! a message leaving the store (delivered, bounced, deleted, expired, abandoned). Calls are
 //! synchronous and must not block: a follower queues what it has to send.
 //!
@@ -29,8 +30,9 @@ use super::spool::{Envelope, Progress, QueueId};
 
 /// Hears the store's durable changes (see the module docs).
 pub trait Follower: Send + Sync + std::fmt::Debug {
-    /// A message entered the store other than through [`Store::prepare`]: a DSN (`parent` is
-    /// the message it reports on), or a message adopted from another engine.
+    /// A message entered the store other than through [`Store::prepare`]: a DSN or a copy
+    /// released from quarantine for some recipients (`parent` is the message it reports on or
+    /// was released from), or a message adopted from another engine.
     fn accepted(&self, env: &Arc<Envelope>, message: &[u8], parent: Option<&QueueId>);
     /// A message's persisted progress is now `progress`; `None`: it left the store.
     fn changed(&self, id: &QueueId, progress: Option<&Progress>);

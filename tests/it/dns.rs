@@ -15,7 +15,12 @@ use hickory_proto::rr::{DNSClass, RData, RecordType};
 
 use crate::support::*;
 
+mod conformance; // whole answers to gdnsd's t/ cases, RFC 6891, 3225, 8906
 mod harness;
+mod keys; // [dns] keys away from their defaults: TTLs, SOA, SPF name, UDP payload and threads, TCP cap
+mod malformed; // hand-encoded broken queries (gdnsd 019bad, 039clientsub)
+mod raw; // queries byte by byte, answers rendered whole
+mod tcp; // RFC 7766: pipelining, idle timeouts; truncation
 use harness::*;
 
 #[test]
@@ -282,14 +287,7 @@ fn negative_and_error_answers() {
 
 #[test]
 fn big_answers_truncate_over_udp_and_come_whole_over_tcp() {
-    // An edge-only silo far away with 100 edge addresses: its host name answers 100 A records.
-    let edges: Vec<String> = (1..=100).map(|i| format!("\"127.0.5.{i}\"")).collect();
-    let bulk = format!(
-        "[[silo]]\nname = \"bulk\"\nhostname = \"bulk.in.example.net\"\nlat = -89.0\nlon = 0.0\n\
-         edge_addresses = [{}]\nedge_port = {{bulk_port}}\n",
-        edges.join(", ")
-    );
-    let g = Geo::start_with(&bulk, "");
+    let g = Geo::start_with(&bulk_silo(), "");
     let plain = g.ask("bulk.in.example.net.", RecordType::A).no_edns().udp();
     assert!(
         plain.tc() && plain.msg.answers.is_empty(),

@@ -487,3 +487,44 @@ async fn a_shadow_back_with_an_empty_disk_gets_its_copies_again() {
     let again = until(LONG, || b.holds_for(&a) == ids).await;
     assert!(again, "copied again: {:?}", b.holds_for(&a));
 }
+
+/// A partial release of quarantined mail (a webmail user releases the message for himself
+/// only) reaches the shadow: the released copy is copied too, and the original's copy knows
+/// who was released and who still waits — so release still works after a takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_release_is_copied_with_the_original() {
+    use maildistiller::shadow::Entry;
+    use maildistiller::store::RcptOutcome;
+    let c = Cluster::new(2, Opts::new(down_addr())).await;
+    let nodes = c.start_all().await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut cl = crate::mail::Client::connect(a.smtp).await;
+    let r = cl
+        .mail(
+            "a@sender.example",
+            &["bob@acme.example", "carol@acme.example"],
+            "From: a@sender.example\r\nSubject: QUARANTINE me\r\n\r\nHello.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    let original = a.store.list().remove(0).env.id.clone();
+    assert_eq!(a.store.get(&original).unwrap().state, State::Quarantined);
+    let copy = a.store.release_some(&original, &[0]).await.unwrap();
+    let mut want = vec![original.clone(), copy.clone()];
+    want.sort();
+    let both = until(LONG, || b.holds_for(a) == want).await;
+    assert!(both, "B holds the released copy too: {:?}", b.holds_for(a));
+    let key = (std::sync::Arc::from(a.id.as_str()), original.clone());
+    let knows = until(LONG, || match b.shadow.log().get(&key) {
+        Some(Entry::Held(h)) => h.progress.as_ref().is_some_and(|p| {
+            matches!(&p.rcpts[0], Some(RcptOutcome::Released { copy: c }) if *c == copy)
+                && p.rcpts[1].is_none()
+        }),
+        _ => false,
+    })
+    .await;
+    assert!(
+        knows,
+        "the original's copy records bob's release, carol still waits"
+    );
+}

@@ -106,25 +106,14 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Kind, QueueId, Status};
 
     #[test]
     fn report_names_each_failed_recipient_with_its_status() {
         let env = Envelope {
-            id: QueueId::generate(),
             received: 1_700_000_000,
-            tenant: "acme".into(),
-            session: "s".into(),
-            client: "192.0.2.1".parse().unwrap(),
-            helo: "h".into(),
             from: "alice@sender.example".into(),
             rcpts: vec!["bob@acme.example".into()],
-            status: Status::Queued,
-            verdict: String::new(),
-            subject: String::new(),
-            header_from: String::new(),
-            kind: Kind::Message,
-            size: 0,
+            ..crate::store::test_envelope(1)
         };
         let msg = b"Subject: hi\r\nFrom: alice@sender.example\r\n\r\nsecret body\r\n";
         let dsn = build(

@@ -44,7 +44,7 @@ pub mod budget;
 pub mod check;
 pub mod compile;
 pub mod decode;
-mod dns;
+pub(crate) mod dns;
 pub mod magic;
 pub mod metrics;
 pub mod verdict;
@@ -57,9 +57,12 @@ use std::time::{Duration, Instant};
 use crate::config::ConfigErrors;
 use crate::config::policy::ScanLimits;
 use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome, clip};
-use crate::engine::policy::{Decision, Disposition, Failure, ListHit, decide};
+use crate::engine::policy::{
+    Decision, Disposition, Failure, ListHit, USERS_ALLOW, decide, users_allow,
+};
 use crate::smtp::Reply;
 use crate::snapshot::Snapshot;
+use crate::store::allow::AllowStore;
 use crate::topology::Tenant;
 use budget::{Budget, Stats};
 use check::{Subject, Url};
@@ -91,9 +94,10 @@ fn weight(raw: usize, limits: &ScanLimits) -> u32 {
     mib.min(u64::from(SCAN_MEMORY_MIB)) as u32
 }
 
-/// What the engine knows about a message when it is complete.
+/// How a message arrived: what the engine knows about it when it is complete (client, HELO,
+/// envelope addresses, tenant, TLS). Not the spooled envelope (`store::Envelope`).
 #[derive(Debug, Clone)]
-pub struct Envelope<'a> {
+pub struct Arrival<'a> {
     /// Same id on the edge and the engine for one connection.
     pub session_id: &'a str,
     /// Queue id the message will get if accepted (for reference ids in replies).
@@ -197,6 +201,8 @@ impl Verdict {
 pub struct Scanner {
     policies: Policies,
     metrics: Option<ScanMetrics>,
+    /// Users' own allow lists ("allow this sender" in webmail), when the engine gives them.
+    allow: Option<Arc<AllowStore>>,
 }
 
 impl Scanner {
@@ -218,7 +224,16 @@ impl Scanner {
         Ok(Scanner {
             policies,
             metrics: None,
+            allow: None,
         })
+    }
+
+    /// Consults users' own allow lists (`store::allow`): a message whose every recipient allows
+    /// its sender is decided as the policy's allow lists decide (spam actions muted, never the
+    /// virus ones), when the policy's own lists say nothing about it.
+    pub fn with_allow(mut self, allow: Arc<AllowStore>) -> Scanner {
+        self.allow = Some(allow);
+        self
     }
 
     /// Counts verdicts in `metrics` (created once per process, see `metrics.rs`).
@@ -232,7 +247,7 @@ impl Scanner {
     }
 
     /// Scans one complete message (header + body, CRLF line ends, dot-unstuffed).
-    pub async fn scan(&self, envelope: &Envelope<'_>, message: &[u8]) -> Verdict {
+    pub async fn scan(&self, envelope: &Arrival<'_>, message: &[u8]) -> Verdict {
         let tenant = envelope.tenant.id.0.as_str();
         let live = self.policies.live(tenant, &envelope.tenant.policy);
         let shadows = self.policies.shadows(tenant, &envelope.tenant.policy);
@@ -243,10 +258,12 @@ impl Scanner {
             .ok();
         let start = Instant::now();
         let mut memo = Memo::default();
-        let (decision, headers, stats) = evaluate(&live, envelope, message, start, &mut memo).await;
+        let allow = self.allow.as_deref();
+        let (decision, headers, stats) =
+            evaluate(&live, envelope, message, start, &mut memo, allow).await;
         let mut shadow_decisions = Vec::with_capacity(shadows.len());
         for s in &shadows {
-            let (d, _, _) = evaluate(s, envelope, message, start, &mut memo).await;
+            let (d, _, _) = evaluate(s, envelope, message, start, &mut memo, allow).await;
             shadow_decisions.push((s.label(), d));
         }
         let elapsed = start.elapsed();
@@ -275,7 +292,7 @@ impl Scanner {
 
 /// The live verdict at debug (the engine logs it with the message's fate); shadow verdicts at
 /// info, since nothing else reports them.
-fn log(env: &Envelope<'_>, v: &Verdict) {
+fn log(env: &Arrival<'_>, v: &Verdict) {
     tracing::debug!(
         target: "maildistiller::scan",
         session = env.session_id,
@@ -310,10 +327,11 @@ struct Memo<'a> {
 /// Decides `message` under one policy.
 async fn evaluate<'a>(
     policy: &CompiledPolicy,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     message: &'a [u8],
     start: Instant,
     memo: &mut Memo<'a>,
+    allow: Option<&AllowStore>,
 ) -> (Decision, Vec<String>, Stats) {
     let limits = &policy.config.limits;
     let budget = Budget::new(limits, start);
@@ -336,7 +354,16 @@ async fn evaluate<'a>(
         senders.push(env.mail_from.to_ascii_lowercase());
     }
     senders.extend(decoded.from.iter().cloned());
-    let list = policy.lists.check(&senders, env.client_ip, env.rcpts);
+    let mut list = policy.lists.check(&senders, env.client_ip, env.rcpts);
+    if list == ListHit::None
+        && let Some(entry) =
+            allow.and_then(|a| users_allow(a, &env.tenant.id.0, env.rcpts, &senders))
+    {
+        list = ListHit::Allow {
+            level: USERS_ALLOW,
+            entry,
+        };
+    }
     let mut headers = Vec::new();
     let mut failures = Vec::new();
     if !matches!(list, ListHit::Block { .. }) {
@@ -425,7 +452,7 @@ async fn run_checks(policy: &CompiledPolicy, s: &Subject<'_>, memo: &mut Memo<'_
 
 fn build_verdict(
     live: &CompiledPolicy,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     decision: Decision,
     auth_headers: Vec<String>,
     shadows: Vec<(String, Decision)>,

@@ -29,7 +29,7 @@ use crate::config::OnShadowFailure;
 use crate::proxy::{self, ProxyInfo};
 use crate::shadow::Plan;
 use crate::smtp::ending::Ending;
-use crate::smtp::server::{Limits, Message};
+use crate::smtp::server::{Message, SessionLimits};
 use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
@@ -261,7 +261,7 @@ async fn run_session(
     info: &ConnInfo,
 ) -> Ending {
     let ecfg = &snap.config.engine;
-    let mut session = Session::new(Limits {
+    let mut session = Session::new(SessionLimits {
         hostname: shared.hostname.clone(),
         max_message_size: ecfg.max_message_size.0,
         max_recipients: ecfg.max_recipients as usize,
@@ -270,6 +270,7 @@ async fn run_session(
         max_line_length: ecfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
         collect: true,
+        bare_newline: ecfg.bare_newline,
     });
     conn.reply(&session.banner());
     // The whole DATA transfer has one deadline, set when the body starts.
@@ -295,6 +296,18 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
+            Step::Verify { address, owner } => {
+                let verdict = match snap.topology.tenants.get(owner.0) {
+                    Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
+                    None => crate::engine::verify::Verdict::Accept,
+                };
+                let (reply, close) = session.verified(address, owner, verdict.reply());
+                conn.reply(&reply);
+                if let Some(close) = close {
+                    conn.reply(&close);
+                    return Ending::Protocol;
+                }
+            }
             Step::Close(r) => {
                 conn.reply(&r);
                 return Ending::Protocol;
@@ -407,7 +420,7 @@ async fn accept_message(
     let scanner = shared.scanner(snap);
     let verdict = scanner
         .scan(
-            &scan::Envelope {
+            &scan::Arrival {
                 session_id: &info.session_id,
                 queue_id: id.as_str(),
                 client_ip: info.client.ip().to_canonical(),
@@ -423,9 +436,16 @@ async fn accept_message(
         .await;
     let status = match &verdict.action {
         scan::Action::Deliver => Status::Queued,
-        scan::Action::Quarantine { reason } => Status::Quarantined {
-            reason: reason.clone(),
-        },
+        // Every kind of finding of the verdict, not only the one its reason names: release
+        // rights are decided by all of them (a virus that is also a blocked attachment).
+        scan::Action::Quarantine { reason } => Status::quarantined(
+            reason.clone(),
+            verdict
+                .report
+                .iter()
+                .flat_map(|r| &r.decision.findings)
+                .map(|f| f.category.kind()),
+        ),
         scan::Action::Reject { reply } | scan::Action::TempFail { reply } => {
             shared.metrics.rejected(tid, "policy");
             tracing::info!(session = %info.session_id, id = %id, tenant = tid, client = %info.client, verdict = %verdict.summary, "message refused by policy");
@@ -460,7 +480,7 @@ async fn accept_message(
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
         verdict = %verdict.summary, shadow = %shadow.as_deref().unwrap_or("-"), "message queued"
     );
-    replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
+    replies::queued(id.as_str())
 }
 
 /// Spools a message — and, when `engine.redundancy = "shadow"`, has a peer engine fsync its copy

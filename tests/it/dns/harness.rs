@@ -53,6 +53,17 @@ const EGRESS: [&str; 3] = [
     "",
 ];
 
+/// An extra silo far away (for `Geo::start_with`) with 100 edge addresses: its host name,
+/// `bulk.in.example.net`, answers 100 A records — too many for 512 or 1232 bytes.
+pub(super) fn bulk_silo() -> String {
+    let edges: Vec<String> = (1..=100).map(|i| format!("\"127.0.5.{i}\"")).collect();
+    format!(
+        "[[silo]]\nname = \"bulk\"\nhostname = \"bulk.in.example.net\"\nlat = -89.0\nlon = 0.0\n\
+         edge_addresses = [{}]\nedge_port = {{bulk_port}}\n",
+        edges.join(", ")
+    )
+}
+
 pub(super) fn config(edges: &[SocketAddr], silos_extra: &str, dns_extra: &str) -> String {
     let silo = |i: usize, lat: f64, lon: f64, region: &str| {
         format!(
@@ -105,8 +116,7 @@ mx_names = ["@"]
 nsid = "it-ns"
 mta_sts_id = "2024"
 tls_rpt = "mailto:tls@example.net"
-tcp_idle_timeout = "1s"
-udp_threads = 2
+{idle}udp_threads = 2
 {dns_extra}
 [dns.tenant.globex]
 names = ["mail-globex"]
@@ -125,6 +135,12 @@ rise = 2
 fall = 2
 "#,
         db = geo_db(),
+        // A test that sets its own idle timeout in `dns_extra` gets it instead.
+        idle = if dns_extra.contains("tcp_idle_timeout") {
+            ""
+        } else {
+            "tcp_idle_timeout = \"1s\"\n"
+        },
         lon = silo(0, 51.5, -0.12, "uk"),
         fra = silo(1, 50.11, 8.68, "de"),
         nyc = silo(2, 40.71, -74.0, "us"),

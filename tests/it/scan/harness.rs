@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use maildistiller::config::RoleSet;
 use maildistiller::engine::policy::Disposition;
-use maildistiller::engine::scan::{Envelope, Scanner, Verdict};
+use maildistiller::engine::scan::{Arrival, Scanner, Verdict};
 use maildistiller::snapshot::Snapshot;
 
 use super::dns::{self, TestDns};
@@ -88,12 +88,17 @@ impl Mail {
 
 impl Harness {
     pub async fn scan(&self, mail: &Mail, raw: &[u8]) -> Verdict {
+        self.scan_with(&self.scanner, mail, raw).await
+    }
+
+    /// Like [`Harness::scan`], with another scanner built from this config (one with metrics).
+    pub async fn scan_with(&self, scanner: &Scanner, mail: &Mail, raw: &[u8]) -> Verdict {
         let tenant = self
             .snap
             .topology
             .tenant(&mail.tenant)
             .unwrap_or_else(|| panic!("no tenant {}", mail.tenant));
-        let env = Envelope {
+        let env = Arrival {
             session_id: "S0TEST",
             queue_id: &mail.queue_id,
             client_ip: mail.client,
@@ -104,7 +109,7 @@ impl Harness {
             tenant,
             tls: false,
         };
-        self.scanner.scan(&env, raw).await
+        scanner.scan(&env, raw).await
     }
 
     pub async fn scan_fixture(&self, mail: &Mail, file: &str) -> Verdict {

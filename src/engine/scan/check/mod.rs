@@ -9,7 +9,7 @@
 //! | `attachments` | `attachments` | blocked types (by content) and extensions, name/content mismatch, encrypted archives, macros |
 //! | `antivirus` | `antivirus` | EICAR, built in |
 //! | `clamd` | `clamd` | clamd over INSTREAM (TCP or Unix socket) |
-//! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2` |
+//! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2`; its controller's learning calls |
 //!
 //! Lifecycle: checks are built once per config snapshot by [`build`] (regexes compiled, clients
 //! configured); checks with external state (resolvers, clamd, rspamd) are shared between the
@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use super::Envelope;
+use super::Arrival;
 use super::decode::Decoded;
 use crate::config::ConfigError;
 use crate::config::policy::{OnFailure, PolicyConfig};
@@ -43,10 +43,11 @@ use crate::engine::policy::finding::{CheckError, Outcome};
 
 pub use clamd::ClamdAddr;
 pub use content::{Url, extract_urls};
+pub use rspamd::{LearnAs, Learned, RspamdController};
 
 /// A message as the scanners see it.
 pub struct Subject<'m> {
-    pub envelope: &'m Envelope<'m>,
+    pub envelope: &'m Arrival<'m>,
     /// Header and body as received (CRLF, dot-unstuffed).
     pub raw: &'m [u8],
     pub decoded: &'m Decoded<'m>,
