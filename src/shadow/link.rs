@@ -537,10 +537,8 @@ async fn serve(
     // Everything unacknowledged failed.
     for (_, p) in lock(&pending).drain() {
         match p {
-            Pending::Copy { reply, .. } => {
-                if let Some(r) = reply {
-                    let _ = r.send(Err(Refused::Error("link lost".into())));
-                }
+            Pending::Copy { reply: Some(r), .. } => {
+                let _ = r.send(Err(Refused::Error("link lost".into())));
             }
             Pending::Outcome { id, gone: true } => peer.remember(id),
             _ => {}

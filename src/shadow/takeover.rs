@@ -51,7 +51,7 @@ pub(super) async fn watch(s: Arc<Shared>) {
         gauges(&s);
         auto(&s).await;
         reshadow(&s, &out, &copying);
-        if n % 30 == 0 {
+        if n.is_multiple_of(30) {
             s.log.maintain().await;
         }
     }

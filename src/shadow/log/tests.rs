@@ -78,8 +78,7 @@ async fn a_torn_tail_is_cut_and_reported() {
     let seg = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .next()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
         .unwrap();
     let mut torn = Vec::new();
     copy(&key("p1", 2), 1000).encode(&mut torn);
