@@ -36,8 +36,9 @@
 //!   released from quarantine for some recipients) is copied to the holder of the message it
 //!   reports on (was released from), ahead of that message's discard (new progress) on the same
 //!   ordered link, so the DSN's copy is on disk there before the message's is dropped (when that
-//!   link is down, the re-shadow loop copies the DSN). Outcomes a link could not carry are found again when it comes
-//!   back: the shadow sends its inventory, and the primary discards what it no longer holds.
+//!   link is down, the re-shadow loop copies the DSN). Outcomes a link could not carry are found
+//!   again when it comes back: the shadow sends its inventory, and the primary discards what it
+//!   no longer holds, and copies again what the shadow no longer lists (it lost its disk).
 //!
 //! # Failure model
 //!
@@ -47,7 +48,7 @@
 //! | primary dies **after** `250`, back within `takeover_after` | the primary | no duplicate: the shadow's inventory matches, nothing is taken over |
 //! | primary lost for good (machine or disk gone) | its shadows, once it has been unreachable for `takeover_after` **and** the cluster's other engines agree | 0 acknowledged lost. Messages it delivered whose discard had not reached the shadow are delivered again (at most the deliveries in flight at the loss) |
 //! | primary comes back with a **new, empty spool** | its shadows, at once | the spool identity differs: its old copies are adopted when it connects (`by = "spool-lost"`), not discarded |
-//! | shadow dies | the primary | its messages held by that shadow get a copy on another peer once the link has been down [`PEER_DOWN_AFTER`]; new mail goes to other peers; with no other peer, `tempfail` answers `451` and `accept` counts single copies |
+//! | shadow dies | the primary | its messages held by that shadow get a copy on another peer once the link has been down [`PEER_DOWN_AFTER`]; new mail goes to other peers; with no other peer, `tempfail` answers `451` and `accept` counts single copies. A shadow that comes back with an empty disk lists none of them: the primary copies them to it (or another peer) again |
 //! | both die | nobody, for the messages whose two copies were on them | exactly the messages whose every copy was on the two dead engines are lost. Under `tempfail` no message acknowledged after the first death is lost by the second (its copy is on a live engine, or it was not acknowledged). Of those acknowledged before it: the dead primary's copies on the second engine survive only if it took them over and copied them again before dying (`takeover_after` plus seconds); the second engine's own messages copied on the first survive if it re-shadowed them ([`PEER_DOWN_AFTER`] plus the copy time). Under `accept`, single copies (counted) die with their engine |
 //! | partition between primary and shadow | the primary, and the shadow too if the cluster cannot hear the primary | the primary re-shadows elsewhere when it can. The shadow takes over only when every other engine of the cluster that answers also has not heard the primary for `takeover_after` (in a two-engine cluster its own view decides: it cannot tell a partition from a death). At least once: when the link heals the primary learns what was taken over and counts what both delivered (`duplicates_delivered`) |
 //! | disk full on the shadow | the primary, copying elsewhere | below its reserve the shadow acknowledges copies with "full" (the primary tries another peer, then `on_shadow_failure`) and still records discards and progress |
