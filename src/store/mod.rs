@@ -374,7 +374,8 @@ impl Store {
                     ..(*listed.env).clone()
                 };
                 // A follower (shadow copies) hears of the copy with the original, before the
-                // original's new progress: its shadow never holds neither.
+                // original's new progress: the shadow holds the copy before it learns that
+                // these recipients left the original.
                 self.accept_child(env, &bytes, listed.dest.clone(), id)
                     .await
             }
