@@ -210,6 +210,25 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         self.phase == Phase::Body
     }
 
+    /// Body bytes of the open transaction kept in memory and not yet taken.
+    pub fn body_kept(&self) -> usize {
+        self.reader.as_ref().map_or(0, DataReader::kept)
+    }
+
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.reader.as_ref().map_or(0, DataReader::memory)
+    }
+
+    /// Takes the body bytes kept so far (to spill them): the [`Message`] at the end of data
+    /// then carries only the bytes that came after.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.reader
+            .as_mut()
+            .map(DataReader::take_kept)
+            .unwrap_or_default()
+    }
+
     /// The owner of the open transaction's recipients.
     pub fn owner(&self) -> Option<O> {
         self.owner

@@ -14,6 +14,7 @@
 //! timeout between commands, a data timeout for the whole DATA phase, and at most
 //! [`PROXY_HEADER_WAIT`] for the PROXY header.
 
+pub mod body;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
 use crate::topology::TenantIdx;
+use body::Body;
 use session::{Session, Step};
 
 /// Longest wait for the PROXY header on a PROXY listener (or `engine.command_timeout`, if
@@ -273,6 +275,7 @@ async fn run_session(
         bare_newline: ecfg.bare_newline,
     });
     conn.reply(&session.banner());
+    let mut body = Body::new(shared.bodies.clone());
     // The whole DATA transfer has one deadline, set when the body starts.
     let mut data_deadline: Option<Instant> = None;
     loop {
@@ -281,6 +284,11 @@ async fn run_session(
         match step {
             Step::More => {
                 let in_body = session.in_body();
+                if in_body && let Err(e) = body.track(&mut session) {
+                    tracing::error!(session = %info.session_id, error = %e, "cannot spill a body to the spool: answering 4xx");
+                    conn.reply(&replies::LOCAL_ERROR);
+                    return Ending::Protocol;
+                }
                 let deadline = if in_body {
                     *data_deadline.get_or_insert_with(|| Instant::now() + ecfg.data_timeout.get())
                 } else {
@@ -329,9 +337,19 @@ async fn run_session(
                     }
                 }
             }
-            Step::Message(m) => {
+            Step::Message(mut m) => {
                 data_deadline = None;
-                let reply = accept_message(shared, snap, info, &session, m).await;
+                let reply = match body.complete(std::mem::take(&mut m.body)).await {
+                    Ok(whole) => {
+                        m.body = whole;
+                        accept_message(shared, snap, info, &session, m).await
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %info.session_id, error = %e, "cannot read a spilled body back: answering 4xx");
+                        replies::LOCAL_ERROR
+                    }
+                };
+                body.release();
                 conn.reply(&reply);
                 if let Some(close) = session.answered(&reply) {
                     conn.reply(&close);

@@ -61,6 +61,21 @@ impl Session {
         self.server.in_body()
     }
 
+    /// Body bytes kept in memory so far (see [`super::body`]).
+    pub fn body_kept(&self) -> usize {
+        self.server.body_kept()
+    }
+
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.server.body_memory()
+    }
+
+    /// Takes the body bytes kept so far, to spill them to a file.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.server.take_body()
+    }
+
     /// Handles the start of `buf`; returns how many bytes it used and what to do.
     pub fn input(
         &mut self,
