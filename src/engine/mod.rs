@@ -169,6 +169,7 @@ pub async fn bind_with(
         bodies: Arc::new(smtp::body::Budget::new(
             &ecfg.spool_dir,
             ecfg.data_memory.0,
+            ecfg.redundancy == crate::config::Redundancy::Shadow,
             &ops.metrics,
         )?),
     });

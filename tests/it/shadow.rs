@@ -528,3 +528,37 @@ async fn a_partial_release_is_copied_with_the_original() {
         "the original's copy records bob's release, carol still waits"
     );
 }
+
+/// engine.data_memory counts the shadow copy: while a message waits for its shadow, it holds
+/// five times its size from the processing half (the four buffers of scanning and spooling,
+/// and the copy's frame), so the budget still bounds the memory of bodies in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_budget_counts_the_shadow_copy() {
+    let mut o = Opts::new(down_addr());
+    o.timeout = "20s";
+    let c = Cluster::new(2, o).await;
+    let a = c.start(0).await;
+    let pad = 100 * 1024;
+    let ops = a.ops.clone();
+    let held = move || {
+        let text = ops.metrics.render();
+        text.lines()
+            .find(|l| l.starts_with("maildistiller_engine_data_memory_bytes"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let sending = tokio::spawn(async move {
+        let r = a.send_sized("big", pad).await;
+        (a, r)
+    });
+    // The body is a little over 100 KiB: 101 KiB units, five times, while B is not there.
+    let want = 5 * (pad as u64 / 1024 + 1) * 1024;
+    let counted = until(Duration::from_secs(15), || held() == want).await;
+    assert!(counted, "held {} bytes of the budget, want {want}", held());
+    let b = c.start(1).await;
+    let (a, r) = sending.await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(b.holds_for(&a).len(), 1);
+    let back = until(LONG, || held() == 0).await;
+    assert!(back, "given back after the 250: {}", held());
+}
