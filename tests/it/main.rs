@@ -27,6 +27,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// Cluster redundancy: shadow copies, takeover, each failure of the model in-process.
+mod shadow;
 /// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.
 mod smuggling;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
