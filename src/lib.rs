@@ -24,8 +24,8 @@
 //! | [`dns`] | GeoDNS: authoritative answers by location and silo health; the only module naming hickory types |
 //! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
 //! | [`shadow`] | cluster redundancy: shadow copies of acknowledged mail on another engine of the cluster, the copy log, the authenticated replication channel, takeover; the failure model |
-//! | [`engine`] | the MDE: SMTP reception, recipient verification (recipient files, call-ahead), scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
-//! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the engine |
+//! | [`engine`] | the MDE: SMTP reception, recipient verification (recipient files, call-ahead), scan + policy, delivery, quarantine expiry, the queue API (every message in the store), learning from users' reports |
+//! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the running engine (its learning buttons use the engine room's teacher, a library) |
 //! | [`node`] | loads a config with the schema's and every role's checks into a snapshot |
 //! | [`cli`] | the top: the command line (the only module naming clap), running roles, exit codes |
 //!

@@ -18,7 +18,9 @@ Rows:
   e  ours: client -> edge -> engine (in-process scanners; SPF/DKIM/DMARC and DNS lists off:
      no network) -> the tenant's server (a sink in this script)
   f  ours with rspamd too (`scanners.rspamd`, the untrained rspamd of row a)
-  g  ours with the trained rspamd of row b
+  g  ours with rspamd trained through the product: a fresh rspamd (not row b's), taught
+     spam-1 and easy-ham-1 by `maildistiller learn --spam|--ham DIR` (the operator's path:
+     rspamd's controller with bulk learning, fuzzy hashes for spam, the audit log)
 
 Every message gets the same envelope everywhere: client 127.0.0.1, HELO bench-client.example,
 MAIL FROM its Return-Path (else its From address), RCPT TO the address it was delivered to
@@ -442,18 +444,24 @@ class SinkHandler(socketserver.StreamRequestHandler):
 
 
 class Ours:
-    def __init__(self, bin_path, work: Path, sink: Sink, domains, rspamd_addr=None):
+    def __init__(self, bin_path, work: Path, sink: Sink, domains, rspamd=None):
         self.edge_port, self.engine_port, self.ops_port = free_port(), free_port(), free_port()
-        name = "ours-rspamd" if rspamd_addr else "ours"
+        self.bin = bin_path
+        name = "ours-rspamd" if rspamd else "ours"
         self.dir = work / name
         self.dir.mkdir()
+        # The client is loopback here: FCrDNS (a gateway signal) needs the network, so it is off.
         scanners = "auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false\n"
-        rspamd = ""
-        if rspamd_addr:
+        extra = "[policy.default.gateway]\nfcrdns = false\n"
+        if rspamd:
             scanners += "rspamd = true\n"
-            rspamd = (f'[policy.default.rspamd]\naddress = "{rspamd_addr}"\n'
-                      'timeout = "30s"\non_failure = "tempfail"\n')
-        cfg = self.dir / "bench.toml"
+            pw = self.dir / "rspamd.password"
+            pw.write_text(rspamd.env["MAILDISTILLER_RSPAMD_PASSWORD"] + "\n")
+            extra += (f'[policy.default.rspamd]\naddress = "{rspamd.normal}"\n'
+                      'timeout = "30s"\non_failure = "tempfail"\n'
+                      f'[policy.default.learning]\ncontroller = "{rspamd.controller}"\n'
+                      f'password_file = "{pw}"\ntimeout = "60s"\n')
+        cfg = self.cfg = self.dir / "bench.toml"
         cfg.write_text(f"""# written by bench/detection/run.py: one silo, one edge, one engine, one tenant.
 [ops]
 listen = "127.0.0.1:{self.ops_port}"
@@ -501,7 +509,7 @@ target = "body"
 pattern = "(?i)\\\\b(wire|pay) the (transfer|processing) fee\\\\b"
 score = 4.0
 [policy.default.scanners]
-{scanners}{rspamd}""")
+{scanners}{extra}""")
         subprocess.run([bin_path, "check", "--config", str(cfg)], check=True,
                        stdout=subprocess.DEVNULL)
         self.log = self.dir / "maildistiller.log"
@@ -512,6 +520,16 @@ score = 4.0
         except BaseException:
             self.stop()
             raise
+
+    def learn(self, kind, group):
+        """Teaches a training group through the product: `maildistiller learn`."""
+        log(f"maildistiller learn --{kind} {group}")
+        t0 = time.monotonic()
+        p = subprocess.run([self.bin, "learn", "--config", str(self.cfg), f"--{kind}",
+                            str(CACHE / "corpus" / group)], stdout=subprocess.PIPE, text=True)
+        log(f"  {p.stdout.strip()} ({time.monotonic() - t0:.0f} s)")
+        if p.returncode != 0:
+            raise SystemExit(f"maildistiller learn failed ({p.returncode})")
 
     def routable(self):
         try:
@@ -562,7 +580,7 @@ def engine_verdicts(ours: Ours):
     text = re.sub(r"\x1b\[[0-9;]*m", "", ours.log.read_text(errors="replace"))
     verdicts = {}
     for m in re.finditer(r'action=(\w+) ref=(\S+) .*? score=(-?[\d.]+) reason=.*? '
-                         r'findings="(.*?)"(?= failures=| parts=)', text):
+                         r'findings="(.*?)"(?= combined=| failures=| parts=)', text):
         verdicts[m.group(2)] = (m.group(1), float(m.group(3)), m.group(4))
     return verdicts
 
@@ -647,25 +665,30 @@ def main():
                 rows.append(run_rspamd(rspamd, Row("a", "rspamd 3.4 stock, offline"), args.limit))
             if "f" in rows_wanted:
                 log("row f: ours + rspamd (untrained)")
-                ours = Ours(bin_path, work, sink, domains, rspamd.normal)
+                ours = Ours(bin_path, work, sink, domains, rspamd)
                 cleanup.append(ours.stop)
                 rows.append(run_ours(ours, sink, Row("f", "ours + rspamd untrained"),
-                                     args.limit, []))
+                                     args.limit, scores))
                 ours.stop()
-            if rows_wanted & {"b", "g"}:
+            if "b" in rows_wanted:
                 rspamd.learn("spam", "spam-1")
                 rspamd.learn("ham", "easy-ham-1")
-                if "b" in rows_wanted:
-                    log("row b: rspamd trained")
-                    rows.append(run_rspamd(rspamd, Row("b", "rspamd 3.4 + Bayes"), args.limit))
-                if "g" in rows_wanted:
-                    log("row g: ours + rspamd (trained)")
-                    shutil.rmtree(work / "ours-rspamd", ignore_errors=True)
-                    ours = Ours(bin_path, work, sink, domains, rspamd.normal)
-                    cleanup.append(ours.stop)
-                    rows.append(run_ours(ours, sink, Row("g", "ours + rspamd + Bayes"),
-                                         args.limit, []))
-                    ours.stop()
+                log("row b: rspamd trained")
+                rows.append(run_rspamd(rspamd, Row("b", "rspamd 3.4 + Bayes"), args.limit))
+            if "g" in rows_wanted:
+                # A fresh rspamd, taught only through the product.
+                rspamd.stop()
+                rspamd = Rspamd()
+                cleanup.append(rspamd.stop)
+                log("row g: ours + rspamd, trained through maildistiller learn")
+                shutil.rmtree(work / "ours-rspamd", ignore_errors=True)
+                ours = Ours(bin_path, work, sink, domains, rspamd)
+                cleanup.append(ours.stop)
+                ours.learn("spam", "spam-1")
+                ours.learn("ham", "easy-ham-1")
+                rows.append(run_ours(ours, sink, Row("g", "ours + rspamd, learnt via product"),
+                                     args.limit, scores))
+                ours.stop()
             rspamd.stop()
         if rows_wanted & {"c", "d"}:
             sa = SpamAssassin(work)

@@ -20,7 +20,10 @@ N_100K=${N_100K:-5000}              # 100 KiB, one connection per message
 N_HELD=${N_HELD:-10000}             # held-queue drain (4 KiB); 0 skips
 PF_HELD_WAIT=${PF_HELD_WAIT:-120}   # how long Postfix gets to drain without a flush (s)
 PROBE_INTERVAL=${PROBE_INTERVAL:-3s} # engine.delivery.probe_interval (the engine's default: 3s)
-SCANNERS=${SCANNERS:-local}         # local: in-process scanners on (auth/dnsbl off: no DNS); off: none
+SCANNERS=${SCANNERS:-local}         # local: in-process scanners on (auth/dnsbl off: no DNS); off: none;
+                                    # rspamd: both peers scan with one private rspamd (ours through
+                                    # the adapter, Postfix through rspamd_proxy as its milter)
+N_LATENCY=${N_LATENCY:-300}         # rspamd mode: sequential messages timed from the final dot to the 250
 BASE_PORT=${BASE_PORT:-27900}       # uses BASE_PORT+1 .. +4 on 127.0.0.1
 BENCH_TMP=${BENCH_TMP:-/tmp}        # the spool and Postfix's queue both live under here
 WAIT_MAX=${WAIT_MAX:-300}           # cap (s) of every wait loop
@@ -75,6 +78,7 @@ gone() { ! kill -0 "$1" 2>/dev/null; }
 # ---------------------------------------------------------------------------------------------
 # 1. Tools and build
 
+[ "$SCANNERS" = rspamd ] && N_HELD=0 # the held-queue drain does not involve scanning
 [ "$(id -u)" = 0 ] || die "run as root (apt-get, and Postfix's master must start as root)"
 if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v postfix >/dev/null; then
 	log "installing postfix (ships smtp-source and smtp-sink)"
@@ -106,6 +110,7 @@ W=$(mktemp -d "$BENCH_TMP/md-engine-bench.XXXXXX")
 chmod 755 "$W" # Postfix's daemons (user postfix) must reach their queue inside it
 SINK_PID=
 ENGINE_PID=
+RSPAMD_DIR=
 B_PID=
 PF_ETC=$W/pf/etc
 PF_Q=$W/pf/queue
@@ -119,6 +124,7 @@ cleanup() {
 	[ -n "$ENGINE_PID" ] && engine_stop
 	[ -n "$B_PID" ] && shadow_stop
 	[ "$PF_UP" = 1 ] && pf_stop
+	[ -n "$RSPAMD_DIR" ] && bash "$ROOT/tests/rspamd/stop.sh" "$RSPAMD_DIR"
 	if [ "$KEEP" = 1 ]; then
 		log "kept $W"
 	else
@@ -159,11 +165,12 @@ sink_has() { [ "$(sink_count)" -ge "$1" ]; }
 # ---------------------------------------------------------------------------------------------
 # Our engine
 
-engine_config() {
-	case $SCANNERS in
+engine_config() { # [MODE]: the scanners (default $SCANNERS)
+	case ${1:-$SCANNERS} in
 	local) SCANNER_LINES=$'auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false' ;;
 	off) SCANNER_LINES=$'auth = false\ndnsbl = false\ncontent = false\nattachments = false\nantivirus = false' ;;
-	*) die "SCANNERS must be local or off" ;;
+	rspamd) SCANNER_LINES=$'auth = false\ndnsbl = false\nrspamd = true\n[policy.default.rspamd]\n'"address = \"$RSPAMD_NORMAL\""$'\ntimeout = "60s"\non_failure = "tempfail"' ;;
+	*) die "SCANNERS must be local, off or rspamd" ;;
 	esac
 	engine_toml none "$ENGINE_PORT" "$OPS" "$W/spool" "" >"$W/engine.toml"
 	"$BIN" check --config "$W/engine.toml" >/dev/null || die "engine config does not validate"
@@ -359,7 +366,21 @@ pf_config() {
 		discard/unix lmtp/unix anvil/unix scache/unix; do
 		postconf -c "$PF_ETC" -Fe "$s/chroot = n"
 	done
+	if [ "$SCANNERS" = rspamd ]; then pf_milter on; fi
 	postfix -c "$PF_ETC" check >>"$W/pf/setup.log" 2>&1 || die "postfix check failed (see $W/pf/maillog)"
+}
+
+# pf_milter on|off: rspamd_proxy as smtpd's milter, as rspamd's documentation sets Postfix up
+# (milter_default_action = tempfail here, so a failing milter shows as errors, not as speed).
+pf_milter() {
+	if [ "$1" = on ]; then
+		postconf -c "$PF_ETC" -e "smtpd_milters = inet:$RSPAMD_MILTER" 'non_smtpd_milters =' \
+			'milter_protocol = 6' 'milter_default_action = tempfail' \
+			'milter_mail_macros = i {mail_addr} {client_addr} {client_name} {auth_authen}' \
+			'milter_command_timeout = 60s' 'milter_content_timeout = 60s'
+	else
+		postconf -c "$PF_ETC" -e 'smtpd_milters ='
+	fi
 }
 
 pf_master() { tr -d ' ' <"$PF_Q/pid/master.pid" 2>/dev/null; }
@@ -416,7 +437,21 @@ source_run() { # PORT N FLAGS... -> runs smtp-source, fails loudly when it repor
 peer_start() { case $1 in ours) engine_start ;; shadow) shadow_start ;; *) pf_start ;; esac; }
 peer_stop() { case $1 in ours) engine_stop ;; shadow) shadow_stop ;; *) pf_stop ;; esac; }
 peer_port() { case $1 in ours | shadow) echo "$ENGINE_PORT" ;; *) echo "$PF_PORT" ;; esac; }
-peer_cpu() { case $1 in ours) engine_cpu ;; shadow) pair_cpu ;; *) pf_cpu ;; esac; }
+# rspamd mode: + all of rspamd's processes.
+peer_cpu() {
+	local c
+	case $1 in ours) c=$(engine_cpu) ;; shadow) c=$(pair_cpu) ;; *) c=$(pf_cpu) ;; esac
+	if [ "$SCANNERS" = rspamd ]; then calc "$c + $(rspamd_cpu)"; else echo "$c"; fi
+}
+# CPU of the whole rspamd: its main process (reaped children included) + every live worker.
+rspamd_cpu() {
+	local m
+	m=$(cat "$RSPAMD_DIR/run/rspamd.pid")
+	{
+		awk '{print $14 + $15 + $16 + $17}' "/proc/$m/stat"
+		for c in $(pgrep -P "$m"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+	} | awk '{s += $1} END {print s}'
+}
 peer_empty() { case $1 in ours | shadow) engine_empty ;; *) pf_empty ;; esac; }
 peer_ours() { [ "$1" = ours ] || [ "$1" = shadow ]; }
 
@@ -440,8 +475,9 @@ throughput() {
 	local k="$peer/$round/$wl"
 	peer_start "$peer"
 	sink_start
-	local c0 t0 t1 t2
+	local c0 t0 t1 t2 r0=0
 	c0=$(peer_cpu "$peer")
+	[ "$SCANNERS" = rspamd ] && r0=$(rspamd_cpu)
 	t0=$(now)
 	source_run "$(peer_port "$peer")" "$n" "$@" || die "$k: sending failed"
 	t1=$(now)
@@ -453,6 +489,7 @@ throughput() {
 	R[$k/accepted]=$(calc "$n / ($t1 - $t0)")
 	R[$k/e2e]=$(calc "$n / ($t2 - $t0)")
 	R[$k/cpu]=$(calc "($c1 - $c0) * 1000000 / $HZ / $n")
+	[ "$SCANNERS" = rspamd ] && R[$k/rspamd_cpu]=$(calc "($(rspamd_cpu) - $r0) * 1000000 / $HZ / $n")
 	if peer_ours "$peer"; then R[$k/rss]=$(engine_hwm); fi
 	if [ "$peer" = shadow ]; then
 		sleep 2 # the counters on /metrics are refreshed every second
@@ -518,6 +555,14 @@ held() {
 # ---------------------------------------------------------------------------------------------
 # 3. Run
 
+if [ "$SCANNERS" = rspamd ]; then
+	log "starting a private rspamd with its milter (tests/rspamd/start.sh)"
+	RSPAMD_ENV=$(MAILDISTILLER_RSPAMD_MILTER=1 bash "$ROOT/tests/rspamd/start.sh")
+	RSPAMD_DIR=$(sed -n 's/^export MAILDISTILLER_RSPAMD_DIR=//p' <<<"$RSPAMD_ENV")
+	RSPAMD_NORMAL=$(sed -n 's/^export MAILDISTILLER_RSPAMD=//p' <<<"$RSPAMD_ENV")
+	RSPAMD_MILTER=$(sed -n 's/^export MAILDISTILLER_RSPAMD_MILTER=//p' <<<"$RSPAMD_ENV")
+	[ -n "$RSPAMD_MILTER" ] || die "rspamd did not start its milter"
+fi
 engine_config
 pf_config
 log "work dir $W; engine 127.0.0.1:$ENGINE_PORT (ops $OPS), postfix 127.0.0.1:$PF_PORT, sink 127.0.0.1:$SINK_PORT"
@@ -550,6 +595,27 @@ for round in $(seq 1 "$RUNS"); do
 	fi
 done
 
+# rspamd mode: the 250's latency on each peer with rspamd, then without it (ours: the in-process
+# scanners alone; Postfix: no milter).
+latency() { # PEER MODE(with|without)
+	local peer=$1 mode=$2
+	peer_start "$peer"
+	sink_start
+	R[$peer/lat/$mode]=$(python3 "$ROOT/bench/engine/latency.py" "$(peer_port "$peer")" "$N_LATENCY") ||
+		die "$peer: latency probe failed"
+	log "$peer $mode rspamd: 250 after (p50 p90 p99 mean ms) ${R[$peer/lat/$mode]}"
+	sink_stop
+	peer_stop "$peer"
+}
+if [ "$SCANNERS" = rspamd ] && [ "$N_LATENCY" -gt 0 ]; then
+	for peer in $PEERS; do latency "$peer" with; done
+	engine_config local
+	pf_milter off
+	for peer in $PEERS; do latency "$peer" without; done
+	engine_config
+	pf_milter on
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 4. Report
 
@@ -577,7 +643,7 @@ for round in $(seq 1 "$RUNS"); do
 done
 
 echo
-echo "CPU per message (µs; ours: engine process; postfix: master + all its daemons) and engine peak RSS"
+echo "CPU per message (µs; ours: engine process; postfix: master + all its daemons; rspamd mode: + all of rspamd's processes) and engine peak RSS"
 printf '%-5s %-28s %10s %10s %12s\n' round workload ours postfix "ours VmHWM"
 for round in $(seq 1 "$RUNS"); do
 	for wl in "${WORKLOADS[@]}" ${N_HELD:+held}; do
@@ -587,6 +653,29 @@ for round in $(seq 1 "$RUNS"); do
 			"$(fmt "${R[ours/$round/$wl/cpu]:-}")" "$(fmt "${R[postfix/$round/$wl/cpu]:-}")" "${R[ours/$round/$wl/rss]:--}"
 	done
 done
+
+if [ "$SCANNERS" = rspamd ]; then
+	echo
+	echo "rspamd's own CPU per message (µs), included in the CPU figures above"
+	printf '%-5s %-28s %10s %10s\n' round workload ours postfix
+	for round in $(seq 1 "$RUNS"); do
+		for wl in "${WORKLOADS[@]}"; do
+			printf '%-5s %-28s %10s %10s\n' "$round" "$(wl_name "$wl")" \
+				"$(fmt "${R[ours/$round/$wl/rspamd_cpu]:-}")" "$(fmt "${R[postfix/$round/$wl/rspamd_cpu]:-}")"
+		done
+	done
+	if [ "$N_LATENCY" -gt 0 ]; then
+		echo
+		echo "The 250 after the final dot, $N_LATENCY x 4 KiB one after another (ms: p50 p90 p99 mean)"
+		printf '%-8s %-26s %-26s %s\n' peer "with rspamd" "without" "added (p50, p99)"
+		for peer in $PEERS; do
+			read -r w50 w90 w99 wm <<<"${R[$peer/lat/with]:-- - - -}"
+			read -r o50 o90 o99 om <<<"${R[$peer/lat/without]:-- - - -}"
+			printf '%-8s %-26s %-26s %s\n' "$peer" "$w50 $w90 $w99 $wm" "$o50 $o90 $o99 $om" \
+				"$(calc "$w50 - $o50") $(calc "$w99 - $o99")"
+		done
+	fi
+fi
 
 if [ "$N_HELD" -gt 0 ]; then
 	echo

@@ -7,6 +7,7 @@
 //! | `mod.rs` | the command line, dispatch, [`Failure`] and its exit codes |
 //! | `run.rs` | running roles: bind every listener, serve, drain on SIGTERM |
 //! | `queue.rs` | `maildistiller queue …`: a running engine's queue through its ops listener |
+//! | `learn.rs` | `maildistiller learn --spam\|--ham PATH…`: an operator's bulk training; `--audit` |
 //! | `user.rs` | `maildistiller user add|passwd|remove`: webmail users in the tenant's file |
 //! | `client.rs` | the small blocking HTTP client of `queue` |
 //!
@@ -15,6 +16,7 @@
 //! listener could not be bound; 75 the shutdown grace period expired with sessions still open.
 
 pub mod client;
+mod learn;
 mod queue;
 mod run;
 pub mod user;
@@ -168,6 +170,8 @@ enum Command {
         /// An IPv4 or IPv6 address.
         ip: IpAddr,
     },
+    /// Teach rspamd from a corpus: message files, mboxes, directories (bulk learning, audited).
+    Learn(learn::LearnArgs),
     /// Manage webmail users (edits the tenant's config file; reload to apply).
     User {
         #[command(subcommand)]
@@ -353,6 +357,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::User { action }) => user::command(&cli.config, action),
+        Some(Command::Learn(args)) => learn::command(std::sync::Arc::new(load()?), args),
         None => {
             if cli.role.is_empty() {
                 return Err(Failure::Usage(

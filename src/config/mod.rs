@@ -11,6 +11,7 @@
 //! What a running process holds is a [`crate::snapshot::Snapshot`]: this config and everything
 //! built from it.
 
+pub mod detect;
 pub mod dns;
 pub mod edge;
 pub mod engine;

@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+pub use super::detect::{GatewayConfig, LearningConfig, RspamdConfig};
 use super::units::{Bytes, Dur};
 use super::validate::{Checker, is_domain};
 use super::{Config, ConfigError};
@@ -55,8 +56,13 @@ pub struct PolicyConfig {
     pub attachments: AttachmentConfig,
     /// External antivirus (clamd INSTREAM); runs when `scanners.clamd`.
     pub clamd: ClamdConfig,
-    /// External spam scanner (rspamd `/checkv2`); runs when `scanners.rspamd`.
+    /// External spam scanner (rspamd `/checkv2`); runs when `scanners.rspamd`. How its score
+    /// combines with ours: `config/detect.rs`.
     pub rspamd: RspamdConfig,
+    /// Our own gateway signals (`scanners.gateway`).
+    pub gateway: GatewayConfig,
+    /// Learning from users' reports and operators' corpora (rspamd's controller).
+    pub learning: LearningConfig,
     /// Policy-wide allow list: spam scoring does not decide (viruses, blocked attachments and
     /// unscannable mail still do).
     pub allow: ListConfig,
@@ -116,6 +122,9 @@ pub struct ScannersConfig {
     pub clamd: bool,
     /// rspamd over `/checkv2` (`[policy.NAME.rspamd]`). Default false.
     pub rspamd: bool,
+    /// Our gateway signals: the client's reverse DNS, envelope vs header, URL domains,
+    /// recipients, new sender domains (`[policy.NAME.gateway]`). Default true.
+    pub gateway: bool,
 }
 
 impl Default for ScannersConfig {
@@ -128,6 +137,7 @@ impl Default for ScannersConfig {
             antivirus: true,
             clamd: false,
             rspamd: false,
+            gateway: true,
         }
     }
 }
@@ -410,33 +420,6 @@ impl Default for ClamdConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RspamdConfig {
-    /// `HOST:PORT` of rspamd's normal worker. Default `127.0.0.1:11333`.
-    pub address: String,
-    /// For the whole exchange. Default 10 s.
-    pub timeout: Dur,
-    /// When rspamd is down or times out. Default `accept`.
-    pub on_failure: OnFailure,
-    /// rspamd's score times this is added to ours. Default 1.
-    pub weight: f64,
-    /// Larger messages are not sent (counts as a failure). Default 25 MiB.
-    pub max_size: Bytes,
-}
-
-impl Default for RspamdConfig {
-    fn default() -> Self {
-        RspamdConfig {
-            address: "127.0.0.1:11333".to_owned(),
-            timeout: Dur::secs(10),
-            on_failure: OnFailure::Accept,
-            weight: 1.0,
-            max_size: Bytes(25 << 20),
-        }
-    }
-}
-
 /// Who is allowed or blocked. Entries are case-insensitive.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -644,9 +627,7 @@ impl PolicyConfig {
         {
             err("auth.authserv_id", format!("{id:?} is not a host name"));
         }
-        if !self.rspamd.weight.is_finite() {
-            err("rspamd.weight", "must be a finite number".into());
-        }
+        super::detect::check(&self.rspamd, &self.learning, &mut err);
         for (i, s) in self.sizes.iter().enumerate() {
             if !s.score.is_finite() {
                 err(

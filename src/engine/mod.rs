@@ -7,6 +7,9 @@
 //! in-flight deliveries finish, and returns. Webmail is a room of its own beside the engine: the
 //! process that runs the engine starts it on [`Bound::store`].
 //!
+//! Learning from users and operators (the report address, webmail's buttons, `maildistiller
+//! learn`) is [`learn`]: rspamd's controller, dedup, limits, the audit log under the spool.
+//!
 //! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics, recipient
 //! verification); delivery gets its own [`delivery::Delivery`] (the store, config, metrics) and
 //! the queue API the store alone. Recipient verification ([`verify`]) probes tenants' servers
@@ -14,6 +17,7 @@
 
 pub mod api;
 pub mod delivery;
+pub mod learn;
 mod metrics;
 pub mod policy;
 pub mod scan;

@@ -151,6 +151,22 @@ pub fn queued(id: &str) -> Reply {
     Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}"))
 }
 
+/// A report to the tenant's report address was learnt (it goes nowhere else).
+pub const REPORT_TAKEN: Reply = Reply::canned(
+    250,
+    e(2, 0, 0),
+    "Report taken: learnt as spam, not delivered",
+);
+/// A report from outside the tenant (or from a client not in its `report_networks`).
+pub const REPORT_REFUSED: Reply = Reply::canned(
+    550,
+    e(5, 7, 1),
+    "Reports are taken from the tenant's own users only",
+);
+/// A report that could not be learnt now (classifier down, the user's hourly limit).
+pub const REPORT_LATER: Reply =
+    Reply::canned(451, e(4, 3, 0), "Report not learnt now, try again later");
+
 pub const STORAGE_FULL: Reply = Reply::canned(
     452,
     e(4, 3, 1),

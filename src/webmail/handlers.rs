@@ -57,7 +57,7 @@ fn flash(code: &str) -> Option<&'static str> {
         }
         "added" => "Added.",
         "removed" => "Removed.",
-        _ => return None,
+        other => return super::learn::flash(other),
     })
 }
 
@@ -149,7 +149,7 @@ pub async fn inbox(
 }
 
 /// A message the user may see: where it is, its row, and (when `raw`) its bytes.
-async fn load(
+pub(super) async fn load(
     web: &Web,
     cur: &Current,
     token: &str,
@@ -227,6 +227,7 @@ pub async fn message(
         remote: params.contains_key("remote"),
         text_only: params.contains_key("text"),
         sender: &sender,
+        learning: super::learn::enabled(&web, &cur.viewer.tenant),
     })
     .into_response()
 }
@@ -364,7 +365,7 @@ pub async fn raw(
     }
 }
 
-fn action_error(cur: &Current, e: &ActionError) -> Response {
+pub(super) fn action_error(cur: &Current, e: &ActionError) -> Response {
     if matches!(e, ActionError::NotFound) {
         return not_found(cur);
     }

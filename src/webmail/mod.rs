@@ -20,6 +20,7 @@
 //! | `render.rs` | parsing and sanitising a message |
 //! | `pages.rs` + `webmail.css` | the HTML |
 //! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
+//! | `learn.rs` | "This is spam" / "Not spam": the engine's teacher (`engine::learn`) |
 //!
 //! "Allow this sender" writes the user's allow list, which lives with the engine's messages
 //! (`store/allow.rs`), where the scanner reads it.
@@ -42,6 +43,7 @@
 
 mod auth;
 mod handlers;
+mod learn;
 mod mailbox;
 mod pages;
 pub mod peer;
@@ -197,6 +199,8 @@ fn router(web: Arc<Web>) -> Router {
         .route("/m/{token}/body", get(handlers::body))
         .route("/m/{token}/raw", get(handlers::raw))
         .route("/m/{token}/part/{n}", get(handlers::part))
+        .route("/m/{token}/spam", post(learn::spam))
+        .route("/m/{token}/notspam", post(learn::not_spam))
         .route("/m/{token}/{action}", post(handlers::act))
         .route("/static/webmail.css", get(handlers::css))
         .fallback(handlers::fallback)

@@ -244,6 +244,8 @@ pub struct Message<'a> {
     pub remote: bool,
     pub text_only: bool,
     pub sender: &'a str,
+    /// The tenant learns from its users: show "This is spam" / "Not spam".
+    pub learning: bool,
 }
 
 pub fn message(p: &Message<'_>) -> Markup {
@@ -290,6 +292,18 @@ pub fn message(p: &Message<'_>) -> Markup {
                     form method="post" action=(format!("/m/{t}/allow")) {
                         (hidden)
                         button class="secondary" type="submit" { "Always allow " (p.sender) }
+                    }
+                }
+                @if p.learning {
+                    @if r.quarantine.is_some() && p.may_release {
+                        form method="post" action=(format!("/m/{t}/notspam")) {
+                            (hidden)
+                            button class="secondary" type="submit" { "Not spam: release and learn" }
+                        }
+                    }
+                    form method="post" action=(format!("/m/{t}/spam")) {
+                        (hidden)
+                        button class="secondary" type="submit" { "This is spam" }
                     }
                 }
                 a href=(format!("/m/{t}/raw")) download { "Download original (.eml)" }

@@ -147,8 +147,12 @@ class Node:
 
 
 class Fleet:
-    def __init__(self, base, binary, spool_limits=None):
+    def __init__(self, base, binary, spool_limits=None, rspamd=None):
         self.base = base
+        # tests/rspamd/start.sh's exports, when the fleet scans with one shared rspamd (its Bayes
+        # and fuzzy storage in one Redis, as a fleet shares them): every engine asks it and
+        # learns through its controller.
+        self.rspamd = rspamd
         self.bin = binary
         self.nodes = {}
         self.aux = {}  # sinks, resolver: name -> Popen
@@ -236,6 +240,21 @@ class Fleet:
             f'pattern = "{QUARANTINE_PHRASE}"',
             "score = 12.0",
         ]
+        if self.rspamd:
+            pw = os.path.join(self.base, "etc", "rspamd.password")
+            with open(pw, "w") as f:
+                f.write(self.rspamd["MAILDISTILLER_RSPAMD_PASSWORD"] + "\n")
+            out += [
+                "[policy.default.scanners]",
+                "rspamd = true",
+                "[policy.default.rspamd]",
+                f'address = "{self.rspamd["MAILDISTILLER_RSPAMD"]}"',
+                'timeout = "20s"',
+                "[policy.default.learning]",
+                f'controller = "{self.rspamd["MAILDISTILLER_RSPAMD_CONTROLLER"]}"',
+                f'password_file = "{pw}"',
+                'timeout = "20s"',
+            ]
         return "\n".join(out) + "\n"
 
     def node_toml(self, node, broken=False):

@@ -4,11 +4,15 @@ Part of tests/fleet (see fleet.py and bench/fleet/README.md).
 """
 
 import calendar
+import glob
 import http.client as httpclient
 import os
+import random
 import re
 import shutil
 import signal
+import smtplib
+import subprocess
 import time
 import zlib
 
@@ -22,8 +26,9 @@ class Scenario:
     """Traffic for `duration` seconds; `fault(ctx, at)` callbacks at fractions of it."""
 
     def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc="",
-                 lost_ok=None):
+                 rspamd=False, lost_ok=None):
         self.name, self.steps, self.kills = name, steps, kills
+        self.rspamd = rspamd  # the fleet scans with one shared rspamd (tests/rspamd/start.sh)
         self.spool_limits = spool_limits or {}
         self.check = check
         self.doc = doc
@@ -205,6 +210,111 @@ def step_flap(engine, period=1.0, cycles=6):
             time.sleep(period)
         notes.append(f"{engine} stopped/continued {cycles} times ({period}s each)")
     return f
+
+
+# Learning across silos: a user of acme (uk: London or Manchester) forwards a pitch to acme's
+# report address; a near-copy sent to hansa (de only: Frankfurt) must then be quarantined there.
+LEARN_WORDS = ("offer bonus deposit returns partners exclusive membership claim account confirm "
+               "deadline limited guarantee today places reward investment profit secure instant "
+               "access premium winner selected opportunity cash credit approved free trial").split()
+
+
+def learn_pitch(seed, greeting, to):
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(LEARN_WORDS) for _ in range(14)) + f" (step {i})."
+             for i in range(30)]
+    return (f"From: Offers <deals@{SENDER_DOMAIN}>\r\nTo: <{to}>\r\nSubject: learn-{seed} bonus\r\n"
+            f"Message-ID: <{greeting.replace(' ', '')}.{seed}@{SENDER_DOMAIN}>\r\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{greeting},\r\n\r\n" + "\r\n".join(lines) + "\r\n")
+
+
+def submit(mail_from, rcpt, data):
+    with smtplib.SMTP(POSTFIX_IP, 25, timeout=30) as c:
+        c.ehlo("client.fleet.test")
+        c.sendmail(mail_from, [rcpt], data.encode())
+
+
+def step_report(fleet, notes, state):
+    seed = f"{int(time.time())}{os.getpid()}"
+    state["learn_seed"] = seed
+    original = learn_pitch(seed, "Dear Bob", "user0@acme.example")
+    report = ("From: <user0@acme.example>\r\nTo: <report-spam@acme.example>\r\n"
+              "Subject: Fwd: spam\r\nMIME-Version: 1.0\r\n"
+              "Content-Type: multipart/mixed; boundary=\"r\"\r\n\r\n--r\r\n"
+              "Content-Type: text/plain\r\n\r\nThis got through.\r\n--r\r\n"
+              f"Content-Type: message/rfc822\r\n\r\n{original}\r\n--r--\r\n")
+    submit("user0@acme.example", "report-spam@acme.example", report)
+    state["reported_at"] = time.time()
+    learnt = wait_for("an engine of acme to learn the report", lambda: any(
+        f"learn-{seed} bonus" in open(p, errors="replace").read()
+        for p in glob.glob(os.path.join(fleet.base, "spool", "*", "learning", "audit.log"))), 30)
+    where = [os.path.basename(os.path.dirname(os.path.dirname(p))) for p in
+             glob.glob(os.path.join(fleet.base, "spool", "*", "learning", "audit.log"))]
+    notes.append(f"report learnt by {where} {time.time() - state['reported_at']:.1f}s after "
+                 f"submission" if learnt else "report NOT learnt within 30 s")
+    state["learnt"] = bool(learnt)
+
+
+def step_near_copy(fleet, notes, state):
+    seed = state.get("learn_seed")
+    if not seed:
+        return
+    submit(f"deals@{SENDER_DOMAIN}", "user1@hansa.example",
+           learn_pitch(seed, "Dear customer", "user1@hansa.example"))
+    state["copy_sent"] = time.time()
+
+
+def copy_quarantined_on(fleet, seed):
+    for n in fleet.nodes.values():
+        if n.role != "engine":
+            continue
+        st, body = http(n.ops, "/queue?state=quarantined")
+        for line in (body or "").splitlines() if st == 200 else []:
+            qid = line.split()[0] if line and not line.startswith("--") else None
+            if qid and f"learn-{seed}" in (http(n.ops, f"/queue/{qid}")[1] or ""):
+                return n.name
+    return None
+
+
+def delivered_copy_verdict(fleet, seed):
+    """The X-Maildistiller-Verdict of the near-copy if it reached hansa's server, else None."""
+    for p in glob.glob(os.path.join(fleet.sink_dir("hansa"), "*.eml")):
+        text = open(p, errors="replace").read()
+        if f"learn-{seed}" in text:
+            m = re.search(r"^X-Maildistiller-Verdict: (.*)$", text, re.M)
+            return m.group(1).strip() if m else ""
+    return None
+
+
+def check_learn(fleet, state, acct, out):
+    """Caught, as issue 16 counts it: any action but plain delivery. Quarantine (the usual
+    outcome: fuzzy hit ~10 + the rest >= 10) or, when the near-copy's fuzzy similarity is
+    lower, tagged on its way to hansa. Delivered untouched is the violation."""
+    seed = state.get("learn_seed")
+    v = []
+    if not state.get("learnt"):
+        return ["the report to report-spam@acme.example was not learnt"]
+    found = wait_for("the near-copy to be quarantined or delivered", lambda: (
+        copy_quarantined_on(fleet, seed) or delivered_copy_verdict(fleet, seed) is not None), 30)
+    where = copy_quarantined_on(fleet, seed) if found else None
+    verdict = delivered_copy_verdict(fleet, seed)
+    after = state["copy_sent"] - state["reported_at"]
+    if where:
+        if not where.startswith("fra1"):
+            v.append(f"the near-copy was quarantined on {where}, not in hansa's Frankfurt silo")
+        else:
+            state["note"] = (f"near-copy to hansa quarantined on {where} (another silo, another "
+                             f"tenant) {after:.1f}s after the report was sent")
+    elif verdict is not None and not verdict.startswith("action=deliver"):
+        state["note"] = (f"near-copy to hansa caught ({verdict}) {after:.1f}s after the report "
+                         f"was sent")
+    elif verdict is not None:
+        v.append(f"the near-copy reached hansa's server untouched ({verdict})")
+    else:
+        v.append("the near-copy to hansa was neither quarantined nor delivered within 30 s")
+    return v
 
 
 def check_silo(fleet, state, acct, out):
@@ -563,15 +673,26 @@ SCENARIOS = {
         doc="two engines of one cluster destroyed 2 s apart: only messages whose both copies "
             "were on them may be lost, none acknowledged after the first death"),
 }
+SCENARIOS["learn"] = Scenario(
+    "learn", [(0.2, step_report), (0.5, step_near_copy)], check=check_learn, rspamd=True,
+    doc="one shared rspamd: acme's user reports a pitch in the UK, its near-copy to hansa is "
+        "caught in Frankfurt (quarantined; tagged when its fuzzy similarity is lower)")
+
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "tls-bad-cert",
-         "reload-broken", "spool-full", "engine-flap", "engine-destroyed", "shadow-destroyed"]
+         "reload-broken", "spool-full", "engine-flap", "engine-destroyed", "shadow-destroyed",
+         "learn"]
 
 
 def run_scenario(sc, args, workdir):
     base = os.path.join(workdir, sc.name)
     os.makedirs(base)
     os.chmod(base, 0o755)
-    fleet = Fleet(base, args.bin, sc.spool_limits)
+    rspamd = None
+    if sc.rspamd:
+        started = subprocess.run(["bash", os.path.join(REPO, "tests/rspamd/start.sh")],
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout
+        rspamd = dict(re.findall(r"^export (\w+)=(\S*)$", started, re.M))
+    fleet = Fleet(base, args.bin, sc.spool_limits, rspamd)
     notes, state = [], {}
     try:
         log(f"== scenario {sc.name}: {sc.doc}")
@@ -605,3 +726,6 @@ def run_scenario(sc, args, workdir):
         return row
     finally:
         fleet.stop()
+        if rspamd:
+            subprocess.run(["bash", os.path.join(REPO, "tests/rspamd/stop.sh"),
+                            rspamd["MAILDISTILLER_RSPAMD_DIR"]], check=False)

@@ -19,6 +19,8 @@ mod engine;
 mod inbound_tls;
 /// Top-level config keys away from their defaults: include, geo reload interval.
 mod keys;
+/// Learning from users: the report address, webmail's buttons, `maildistiller learn`, near-copies.
+mod learning;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

@@ -5,7 +5,7 @@
 
 mod cluster;
 mod first_start; // the loopback default: webmail, its certificate and demo user at first start
-mod harness;
+pub mod harness;
 mod keys; // [engine.webmail] keys away from their defaults: sessions, sign-in limits, timeouts, sizes, texts
 mod rules; // issue 15: release rights, per-recipient release, origins, redirects, allow lists
 

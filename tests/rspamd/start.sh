@@ -18,7 +18,9 @@
 #
 # Installs rspamd and redis-server when missing (one apt-get update, then install; their Debian
 # services are kept from starting). Progress goes to stderr; stdout carries only the export
-# lines. Environment: MAILDISTILLER_RSPAMD_WAIT (seconds to wait, default 120).
+# lines. Environment: MAILDISTILLER_RSPAMD_WAIT (seconds to wait, default 120);
+# MAILDISTILLER_RSPAMD_MILTER=1 also runs rspamd_proxy in milter mode, scanning itself (the way
+# operators put rspamd behind Postfix), and prints MAILDISTILLER_RSPAMD_MILTER=HOST:PORT.
 set -euo pipefail
 
 log() { echo "rspamd: $*" >&2; }
@@ -46,11 +48,12 @@ fi
 DIR=$(mktemp -d /tmp/maildistiller-rspamd.XXXXXX)
 chmod 755 "$DIR"
 mkdir -p "$DIR/local.d" "$DIR/override.d" "$DIR/db" "$DIR/run" "$DIR/log" "$DIR/redis"
-# Five distinct free ports: redis, normal worker, controller, fuzzy storage, the resolver (UDP).
-read -r REDIS_PORT NORMAL_PORT CONTROLLER_PORT FUZZY_PORT DNS_PORT < <(python3 - <<'PY'
+# Six distinct free ports: redis, normal worker, controller, fuzzy storage, the resolver (UDP),
+# the milter.
+read -r REDIS_PORT NORMAL_PORT CONTROLLER_PORT FUZZY_PORT DNS_PORT MILTER_PORT < <(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(5):
+for _ in range(6):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if len(socks) == 4 else socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -88,12 +91,26 @@ enable_password = "maildistiller-test";
 secure_ip = "192.0.2.255/32";
 static_dir = "\${WWWDIR}";
 CONF
-# The proxy (milter) worker is not used here.
-cat > "$O/worker-proxy.inc" <<CONF
+if [ "${MAILDISTILLER_RSPAMD_MILTER:-0}" = 1 ]; then
+    # rspamd_proxy as Postfix's milter, scanning in-process (self_scan), as Debian ships it.
+    cat > "$O/worker-proxy.inc" <<CONF
+bind_socket = "127.0.0.1:$MILTER_PORT";
+count = 1;
+milter = yes;
+timeout = 120s;
+upstream "local" {
+  default = yes;
+  self_scan = yes;
+}
+CONF
+else
+    # The proxy (milter) worker is not used here.
+    cat > "$O/worker-proxy.inc" <<CONF
 bind_socket = "127.0.0.1:$NORMAL_PORT";
 count = 0;
 enabled = false;
 CONF
+fi
 cat > "$O/worker-fuzzy.inc" <<CONF
 bind_socket = "127.0.0.1:$FUZZY_PORT";
 count = 1;
@@ -208,6 +225,9 @@ for _ in $(seq $((WAIT * 4))); do
         echo "export MAILDISTILLER_RSPAMD_REDIS=127.0.0.1:$REDIS_PORT"
         echo "export MAILDISTILLER_RSPAMD_PASSWORD=maildistiller-test"
         echo "export MAILDISTILLER_RSPAMD_DIR=$DIR"
+        if [ "${MAILDISTILLER_RSPAMD_MILTER:-0}" = 1 ]; then
+            echo "export MAILDISTILLER_RSPAMD_MILTER=127.0.0.1:$MILTER_PORT"
+        fi
         exit 0
     fi
     sleep 0.25

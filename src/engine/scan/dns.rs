@@ -44,3 +44,47 @@ pub fn authenticator(cfg: &LookupConfig) -> Result<MessageAuthenticator, String>
     opts.negative_min_ttl = Some(cfg.negative_ttl.get());
     MessageAuthenticator::new(config, opts).map_err(|e| format!("cannot build a resolver: {e}"))
 }
+
+/// Forward-confirmed reverse DNS: the client's PTR names, the first (of at most four) whose
+/// A/AAAA records include `ip`. `Ok(None)` when the answers say there is no such name (no PTR,
+/// or no PTR name leads back); `Err` when the resolver could not answer (timeout, SERVFAIL),
+/// which is no evidence about the client. Answers come from the resolver's cache when it has
+/// them.
+pub async fn fcrdns(
+    r: &MessageAuthenticator,
+    ip: std::net::IpAddr,
+) -> Result<Option<String>, String> {
+    use mail_auth::common::cache::NoCache;
+    use mail_auth::{DnsError, Error, IpLookupStrategy, RecordSet};
+    let names = match r
+        .ptr_lookup(ip, None::<&NoCache<std::net::IpAddr, RecordSet<Box<str>>>>)
+        .await
+    {
+        Ok(n) => n,
+        Err(Error::Dns(DnsError::RecordNotFound(_))) => return Ok(None),
+        Err(e) => return Err(format!("PTR of {ip}: {e}")),
+    };
+    let mut trouble = None;
+    for name in names.rrset.iter().take(4) {
+        let strategy = if ip.is_ipv4() {
+            IpLookupStrategy::Ipv4Only
+        } else {
+            IpLookupStrategy::Ipv6Only
+        };
+        match r
+            .ip_lookup(
+                name,
+                strategy,
+                16,
+                None::<&NoCache<Box<str>, RecordSet<std::net::Ipv4Addr>>>,
+                None::<&NoCache<Box<str>, RecordSet<std::net::Ipv6Addr>>>,
+            )
+            .await
+        {
+            Ok(a) if a.contains(&ip) => return Ok(Some(name.to_string())),
+            Ok(_) | Err(Error::Dns(DnsError::RecordNotFound(_))) => {}
+            Err(e) => trouble = Some(format!("address of {name}: {e}")),
+        }
+    }
+    trouble.map_or(Ok(None), Err)
+}

@@ -145,6 +145,16 @@ pub fn summary(
         .map(|f| format!("{}={:+.1} ({})", f.name, f.score, clip(&f.detail, 100)))
         .collect();
     let _ = write!(s, " findings=\"{}\"", findings.join("; ").replace('"', "'"));
+    if let Some(r) = d.findings.iter().find(|f| f.scanner == "rspamd") {
+        // How the two engines' scores made the total (the policy's clip is in the finding).
+        let _ = write!(
+            s,
+            " combined=\"ours {:.1} + rspamd {:.1} = {:.1}\"",
+            d.score - r.score,
+            r.score,
+            d.score
+        );
+    }
     if !d.failures.is_empty() {
         let failed: Vec<String> = d
             .failures

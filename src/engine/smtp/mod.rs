@@ -1,6 +1,7 @@
 //! The engine's SMTP listeners and session driver: PROXY handling, reading and writing with
 //! PIPELINING, STARTTLS, and handing complete messages to scanning and the spool. The protocol
-//! itself is the sans-I/O [`session`].
+//! itself is the sans-I/O [`session`]. Mail to a tenant's report address is learnt, not
+//! delivered (`report.rs`).
 //!
 //! PROXY is a property of the listener, never guessed: on `engine.proxy_listen` (the edges')
 //! the peer must be in `engine.trusted_proxies` (else `554 5.7.0`) and must send a PROXY v1/v2
@@ -15,6 +16,7 @@
 //! [`PROXY_HEADER_WAIT`] for the PROXY header.
 
 pub mod body;
+mod report;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -432,10 +434,16 @@ async fn accept_message(
         return problem.reply();
     }
     let body = m.body;
-    let mut message = received_header(shared, info, session, &m.rcpts, &id).into_bytes();
-    message.extend_from_slice(&body);
     let mail_from = m.mail.address;
     let scanner = shared.scanner(snap);
+    let client = info.client.ip().to_canonical();
+    let rcpts =
+        match report::handle(snap, &scanner, tenant, client, &mail_from, m.rcpts, &body).await {
+            report::Report::Deliver(rcpts) => rcpts,
+            report::Report::Answer(reply) => return reply,
+        };
+    let mut message = received_header(shared, info, session, &rcpts, &id).into_bytes();
+    message.extend_from_slice(&body);
     let verdict = scanner
         .scan(
             &scan::Arrival {
@@ -445,7 +453,7 @@ async fn accept_message(
                 client_country: info.country.as_deref(),
                 helo: session.helo(),
                 mail_from: &mail_from,
-                rcpts: &m.rcpts,
+                rcpts: &rcpts,
                 tenant,
                 tls: session.tls() || info.client_tls,
             },
@@ -479,7 +487,7 @@ async fn accept_message(
         client: info.client.ip().to_canonical(),
         helo: session.helo().to_owned(),
         from: mail_from,
-        rcpts: m.rcpts,
+        rcpts,
         status: status.clone(),
         verdict: verdict.summary.clone(),
         subject: header_value(&body, "Subject"),

@@ -291,6 +291,59 @@ weight = 2.0
     assert_eq!(disposition(&v), Disposition::Quarantine, "{}", v.summary);
 }
 
+/// rspamd's weighted score is clipped to `min_score..=max_score`, and the verdict line says how
+/// the two scores made the total.
+#[tokio::test]
+async fn rspamd_score_is_clipped_and_the_combination_explained() {
+    let addr = fake_rspamd(30.0).await;
+    let policy = |clip: &str| {
+        format!(
+            "[policy.default.scanners]\nrspamd = true\n[policy.default.rspamd]\naddress = \"{addr}\"\n{clip}\n"
+        )
+    };
+    let h = harness(&policy("max_score = 6.0")).await;
+    let v = h
+        .scan_fixture(&Mail::from("alice@good.test"), "clean.eml")
+        .await;
+    let r = v.report.as_ref().unwrap();
+    let f = r
+        .decision
+        .findings
+        .iter()
+        .find(|f| f.name == "rspamd")
+        .unwrap();
+    assert_eq!(f.score, 6.0, "{}", v.summary);
+    assert!(
+        f.detail.starts_with("rspamd 30.00 x1 = 30.0, capped at 6;"),
+        "{}",
+        f.detail
+    );
+    assert!(v.summary.contains(" combined=\"ours "), "{}", v.summary);
+    assert!(v.summary.contains(" + rspamd 6.0 = "), "{}", v.summary);
+    assert_eq!(
+        disposition(&v),
+        Disposition::Tag,
+        "6 - 1 tags, 30 would reject: {}",
+        v.summary
+    );
+    let low = fake_rspamd(-30.0).await;
+    let h = harness(&policy("min_score = -2.0").replace(&addr.to_string(), &low.to_string())).await;
+    let v = h
+        .scan_fixture(&Mail::from("alice@good.test"), "clean.eml")
+        .await;
+    let f = v
+        .report
+        .as_ref()
+        .unwrap()
+        .decision
+        .findings
+        .iter()
+        .find(|f| f.name == "rspamd")
+        .unwrap()
+        .clone();
+    assert_eq!(f.score, -2.0, "{}", v.summary);
+}
+
 #[tokio::test]
 async fn rspamd_down_fails_open_by_default() {
     let h = harness(&format!(

@@ -305,7 +305,7 @@ async fn controller_learns_spam_and_ham_once_each() {
 
 /// A long pitch whose words are drawn from `seed`: fuzzy hashes match near-copies, so each run
 /// needs text that no earlier run added to the storage.
-fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
+pub fn pitch(seed: &str, greeting: &str) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "offer",
         "bonus",
@@ -378,10 +378,13 @@ async fn a_fuzzy_added_message_catches_its_near_copies() {
         before.summary
     );
     // The fuzzy map's "denied" entry (start.sh: flag 11).
-    controller()
-        .fuzzy_add(&pitch(&n, "Dear customer"), 11, 10)
-        .await
-        .unwrap();
+    assert!(
+        controller()
+            .fuzzy_add(&pitch(&n, "Dear customer"), 11, 10)
+            .await
+            .unwrap(),
+        "the pitch has text enough to hash"
+    );
     // rspamd's fuzzy storage writes learnt hashes in batches (start.sh: `sync = 1s`); a loaded
     // machine can take many times that, so the wait is generous (it ends at the first match).
     let limit = std::time::Instant::now() + Duration::from_secs(45);

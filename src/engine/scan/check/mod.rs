@@ -9,6 +9,7 @@
 //! | `attachments` | `attachments` | blocked types (by content) and extensions, name/content mismatch, encrypted archives, macros |
 //! | `antivirus` | `antivirus` | EICAR, built in |
 //! | `clamd` | `clamd` | clamd over INSTREAM (TCP or Unix socket) |
+//! | `gateway` | `gateway` | our first line: the client's FCrDNS, envelope vs header, link domains, undisclosed recipients, new sender domains |
 //! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2`; its controller's learning calls |
 //!
 //! Lifecycle: checks are built once per config snapshot by [`build`] (regexes compiled, clients
@@ -23,6 +24,7 @@ mod auth;
 mod clamd;
 mod content;
 mod dnsbl;
+mod gateway;
 mod http;
 mod json;
 mod rspamd;
@@ -122,7 +124,11 @@ pub fn build(
     let mut checks: Vec<Arc<dyn Check>> = Vec::new();
     let mut errors = Vec::new();
     let s = &p.scanners;
-    let wants_dns = (s.auth)
+    // rspamd checks the client's reverse DNS itself (RDNS_NONE, HFILTER_HOSTNAME_UNKNOWN): with
+    // it on, our FCrDNS would count the same fact twice in the combined score, so it stays off.
+    let fcrdns = s.gateway && p.gateway.fcrdns && !s.rspamd;
+    let wants_dns = fcrdns
+        || (s.auth)
         || (s.dnsbl && !(p.dnsbl.is_empty() && p.dnswl.is_empty() && p.urls.uribl.is_empty()));
     let resolver = if wants_dns {
         match interner.resolver(&p.dns) {
@@ -153,6 +159,12 @@ pub fn build(
         && let Some(c) = dnsbl::DnsblCheck::new(r.clone(), p)
     {
         checks.push(Arc::new(c));
+    }
+    if s.gateway {
+        checks.push(Arc::new(gateway::GatewayCheck::new(
+            &p.gateway,
+            resolver.clone().filter(|_| fcrdns),
+        )));
     }
     if s.content {
         match content::ContentCheck::new(path, p) {

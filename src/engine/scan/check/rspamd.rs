@@ -2,9 +2,10 @@
 //! normal worker: the envelope in request headers, the raw message as the body, a JSON answer),
 //! and the learning calls of its controller (`/learnspam`, `/learnham`, `/fuzzyadd`).
 //!
-//! rspamd's score times the policy's `rspamd.weight` becomes the finding `rspamd` (its action,
-//! its reason when it gives one, and its top symbols in the detail); rspamd's own action is
-//! recorded, not obeyed: our policy decides. A refused connection, a timeout, a non-200 status,
+//! rspamd's score times the policy's `rspamd.weight`, clipped to `rspamd.min_score ..=
+//! max_score`, becomes the finding `rspamd` (its raw score, the weight and clip, its action,
+//! its reason when it gives one, and its top symbols in the detail: see `config/detect.rs` for
+//! why it is clipped); rspamd's own action is recorded, not obeyed: our policy decides. A refused connection, a timeout, a non-200 status,
 //! an `error` answer or an unreadable one is a failure, and the policy's `rspamd.on_failure`
 //! says whether to decide without it or answer 451.
 //!
@@ -55,6 +56,8 @@ pub struct RspamdCheck {
     timeout: Duration,
     on_failure: OnFailure,
     weight: f64,
+    min_score: f64,
+    max_score: f64,
     max_size: u64,
 }
 
@@ -65,6 +68,8 @@ impl RspamdCheck {
             timeout: c.timeout.get(),
             on_failure: c.on_failure,
             weight: c.weight,
+            min_score: c.min_score,
+            max_score: c.max_score,
             max_size: c.max_size.0,
         })
     }
@@ -182,6 +187,20 @@ impl Answer {
     }
 }
 
+/// What rspamd's `score` adds to ours: times `weight`, clipped to `min..=max`; with the
+/// explanation the verdict line carries (`rspamd 23.10 x1 = 23.1, capped at 15`).
+pub fn combine(score: f64, weight: f64, min: f64, max: f64) -> (f64, String) {
+    let weighted = score * weight;
+    let counted = weighted.clamp(min, max);
+    let mut how = format!("rspamd {score:.2} x{weight} = {weighted:.1}");
+    if counted > weighted {
+        how.push_str(&format!(", floored at {min}"));
+    } else if counted < weighted {
+        how.push_str(&format!(", capped at {max}"));
+    }
+    (counted, how)
+}
+
 /// One HTTP exchange with rspamd under `timeout`, errors sorted by what the caller must do.
 async fn exchange(
     to: &HostPort,
@@ -231,12 +250,13 @@ impl Check for RspamdCheck {
         }
         let answer = parse_answer(&resp.body).map_err(CheckError::Protocol)?;
         let mut out = Outcome::default();
+        let (counted, how) = combine(answer.score, self.weight, self.min_score, self.max_score);
         out.findings.push(Finding::configured(
             NAME,
             "rspamd".into(),
-            answer.score * self.weight,
+            counted,
             None,
-            answer.detail(),
+            format!("{how}; {}", answer.detail()),
         ));
         Ok(out)
     }
@@ -268,6 +288,18 @@ fn learn_outcome(resp: &http::Response) -> Result<Learned, CheckError> {
         200 => Ok(Learned::Now),
         208 => Ok(Learned::Already),
         204 => Ok(Learned::NotNeeded),
+        _ => Err(status_error(resp)),
+    }
+}
+
+/// A fuzzy call's answer: 200 is done; 404 "No content to generate fuzzy" means the message
+/// has nothing to hash (rspamd 3.4's answer for short text-only mail), anything else an error.
+fn fuzzy_outcome(resp: &http::Response) -> Result<bool, CheckError> {
+    match resp.status {
+        200 => Ok(true),
+        404 if String::from_utf8_lossy(&resp.body).contains("No content to generate fuzzy") => {
+            Ok(false)
+        }
         _ => Err(status_error(resp)),
     }
 }
@@ -328,22 +360,29 @@ impl RspamdController {
     }
 
     /// Adds the message's fuzzy hashes to the storage under `flag` (the `flag` of a
-    /// `fuzzy_map` entry of the fuzzy_check rule) with `weight`.
+    /// `fuzzy_map` entry of the fuzzy_check rule) with `weight`. `Ok(false)`: the message
+    /// has nothing rspamd hashes (text parts below its minimum length, no images or
+    /// attachments that qualify), so there is nothing to add; its Bayes lesson stands.
     pub async fn fuzzy_add(
         &self,
         message: &[u8],
         flag: u32,
         weight: u32,
-    ) -> Result<(), CheckError> {
+    ) -> Result<bool, CheckError> {
         let mut headers = self.headers();
         headers.push(("Flag", flag.to_string()));
         headers.push(("Weight", weight.to_string()));
         let resp = exchange(&self.to, "/fuzzyadd", &headers, message, self.timeout).await?;
-        if resp.status == 200 {
-            Ok(())
-        } else {
-            Err(status_error(&resp))
-        }
+        fuzzy_outcome(&resp)
+    }
+
+    /// Removes the message's fuzzy hashes under `flag` (undoing [`Self::fuzzy_add`]);
+    /// `Ok(false)` as there.
+    pub async fn fuzzy_del(&self, message: &[u8], flag: u32) -> Result<bool, CheckError> {
+        let mut headers = self.headers();
+        headers.push(("Flag", flag.to_string()));
+        let resp = exchange(&self.to, "/fuzzydel", &headers, message, self.timeout).await?;
+        fuzzy_outcome(&resp)
     }
 }
 
@@ -387,6 +426,17 @@ mod tests {
     }
 
     #[test]
+    fn scores_combine_by_weight_and_clip() {
+        assert_eq!(combine(4.0, 1.5, -5.0, 15.0).0, 6.0);
+        let (c, how) = combine(30.0, 1.0, -5.0, 15.0);
+        assert_eq!(c, 15.0);
+        assert_eq!(how, "rspamd 30.00 x1 = 30.0, capped at 15");
+        let (c, how) = combine(-12.0, 1.0, -5.0, 15.0);
+        assert_eq!(c, -5.0);
+        assert!(how.ends_with("floored at -5"), "{how}");
+    }
+
+    #[test]
     fn learning_answers() {
         let r = |status: u16, body: &str| http::Response {
             status,
@@ -415,6 +465,24 @@ mod tests {
             panic!("403 is an error");
         };
         assert_eq!(e, "HTTP status 403: Unauthorized");
+    }
+
+    #[test]
+    fn nothing_to_hash_is_not_a_fuzzy_failure() {
+        let r = |status: u16, body: &str| http::Response {
+            status,
+            body: body.as_bytes().to_vec(),
+        };
+        assert_eq!(fuzzy_outcome(&r(200, r#"{"success":true}"#)), Ok(true));
+        assert_eq!(
+            fuzzy_outcome(&r(
+                404,
+                r#"{"error":"No content to generate fuzzy for flag 11"}"#
+            )),
+            Ok(false)
+        );
+        assert!(fuzzy_outcome(&r(404, r#"{"error":"Not found"}"#)).is_err());
+        assert!(fuzzy_outcome(&r(500, "")).is_err());
     }
 
     #[test]
