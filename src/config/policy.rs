@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use super::outbreak::{GreylistConfig, OutbreakConfig};
 use super::units::{Bytes, Dur};
 use super::validate::{Checker, is_domain};
 use super::{Config, ConfigError};
@@ -57,6 +58,10 @@ pub struct PolicyConfig {
     pub clamd: ClamdConfig,
     /// External spam scanner (rspamd `/checkv2`); runs when `scanners.rspamd`.
     pub rspamd: RspamdConfig,
+    /// Fleet-wide outbreak detection (`config/outbreak.rs`); runs when `scanners.outbreak`.
+    pub outbreak: OutbreakConfig,
+    /// Greylisting at RCPT (`config/outbreak.rs`); off unless `greylist.enabled`.
+    pub greylist: GreylistConfig,
     /// Policy-wide allow list: spam scoring does not decide (viruses, blocked attachments and
     /// unscannable mail still do).
     pub allow: ListConfig,
@@ -116,6 +121,9 @@ pub struct ScannersConfig {
     pub clamd: bool,
     /// rspamd over `/checkv2` (`[policy.NAME.rspamd]`). Default false.
     pub rspamd: bool,
+    /// Fingerprints counted fleet-wide, the operator's intelligence feed
+    /// (`[policy.NAME.outbreak]`). Default false.
+    pub outbreak: bool,
 }
 
 impl Default for ScannersConfig {
@@ -128,6 +136,7 @@ impl Default for ScannersConfig {
             antivirus: true,
             clamd: false,
             rspamd: false,
+            outbreak: false,
         }
     }
 }
@@ -646,6 +655,11 @@ impl PolicyConfig {
         }
         if !self.rspamd.weight.is_finite() {
             err("rspamd.weight", "must be a finite number".into());
+        }
+        let mut fleet = Vec::new();
+        super::outbreak::errors(&self.outbreak, &self.greylist, &mut fleet);
+        for (p, m) in fleet {
+            err(&p, m);
         }
         for (i, s) in self.sizes.iter().enumerate() {
             if !s.score.is_finite() {
