@@ -242,7 +242,7 @@ mod tests {
             let mut m = r.map.lock().unwrap();
             let c = m.get_mut(&(network(ip), What::Message)).unwrap();
             c.pending = 0;
-            c.fleet_now = 9; // the other edges sent 8 more this minute
+            c.fleet_now = 10; // the other edges sent 9 more this minute
         }
         assert!(!r.admit(ip, What::Message, 10, t0 + 1));
         assert_eq!(network(ip), "2001:db8:0:0::/64");
