@@ -167,12 +167,14 @@ impl Fleet {
     }
 
     fn new(cfg: SharedConfig, queue: Option<mpsc::Sender<Write>>) -> Fleet {
+        let enabled = cfg.enabled();
         Fleet {
             keys: Keys::new(&cfg.prefix),
             cfg,
             write: ArcSwapOption::empty(),
             read: ArcSwapOption::empty(),
-            up: AtomicBool::new(false),
+            // Optimistic: the first call tries the store (and a failure says otherwise).
+            up: AtomicBool::new(enabled),
             queue,
             metrics: SharedMetrics::new(),
             outbreaks: outbreak::Local::default(),
@@ -201,6 +203,7 @@ impl Fleet {
         let fleet = Arc::new(Fleet::new(cfg, tx));
         let fleet = ops.set_extension(fleet);
         fleet.metrics.register(&ops.metrics);
+        fleet.metrics.up.set(i64::from(fleet.is_up()));
         ops.add_routes(intel::routes(fleet.clone()));
         if let Some(rx) = rx {
             fleet.connect().await;

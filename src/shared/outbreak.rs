@@ -133,9 +133,27 @@ fn live(set: &[(u64, u64)], from: u64) -> u32 {
 #[derive(Debug, Default)]
 pub struct Local {
     map: Mutex<HashMap<Fingerprint, Entry>>,
+    /// Fingerprints this node found over a policy's thresholds (bounded like the map).
+    marked: Mutex<std::collections::HashSet<Fingerprint>>,
 }
 
 impl Local {
+    /// Whether this node found `fp` an outbreak (what it knows without the store's marker).
+    pub fn is_marked(&self, fp: &Fingerprint) -> bool {
+        self.marked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fp)
+    }
+
+    fn mark(&self, fp: &Fingerprint) {
+        let mut m = self.marked.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= LOCAL_MAX {
+            m.clear();
+        }
+        m.insert(*fp);
+    }
+
     pub fn record(&self, fp: &Fingerprint, s: &Sighting<'_>) {
         let from = s.now_ms.saturating_sub(s.window_ms);
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,6 +274,7 @@ impl Fleet {
 
     /// Marks `fp` an outbreak for the whole fleet (the first node to do so counts it).
     pub fn mark(&self, fp: &Fingerprint, now_ms: u64) {
+        self.outbreaks.mark(fp);
         if !self.enabled() {
             return;
         }

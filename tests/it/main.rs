@@ -19,6 +19,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// The fleet's shared store against a real redis-server: campaigns, greylisting, Redis killed.
+mod shared;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
 /// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.

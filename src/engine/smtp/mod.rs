@@ -293,6 +293,11 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
+            Step::Rcpt { address, owner } => {
+                let refusal = greylist(shared, snap, info, &session, &address, owner).await;
+                let r = session.rcpt(address, owner, refusal);
+                conn.reply(&r);
+            }
             Step::Close(r) => {
                 conn.reply(&r);
                 return Ending::Protocol;
@@ -325,6 +330,34 @@ async fn run_session(
             }
         }
     }
+}
+
+/// Greylisting at RCPT, when the recipient's tenant's policy asks for it: `Some(451 4.7.1)`
+/// for a triplet's first attempt (or a retry too soon). Never waits past `shared.timeout`.
+async fn greylist(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    info: &ConnInfo,
+    session: &Session,
+    rcpt: &str,
+    owner: TenantIdx,
+) -> Option<Reply> {
+    let tenant = snap.topology.tenants.get(owner.0)?;
+    let scanner = shared.scanner(snap);
+    let policy = scanner
+        .policies()
+        .live(tenant.id.0.as_str(), &tenant.policy);
+    let cfg = &policy.config.greylist;
+    if !cfg.enabled || info.quiet {
+        return None;
+    }
+    let client = info.client.ip().to_canonical();
+    let outcome = shared
+        .fleet
+        .greylist(cfg, client, session.sender(), rcpt, crate::shared::now_ms())
+        .await;
+    tracing::debug!(session = %info.session_id, client = %client, rcpt, outcome = outcome.as_str(), "greylisting");
+    (!outcome.passes()).then_some(replies::GREYLISTED)
 }
 
 /// The first value of a header (unfolded, truncated), for listings.

@@ -24,6 +24,9 @@ pub enum Step {
     Close(Reply),
     /// A complete message with its envelope: scan, spool, answer, then [`Session::answered`].
     Message(Message<TenantIdx>),
+    /// A recipient that passed every local check: the driver may still refuse it (greylisting)
+    /// and answers with [`Session::rcpt`].
+    Rcpt { address: String, owner: TenantIdx },
 }
 
 /// One SMTP session's protocol state.
@@ -72,14 +75,28 @@ impl Session {
             | Event::RcptRefused { reply: r, .. } => Step::Reply(r),
             Event::Close(r) => Step::Close(r),
             Event::StartTls(r) => Step::StartTls(r),
-            Event::Rcpt { address, owner } => {
-                self.server.accept_rcpt(address, owner);
-                Step::Reply(replies::RECIPIENT_OK)
-            }
+            Event::Rcpt { address, owner } => Step::Rcpt { address, owner },
             Event::Data => Step::Reply(self.server.begin_data()),
             Event::Message(m) => Step::Message(m),
         };
         (used, step)
+    }
+
+    /// The driver's answer to [`Step::Rcpt`]: `None` takes the recipient (`250`), `Some` is
+    /// the refusal to send instead. Returns the reply.
+    pub fn rcpt(&mut self, address: String, owner: TenantIdx, refusal: Option<Reply>) -> Reply {
+        match refusal {
+            None => {
+                self.server.accept_rcpt(address, owner);
+                replies::RECIPIENT_OK
+            }
+            Some(r) => r,
+        }
+    }
+
+    /// The open transaction's reverse path (empty for `<>`).
+    pub fn sender(&self) -> &str {
+        self.server.sender().unwrap_or_default()
     }
 
     /// After the driver answered a message: a refusal counts as an error; `Some` is the reply
@@ -123,6 +140,7 @@ mod tests {
                 Step::More if pos == input.len() || n == 0 => break,
                 Step::More => {}
                 Step::Reply(r) => r.write_to(&mut out),
+                Step::Rcpt { address, owner } => s.rcpt(address, owner, None).write_to(&mut out),
                 Step::StartTls(r) | Step::Close(r) => {
                     r.write_to(&mut out);
                     break;
