@@ -15,18 +15,18 @@ use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
 /// Four engines: lon1/uk (e0, e1), fra1/uk (e2), fra1/de (e3); an edge in lon1.
-struct Fleet {
+pub struct Fleet {
     _dir: tempfile::TempDir,
     engines: Vec<Option<TestEngine>>,
     acme: Sink,
     globex: Sink,
     edge_ops: Arc<Ops>,
-    smtp: SocketAddr,
+    pub smtp: SocketAddr,
     tcp: SocketAddr,
 }
 
 impl Fleet {
-    async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
+    pub async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let (acme, globex) = (Sink::start().await, Sink::start().await);
         let mut engines = Vec::new();
@@ -160,7 +160,7 @@ impl Drop for Fleet {
 }
 
 /// Connects from a chosen loopback source address (the geo overrides place 127.0.0.2 in GB).
-async fn client_from(src: &str, edge: SocketAddr) -> Client {
+pub async fn client_from(src: &str, edge: SocketAddr) -> Client {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
     let s = sock.connect(edge).await.unwrap();

@@ -494,3 +494,48 @@ async fn a_paused_store_costs_a_session_no_more_than_the_timeout() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rates_are_summed_across_edges() {
+    let Some(redis) = Redis::start() else { return };
+    let extra = format!(
+        "[edge.fleet_limits]\nconnections_per_minute = 4\n[shared]\nredis = [\"{}\"]\nprefix = \"lim\"\nsync_interval = \"100ms\"\n",
+        redis.url()
+    );
+    let a = crate::edge::Fleet::start(&extra, 100).await;
+    let b = crate::edge::Fleet::start(&extra, 100).await;
+    let total = || {
+        let Some(mut con) = redis.con() else { return 0 };
+        redis
+            .keys("lim:r:*:c:*")
+            .iter()
+            .filter_map(|k| {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query::<Option<u64>>(&mut con)
+                    .ok()
+                    .flatten()
+            })
+            .sum::<u64>()
+    };
+    // Two at each edge: within the limit everywhere (and each edge alone is far below it).
+    let _a1 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    let _a2 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    let _b1 = crate::edge::client_from("127.0.0.6", b.smtp).await;
+    let _b2 = crate::edge::client_from("127.0.0.6", b.smtp).await;
+    assert!(
+        until(Duration::from_secs(5), || total() == 4).await,
+        "both edges synced: {}",
+        total()
+    );
+    // Both edges learn the fleet's total at their next sync.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for edge in [a.smtp, b.smtp] {
+        let mut c = Client::from_stream({
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.7:0".parse().unwrap()).unwrap();
+            sock.connect(edge).await.unwrap()
+        });
+        c.expect("421 4.7.0").await;
+    }
+}
