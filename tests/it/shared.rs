@@ -539,3 +539,79 @@ async fn connection_rates_are_summed_across_edges() {
         c.expect("421 4.7.0").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intel_block_reaches_every_engine_and_is_cited() {
+    let Some(redis) = Redis::start() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let policy = format!("{OUTBREAK}\n[policy.default.actions]\nblocklist = \"quarantine\"\n");
+    let cfg = config(&redis, "intel", &policy);
+    let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(maildistiller::ops::serve(e1.ops.clone(), l));
+    let config = d1.path().join("engine.toml");
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "intel",
+            "--ops",
+            &ops_addr,
+        ];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                crate::support::run(&refs)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&[
+        "block",
+        "domain",
+        "evil.example",
+        "--reason",
+        "phishing kit",
+        "--expire",
+        "1h",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let entries = |e: &TestEngine| {
+        e.ops
+            .metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with("maildistiller_intel_entries") && l.ends_with(" 1"))
+    };
+    assert!(
+        until(Duration::from_secs(5), || entries(&e1) && entries(&e2)).await,
+        "both engines read the feed"
+    );
+    let msg = "From: a@sender.example\r\nTo: bob@acme.example\r\nSubject: hi\r\n\r\nsee http://login.evil.example/reset now\r\n";
+    let mut c = via(&e2, "192.0.2.60").await;
+    let reply = c.mail("a@sender.example", &["bob@acme.example"], msg).await;
+    assert!(reply.contains("quarantined"), "{reply}");
+    let l = e2.store.list();
+    let v = &l[0].env.verdict;
+    assert!(
+        v.contains("intel.block") && v.contains("phishing kit"),
+        "{v}"
+    );
+    let out = cli(&["list"]).await;
+    assert!(
+        crate::support::stdout(&out).contains("evil.example"),
+        "{}",
+        crate::support::stdout(&out)
+    );
+    let out = cli(&["expire", "domain", "evil.example"]).await;
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let out = cli(&["list"]).await;
+    assert!(crate::support::stdout(&out).contains("no entries"));
+}
