@@ -158,6 +158,8 @@ recipients = 3
 tenants = 2
 networks = 2
 action = "quarantine"
+window = "10m"
+score = 7.5
 "#;
 
 /// Connects through the engine's PROXY listener as `client`.
@@ -274,7 +276,10 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
         let verdict = listed.env.verdict.clone();
         if want == "quarantined" {
             assert_eq!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
-            assert!(verdict.contains("outbreak.fuzzy"), "{verdict}");
+            assert!(
+                verdict.contains("outbreak.fuzzy=+7.5"),
+                "outbreak.score: {verdict}"
+            );
         } else {
             assert_ne!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
         }
@@ -287,6 +292,13 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
             "copy {i}'s sighting reached the store"
         );
     }
+    // Sightings live for the policy's window (10 minutes), not the default hour.
+    let summary = redis.keys("camp:o:*:s").pop().unwrap();
+    let ttl = match redis.query(&["PTTL", &summary]) {
+        Some(redis::Value::Int(ms)) => ms,
+        other => panic!("{other:?}"),
+    };
+    assert!(ttl > 0 && ttl <= 600_000, "outbreak.window: {ttl} ms");
     // Everything written lives under the prefix and carries a hash tag.
     let keys = redis.keys("*");
     assert!(!keys.is_empty());
@@ -344,7 +356,7 @@ async fn greylisting_lets_the_retry_pass_at_another_engine() {
     let Some(redis) = Redis::start() else { return };
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (acme, globex) = (Sink::start().await, Sink::start().await);
-    let policy = "[policy.default.greylist]\nenabled = true\ndelay = \"2s\"\n";
+    let policy = "[policy.default.greylist]\nenabled = true\ndelay = \"2s\"\nallow_for = \"1h\"\n";
     let cfg = config(&redis, "grey", policy);
     let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
     let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
@@ -375,13 +387,21 @@ async fn greylisting_lets_the_retry_pass_at_another_engine() {
     if first.elapsed() < Duration::from_secs(2) {
         assert!(r.starts_with("451 4.7.1"), "early retry: {r}");
     }
-    tokio::time::sleep(Duration::from_secs(2).saturating_sub(first.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(first.elapsed())).await;
     let r = attempt(&e2, "198.51.100.22").await;
     assert!(
         r.starts_with("250"),
         "the retry at the other engine passes: {r}"
     );
-    // Another sender is a new triplet.
+    // A passed triplet is allowed for `allow_for` (1 hour here, not the default 36 days).
+    assert!(
+        until(Duration::from_secs(5), || {
+            let key = redis.keys("grey:g:*").pop().unwrap_or_default();
+            matches!(redis.query(&["PTTL", &key]), Some(redis::Value::Int(ms)) if ms > 2_000_000 && ms <= 3_600_000)
+        })
+        .await,
+        "greylist.allow_for"
+    );
     let text = e2.ops.metrics.render();
     assert!(
         text.contains("maildistiller_greylist_total{outcome=\"passed\""),
@@ -499,7 +519,7 @@ async fn a_paused_store_costs_a_session_no_more_than_the_timeout() {
 async fn connection_rates_are_summed_across_edges() {
     let Some(redis) = Redis::start() else { return };
     let extra = format!(
-        "[edge.fleet_limits]\nconnections_per_minute = 4\n[shared]\nredis = [\"{}\"]\nprefix = \"lim\"\nsync_interval = \"100ms\"\n",
+        "[edge.fleet_limits]\nconnections_per_minute = 4\nmessages_per_minute = 2\n[shared]\nredis = [\"{}\"]\nprefix = \"lim\"\nsync_interval = \"100ms\"\n",
         redis.url()
     );
     let a = crate::edge::Fleet::start(&extra, 100).await;
@@ -519,7 +539,16 @@ async fn connection_rates_are_summed_across_edges() {
             .sum::<u64>()
     };
     // Two at each edge: within the limit everywhere (and each edge alone is far below it).
-    let _a1 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    let mut a1 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    // Two messages a minute from this network: the third transaction's first RCPT is refused.
+    a1.cmd("EHLO mta.example", "250").await;
+    for _ in 0..2 {
+        a1.cmd("MAIL FROM:<s@sender.example>", "250").await;
+        a1.cmd("RCPT TO:<bob@acme.example>", "250").await;
+        a1.cmd("RSET", "250").await;
+    }
+    a1.cmd("MAIL FROM:<s@sender.example>", "250").await;
+    a1.cmd("RCPT TO:<bob@acme.example>", "451 4.7.1").await;
     let _a2 = crate::edge::client_from("127.0.0.5", a.smtp).await;
     let _b1 = crate::edge::client_from("127.0.0.6", b.smtp).await;
     let _b2 = crate::edge::client_from("127.0.0.6", b.smtp).await;
@@ -614,4 +643,38 @@ async fn an_intel_block_reaches_every_engine_and_is_cited() {
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
     let out = cli(&["list"]).await;
     assert!(crate::support::stdout(&out).contains("no entries"));
+}
+
+#[tokio::test]
+async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let cfg = config(&redis, "mp", OUTBREAK).replace(
+        "flush_interval = \"20ms\"",
+        "flush_interval = \"10s\"\nmax_pending = 100",
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    // About nine sightings a message: fifteen messages overflow a queue of 100.
+    for n in 0..15 {
+        let mut c = via(&e, "192.0.2.70").await;
+        let msg = campaign_copy(
+            &format!("Reader {n}"),
+            [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
+            "bob@acme.example",
+        );
+        let reply = c
+            .mail("a@sender.example", &["bob@acme.example"], &msg)
+            .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    // The first batch goes at start; the next one is 10 s away: nothing was written yet.
+    assert!(redis.keys("mp:o:*").is_empty(), "shared.flush_interval");
+    let text = e.ops.metrics.render();
+    let dropped: f64 = text
+        .lines()
+        .find(|l| l.starts_with("maildistiller_shared_writes_dropped_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "shared.max_pending: {dropped}");
 }
