@@ -1,6 +1,6 @@
 //! What the shared store and the knowledge built on it show (the registry adds the
 //! `maildistiller_` prefix and the `role`/`silo` labels). One set per process, registered once
-//! with the process's [`crate::ops::Fleet`]-wide client.
+//! by [`super::Fleet::for_process`].
 //!
 //! | metric | labels | what |
 //! |---|---|---|

@@ -37,7 +37,8 @@
 //!
 //! # Production shape and propagation
 //!
-//! One primary (Sentinel-managed, or a Cluster's primaries) in one region takes the writes;
+//! One primary (or a Cluster's primaries; Sentinel discovery is not built: point `redis` at
+//! the primary's stable address, e.g. a VIP that Sentinel moves) in one region takes the writes;
 //! each silo has a replica that its nodes read (`shared.read`). A sighting reaches the other
 //! silos after: the writer's batch (≤ `flush_interval`, 100 ms) + the round trip to the
 //! primary (≤ 100 ms across regions) + replication to the silo's replica (one more one-way
@@ -46,8 +47,8 @@
 //! block is in force everywhere within about 1.3 s. When the link between regions is cut, a
 //! silo keeps reading its replica (stale, but its own writes fail and are counted), decides on
 //! what it knows, and catches up when the link returns: the replica resynchronises, the writer
-//! resumes. One shared instance (all silos on one address) is the simple shape; the fleet test
-//! (`tests/fleet/`, scenario `campaign`) runs it.
+//! resumes. One shared instance (all silos on one address) is the simple shape, and the one the
+//! integration tests run (`tests/it/shared.rs`).
 //!
 //! # Memory and expiry, per key family (`keys.rs`)
 //!
@@ -415,6 +416,7 @@ fn after(fleet: &Fleet, then: Then, answer: &Value) {
 async fn sync(fleet: Arc<Fleet>, ops: Arc<Ops>) {
     let mut tick = tokio::time::interval(fleet.cfg.sync_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -425,7 +427,8 @@ async fn sync(fleet: Arc<Fleet>, ops: Arc<Ops>) {
             continue;
         }
         let snap = ops.config.load();
-        if snap.config.shared != fleet.cfg {
+        if snap.config.shared != fleet.cfg && !warned {
+            warned = true;
             tracing::warn!("[shared] changed: restart the process to use the new settings");
         }
         intel::refresh(&fleet).await;

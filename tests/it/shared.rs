@@ -206,7 +206,14 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
     let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
     let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
     // (engine, client, name, paragraph order, recipient, expected)
-    type Copy<'a> = (&'a TestEngine, &'a str, &'a str, [usize; 4], &'a str, &'a str);
+    type Copy<'a> = (
+        &'a TestEngine,
+        &'a str,
+        &'a str,
+        [usize; 4],
+        &'a str,
+        &'a str,
+    );
     let copies: [Copy; 5] = [
         (
             &e1,
