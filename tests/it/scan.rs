@@ -10,7 +10,7 @@ mod hostile; // bombs, 10,000 parts, 100-level nesting, broken encodings, random
 mod policy; // actions, headers, shadow mode, overrides, lists, metrics, config errors
 mod rspamd; // the real rspamd (tests/rspamd/start.sh): verdicts, failures counted, learning, fuzzy
 #[path = "../../bench/scan/throughput.rs"]
-mod throughput; // the scanning benchmark (bench/scan/run.sh runs it in release mode)
+pub(crate) mod throughput; // the scanning benchmark (bench/scan/run.sh runs it in release mode)
 
 use harness::case;
 

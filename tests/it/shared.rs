@@ -16,6 +16,9 @@ use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
 use crate::support::free_port;
 
+#[path = "../../bench/scan/outbreak.rs"]
+mod bench; // what outbreak detection costs a message (bench/scan/outbreak.sh, release mode)
+
 /// A private redis-server on 127.0.0.1 (in memory); killed when dropped.
 struct Redis {
     bin: String,
@@ -685,4 +688,12 @@ async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
     assert!(dropped > 0.0, "shared.max_pending: {dropped}");
+}
+
+/// The benchmark (`bench/scan/outbreak.sh` runs it in release mode; never in CI).
+#[tokio::test]
+#[ignore]
+async fn bench_outbreak_cost() {
+    let Some(redis) = Redis::start() else { return };
+    bench::run(&redis).await;
 }
