@@ -137,8 +137,10 @@ class Node:
 
 
 class Fleet:
-    def __init__(self, base, binary, spool_limits=None):
+    def __init__(self, base, binary, spool_limits=None, shared=False):
         self.base = base
+        # The `campaign` scenario: [shared] on one redis-server, the outbreak scanner on.
+        self.shared = shared
         self.bin = binary
         self.nodes = {}
         self.aux = {}  # sinks, resolver: name -> Popen
@@ -223,6 +225,9 @@ class Fleet:
             f'pattern = "{QUARANTINE_PHRASE}"',
             "score = 12.0",
         ]
+        if self.shared:
+            from campaign import OUTBREAK_POLICY
+            out += OUTBREAK_POLICY
         return "\n".join(out) + "\n"
 
     def node_toml(self, node, broken=False):
@@ -297,6 +302,9 @@ class Fleet:
                 "  page_size = 500",
                 f'  peer_secret = "{PEER_SECRET}"',
             ]
+        if self.shared and node.role in ("edge", "engine"):
+            from campaign import SHARED_NODE_TOML
+            out += SHARED_NODE_TOML
         if broken:
             out += ["[edge]", 'listen = "this is not a list of addresses"', "no_such_key = 1"]
         return "\n".join(out) + "\n"
@@ -439,6 +447,9 @@ class Fleet:
             sys.executable, os.path.join(HERE, "sink.py"), "--listen", f"{SENDER_SINK}:25",
             "--dir", self.sink_dir("sender"), "--label", "sender",
             "--hostname", f"mx.{SENDER_DOMAIN}"])
+        if self.shared:
+            from campaign import start_redis
+            start_redis(self)
         for name in self.nodes:
             self.start_node(name, wait=False)
         self.wait_ready(list(self.nodes))

@@ -13,6 +13,7 @@ import zlib
 
 from account import *  # noqa: F403
 from deploy import *  # noqa: F403
+from campaign import check_campaign, step_campaign
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -20,8 +21,10 @@ from deploy import *  # noqa: F403
 class Scenario:
     """Traffic for `duration` seconds; `fault(ctx, at)` callbacks at fractions of it."""
 
-    def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc=""):
+    def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc="",
+                 shared=False):
         self.name, self.steps, self.kills = name, steps, kills
+        self.shared = shared  # the fleet runs [shared] on a redis-server (campaign.py)
         self.spool_limits = spool_limits or {}
         self.check = check
         self.doc = doc
@@ -335,16 +338,19 @@ SCENARIOS = {
     "engine-flap": Scenario(
         "engine-flap", [(0.1, step_flap("lon1-uk-e2", period=2.0, cycles=6))], check=check_flap,
         doc="an engine frozen and thawed every second (SIGSTOP/SIGCONT): slow and flapping"),
+    "campaign": Scenario(
+        "campaign", [(0.2, step_campaign)], check=check_campaign, shared=True,
+        doc="a campaign of varied copies into all three silos: acted on everywhere within 2 s"),
 }
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
-         "spool-full", "engine-flap"]
+         "spool-full", "engine-flap", "campaign"]
 
 
 def run_scenario(sc, args, workdir):
     base = os.path.join(workdir, sc.name)
     os.makedirs(base)
     os.chmod(base, 0o755)
-    fleet = Fleet(base, args.bin, sc.spool_limits)
+    fleet = Fleet(base, args.bin, sc.spool_limits, shared=sc.shared)
     notes, state = [], {}
     try:
         log(f"== scenario {sc.name}: {sc.doc}")
