@@ -218,9 +218,18 @@ def check_campaign(fleet, state, acct, out):
             v.append(f"campaign: {c['cid']} for {c['tenant']} delivered to {delivered[c['cid']]}")
     print(f"   campaign: {len(lost)} lost")
     v += [f"campaign: lost {x}" for x in lost]
+    # The engines' own measure: first sighting anywhere -> first message this node acted on.
+    delays = {}
     for n in fleet.nodes.values():
         if n.role == "engine" and n.proc and n.proc.poll() is None:
             st, m = http(n.ops, "/metrics")
             if st == 200 and metric(m, "maildistiller_shared_store_up") != 1:
                 v.append(f"campaign: {n.name} does not see the shared store up")
+            count = metric(m, "maildistiller_outbreak_action_delay_seconds_count")
+            if count:
+                total = metric(m, "maildistiller_outbreak_action_delay_seconds_sum")
+                delays[n.name] = f"{total / count:.2f}s" + (f" (mean of {count:.0f})"
+                                                           if count > 1 else "")
+    print(f"   campaign: engines' outbreak_action_delay_seconds (first sighting -> acted on): "
+          f"{delays}")
     return v
