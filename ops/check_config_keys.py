@@ -5,11 +5,13 @@ Reads the schema (the serde structs under src/config/), walks it from the file's
 sections, and lists every key path (`engine.delivery.retry_base`, `policy.*.thresholds.tag`,
 `tenant.delivery_rate`). A key counts as exercised when a test sets it:
 - in TOML written by a test (tests/it/**, the fleet's generated configs in tests/fleet/, the
-  unit tests after `#[cfg(test)]` in src/): `key = ...` under its `[section]` header, or inside
+  unit tests after `#[cfg(test)]` in src/, and the files of `#[cfg(test)] mod x;`): `key = ...` under its `[section]` header, or inside
   an inline table `section = { key = ... }`;
 - in Rust test code that builds the section's struct: `key: ...` in a `StructName { ... }`
   literal or `.key = ...` after a value of that struct is named in the same file.
-- failing both, a test file that assigns the key's name (`key = `, `key: `) and names its parent
+- a policy key set for one tenant (`[policy.NAME.tenant.ID]` overrides any policy key) counts
+  as that policy key;
+- failing those, a test file that assigns the key's name (`key = `, `key: `) and names its parent
   section (`webmail`, `delivery`, `soa`…): tests often inject lines into a section of a template.
 A section (a key holding a table) counts when any key inside it does.
 A key no test sets is a key whose effect nobody checks: the script prints each one and exits 1,
@@ -26,11 +28,7 @@ CONFIG = os.path.join(ROOT, "src", "config")
 
 # Keys no test exercises yet, each with why. An entry here is a debt, not a pass: remove it
 # with the change that makes the key do what it says (and its test).
-ALLOWED = {
-    # Parsed, documented, and ignored: delivery never starts TLS today. Issue 14 builds it
-    # (STARTTLS to tenants' servers, `required` refusing clear text) with its tests.
-    "tenant.tls": "delivery TLS is issue 14's to build",
-}
+ALLOWED = {}
 
 # The file's top level: section -> (struct, how it repeats). Config itself is assembled by hand
 # in load.rs, so it is listed here rather than parsed.
@@ -137,6 +135,7 @@ def test_texts():
                     if d == "bench" and not f.endswith(".rs"):
                         continue  # bench scripts run configs, they do not assert on them
                     texts.append((p, open(p, encoding="utf-8").read()))
+    test_modules = set()
     for base, _, files in os.walk(os.path.join(ROOT, "src")):
         for f in files:
             if f.endswith(".rs"):
@@ -145,7 +144,29 @@ def test_texts():
                 i = t.find("#[cfg(test)]")
                 if i >= 0:
                     texts.append((p, t[i:]))
+                test_modules.update(test_module_files(p, t))
+    for p in sorted(test_modules):
+        if os.path.exists(p):
+            texts.append((p, open(p, encoding="utf-8").read()))
     return texts
+
+
+def test_module_files(path, text):
+    """Files of the `#[cfg(test)] mod NAME;` declarations in `path` (with `#[path]` when given):
+    unit tests kept in a file of their own, all of it test code."""
+    here = os.path.dirname(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    # `mod x;` in foo.rs lives in foo/x.rs; in mod.rs, lib.rs or main.rs beside it.
+    mod_dir = here if stem in ("mod", "lib", "main") else os.path.join(here, stem)
+    out = []
+    for m in re.finditer(r'#\[cfg\(test\)\]\s*(?:#\[path\s*=\s*"([^"]+)"\]\s*)?mod\s+(\w+)\s*;', text):
+        explicit, name = m.group(1), m.group(2)
+        if explicit:
+            out.append(os.path.join(here, explicit))
+        else:
+            out.append(os.path.join(mod_dir, f"{name}.rs"))
+            out.append(os.path.join(mod_dir, name, "mod.rs"))
+    return out
 
 
 DYNAMIC_AFTER = {"policy": 1, "regions": 1}
@@ -177,7 +198,8 @@ def toml_keys(text):
     found = set()
     section = ""
     for raw in text.splitlines():
-        line = raw.strip().lstrip('r#"').strip()
+        # A line may open a Rust string (`"`, `r"`, `r#"`) before its TOML.
+        line = re.sub(r'^(?:r#*)?"', "", raw.strip()).strip()
         for piece in re.split(r"\\n", line):
             piece = piece.strip()
             hm = re.match(r"^\[\[?\s*([A-Za-z0-9_.\"-]+)\s*\]\]?", piece)
@@ -197,6 +219,12 @@ def toml_keys(text):
                 for nk, nbody in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*\{([^{}]*)\}", im.group(1)):
                     for ik in re.findall(r"(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", nbody):
                         found.add(f"{full}.{nk}.{ik}")
+    # `[policy.NAME.tenant.ID]` sets any policy key for one tenant (`dns.attempts`, `urls.…`):
+    # such a key is the policy's key. Its own lists (allow, block, user) are keys of their own.
+    for k in list(found):
+        m = re.match(r"policy\.\*\.tenant\.\*\.(.+)$", k)
+        if m and m.group(1).split(".")[0] not in ("allow", "block", "user"):
+            found.add(f"policy.*.{m.group(1)}")
     return found
 
 

@@ -165,6 +165,25 @@ pub fn summary(s: &Snapshot, roles: RoleSet) -> String {
             c.engine.spool_dir.display(),
             c.engine.max_message_size
         );
+        let w = &c.engine.webmail;
+        if !w.listen.is_empty() {
+            let _ = writeln!(
+                o,
+                "  webmail https {}{} ({} users{})",
+                list(&w.listen),
+                if w.http_redirect_listen.is_empty() {
+                    String::new()
+                } else {
+                    format!(", http redirect {}", list(&w.http_redirect_listen))
+                },
+                c.tenants.iter().map(|t| t.users.len()).sum::<usize>(),
+                if w.tls_self_signed {
+                    ", self-signed certificate made at first start"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     if roles.dns {
         let _ = writeln!(

@@ -14,7 +14,7 @@
 //! | [`snapshot`] | one validated config with its topology and geo locator, swapped atomically on reload |
 //! | [`proxy`] | PROXY v1/v2 headers between edge and engine, with our TLVs (session id, tenant, country, TLS) |
 //! | [`smtp`] | sans-I/O SMTP: commands, replies (every one we write, named once), the receiving session both engine and edge run, the DATA end-of-data recogniser (shared by engine, edge, delivery) |
-//! | [`tls`] | rustls in one place: certificates and keys into server configs, the ring provider |
+//! | [`tls`] | rustls in one place: certificates and keys into server configs (and the self-signed pair of the loopback default), the ring provider; the sending side: STARTTLS handshakes judged against a delivery's policy, trust anchors, pins |
 //! | [`net`] | listening sockets: binding (SO_REUSEPORT, backlog) and the one bounded accept loop of edge and engine |
 //! | [`sys`] | the only `unsafe`: systemd socket activation, GeoDNS `recvmmsg`/`sendmmsg` and its SO_REUSEPORT CPU steering, `statvfs`, the monotonic clock |
 //! | [`ops`] | metrics, `/healthz`, `/readyz`, `/status`, signals, reload and shutdown |
@@ -24,7 +24,7 @@
 //! | [`dns`] | GeoDNS: authoritative answers by location and silo health; the only module naming hickory types |
 //! | [`shared`] | what every node must know, through one Redis/Valkey deployment (the only module naming `redis`): outbreak sightings, greylisting, fleet-wide sender rates, the intelligence feed; deadlines and fail-open |
 //! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
-//! | [`engine`] | the MDE: SMTP reception, scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
+//! | [`engine`] | the MDE: SMTP reception, recipient verification (recipient files, call-ahead), scan + policy, delivery, quarantine expiry, the queue API (every message in the store) |
 //! | [`webmail`] | held and quarantined mail over HTTPS, beside the engine: talks to the store, never to the engine |
 //! | [`node`] | loads a config with the schema's and every role's checks into a snapshot |
 //! | [`cli`] | the top: the command line (the only module naming clap), running roles, exit codes |

@@ -26,9 +26,11 @@ MAIL FROM its Return-Path (else its From address), RCPT TO the address it was de
 sees it as behind an MTA: CRLF, with a Received header naming that recipient on top (our engine
 writes its own). rspamd is asked as our adapter asks it (/checkv2 with those headers).
 
-How ours is read, per message: the SMTP reply to DATA says rejected (5xx) or quarantined
-("250 ... (quarantined)"); every other accepted message must reach the tenant's server (the
-sink), whose `X-Maildistiller-Verdict: action=tag|deliver` says tagged or delivered. A message
+How ours is read, per message: the SMTP reply to DATA says rejected (5xx); an accepted one is
+quarantined when the engine's verdict line for its reference says `action=quarantine` (the
+reply to the sender is the same for delivered and quarantined mail); every other accepted
+message must reach the tenant's server (the sink), whose `X-Maildistiller-Verdict:
+action=tag|deliver` says tagged or delivered. A message
 that neither is refused nor arrives within the wait is reported as lost (there should be none).
 
 "caught" = any action other than plain delivery (rspamd: anything but "no action"; SpamAssassin:
@@ -540,7 +542,7 @@ class DataReply(smtplib.SMTP):
 
 
 def send_ours(ours: Ours, raw: bytes):
-    """('rejected'|'quarantined'|'accepted'|'tempfail', the reference id of the reply)"""
+    """('rejected'|'accepted'|'tempfail', the reference id of the reply)"""
     ref = lambda text: (re.search(r"(?:queued as|ref(?:erence)?:?) ?([A-Za-z0-9]+)", text)
                         or [None, None])[1]
     with DataReply("127.0.0.1", ours.edge_port, local_hostname=HELO, timeout=120) as s:
@@ -552,9 +554,17 @@ def send_ours(ours: Ours, raw: bytes):
         except smtplib.SMTPRecipientsRefused:
             return "tempfail", None
         _, text = s.data_reply
-        if "(quarantined)" in text:
-            return "quarantined", ref(text)
         return "accepted", ref(text)
+
+
+def engine_verdicts(ours: Ours):
+    """ref -> (action, score, findings), from the engine's verdict lines."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", ours.log.read_text(errors="replace"))
+    verdicts = {}
+    for m in re.finditer(r'action=(\w+) ref=(\S+) .*? score=(-?[\d.]+) reason=.*? '
+                         r'findings="(.*?)"(?= failures=| parts=)', text):
+        verdicts[m.group(2)] = (m.group(1), float(m.group(3)), m.group(4))
+    return verdicts
 
 
 def run_ours(ours: Ours, sink: Sink, row: Row, limit, scores):
@@ -569,23 +579,24 @@ def run_ours(ours: Ours, sink: Sink, row: Row, limit, scores):
             row.seconds += time.monotonic() - t0
             row.n += 1
             sent.append((g, outcome, ref))
-    refs = {r for _, o, r in sent if o == "accepted"}
+    # The engine logs each verdict before it answers 250: what it quarantined is known now.
+    verdicts = engine_verdicts(ours)
+    quarantined = {r for _, o, r in sent if o == "accepted" and verdicts.get(r, ("",))[0] == "quarantine"}
+    refs = {r for _, o, r in sent if o == "accepted"} - quarantined
     try:
         wait_until("the sink to receive every accepted message",
                    lambda: refs <= set(sink.verdicts), limit=120, step=0.25)
     except SystemExit as e:
         log(e)
     for g, outcome, ref in sent:
-        if outcome == "accepted":
+        if outcome == "accepted" and ref in quarantined:
+            outcome = "quarantined"
+        elif outcome == "accepted":
             action = sink.verdicts.get(ref)
             outcome = {"tag": "tagged", "deliver": "delivered"}.get(action, "lost")
         row.add(g, outcome)
     # Score and findings of every message, from the engine's verdict lines (for the report).
-    text = re.sub(r"\x1b\[[0-9;]*m", "", ours.log.read_text(errors="replace"))
-    verdicts = {}
-    for m in re.finditer(r'action=(\w+) ref=(\S+) .*? score=(-?[\d.]+) reason=.*? '
-                         r'findings="(.*?)"(?= failures=| parts=)', text):
-        verdicts[m.group(2)] = (m.group(1), float(m.group(3)), m.group(4))
+    verdicts = engine_verdicts(ours)
     for g, _, ref in sent:
         if ref in verdicts:
             scores.append((row.name, g, ref, *verdicts[ref]))

@@ -41,6 +41,12 @@ pub struct EdgeConfig {
     pub allow: Vec<IpNetwork>,
     /// These networks are refused with `554 5.7.1` (checked before `allow`).
     pub deny: Vec<IpNetwork>,
+    /// Networks exempt from the per-address and per-prefix limits (`max_connections_per_ip`,
+    /// `max_connections_per_prefix`, `connect_rate_per_ip`, `connect_rate_per_prefix`): large
+    /// providers and partners that send a lot from few addresses. Everyone else is still
+    /// admitted; `deny`, `allow` and the node's `max_connections` still apply to them.
+    /// Default none.
+    pub exempt: Vec<IpNetwork>,
     /// Pause before the banner; a client that talks during it is refused (`554 5.5.1`,
     /// pregreet). Default 0 (off).
     pub greeting_delay: Dur,
@@ -66,9 +72,18 @@ pub struct EdgeConfig {
     /// the address their `trusted_proxies` lists, not whichever one the kernel picks (on
     /// loopback that is 127.0.0.1). Default none: the kernel chooses.
     pub source_addresses: Vec<IpAddr>,
-    /// PEM certificate chain and key for STARTTLS. Both or neither.
+    /// PEM certificate chain and key for STARTTLS. Both or neither. Relative paths are relative
+    /// to the config file. A renewed pair is picked up on reload (SIGHUP, `POST /-/reload`):
+    /// write both files, then reload; a pair that does not load is refused and the previous
+    /// certificate stays.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When `tls_cert` and `tls_key` are both missing at start, make a self-signed certificate
+    /// there (for the host name, `localhost` and 127.0.0.1; ten years; key mode 0600) and use
+    /// it: STARTTLS out of the box on a test or loopback setup. Never replaces existing files.
+    /// Senders do not check MX certificates, so it encrypts; it authenticates nothing. Default
+    /// false.
+    pub tls_self_signed: bool,
     /// Health probe settings for engines.
     pub health: HealthConfig,
     /// Rates per client network summed across every edge of every silo (through `[shared]`).
@@ -106,6 +121,7 @@ impl Default for EdgeConfig {
             max_tracked_addresses: 100_000,
             allow: Vec::new(),
             deny: Vec::new(),
+            exempt: Vec::new(),
             greeting_delay: Dur::secs(0),
             command_timeout: Dur::secs(300),
             data_timeout: Dur::secs(600),
@@ -117,6 +133,7 @@ impl Default for EdgeConfig {
             source_addresses: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
             health: HealthConfig::default(),
             fleet_limits: FleetLimits::default(),
         }
@@ -184,6 +201,12 @@ impl EdgeConfig {
             k.err(
                 "edge.tls_cert",
                 "give both tls_cert and tls_key, or neither",
+            );
+        }
+        if self.tls_self_signed && self.tls_cert.is_none() {
+            k.err(
+                "edge.tls_self_signed",
+                "needs tls_cert and tls_key: the paths the certificate is made at",
             );
         }
         if let Some(h) = &self.hostname

@@ -1,5 +1,6 @@
 //! `[engine]` and `[engine.delivery]`: the engine role's listeners, session limits, spool,
-//! lifetimes and how it delivers to tenants' servers. `[engine.webmail]` has its own file.
+//! lifetimes and how it delivers to tenants' servers. `[engine.webmail]` and
+//! `[engine.verify]` have their own files.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Bytes, DeliveryHost, Dur};
 use super::validate::{Checker, is_domain};
+use super::verify::VerifyConfig;
 use super::webmail::WebmailConfig;
 
 /// `--role engine`: reception, spool, delivery, webmail.
@@ -44,6 +46,11 @@ pub struct EngineConfig {
     pub command_timeout: Dur,
     /// Time allowed for the whole DATA transfer. Default 10 m.
     pub data_timeout: Dur,
+    /// A bare LF (a line end without CR) inside a message: `normalize` (the default) keeps it
+    /// as CRLF, `reject` refuses the message (`550 5.6.0`). Either way `<CRLF>.<CRLF>` is the
+    /// only end of data and a bare CR is refused (see `src/smtp/data.rs`). As Postfix 3.9's
+    /// `smtpd_forbid_bare_newline`. Edges relay the bytes as they are: the engine decides.
+    pub bare_newline: BareNewline,
     /// Concurrent sessions. Default 2000.
     pub max_sessions: u32,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
@@ -53,11 +60,32 @@ pub struct EngineConfig {
     pub quarantine_lifetime: Dur,
     /// Name in the banner, EHLO and `Received:` headers. Default: the host name.
     pub hostname: Option<String>,
-    /// PEM certificate chain and key for STARTTLS. Both or neither.
+    /// PEM certificate chain and key for STARTTLS. Both or neither. Relative paths are relative
+    /// to the config file. A renewed pair is picked up on reload (SIGHUP, `POST /-/reload`):
+    /// write both files, then reload; a pair that does not load is refused and the previous
+    /// certificate stays.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When `tls_cert` and `tls_key` are both missing at start, make a self-signed certificate
+    /// there (for the host name, `localhost` and 127.0.0.1; ten years; key mode 0600) and use
+    /// it: STARTTLS out of the box on a test or loopback setup. Never replaces existing files.
+    /// Senders do not check MX certificates, so it encrypts; it authenticates nothing. Default
+    /// false.
+    pub tls_self_signed: bool,
     pub delivery: DeliveryConfig,
     pub webmail: WebmailConfig,
+    /// Recipient verification: the call-ahead cache, the probe, recipient files.
+    pub verify: VerifyConfig,
+}
+
+/// `engine.bare_newline`: what a bare LF inside a message leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Kept as CRLF: the message is taken (kind to senders that write Unix line ends).
+    Normalize,
+    /// The message is refused with `550 5.6.0`.
+    Reject,
 }
 
 /// `[engine.delivery]`: how the engine delivers to tenants' servers.
@@ -124,14 +152,17 @@ impl Default for EngineConfig {
             max_errors: 10,
             command_timeout: Dur::secs(300),
             data_timeout: Dur::secs(600),
+            bare_newline: BareNewline::Normalize,
             max_sessions: 2000,
             message_lifetime: Dur::secs(5 * 86_400),
             quarantine_lifetime: Dur::secs(30 * 86_400),
             hostname: None,
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
             delivery: DeliveryConfig::default(),
             webmail: Default::default(),
+            verify: Default::default(),
         }
     }
 }
@@ -185,6 +216,12 @@ impl EngineConfig {
             k.err(
                 "engine.tls_cert",
                 "give both tls_cert and tls_key, or neither",
+            );
+        }
+        if e.tls_self_signed && e.tls_cert.is_none() {
+            k.err(
+                "engine.tls_self_signed",
+                "needs tls_cert and tls_key: the paths the certificate is made at",
             );
         }
         if let Some(h) = &e.hostname
@@ -242,7 +279,8 @@ impl EngineConfig {
         {
             k.err("engine.delivery.relay", msg);
         }
-        e.webmail.check(k);
+        e.webmail.check(e.hostname.as_deref(), k);
+        e.verify.check(k);
         if !e.proxy_listen.is_empty() && e.trusted_proxies.is_empty() {
             k.err(
                 "engine.trusted_proxies",

@@ -46,9 +46,10 @@ pub fn read(path: &Path) -> Result<Read, ConfigErrors> {
             };
             let prefix = format!("{}: ", file.display());
             if let Some(v) = table.remove("tenant") {
-                config
-                    .tenants
-                    .extend(elements::<TenantConfig>(v, "tenant", &prefix, &mut errors));
+                let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                let mut tenants = elements::<TenantConfig>(v, "tenant", &prefix, &mut errors);
+                tenants.iter_mut().for_each(|t| t.resolve_paths(&dir));
+                config.tenants.extend(tenants);
             }
             for key in table.keys() {
                 errors.push(ConfigError::new(
@@ -199,6 +200,14 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
         None => shipped_geo_database(base),
     };
     c.engine.spool_dir = base.join(&c.engine.spool_dir);
+    let join = |p: &mut Option<PathBuf>| *p = p.as_ref().map(|p| base.join(p));
+    join(&mut c.edge.tls_cert);
+    join(&mut c.edge.tls_key);
+    join(&mut c.engine.tls_cert);
+    join(&mut c.engine.tls_key);
+    join(&mut c.engine.webmail.tls_cert);
+    join(&mut c.engine.webmail.tls_key);
+    c.tenants.iter_mut().for_each(|t| t.resolve_paths(base));
     c.ops.token_file = c.ops.token_file.as_ref().map(|p| base.join(p));
     c.tenant_files = c.tenant_files.iter().map(|p| base.join(p)).collect();
     c

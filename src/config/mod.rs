@@ -3,7 +3,7 @@
 //! This module is the floor of the house: every role reads it, and it imports no role. One file
 //! per section: the topology and the sections every node has (`model`: node, ops, geo, regions,
 //! silos, tenants), and one per role or part (`edge`, `engine`, `dns`, `health`, `policy` with
-//! `outbreak`, `shared`, `webmail`). Each section checks what it can see alone (ranges, names, both-or-neither);
+//! `outbreak`, `shared`, `webmail`, `verify`). Each section checks what it can see alone (ranges, names, both-or-neither);
 //! `validate` checks the whole file (references, duplicates, listener clashes). Checks that need
 //! a role's own code (DNS record syntax, policies compiled by the scanner) run where the snapshot
 //! is built ([`crate::node`]), so `maildistiller check` still reports them, with their paths.
@@ -22,19 +22,21 @@ pub mod policy;
 pub mod shared;
 pub mod units;
 pub mod validate;
+pub mod verify;
 pub mod webmail;
 
 use std::fmt;
 
 pub use dns::DnsConfig;
 pub use edge::EdgeConfig;
-pub use engine::{DeliveryConfig, EngineConfig};
+pub use engine::{BareNewline, DeliveryConfig, EngineConfig};
 pub use health::HealthConfig;
 pub use model::*;
 pub use policy::PolicyConfig;
 pub use shared::SharedConfig;
 pub use units::{Bytes, DeliveryHost, Dur};
 pub use validate::RoleSet;
+pub use verify::VerifyConfig;
 pub use webmail::WebmailConfig;
 
 /// One problem in a configuration, with the path of the value at fault

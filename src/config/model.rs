@@ -272,13 +272,40 @@ pub struct TenantConfig {
     /// Webmail users.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
-    /// Known recipients (full addresses or local parts). Empty: every address of the domains is
-    /// accepted; otherwise others get `550 5.1.1`.
+    /// Known recipients (full addresses, or local parts meaning every domain of the tenant).
+    /// Alone, it is the whole truth: others get `550 5.1.1` (at the edge already). With
+    /// `recipients_file` the two are one list (the union); with `verify = "call-ahead"` an
+    /// address in neither is asked of the tenant's server. Empty, with neither of the others:
+    /// every address of the domains is accepted.
     #[serde(default)]
     pub recipients: Vec<String>,
-    /// TLS when delivering to the tenant's servers.
+    /// A file of known recipients, one `local@domain` or `@domain` (every address of that
+    /// domain) a line; `#` starts a comment, blank lines are ignored; domains must be the
+    /// tenant's. Read by engines only, checked by `maildistiller check`, looked at every
+    /// `engine.verify.reload_interval` and swapped in whole when it changed; a file that
+    /// breaks keeps the list last read (logged, `maildistiller_engine_recipients_file_reload_total
+    /// {result="error"}`). Relative paths are relative to the file that defines the tenant.
+    /// Default none.
+    pub recipients_file: Option<PathBuf>,
+    /// How an address in neither `recipients` nor `recipients_file` is judged: `none` (default:
+    /// unknown when a list is set, else accepted) or `call-ahead` (the engine asks the tenant's
+    /// server with a RCPT probe and caches the answer; see `[engine.verify]`).
+    #[serde(default)]
+    pub verify: RecipientVerify,
+    /// TLS when delivering to the tenant's servers: `opportunistic` (default), `required`,
+    /// `never` (see [`DeliveryTls`]).
     #[serde(default)]
     pub tls: DeliveryTls,
+    /// A PEM file of CA certificates the tenant's servers' certificates are checked against
+    /// (a private CA), instead of the system's trust anchors. Relative to the file that
+    /// defines the tenant. Default none: the system's (`/etc/ssl/certs`).
+    pub tls_ca: Option<PathBuf>,
+    /// Pinned keys: base64 SHA-256 hashes of the SubjectPublicKeyInfo of the tenant's servers'
+    /// certificates. When set, delivery needs TLS and a certificate whose key matches one of
+    /// them; a match stands in for the CA check (so a self-signed server can be pinned). List
+    /// the next key before rotating. Default none.
+    #[serde(default)]
+    pub tls_pin: Vec<String>,
     /// Most concurrent delivery connections to this tenant's servers (per engine). Default:
     /// `engine.delivery.connections_per_destination`.
     pub delivery_connections: Option<u32>,
@@ -287,17 +314,61 @@ pub struct TenantConfig {
     pub delivery_rate: Option<u32>,
 }
 
+/// How a tenant's recipients outside its lists are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipientVerify {
+    /// By the lists alone (none set: every address accepted).
+    #[default]
+    None,
+    /// By a RCPT probe to the tenant's server, answers cached.
+    CallAhead,
+}
+
+impl RecipientVerify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientVerify::None => "none",
+            RecipientVerify::CallAhead => "call-ahead",
+        }
+    }
+}
+
+impl TenantConfig {
+    /// Makes `tls_ca` and `recipients_file` absolute against `dir`, the directory of the file
+    /// defining the tenant.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        self.tls_ca = self.tls_ca.as_ref().map(|p| dir.join(p));
+        self.recipients_file = self.recipients_file.as_ref().map(|p| dir.join(p));
+    }
+}
+
 /// STARTTLS towards a tenant's mail server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeliveryTls {
-    /// Use STARTTLS when offered, without certificate checks (as MTAs do); plain otherwise.
+    /// Use STARTTLS when offered, without certificate checks (as MTAs do); plain when not
+    /// offered, refused, or when the handshake fails (then once more without it).
     #[default]
     Opportunistic,
-    /// Require STARTTLS with a certificate valid for the host name (webpki roots or `tls_ca`).
+    /// Require STARTTLS with a certificate valid for the host name (the system's trust anchors
+    /// or `tls_ca`). Not offered, a failed handshake or a certificate that does not verify:
+    /// the mail is deferred with the reason (`queue show`), never sent in clear.
     Required,
-    /// Never use TLS.
-    None,
+    /// Never use TLS: for servers whose STARTTLS is broken. `none`, the word before, is read
+    /// as `never`.
+    #[serde(alias = "none")]
+    Never,
+}
+
+impl DeliveryTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryTls::Opportunistic => "opportunistic",
+            DeliveryTls::Required => "required",
+            DeliveryTls::Never => "never",
+        }
+    }
 }
 
 fn default_policy() -> String {

@@ -328,6 +328,13 @@ fn check_tenants(c: &Config, k: &mut Checker) {
                 k.err(format!("{p}.delivery[{i}]"), e);
             }
         }
+        // The pins' and tls_ca's contents are judged by delivery (`engine::delivery::tls`).
+        if !t.tls_pin.is_empty() && t.tls == DeliveryTls::Never {
+            k.err(
+                format!("{p}.tls_pin"),
+                "pins need TLS: tls = \"never\" and tls_pin contradict each other",
+            );
+        }
         if let Some(n) = t.delivery_connections {
             k.range(&format!("{p}.delivery_connections"), n.into(), 1, 10_000);
         }

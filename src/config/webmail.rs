@@ -21,12 +21,21 @@ pub struct WebmailConfig {
     /// Plain-HTTP listeners that only redirect to HTTPS (308). Default none.
     pub http_redirect_listen: Vec<SocketAddr>,
     /// The address users type, e.g. `https://mail.example.net`; redirects from HTTP go there.
-    /// Default: the request's host name with the first HTTPS listener's port.
+    /// Default: one of the names configured here — `engine.hostname`, or the HTTPS listener's
+    /// address (`localhost` too for a loopback one) — chosen by the request's `Host`, with the
+    /// first HTTPS listener's port; a `Host` naming none of them gets the first. The request's
+    /// own host text is never copied into the redirect.
     pub public_url: Option<String>,
     /// PEM certificate chain and key of the page. Required when `listen` is set. Relative paths
-    /// are relative to the working directory (write absolute ones).
+    /// are relative to the config file.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When neither `tls_cert` nor `tls_key` exists, make a self-signed pair there at start
+    /// (for `engine.hostname`, `localhost`, 127.0.0.1 and the listeners' addresses) and keep it:
+    /// the loopback default's page works at first start. Browsers warn about it; its SHA-256
+    /// fingerprint is in the log to compare with. Default false (production: a real
+    /// certificate).
+    pub tls_self_signed: bool,
     /// A session ends after this long without a request. Default 30 m.
     pub session_idle: Dur,
     /// A session ends this long after sign-in, however busy. Default 12 h.
@@ -50,9 +59,12 @@ pub struct WebmailConfig {
     /// Whether users may release their own quarantined mail (tenant admins always may).
     /// Default true. (A per-policy switch would live in `[policy.NAME]`; this is the default.)
     pub users_may_release: bool,
-    /// Quarantine reasons that only a tenant admin may release: a message whose reason contains
-    /// one of these (case-insensitive) is not releasable by its recipient. Default `["virus"]`.
-    pub admin_release_only: Vec<String>,
+    /// Kinds of finding that only a tenant admin may release: a quarantined message with a
+    /// finding of one of these kinds — any finding of its verdict, not only the one its reason
+    /// names — is not releasable by its recipient. Kinds: `virus`, `attachment` (blocked type
+    /// or extension), `encrypted` (encrypted archive), `macro`, `unscannable`, `dmarc`, `spam`,
+    /// `listed`. Default `["virus"]`.
+    pub admin_release_only: Vec<FindingKind>,
     /// HTTPS connections at once (the permit is taken before `accept`). Default 1000.
     pub max_connections: u32,
     /// A connection with no bytes read or written for this long is closed; TLS handshakes get
@@ -79,6 +91,7 @@ impl Default for WebmailConfig {
             public_url: None,
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
             session_idle: Dur::secs(30 * 60),
             session_lifetime: Dur::secs(12 * 3600),
             max_sessions: 10_000,
@@ -89,7 +102,7 @@ impl Default for WebmailConfig {
             max_concurrent_logins: 4,
             page_size: 50,
             users_may_release: true,
-            admin_release_only: vec!["virus".into()],
+            admin_release_only: vec![FindingKind::Virus],
             max_connections: 1000,
             idle_timeout: Dur::secs(60),
             peer_secret: None,
@@ -100,6 +113,59 @@ impl Default for WebmailConfig {
     }
 }
 
+/// What a finding is about, as a quarantined message records it for every finding of its
+/// verdict and as `admin_release_only` names it. The engine's finding categories map onto these
+/// (`engine::policy::finding::Category::kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FindingKind {
+    Virus,
+    /// A blocked attachment type or extension.
+    Attachment,
+    /// An encrypted archive.
+    Encrypted,
+    /// A document with macros.
+    Macro,
+    /// Not scannable within its budget.
+    Unscannable,
+    Dmarc,
+    /// A spam signal (scores, rules, DNS lists).
+    Spam,
+    /// On an allow or block list.
+    Listed,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 8] = [
+        FindingKind::Virus,
+        FindingKind::Attachment,
+        FindingKind::Encrypted,
+        FindingKind::Macro,
+        FindingKind::Unscannable,
+        FindingKind::Dmarc,
+        FindingKind::Spam,
+        FindingKind::Listed,
+    ];
+
+    /// Its name in the config and in spool files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Virus => "virus",
+            FindingKind::Attachment => "attachment",
+            FindingKind::Encrypted => "encrypted",
+            FindingKind::Macro => "macro",
+            FindingKind::Unscannable => "unscannable",
+            FindingKind::Dmarc => "dmarc",
+            FindingKind::Spam => "spam",
+            FindingKind::Listed => "listed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FindingKind> {
+        FindingKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// The text shown instead of a compose button.
 pub const DEFAULT_OUTAGE_HELP: &str = "Your organisation's mail server cannot receive mail right \
 now, so this page shows the mail that is waiting for it. Sending is not available here: to reach \
@@ -107,12 +173,19 @@ people meanwhile, use the phone, a chat tool, or another mail account, and tell 
 will arrive as soon as the server is back.";
 
 impl WebmailConfig {
-    pub fn check(&self, k: &mut Checker) {
+    /// `hostname`: `engine.hostname` (a name the HTTP redirect may send users to).
+    pub fn check(&self, hostname: Option<&str>, k: &mut Checker) {
         let p = "engine.webmail";
         if !self.listen.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             k.err(
                 format!("{p}.tls_cert"),
                 "the page is HTTPS only: give tls_cert and tls_key",
+            );
+        }
+        if self.tls_self_signed && self.tls_cert.is_none() {
+            k.err(
+                format!("{p}.tls_self_signed"),
+                "a self-signed certificate is made at tls_cert and tls_key: give both",
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -125,6 +198,17 @@ impl WebmailConfig {
             k.err(
                 format!("{p}.http_redirect_listen"),
                 "redirects need an HTTPS listener (engine.webmail.listen)",
+            );
+        }
+        if !self.http_redirect_listen.is_empty()
+            && self.public_url.is_none()
+            && hostname.is_none()
+            && self.listen.iter().all(|a| a.ip().is_unspecified())
+        {
+            k.err(
+                format!("{p}.public_url"),
+                "the HTTP redirect needs a name to send users to: set public_url \
+                 (or engine.hostname, or listen on a specific address)",
             );
         }
         let mut seen = std::collections::HashSet::new();

@@ -1,6 +1,7 @@
 //! Admission before the banner: deny/allow lists, the node's connection cap, per-address and
-//! per-prefix (/24, /64) concurrency and connection rate. Each refusal has a reason (a metric
-//! label and a log field) and the reply the client gets.
+//! per-prefix (/24, /64) concurrency and connection rate (except for `edge.exempt` networks,
+//! which only the lists and the node's cap apply to). Each refusal has a reason (a metric label
+//! and a log field) and the reply the client gets.
 //!
 //! Bounds: the tracking map holds at most `max_tracked_addresses` entries; when full, idle
 //! entries (no live connection) are forgotten, least recently used first, so a flood from many
@@ -102,11 +103,16 @@ impl std::fmt::Debug for Admission {
 pub struct Permit {
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// From an `edge.exempt` network: counted in the node's total only.
+    exempt: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission.live.fetch_sub(1, Ordering::AcqRel);
+        if self.exempt {
+            return;
+        }
         let mut m = self.admission.map.lock().unwrap_or_else(|e| e.into_inner());
         for k in [Key::Ip(self.ip), Key::Prefix(prefix_of(self.ip))] {
             if let Some(s) = m.get_mut(&k) {
@@ -163,6 +169,13 @@ impl Admission {
         if self.live.fetch_add(1, Ordering::AcqRel) >= l.global {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Overloaded);
+        }
+        if cfg.exempt.iter().any(|n| n.contains(ip)) {
+            return Ok(Permit {
+                admission: self.clone(),
+                ip,
+                exempt: true,
+            });
         }
         let now = Instant::now();
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -223,6 +236,7 @@ impl Admission {
         Ok(Permit {
             admission: self.clone(),
             ip,
+            exempt: false,
         })
     }
 }
@@ -337,6 +351,45 @@ mod tests {
             Refusal::NotAllowed
         );
         assert_eq!(a.live(), 0, "refusals hold nothing");
+    }
+
+    #[test]
+    fn exempt_networks_skip_the_per_address_limits_only() {
+        let a = Arc::new(Admission::default());
+        let c = EdgeConfig {
+            max_connections: 7,
+            max_connections_per_ip: 1,
+            max_connections_per_prefix: 1,
+            connect_rate_per_ip: 1,
+            connect_rate_per_prefix: 1,
+            exempt: vec!["192.0.2.0/24".parse().unwrap()],
+            deny: vec!["192.0.2.66/32".parse().unwrap()],
+            ..cfg()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut partner: Vec<_> = (0..5)
+            .map(|_| a.admit(ip("192.0.2.1"), &c).unwrap())
+            .collect();
+        assert_eq!(a.tracked(), 0, "exempt addresses are not tracked");
+        let _other = a.admit(ip("198.51.100.1"), &c).unwrap();
+        assert_eq!(
+            a.admit(ip("198.51.100.1"), &c).unwrap_err(),
+            Refusal::PrefixConcurrency,
+            "everyone else keeps the limits"
+        );
+        partner.push(a.admit(ip("192.0.2.1"), &c).unwrap());
+        assert_eq!(
+            a.admit(ip("192.0.2.1"), &c).unwrap_err(),
+            Refusal::Overloaded,
+            "the node's cap still counts exempt connections"
+        );
+        drop(partner);
+        assert_eq!(
+            a.admit(ip("192.0.2.66"), &c).unwrap_err(),
+            Refusal::Denied,
+            "deny beats exempt"
+        );
+        assert_eq!(a.live(), 1);
     }
 
     #[test]

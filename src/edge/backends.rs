@@ -50,6 +50,23 @@ pub struct EngineHealth {
 }
 
 impl EngineHealth {
+    /// A new engine: up (until a probe says otherwise), nothing outstanding.
+    fn new(address: SocketAddr, cluster: String) -> EngineHealth {
+        EngineHealth {
+            address,
+            cluster,
+            healthy: AtomicBool::new(true),
+            outstanding: AtomicU32::new(0),
+            streak: AtomicU32::new(0),
+            current: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            reported_sessions: AtomicU32::new(0),
+            not_ready: AtomicBool::new(false),
+            flaps: AtomicU32::new(0),
+            up_at_ms: AtomicU64::new(0),
+        }
+    }
+
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -146,19 +163,10 @@ impl Backends {
             let h = match old.get(&e.address) {
                 Some(h) => h.clone(),
                 None => {
-                    let h = Arc::new(EngineHealth {
-                        address: e.address,
-                        cluster: snap.topology.cluster_label(e.cluster),
-                        healthy: AtomicBool::new(true),
-                        outstanding: AtomicU32::new(0),
-                        streak: AtomicU32::new(0),
-                        current: AtomicBool::new(true),
-                        drained: AtomicBool::new(false),
-                        reported_sessions: AtomicU32::new(0),
-                        not_ready: AtomicBool::new(false),
-                        flaps: AtomicU32::new(0),
-                        up_at_ms: AtomicU64::new(0),
-                    });
+                    let h = Arc::new(EngineHealth::new(
+                        e.address,
+                        snap.topology.cluster_label(e.cluster),
+                    ));
                     metrics.engine_up(e.address, &h.cluster, true);
                     tokio::spawn(probe_loop(h.clone(), ops.clone(), metrics.clone()));
                     h
@@ -469,19 +477,7 @@ mod tests {
     /// Engines trust edges by address: with `edge.source_addresses` the engine must see that
     /// address, not the kernel's pick (regression: on loopback it was always 127.0.0.1).
     fn health() -> EngineHealth {
-        EngineHealth {
-            address: "127.0.0.1:25".parse().unwrap(),
-            cluster: "lon1/uk".into(),
-            healthy: AtomicBool::new(true),
-            outstanding: AtomicU32::new(0),
-            streak: AtomicU32::new(0),
-            current: AtomicBool::new(true),
-            drained: AtomicBool::new(false),
-            reported_sessions: AtomicU32::new(0),
-            not_ready: AtomicBool::new(false),
-            flaps: AtomicU32::new(0),
-            up_at_ms: AtomicU64::new(0),
-        }
+        EngineHealth::new("127.0.0.1:25".parse().unwrap(), "lon1/uk".into())
     }
 
     /// An engine that keeps flapping needs ever more probes to come back; a stable one does

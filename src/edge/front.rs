@@ -72,15 +72,7 @@ pub async fn serve(
     _permit: Permit,
 ) {
     let snap = shared.ops.config.load_full();
-    let located = snap.geo.locate(peer.ip());
-    let info = ProxyInfo {
-        client: Some(peer),
-        destination: Some(local),
-        session_id: Some(format!("{:016x}", fastrand::u64(..))),
-        tenant: None,
-        country: located.country.clone(),
-        tls: None,
-    };
+    let (info, _) = super::introduce_client(&snap, peer, local);
     let cfg = &snap.config.edge;
     let session = Session::new(Limits {
         hostname: shared.hostname.clone(),
@@ -92,6 +84,9 @@ pub async fn serve(
         max_line_length: cfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
         collect: false,
+        // The edge relays the body byte for byte and only finds its end; the engine that takes
+        // the message applies its own `engine.bare_newline` to the same bytes.
+        bare_newline: crate::config::BareNewline::Normalize,
     });
     let mut f = Front {
         shared: &shared,

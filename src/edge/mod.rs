@@ -40,6 +40,26 @@ use crate::topology::{Tenant, TenantId};
 pub use admission::{Admission, Refusal};
 use metrics::EdgeMetrics;
 
+/// How the edge introduces a client it just accepted to an engine (SMTP-aware and layer-4 modes
+/// alike): its address, the edge's address it came to, a new session id (the same in the edge's
+/// and the engine's logs), and where the geo database places it. Also returns that place.
+fn introduce_client(
+    snap: &crate::snapshot::Snapshot,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> (crate::proxy::ProxyInfo, crate::geo::Located) {
+    let located = snap.geo.locate(peer.ip());
+    let info = crate::proxy::ProxyInfo {
+        client: Some(peer),
+        destination: Some(local),
+        session_id: Some(format!("{:016x}", fastrand::u64(..))),
+        tenant: None,
+        country: located.country.clone(),
+        tls: None,
+    };
+    (info, located)
+}
+
 /// Shared by every edge task.
 pub struct EdgeShared {
     pub ops: Arc<Ops>,
@@ -87,11 +107,16 @@ fn session_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(16))
 }
 
-fn tls_config(cfg: &EdgeConfig, ops: &Ops) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+fn tls_config(
+    cfg: &EdgeConfig,
+    ops: &Ops,
+    hostname: &str,
+) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
     match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => {
-            let (config, expiry) =
-                crate::tls::server_config_with_expiry(c, k).map_err(std::io::Error::other)?;
+            let names = crate::tls::self_signed_names(hostname);
+            let (config, expiry) = crate::tls::listener_config(c, k, cfg.tls_self_signed, &names)
+                .map_err(std::io::Error::other)?;
             ops.metrics.tls_expiry("edge", expiry);
             Ok(Some(config))
         }
@@ -110,6 +135,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into())
     });
+    let tls = tls_config(cfg, ops, &hostname)?;
     let fleet = crate::shared::Fleet::for_process(ops).await;
     let shared = Arc::new(EdgeShared {
         ops: ops.clone(),
@@ -118,7 +144,7 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         backends: Arc::new(backends::Backends::default()),
         metrics,
         hostname,
-        tls: ArcSwapOption::new(tls_config(cfg, ops)?),
+        tls: ArcSwapOption::new(tls),
         any_tenant: Tenant {
             id: TenantId("*".into()),
             name: None,
@@ -130,6 +156,8 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             delivery: Vec::new(),
             policy: String::new(),
             recipients: Default::default(),
+            recipients_file: None,
+            verify: Default::default(),
             tls: Default::default(),
             delivery_connections: None,
             delivery_rate: None,
@@ -314,21 +342,24 @@ async fn accept_loop(
     crate::net::accept_loop(l, shutdown, tracker, admit, serve).await;
 }
 
-/// Follows config reloads: engine health state and the TLS certificate.
+/// Follows config reloads: engine health state, and the TLS certificate after every reload,
+/// even of an unchanged file (a renewed certificate changes the PEM files, not the config).
 async fn follow_config(shared: Arc<EdgeShared>) {
-    let mut version = shared.ops.config.load().version.clone();
+    let mut last = shared.ops.config.load_full();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shared.ops.shutdown.cancelled() => return,
         }
         let snap = shared.ops.config.load_full();
-        if snap.version == version {
+        if Arc::ptr_eq(&snap, &last) {
             continue;
         }
-        version = snap.version.clone();
-        shared.backends.sync(&shared.ops, &shared.metrics, &snap);
-        match tls_config(&snap.config.edge, &shared.ops) {
+        if snap.version != last.version {
+            shared.backends.sync(&shared.ops, &shared.metrics, &snap);
+        }
+        last = snap.clone();
+        match tls_config(&snap.config.edge, &shared.ops, &shared.hostname) {
             Ok(t) => shared.tls.store(t),
             Err(e) => {
                 tracing::error!(error = %e, "edge TLS certificate reload failed; keeping the previous one")

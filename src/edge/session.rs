@@ -11,7 +11,10 @@
 //! - The first accepted RCPT of a transaction routes ([`Step::Route`]); the driver reuses the
 //!   engine or connects one, and the session replays EHLO and MAIL there (replies swallowed)
 //!   and sends the RCPT (reply relayed). Later RCPTs, DATA and the body go to the engine; its
-//!   replies are relayed as they came. The body is streamed and its end found exactly as the
+//!   replies are relayed as they came. The engine verifies recipients (`engine::verify`): a
+//!   RCPT it refuses (`550 5.1.1`, `451 4.4.3`) is taken back out of the transaction here
+//!   too, and errors count at the engine (`engine.max_errors`), whose `421` ends the client's
+//!   session as well. The body is streamed and its end found exactly as the
 //!   engine finds it (the same [`crate::smtp::data::DataReader`]).
 //!
 //! Reply order under PIPELINING: every client command gets exactly one reply, from the engine
@@ -40,6 +43,9 @@ pub const MAX_RECIPIENTS: usize = 100_000;
 enum Expect {
     /// The engine's reply, relayed.
     Relay,
+    /// The engine's reply to a RCPT (its verdict: recipient files, call-ahead), relayed; a
+    /// refusal takes the recipient back out of the transaction `txn`, if it is still open.
+    Rcpt { address: String, txn: u64 },
     /// The engine's reply to DATA, relayed: 354 starts the body.
     Data,
     /// The engine's reply to something we sent for ourselves (EHLO, MAIL, RSET): not relayed.
@@ -89,6 +95,9 @@ pub struct Session {
     routing: Option<(Vec<u8>, String, TenantIdx)>,
     /// DATA went to the engine; the client's bytes wait for its answer.
     awaiting_data: bool,
+    /// Counts transactions (EHLO, RSET and end of data start a new one), so a late refusal of
+    /// a recipient is applied only to the transaction it was part of.
+    txn: u64,
     /// QUIT or a limit: the session ends once the replies owed are out.
     closing: bool,
 }
@@ -110,6 +119,7 @@ impl Session {
             mail: None,
             routing: None,
             awaiting_data: false,
+            txn: 0,
             closing: false,
         }
     }
@@ -185,6 +195,7 @@ impl Session {
                 Event::Message(_) => {
                     // The client's transaction is over; its next MAIL may already follow.
                     self.mail = None;
+                    self.txn += 1;
                     self.pending.push_back(Expect::Relay);
                     return (used, Step::Forward);
                 }
@@ -199,6 +210,7 @@ impl Session {
                 }
                 Event::Hello(r) | Event::Reset(r) => {
                     self.mail = None;
+                    self.txn += 1;
                     if self.engine.is_some() {
                         self.forward(line, Expect::Swallow);
                     }
@@ -219,7 +231,11 @@ impl Session {
                 }
                 Event::Rcpt { address, owner } => {
                     if self.engine.is_some() && self.server.owner().is_some() {
-                        self.forward(line, Expect::Relay);
+                        let expect = Expect::Rcpt {
+                            address: address.clone(),
+                            txn: self.txn,
+                        };
+                        self.forward(line, expect);
                         self.server.accept_rcpt(address, owner);
                     } else {
                         self.routing = Some((with_crlf(line), address, owner));
@@ -288,7 +304,11 @@ impl Session {
             let mail = mail.clone();
             self.forward(&mail, Expect::Swallow);
         }
-        self.forward(&line, Expect::Relay);
+        let expect = Expect::Rcpt {
+            address: address.clone(),
+            txn: self.txn,
+        };
+        self.forward(&line, expect);
         self.server.accept_rcpt(address, owner);
     }
 
@@ -304,8 +324,18 @@ impl Session {
             };
             let raw = &buf[pos..pos + used];
             pos += used;
+            let relayed = matches!(
+                self.pending.front(),
+                Some(Expect::Relay | Expect::Rcpt { .. } | Expect::Data)
+            );
             match self.pending.pop_front() {
                 Some(Expect::Relay) => self.out.extend_from_slice(raw),
+                Some(Expect::Rcpt { address, txn }) => {
+                    self.out.extend_from_slice(raw);
+                    if !r.is_positive() && txn == self.txn {
+                        self.server.withdraw_rcpt(&address);
+                    }
+                }
                 Some(Expect::Data) => {
                     self.out.extend_from_slice(raw);
                     self.awaiting_data = false;
@@ -325,6 +355,11 @@ impl Session {
                     tracing::debug!(code = r.code, "unsolicited engine reply dropped");
                 }
                 None => tracing::debug!(code = r.code, "unsolicited engine reply dropped"),
+            }
+            if relayed && r.code == 421 {
+                // The engine closes after a 421 (too many errors, shutting down): so does the
+                // client's session, once the replies owed are out.
+                self.closing = true;
             }
             while let Some(Expect::Local(_)) = self.pending.front() {
                 if let Some(Expect::Local(l)) = self.pending.pop_front() {

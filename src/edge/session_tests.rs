@@ -14,6 +14,7 @@ fn session(max_errors: u32) -> Session {
         max_line_length: 64,
         starttls: true,
         collect: true, // the session only finds the end, whatever it is given
+        bare_newline: crate::config::BareNewline::Reject,
     });
     s.greet();
     take(&mut s);
@@ -302,4 +303,80 @@ fn an_engine_without_recipients_of_the_open_transaction_may_go() {
         "EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<c@acme.example>\r\n",
         "the held MAIL goes to the new connection"
     );
+}
+
+/// The engine verifies recipients: a refusal it sends is relayed and the recipient leaves the
+/// edge's transaction too, so DATA finds none and the next RCPT may be another tenant's.
+#[test]
+fn a_recipient_the_engine_refuses_is_taken_back_out_of_the_transaction() {
+    let mut s = session(10);
+    let input = b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<nobody@acme.example>\r\n";
+    let (_, step) = client(&mut s, input);
+    assert!(matches!(step, Step::Route(TenantIdx(0))), "{step:?}");
+    s.connected();
+    to_engine(&mut s);
+    take(&mut s);
+    s.engine(
+        b"250 e.test\r\n250 2.1.0 ok\r\n550 5.1.1 Recipient address rejected: user unknown\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        take(&mut s),
+        "550 5.1.1 Recipient address rejected: user unknown\r\n"
+    );
+    assert!(
+        s.engine_dispensable(),
+        "no recipient of the open transaction is at the engine"
+    );
+    let (_, step) = client(&mut s, b"DATA\r\n");
+    assert!(matches!(step, Step::More));
+    assert_eq!(take(&mut s), "554 5.5.1 No valid recipients\r\n");
+    assert_eq!(to_engine(&mut s), "", "DATA is refused here");
+    let (_, step) = client(&mut s, b"RCPT TO:<boss@globex.example>\r\n");
+    assert!(
+        matches!(step, Step::Route(TenantIdx(1))),
+        "another tenant's recipient routes, no 452: {step:?}"
+    );
+}
+
+/// A refusal that arrives after the client reset its transaction leaves the new one alone.
+#[test]
+fn a_late_refusal_touches_only_its_own_transaction() {
+    let mut s = connected();
+    let (_, step) = client(
+        &mut s,
+        b"RCPT TO:<c@acme.example>\r\nRSET\r\nMAIL FROM:<a@x.example>\r\n",
+    );
+    assert!(matches!(step, Step::More), "{step:?}");
+    to_engine(&mut s);
+    s.engine(b"451 4.4.3 try later\r\n250 2.0.0 reset\r\n")
+        .unwrap();
+    assert_eq!(
+        take(&mut s),
+        "451 4.4.3 try later\r\n250 2.0.0 Reset OK\r\n250 2.1.0 Sender OK\r\n"
+    );
+    let (_, step) = client(&mut s, b"RCPT TO:<c@acme.example>\r\n");
+    assert!(matches!(step, Step::Route(TenantIdx(0))), "{step:?}");
+    s.reused();
+    s.engine(b"250 2.1.5 ok\r\n").unwrap();
+    assert!(!s.engine_dispensable(), "c@ is in the new transaction");
+}
+
+/// An engine that gives up on the client (its error cap) answers 421 and closes: the edge
+/// relays it and ends the client's session as well, rather than open a fresh engine session.
+#[test]
+fn an_engines_421_ends_the_clients_session() {
+    let mut s = connected();
+    client(&mut s, b"RCPT TO:<x@acme.example>\r\nNOOP\r\n");
+    to_engine(&mut s);
+    s.engine(b"421 4.7.0 Too many errors, closing connection\r\n")
+        .unwrap();
+    assert_eq!(
+        take(&mut s),
+        "421 4.7.0 Too many errors, closing connection\r\n250 2.0.0 OK\r\n"
+    );
+    assert!(matches!(
+        client(&mut s, b"RCPT TO:<y@acme.example>\r\n").1,
+        Step::Close(Ending::Protocol)
+    ));
 }

@@ -9,7 +9,6 @@ use tokio::net::TcpStream;
 
 use super::EdgeShared;
 use super::admission::Permit;
-use crate::proxy::ProxyInfo;
 use crate::smtp::replies;
 
 pub async fn serve(
@@ -20,15 +19,7 @@ pub async fn serve(
     _permit: Permit,
 ) {
     let snap = shared.ops.config.load_full();
-    let located = snap.geo.locate(peer.ip());
-    let info = ProxyInfo {
-        client: Some(peer),
-        destination: Some(local),
-        session_id: Some(format!("{:016x}", fastrand::u64(..))),
-        tenant: None,
-        country: located.country,
-        tls: None,
-    };
+    let (info, located) = super::introduce_client(&snap, peer, local);
     let route = {
         let map = shared.backends.map();
         let view = shared.backends.view(&map, &snap.topology);

@@ -45,7 +45,7 @@ fn age(secs: u64) -> String {
 
 fn line(l: &Listed, now: u64) -> String {
     let reason = match &l.progress.status {
-        Status::Quarantined { reason } => reason.clone(),
+        Status::Quarantined { reason, .. } => reason.clone(),
         _ => l.progress.error.clone(),
     };
     format!(
@@ -111,8 +111,9 @@ async fn show(
     let mut o = String::new();
     let _ = writeln!(o, "id:          {}", e.id);
     let _ = writeln!(o, "state:       {} (destination {})", l.state, l.dest);
-    if let Status::Quarantined { reason } = &l.progress.status {
+    if let Status::Quarantined { reason, kinds } = &l.progress.status {
         let _ = writeln!(o, "quarantined: {reason}");
+        let _ = writeln!(o, "findings:    {}", Status::kinds_text(kinds));
     }
     let _ = writeln!(o, "tenant:      {}", e.tenant);
     let _ = writeln!(
@@ -141,6 +142,7 @@ async fn show(
                 format!("delivered {}", crate::smtp::date::rfc5322(at))
             }
             Some(RcptOutcome::Failed { reply }) => format!("failed: {reply}"),
+            Some(RcptOutcome::Released { copy }) => format!("released on its own as {copy}"),
         };
         let _ = writeln!(o, "rcpt:        <{r}> {st}");
     }
@@ -155,9 +157,10 @@ async fn flush_all(AxState(s): AxState<Store>) -> String {
 fn refused(id: &QueueId, e: ChangeError) -> (StatusCode, String) {
     let status = match &e {
         ChangeError::NotFound => StatusCode::NOT_FOUND,
-        ChangeError::Busy | ChangeError::Moved { .. } | ChangeError::Illegal(_) => {
-            StatusCode::CONFLICT
-        }
+        ChangeError::Busy
+        | ChangeError::Moved { .. }
+        | ChangeError::Illegal(_)
+        | ChangeError::NotPending => StatusCode::CONFLICT,
         ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, format!("{id}: {e}\n"))

@@ -21,15 +21,19 @@ pub struct EngineMetrics {
     pub oldest_held: IntGaugeVec,
     latency: HistogramVec,
     dest_up: IntGaugeVec,
+    delivery_tls: IntCounterVec,
+    mta_sts: IntCounterVec,
 }
 
-fn counter(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A counter family, registered (also for `verify::metrics`).
+pub(super) fn counter(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     m.register(Box::new(c.clone()));
     c
 }
 
-fn gauge(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+/// A gauge family, registered.
+pub(super) fn gauge(m: &Metrics, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     m.register(Box::new(g.clone()));
     g
@@ -122,6 +126,18 @@ impl EngineMetrics {
                 "1 when the destination answers, 0 when marked down.",
                 &["destination"],
             ),
+            delivery_tls: counter(
+                m,
+                "engine_delivery_tls_total",
+                "Messages sent by the TLS of their connection (verified, unverified, pinned, plain), or deferred because no connection met the tenant's TLS policy (failed_required).",
+                &["tenant", "result"],
+            ),
+            mta_sts: counter(
+                m,
+                "engine_delivery_mta_sts_total",
+                "MTA-STS outcomes for mail sent by MX: enforce/failed (deferred), testing/would_fail (reported only).",
+                &["mode", "result"],
+            ),
         }
     }
 
@@ -149,6 +165,17 @@ impl EngineMetrics {
     pub fn bounced(&self, tenant: &str, n: usize) {
         self.bounced.with_label_values(&[tenant]).inc_by(n as u64);
     }
+    /// One message sent over a connection (`verified`, `unverified`, `pinned`, `plain`), or
+    /// deferred because no connection met its TLS policy (`failed_required`).
+    pub fn delivery_tls(&self, tenant: &str, result: &str) {
+        self.delivery_tls.with_label_values(&[tenant, result]).inc();
+    }
+
+    /// MTA-STS outcomes: `enforce`/`failed` (mail deferred), `testing`/`would_fail` (reported).
+    pub fn mta_sts(&self, mode: &str, result: &str) {
+        self.mta_sts.with_label_values(&[mode, result]).inc();
+    }
+
     pub fn destination_up(&self, d: &Dest, up: bool) {
         self.dest_up
             .with_label_values(&[&d.to_string()])

@@ -7,8 +7,10 @@
 //! in-flight deliveries finish, and returns. Webmail is a room of its own beside the engine: the
 //! process that runs the engine starts it on [`Bound::store`].
 //!
-//! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics); delivery gets
-//! its own [`delivery::Delivery`] (the store, config, metrics) and the queue API the store alone.
+//! Handles: SMTP reception gets [`Shared`] (the scanner, TLS, the store, metrics, recipient
+//! verification); delivery gets its own [`delivery::Delivery`] (the store, config, metrics) and
+//! the queue API the store alone. Recipient verification ([`verify`]) probes tenants' servers
+//! through delivery's connections.
 
 pub mod api;
 pub mod delivery;
@@ -16,6 +18,7 @@ mod metrics;
 pub mod policy;
 pub mod scan;
 pub mod smtp;
+pub mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
+use crate::store::allow::AllowStore;
 use crate::store::{Change, ChangeError, Listed, State, Status, Store, now_secs};
 pub use metrics::EngineMetrics;
 
@@ -41,8 +45,12 @@ pub struct Shared {
     pub fleet: Arc<crate::shared::Fleet>,
     /// Held outbreak suspects found to be outbreaks: they stay quarantined (bounded, 100 000).
     confirmed: Mutex<std::collections::HashSet<crate::store::QueueId>>,
+    /// Judges recipients of tenants with a recipients file or call-ahead.
+    pub verifier: Arc<verify::Verifier>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
+    /// Users' own allow lists under the spool, which every scanner consults.
+    allow: Arc<AllowStore>,
 }
 
 impl Shared {
@@ -52,7 +60,12 @@ impl Shared {
         let mut g = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 != snap.version {
             match scan::Scanner::new_in(snap, self.fleet.clone()) {
-                Ok(s) => *g = (snap.version.clone(), Arc::new(s)),
+                Ok(s) => {
+                    *g = (
+                        snap.version.clone(),
+                        Arc::new(s.with_allow(self.allow.clone())),
+                    )
+                }
                 Err(e) => {
                     tracing::error!(errors = %e, "policies of the new config do not build; keeping the previous scanner");
                     g.0 = snap.version.clone();
@@ -104,36 +117,37 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         tracing::error!(problem = %p, "spool recovery");
     }
     tracing::info!(messages = store.len(), spool = %ecfg.spool_dir.display(), "spool recovered");
-    let tls = match (&ecfg.tls_cert, &ecfg.tls_key) {
-        (Some(c), Some(k)) => {
-            let (config, expiry) =
-                crate::tls::server_config_with_expiry(c, k).map_err(std::io::Error::other)?;
-            ops.metrics.tls_expiry("engine", expiry);
-            Some(config)
-        }
-        _ => None,
-    };
+    let hostname = hostname(&snap);
+    let tls = tls_config(&snap, ops, &hostname)?;
+    let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
     let fleet = crate::shared::Fleet::for_process(ops).await;
     let scanner = scan::Scanner::new_in(&snap, fleet.clone())
-        .map_err(|e| std::io::Error::other(format!("policies: {e}")))?;
+        .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
+        .with_allow(allow.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
-    let hostname = hostname(&snap);
-    let shared = Arc::new(Shared {
-        ops: ops.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        hostname: hostname.clone(),
-        tls: ArcSwapOption::new(tls),
-        fleet,
-        confirmed: Mutex::new(Default::default()),
-        scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
-    });
     let delivery = Arc::new(delivery::Delivery::new(
         store.clone(),
         ops.clone(),
+        metrics.clone(),
+        hostname.clone(),
+    ));
+    let verifier = Arc::new(verify::Verifier::new(
+        ops.clone(),
+        store.clone(),
+        delivery.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        ops: ops.clone(),
+        store: store.clone(),
         metrics,
         hostname,
-    ));
+        tls: ArcSwapOption::new(tls),
+        fleet,
+        confirmed: Mutex::new(Default::default()),
+        verifier,
+        scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
+        allow,
+    });
     let mut listeners = Vec::new();
     let configured = ecfg
         .listen
@@ -201,11 +215,54 @@ async fn run(
         ));
     }
     tracker.spawn(delivery::dispatcher(delivery));
+    tracker.spawn(verify::watch(shared.verifier.clone()));
     tracker.spawn(gauges(shared.clone()));
+    tracker.spawn(follow_tls(shared.clone()));
     tracker.close();
     tracker.wait().await;
     tracing::info!("engine drained");
     Ok(())
+}
+
+/// The STARTTLS config of `engine.tls_cert`/`tls_key` (made first when `tls_self_signed` and
+/// missing), or `None` without a certificate.
+fn tls_config(
+    snap: &Snapshot,
+    ops: &Ops,
+    hostname: &str,
+) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+    let e = &snap.config.engine;
+    let (Some(cert), Some(key)) = (&e.tls_cert, &e.tls_key) else {
+        return Ok(None);
+    };
+    let names = crate::tls::self_signed_names(hostname);
+    let (config, expiry) = crate::tls::listener_config(cert, key, e.tls_self_signed, &names)
+        .map_err(std::io::Error::other)?;
+    ops.metrics.tls_expiry("engine", expiry);
+    Ok(Some(config))
+}
+
+/// Loads the STARTTLS certificate again after every config reload (a renewed certificate
+/// changes the PEM files, not the config); a pair that does not load keeps the previous one.
+async fn follow_tls(shared: Arc<Shared>) {
+    let mut last = shared.ops.config.load_full();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shared.ops.shutdown.cancelled() => return,
+        }
+        let snap = shared.ops.config.load_full();
+        if Arc::ptr_eq(&snap, &last) {
+            continue;
+        }
+        last = snap.clone();
+        match tls_config(&snap, &shared.ops, &shared.hostname) {
+            Ok(t) => shared.tls.store(t),
+            Err(e) => {
+                tracing::error!(error = %e, "engine TLS certificate reload failed; keeping the previous one")
+            }
+        }
+    }
 }
 
 /// Deletes quarantined messages older than `engine.quarantine_lifetime` (checked with the
@@ -245,7 +302,7 @@ async fn expire_quarantine(shared: &Shared, list: &[Listed], now: u64) {
 async fn second_look(shared: &Shared, list: &[Listed]) {
     let now = crate::shared::now_ms();
     for l in list {
-        let Status::Quarantined { reason } = &l.progress.status else {
+        let Status::Quarantined { reason, .. } = &l.progress.status else {
             continue;
         };
         let Some((fps, due)) = scan::check::outbreak::parse_delay(reason) else {

@@ -3,10 +3,17 @@
 //!
 //! **End of data is `<CRLF>.<CRLF>` only** (RFC 5321 4.1.1.4), and the message is taken to start
 //! at a line start. A bare LF or bare CR never starts or ends a line for this purpose, so
-//! `<LF>.<LF>` or `<LF>.<CRLF>` inside a message cannot end it (SMTP smuggling). Messages that
-//! contain a bare CR or LF are flagged, and the engine rejects them (`550 5.6.0`) after reading to
-//! the real end of data: nothing in them is delivered, and nothing after them is taken as a
-//! new command. The edge runs the same machine, so both agree on where a message ends.
+//! `<LF>.<LF>` or `<LF>.<CRLF>` inside a message cannot end it (SMTP smuggling). The edge runs
+//! the same machine, so both agree on where a message ends.
+//!
+//! What a bare line end inside the message leads to (`engine.bare_newline`, the engine's
+//! [`crate::config::BareNewline`]), found after reading to the real end of data:
+//! - a bare LF, with `normalize` (the default, as Postfix 3.9's `smtpd_forbid_bare_newline =
+//!   normalize`), is written as CRLF in the message kept: the message stays one message, its
+//!   lines end the standard way, and what follows a smuggled `<LF>.<LF>` is text of that message,
+//!   never a command; with `reject` the message is flagged and refused (`550 5.6.0`);
+//! - a bare CR is flagged and refused either way: it is no line end for us, but some servers
+//!   take it for one, and a message we keep is passed on to them.
 
 /// Where in a line the reader is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +39,12 @@ pub struct DataReader {
     collect: bool,
     max: usize,
     size: usize,
-    /// A bare CR or LF was seen.
-    pub bare_newline: bool,
+    /// Write a bare LF as CRLF (rather than keep it as it came).
+    normalize_lf: bool,
+    /// A bare LF was seen.
+    pub bare_lf: bool,
+    /// A bare CR was seen.
+    pub bare_cr: bool,
 }
 
 /// Result of [`DataReader::feed`].
@@ -56,8 +67,16 @@ impl DataReader {
             collect,
             max,
             size: 0,
-            bare_newline: false,
+            normalize_lf: false,
+            bare_lf: false,
+            bare_cr: false,
         }
+    }
+
+    /// Bare LFs are kept as CRLF from now on (`engine.bare_newline = "normalize"`).
+    pub fn normalizing(mut self, on: bool) -> DataReader {
+        self.normalize_lf = on;
+        self
     }
 
     /// Decoded size so far (also beyond `max`).
@@ -101,12 +120,12 @@ impl DataReader {
                 (State::Dot, b'\r') => State::DotCr,
                 (State::DotCr, b'\r') => {
                     // ". CR CR": the first CR is bare.
-                    self.bare_newline = true;
+                    self.bare_cr = true;
                     self.emit(b"\r");
                     State::Cr
                 }
                 (State::DotCr, other) => {
-                    self.bare_newline = true;
+                    self.bare_cr = true;
                     self.emit(b"\r");
                     self.mid(other)
                 }
@@ -115,12 +134,12 @@ impl DataReader {
                     State::LineStart
                 }
                 (State::Cr, b'\r') => {
-                    self.bare_newline = true;
+                    self.bare_cr = true;
                     self.emit(b"\r");
                     State::Cr
                 }
                 (State::Cr, other) => {
-                    self.bare_newline = true;
+                    self.bare_cr = true;
                     self.emit(b"\r");
                     self.mid(other)
                 }
@@ -136,8 +155,8 @@ impl DataReader {
         match b {
             b'\r' => State::Cr,
             b'\n' => {
-                self.bare_newline = true;
-                self.emit(b"\n");
+                self.bare_lf = true;
+                self.emit(if self.normalize_lf { b"\r\n" } else { b"\n" });
                 State::Mid
             }
             _ => {
@@ -170,7 +189,12 @@ mod tests {
     use super::*;
 
     fn read_all(chunks: &[&[u8]]) -> (Vec<u8>, bool, Option<usize>) {
-        let mut r = DataReader::new(1 << 20, true);
+        read_with(false, chunks)
+    }
+
+    /// (message kept, a bare CR or LF seen, end of data found after this many bytes).
+    fn read_with(normalize: bool, chunks: &[&[u8]]) -> (Vec<u8>, bool, Option<usize>) {
+        let mut r = DataReader::new(1 << 20, true).normalizing(normalize);
         let mut done = None;
         for (n, c) in chunks.iter().enumerate() {
             if let Feed::Done(k) = r.feed(c) {
@@ -178,7 +202,7 @@ mod tests {
                 break;
             }
         }
-        let bare = r.bare_newline;
+        let bare = r.bare_lf || r.bare_cr;
         (r.into_message(), bare, done)
     }
 
@@ -221,6 +245,42 @@ mod tests {
             bare && done.is_some(),
             "the real end is found, and the message is flagged"
         );
+    }
+
+    /// `normalize`: the same end of data, the same flags for bare CR, and a bare LF kept as CRLF,
+    /// so a smuggled `<LF>.<LF>` and what follows are lines of the one message.
+    #[test]
+    fn normalizing_keeps_the_one_end_and_writes_crlf() {
+        let evil: &[u8] =
+            b"hi\n.\nMAIL FROM:<ceo@acme.example>\r\nDATA\r\nwire money\r\n.\r\nNOOP\r\n";
+        for cut in 0..evil.len() {
+            let mut r = DataReader::new(1 << 20, true).normalizing(true);
+            let mut done = None;
+            for (base, part) in [(0, &evil[..cut]), (cut, &evil[cut..])] {
+                if done.is_none()
+                    && let Feed::Done(n) = r.feed(part)
+                {
+                    done = Some(base + n);
+                }
+            }
+            assert_eq!(
+                done,
+                Some(evil.len() - 6),
+                "cut {cut}: only CRLF.CRLF ends it"
+            );
+            assert!(r.bare_lf && !r.bare_cr);
+            assert_eq!(
+                r.into_message(),
+                b"hi\r\n.\r\nMAIL FROM:<ceo@acme.example>\r\nDATA\r\nwire money\r\n",
+                "cut {cut}"
+            );
+        }
+        let mut r = DataReader::new(1 << 20, true).normalizing(true);
+        assert_eq!(r.feed(b"a\r.\rb\r\n.\r\n"), Feed::Done(10));
+        assert!(r.bare_cr, "a bare CR is still flagged");
+        // Without normalizing the bytes are kept as they came (and the message is refused).
+        let (m, bare, _) = read_with(false, &[b"a\nb\r\n.\r\n"]);
+        assert_eq!((m.as_slice(), bare), (&b"a\nb\r\n"[..], true));
     }
 
     #[test]

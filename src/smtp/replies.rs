@@ -118,6 +118,14 @@ pub const RECIPIENT_DUPLICATE: Reply = Reply::canned(250, e(2, 1, 5), "Recipient
 pub const RELAYING_DENIED: Reply = Reply::canned(550, e(5, 7, 1), "Relaying denied");
 pub const USER_UNKNOWN: Reply =
     Reply::canned(550, e(5, 1, 1), "Recipient address rejected: user unknown");
+/// Recipient verification could not get an answer (the tenant's server did not answer the
+/// call-ahead and nothing known about the address is cached, or its recipient file was never
+/// read): a tempfail, never a `250` that would bounce later.
+pub const RECIPIENT_UNVERIFIED: Reply = Reply::canned(
+    451,
+    e(4, 4, 3),
+    "Recipient address verification is not possible now, try again later",
+);
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::canned(452, e(4, 5, 3), "Too many recipients");
 /// One tenant per transaction: the sender retries the other tenant's recipients in another one.
 pub const OTHER_TENANT: Reply = Reply::canned(
@@ -142,10 +150,11 @@ pub const BARE_NEWLINE: Reply = Reply::canned(
     "Message contains bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
 );
 
-/// The 250 after DATA: the message is spooled.
-pub fn queued(id: &str, quarantined: bool) -> Reply {
-    let note = if quarantined { " (quarantined)" } else { "" };
-    Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}{note}"))
+/// The 250 after DATA: the message is spooled. The same words whatever the policy decided
+/// (delivered or quarantined): the sender learns that we took the message, not what we made of
+/// it, so a spammer cannot probe which of its messages were caught.
+pub fn queued(id: &str) -> Reply {
+    Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}"))
 }
 
 pub const STORAGE_FULL: Reply = Reply::canned(

@@ -8,9 +8,9 @@
 //! calls again before it reads more).
 //!
 //! Lifecycle: `Fresh` (banner sent, or TLS just started) → EHLO/HELO → `Ready` → MAIL → `Mail`
-//! → RCPT (the caller accepts each with [`Server::accept_rcpt`]; one owner — tenant — per
-//! transaction) → DATA → the caller calls [`Server::begin_data`] → `Body` → end of data
-//! ([`Event::Message`]) → `Ready`. RSET and EHLO reset the transaction; STARTTLS forgets the
+//! → RCPT (the caller accepts each with [`Server::accept_rcpt`], and may take one back with
+//! [`Server::withdraw_rcpt`]; one owner — tenant — per transaction) → DATA → the caller calls
+//! [`Server::begin_data`] → `Body` → end of data ([`Event::Message`]) → `Ready`. RSET and EHLO reset the transaction; STARTTLS forgets the
 //! EHLO too (RFC 3207). `max_errors` error replies or `max_commands` commands end the session.
 //!
 //! Rules of the input, the same on both sides:
@@ -21,11 +21,13 @@
 //!   PROXY read the header before the session starts.
 //! - Commands pipelined behind STARTTLS are refused and the session closed (RFC 3207 §5:
 //!   they would be injected into the TLS session).
-//! - The message ends at `<CRLF>.<CRLF>` only ([`DataReader`]); a bare CR or LF in it is
-//!   flagged ([`Problem::BareNewline`]), never taken as the end (no SMTP smuggling).
+//! - The message ends at `<CRLF>.<CRLF>` only ([`DataReader`]); a bare CR or LF in it is never
+//!   taken as the end (no SMTP smuggling). A bare CR is flagged ([`Problem::BareNewline`]); a
+//!   bare LF is written as CRLF (`BareNewline::Normalize`) or flagged (`Reject`).
 
 use super::data::{DataReader, Feed};
 use super::{Command, MailFrom, Reply, parse_command, replies};
+use crate::config::BareNewline;
 
 /// Who receives mail here: the only question the session asks its caller about recipients.
 pub trait Recipients {
@@ -56,6 +58,8 @@ pub struct Limits {
     pub starttls: bool,
     /// Keep the message's bytes (the engine) or only find its end (the edge).
     pub collect: bool,
+    /// What a bare LF in a message leads to (`engine.bare_newline`).
+    pub bare_newline: BareNewline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +127,8 @@ pub struct Message<O> {
 /// What is wrong with a message as received (not what a policy decides about it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
-    /// A bare CR or LF: refused, since another server may take it as a line end (smuggling).
+    /// A bare CR (or, with `bare_newline = "reject"`, a bare LF): refused, since another server
+    /// may take it as a line end (smuggling).
     BareNewline,
     /// Larger than `max_message_size` (the limit).
     TooBig(u64),
@@ -271,7 +276,8 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
             .reader
             .take()
             .unwrap_or_else(|| DataReader::new(0, false));
-        let problem = if reader.bare_newline {
+        let refused_lf = reader.bare_lf && self.limits.bare_newline == BareNewline::Reject;
+        let problem = if reader.bare_cr || refused_lf {
             Some(Problem::BareNewline)
         } else if reader.oversized() {
             Some(Problem::TooBig(self.limits.max_message_size))
@@ -329,6 +335,19 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         self.rcpts.push(address);
     }
 
+    /// Takes back a recipient of the open transaction that was accepted here but refused
+    /// where it was verified (the edge relays the engine's refusal): it no longer counts for
+    /// DATA, and a transaction left without recipients has no owner again (its next RCPT may
+    /// be another tenant's).
+    pub fn withdraw_rcpt(&mut self, address: &str) {
+        if let Some(i) = self.rcpts.iter().rposition(|r| r == address) {
+            self.rcpts.remove(i);
+        }
+        if self.rcpts.is_empty() {
+            self.owner = None;
+        }
+    }
+
     /// The body starts now (after the 354); returns our 354.
     pub fn begin_data(&mut self) -> Reply {
         self.phase = Phase::Body;
@@ -337,7 +356,10 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         } else {
             usize::MAX
         };
-        self.reader = Some(DataReader::new(max, self.limits.collect));
+        self.reader = Some(
+            DataReader::new(max, self.limits.collect)
+                .normalizing(self.limits.bare_newline == BareNewline::Normalize),
+        );
         replies::START_DATA
     }
 

@@ -30,6 +30,7 @@ fn limits() -> Limits {
         max_line_length: 64,
         starttls: true,
         collect: true,
+        bare_newline: crate::config::BareNewline::Reject,
     }
 }
 

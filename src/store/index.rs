@@ -352,6 +352,11 @@ impl Index {
         n
     }
 
+    /// Whether delivery has marked `dest` down (its mail is held).
+    pub fn dest_down(&self, dest: &Dest) -> bool {
+        self.lock().dests.get(dest).is_some_and(|d| d.down)
+    }
+
     /// Destinations and whether they are up, for metrics.
     pub fn destinations(&self) -> Vec<(Dest, bool, u64)> {
         self.lock()

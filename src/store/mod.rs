@@ -11,6 +11,7 @@
 //! | `state.rs` | [`State`] (`queued`, `deferred`, `delivering`, `held`, `suspended`, `quarantined`), the persisted [`Status`], and the one table of allowed moves |
 //! | `spool/` | the files: format, durability (fsync before 250, group commit, shards, file recycling) |
 //! | `index.rs` | the in-memory index: destinations, due times, claims |
+//! | `allow.rs` | users' own allow lists ("allow this sender" in webmail), beside the spool: written by webmail, read by the scanner |
 //!
 //! # Who calls what
 //!
@@ -18,7 +19,7 @@
 //! |---|---|
 //! | SMTP reception, DSNs | [`Store::accept`]: on disk (synced) first, then in the index |
 //! | delivery | [`Store::plan`], [`Store::take`] → an [`InFlight`] message → [`InFlight::settle`], [`InFlight::set_aside`] or [`InFlight::give_back`]; destination health ([`Store::connect_failed`], [`Store::dest_up`], …) |
-//! | queue API, webmail, quarantine expiry | [`Store::list`], [`Store::get`], [`Store::read`], [`Store::change`] (suspend, release, delete, expire), [`Store::flush`] |
+//! | queue API, webmail, quarantine expiry | [`Store::list`], [`Store::get`], [`Store::read`], [`Store::change`] (suspend, release, delete, expire), [`Store::release_some`], [`Store::flush`] |
 //!
 //! # Why one call cannot leave the two apart
 //!
@@ -42,6 +43,7 @@
 //! write or retire, and one index lock to settle. The state checks are a `match` under locks
 //! already taken. Bounds: the index holds one small entry per spooled message (no bodies).
 
+pub mod allow;
 mod index;
 mod spool;
 pub mod state;
@@ -103,6 +105,9 @@ pub enum ChangeError {
     Moved { want: State, now: State },
     #[error(transparent)]
     Illegal(#[from] Illegal),
+    /// [`Store::release_some`]: none of those recipients is still waiting in the quarantine.
+    #[error("those recipients were released or removed already")]
+    NotPending,
     #[error("cannot write the change: {0}")]
     Io(#[from] io::Error),
 }
@@ -234,6 +239,73 @@ impl Store {
         }
     }
 
+    /// Releases some recipients of a quarantined message (`rcpts`: indexes into its envelope's
+    /// recipients, those still pending): a copy of the message for them is accepted (synced,
+    /// queued, due now) and they leave the original, which stays quarantined for the others —
+    /// or leaves the store when nobody is left. Returns the copy's id.
+    ///
+    /// The copy is written before the original changes, so a crash or a failed write between
+    /// the two can deliver the copy and leave the original as it was (the recipient may see it
+    /// again: at least once, never lost); that case is logged.
+    pub async fn release_some(
+        &self,
+        id: &QueueId,
+        rcpts: &[usize],
+    ) -> Result<QueueId, ChangeError> {
+        let claimed = self
+            .index
+            .begin_change(id, Some(State::Quarantined), Event::ReleaseSome)?;
+        let (Some(listed), mut p) = (self.index.get(id), claimed.progress) else {
+            self.index.end_change(id, Err(()));
+            return Err(ChangeError::NotFound);
+        };
+        let which: Vec<usize> = rcpts
+            .iter()
+            .copied()
+            .filter(|&i| i < listed.env.rcpts.len() && p.rcpts.get(i).is_some_and(Option::is_none))
+            .collect();
+        if which.is_empty() {
+            self.index.end_change(id, Err(()));
+            return Err(ChangeError::NotPending);
+        }
+        let copy = match self.read(id).await {
+            Ok(bytes) => {
+                let env = Envelope {
+                    id: QueueId::generate(),
+                    rcpts: which.iter().map(|&i| listed.env.rcpts[i].clone()).collect(),
+                    status: Status::Queued,
+                    verdict: format!("{} released-from={id}", listed.env.verdict),
+                    ..(*listed.env).clone()
+                };
+                self.accept(env, &bytes, listed.dest.clone()).await
+            }
+            Err(e) => Err(e),
+        };
+        let copy = match copy {
+            Ok(env) => env.id.clone(),
+            Err(e) => {
+                self.index.end_change(id, Err(()));
+                return Err(ChangeError::Io(e));
+            }
+        };
+        for &i in &which {
+            p.rcpts[i] = Some(RcptOutcome::Released { copy: copy.clone() });
+        }
+        let written = if p.pending().next().is_none() {
+            self.spool.remove(id).await.map(|()| None)
+        } else {
+            self.spool.write_state(id, &p).await.map(|()| Some(p))
+        };
+        match written {
+            Ok(w) => self.index.end_change(id, Ok(w)),
+            Err(e) => {
+                tracing::error!(id = %id, copy = %copy, error = %e, "released a copy of a quarantined message, but cannot record it on the original: its recipients may see it again");
+                self.index.end_change(id, Err(()));
+            }
+        }
+        Ok(copy)
+    }
+
     /// Makes waiting messages due now (all, or one; all also un-marks down destinations).
     /// Changes no state on disk. Returns how many.
     pub fn flush(&self, only: Option<&QueueId>) -> usize {
@@ -287,6 +359,11 @@ impl Store {
     /// A probe succeeded: all of `dest`'s mail is ready now. Returns how many messages.
     pub fn dest_up(&self, dest: &Dest) -> usize {
         self.index.dest_up(dest)
+    }
+
+    /// Whether delivery has marked `dest` down: its mail is held until a probe finds it back.
+    pub fn dest_down(&self, dest: &Dest) -> bool {
+        self.index.dest_down(dest)
     }
 
     /// Destinations, whether each is up, and since when it is down (unix seconds).

@@ -35,6 +35,7 @@
 //!   delivering ──fault─────────────────▶ suspended
 //!   waiting ──suspend──────────────────▶ suspended
 //!   suspended, quarantined ──release───▶ waiting      (due now)
+//!   quarantined ──release some─────────▶ quarantined  (a copy for those recipients is accepted)
 //!   quarantined ──expire───────────────▶ gone
 //!   every state but delivering ──delete▶ gone
 //! ```
@@ -45,6 +46,8 @@
 //! [`State::next`] is that table; the store asks it before every change it makes, and an illegal
 //! move is an error ([`Illegal`]) — nothing is written.
 
+use crate::config::webmail::FindingKind;
+
 /// The persisted part of a message's state (`status` in the spool's files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -52,8 +55,13 @@ pub enum Status {
     Queued,
     /// Set aside for an operator: not delivered until released.
     Suspended,
-    /// Set aside by policy; released by a user or operator.
-    Quarantined { reason: String },
+    /// Set aside by policy; released by a user or operator. `reason` is for people; `kinds`
+    /// (sorted, each once) is every kind of finding of the verdict, what release rights are
+    /// decided by (`kinds:` in the spool's files).
+    Quarantined {
+        reason: String,
+        kinds: Vec<FindingKind>,
+    },
 }
 
 impl Status {
@@ -66,16 +74,61 @@ impl Status {
         }
     }
 
-    /// Reads the word written to disk. `hold` is how versions before the rename wrote
-    /// `suspended`: their spools are read as they meant it.
-    pub fn parse(word: &str, reason: String) -> Result<Status, String> {
+    /// A quarantine status; `kinds` sorted and each kept once.
+    pub fn quarantined(reason: String, kinds: impl IntoIterator<Item = FindingKind>) -> Status {
+        let mut kinds: Vec<FindingKind> = kinds.into_iter().collect();
+        kinds.sort();
+        kinds.dedup();
+        Status::Quarantined { reason, kinds }
+    }
+
+    /// The `kinds:` value written to disk (space-separated names).
+    pub fn kinds_text(kinds: &[FindingKind]) -> String {
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Reads the words written to disk. `hold` is how versions before the rename wrote
+    /// `suspended`: their spools are read as they meant it. `kinds` is `None` for quarantined
+    /// mail written before kinds were recorded: its one kind is read from its reason's label.
+    pub fn parse(word: &str, reason: String, kinds: Option<&str>) -> Result<Status, String> {
         match word {
             "queued" => Ok(Status::Queued),
             "suspended" | "hold" => Ok(Status::Suspended),
-            "quarantined" => Ok(Status::Quarantined { reason }),
+            "quarantined" => {
+                let kinds: Vec<FindingKind> = match kinds {
+                    Some(text) => text
+                        .split_whitespace()
+                        .filter_map(FindingKind::parse)
+                        .collect(),
+                    None => legacy_kind(&reason).into_iter().collect(),
+                };
+                Ok(Status::quarantined(reason, kinds))
+            }
             other => Err(format!("unknown status {other:?}")),
         }
     }
+}
+
+/// The kind of finding a reason written before kinds were recorded names by its label (the
+/// labels `engine::policy::decide` wrote then; frozen here, for old spools only).
+fn legacy_kind(reason: &str) -> Option<FindingKind> {
+    let labels = [
+        ("virus:", FindingKind::Virus),
+        ("unscannable:", FindingKind::Unscannable),
+        ("blocked attachment:", FindingKind::Attachment),
+        ("encrypted archive:", FindingKind::Encrypted),
+        ("macro document:", FindingKind::Macro),
+        ("DMARC:", FindingKind::Dmarc),
+        ("spam score", FindingKind::Spam),
+    ];
+    labels
+        .iter()
+        .find(|(l, _)| reason.starts_with(l))
+        .map(|(_, k)| *k)
 }
 
 /// Where a message stands (see the module docs for each name).
@@ -144,6 +197,7 @@ impl State {
             (Delivering, Event::Fault) => Next::To(Suspended),
             (Queued | Deferred | Held, Event::Suspend) => Next::To(Suspended),
             (Suspended | Quarantined, Event::Release) => Next::Waiting,
+            (Quarantined, Event::ReleaseSome) => Next::To(Quarantined),
             (Quarantined, Event::Expire) => Next::Gone,
             (Queued | Deferred | Held | Suspended | Quarantined, Event::Delete) => Next::Gone,
             (from, event) => return Err(Illegal { from, event }),
@@ -175,6 +229,9 @@ pub enum Event {
     Suspend,
     /// An operator (`queue release`) or a webmail user releases it for delivery.
     Release,
+    /// A webmail user releases their own copy of mail quarantined for colleagues too: those
+    /// recipients leave it (a copy for them is queued); the rest stays quarantined.
+    ReleaseSome,
     /// An operator or a webmail user deletes it (no DSN).
     Delete,
     /// Quarantined longer than `engine.quarantine_lifetime`.
@@ -191,6 +248,7 @@ impl Event {
             Event::Fault => "set aside",
             Event::Suspend => "suspend",
             Event::Release => "release",
+            Event::ReleaseSome => "release some recipients of",
             Event::Delete => "delete",
             Event::Expire => "expire",
         }
@@ -228,7 +286,7 @@ fn hint(from: State) -> &'static str {
 mod tests {
     use super::*;
 
-    const EVENTS: [Event; 9] = [
+    const EVENTS: [Event; 10] = [
         Event::Take,
         Event::GiveBack,
         Event::Defer,
@@ -236,6 +294,7 @@ mod tests {
         Event::Fault,
         Event::Suspend,
         Event::Release,
+        Event::ReleaseSome,
         Event::Delete,
         Event::Expire,
     ];
@@ -256,6 +315,7 @@ mod tests {
             (Held, Event::Suspend, Next::To(Suspended)),
             (Suspended, Event::Release, Next::Waiting),
             (Quarantined, Event::Release, Next::Waiting),
+            (Quarantined, Event::ReleaseSome, Next::To(Quarantined)),
             (Quarantined, Event::Expire, Next::Gone),
             (Queued, Event::Delete, Next::Gone),
             (Deferred, Event::Delete, Next::Gone),
@@ -303,9 +363,7 @@ mod tests {
     /// what was decided (suspended, quarantined) wins over everything.
     #[test]
     fn state_is_derived_from_status_and_what_is_true_now() {
-        let q = Status::Quarantined {
-            reason: "spam".into(),
-        };
+        let q = Status::quarantined("spam".into(), [FindingKind::Spam]);
         assert_eq!(State::of(&Status::Queued, false, false, 0), State::Queued);
         assert_eq!(State::of(&Status::Queued, false, false, 2), State::Deferred);
         assert_eq!(State::of(&Status::Queued, false, true, 2), State::Held);
@@ -325,8 +383,37 @@ mod tests {
     /// back with the new word.
     #[test]
     fn the_old_word_for_suspended_is_read() {
-        assert_eq!(Status::parse("hold", String::new()), Ok(Status::Suspended));
+        assert_eq!(
+            Status::parse("hold", String::new(), None),
+            Ok(Status::Suspended)
+        );
         assert_eq!(Status::Suspended.as_str(), "suspended");
-        assert!(Status::parse("held", String::new()).is_err());
+        assert!(Status::parse("held", String::new(), None).is_err());
+    }
+
+    /// Quarantined mail written before kinds were recorded keeps the kind its reason names;
+    /// new mail has every kind it was written with.
+    #[test]
+    fn quarantine_kinds_are_read_and_old_reasons_give_theirs() {
+        let old = |r: &str| Status::parse("quarantined", r.into(), None).unwrap();
+        assert_eq!(
+            old("virus: EICAR test file in eicar.com"),
+            Status::quarantined(
+                "virus: EICAR test file in eicar.com".into(),
+                [FindingKind::Virus]
+            )
+        );
+        assert_eq!(
+            old("quarantine-me: subject"),
+            Status::quarantined("quarantine-me: subject".into(), [])
+        );
+        assert_eq!(
+            Status::parse("quarantined", "x".into(), Some("virus attachment bogus")).unwrap(),
+            Status::quarantined("x".into(), [FindingKind::Attachment, FindingKind::Virus])
+        );
+        assert_eq!(
+            Status::kinds_text(&[FindingKind::Virus, FindingKind::Macro]),
+            "virus macro"
+        );
     }
 }

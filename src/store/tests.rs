@@ -95,13 +95,7 @@ async fn suspend_release_and_delete_are_on_disk_after_a_restart() {
 async fn an_illegal_change_writes_nothing_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
-    let q = accept(
-        &store,
-        Status::Quarantined {
-            reason: "spam".into(),
-        },
-    )
-    .await;
+    let q = accept(&store, Status::quarantined("spam".into(), [])).await;
     let e = store.change(&q, Change::Suspend).await.unwrap_err();
     assert!(
         matches!(

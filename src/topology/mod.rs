@@ -96,20 +96,45 @@ pub struct Tenant {
     /// Known recipients, lower-cased (full addresses, or local parts meaning any listed domain).
     /// Empty: all accepted.
     pub recipients: std::collections::HashSet<String>,
-    pub tls: crate::config::DeliveryTls,
+    /// A file of known recipients (absolute path), read by the engine (`engine::verify`).
+    pub recipients_file: Option<std::path::PathBuf>,
+    /// How addresses outside the lists are judged.
+    pub verify: crate::config::RecipientVerify,
+    /// TLS towards the tenant's servers.
+    pub tls: TenantTls,
     pub delivery_connections: Option<u32>,
     pub delivery_rate: Option<u32>,
 }
 
+/// A tenant's delivery TLS settings as written (`tls`, `tls_ca`, `tls_pin`); delivery turns
+/// them into a policy (`engine::delivery::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantTls {
+    pub mode: crate::config::DeliveryTls,
+    pub ca: Option<std::path::PathBuf>,
+    /// Base64 SHA-256 SPKI hashes, checked by validation.
+    pub pins: Vec<String>,
+}
+
 impl Tenant {
-    /// Whether the tenant's recipient list (if any) knows `address`.
+    /// Whether `address` may be taken as far as every node can tell: false only when the
+    /// static `recipients` list is the tenant's whole truth and lacks it. A tenant with a
+    /// `recipients_file` or call-ahead is judged by its engine ([`Tenant::engine_verifies`]),
+    /// which sees the file, the cache and the tenant's server; the edge lets it through.
     pub fn knows(&self, address: &str) -> bool {
-        if self.recipients.is_empty() {
-            return true;
-        }
+        self.recipients.is_empty() || self.engine_verifies() || self.listed(address)
+    }
+
+    /// Whether the static `recipients` list names `address` (in full, or its local part).
+    pub fn listed(&self, address: &str) -> bool {
         let a = address.to_ascii_lowercase();
         let local = a.rsplit_once('@').map(|(l, _)| l).unwrap_or(&a);
         self.recipients.contains(&a) || self.recipients.contains(local)
+    }
+
+    /// Recipients are judged by the engine: a recipients file, or call-ahead.
+    pub fn engine_verifies(&self) -> bool {
+        self.recipients_file.is_some() || self.verify == crate::config::RecipientVerify::CallAhead
     }
 }
 
@@ -193,7 +218,13 @@ impl Topology {
                     .iter()
                     .map(|r| r.to_ascii_lowercase())
                     .collect(),
-                tls: tc.tls,
+                recipients_file: tc.recipients_file.clone(),
+                verify: tc.verify,
+                tls: TenantTls {
+                    mode: tc.tls,
+                    ca: tc.tls_ca.clone(),
+                    pins: tc.tls_pin.clone(),
+                },
                 delivery_connections: tc.delivery_connections,
                 delivery_rate: tc.delivery_rate,
             });

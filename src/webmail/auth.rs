@@ -7,8 +7,12 @@
 //! same parameters, and gets the same answer as a wrong password. Success starts a session
 //! (`__Host-mdw` cookie: `Secure; HttpOnly; SameSite=Strict; Path=/`).
 //!
-//! Every state-changing request (POST) must carry the session's CSRF token in its form, and a
-//! browser's `Sec-Fetch-Site: cross-site` is refused outright.
+//! Every state-changing request (POST, sign-in included) must come from one of our own pages: a
+//! browser's `Origin` must be this site's (`https://` and the request's `Host`, or
+//! `engine.webmail.public_url`; `Origin: null` is refused), `Sec-Fetch-Site: cross-site` is
+//! refused, and the form must carry the session's CSRF token (sign-in: the form's own token).
+//! A request without `Origin` (not a browser, or a browser that sends none on same-origin
+//! posts) is judged by its token alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,8 +88,40 @@ pub fn current(web: &Web, headers: &HeaderMap) -> Option<Current> {
     )
 }
 
-/// For a state-changing request: the session, its CSRF token matching the form's, and no
-/// cross-site browser request. Otherwise the answer to send.
+/// Whether a state-changing request may come from where the browser says it comes from: no
+/// `Sec-Fetch-Site: cross-site`, and an `Origin`, when sent, that is this site's: `https://`
+/// with the request's own `Host` (what the browser connected to), or `public_url`. `null`
+/// (sandboxed frames, `data:` pages, some redirects) is never ours.
+pub fn same_origin(web: &Web, headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::trim);
+    let public = web.public_url();
+    let ours = |o: &str| {
+        host.is_some_and(|h| !h.is_empty() && o.eq_ignore_ascii_case(&format!("https://{h}")))
+            || public
+                .as_deref()
+                .is_some_and(|p| o.eq_ignore_ascii_case(p.trim_end_matches('/')))
+    };
+    ours(origin)
+}
+
+/// For a state-changing request: the session, its CSRF token matching the form's, and a
+/// browser origin that is ours ([`same_origin`]). Otherwise the answer to send.
 // The error is the handler's finished answer; boxing it would only add an allocation per refusal.
 #[allow(clippy::result_large_err)]
 pub fn for_change(
@@ -93,14 +129,12 @@ pub fn for_change(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Current, Response> {
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    let foreign = !same_origin(web, headers);
     let Some(cur) = current(web, headers) else {
         return Err(Redirect::to("/login").into_response());
     };
     let sent = form.get("csrf").map_or("", String::as_str);
-    if cross_site || !web.sessions.check_csrf(&cur, sent) {
+    if foreign || !web.sessions.check_csrf(&cur, sent) {
         web.metrics.csrf_refused.inc();
         let page = pages::message_page(
             "This form has expired",
@@ -164,7 +198,10 @@ pub async fn login(
     };
     let sent_pre = get("pre");
     let cookie_pre = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if sent_pre.is_empty() || !ct_eq(sent_pre.as_bytes(), cookie_pre.as_bytes()) {
+    if sent_pre.is_empty()
+        || !ct_eq(sent_pre.as_bytes(), cookie_pre.as_bytes())
+        || !same_origin(&web, &headers)
+    {
         web.metrics.login("csrf");
         return page(
             StatusCode::FORBIDDEN,

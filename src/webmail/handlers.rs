@@ -216,7 +216,6 @@ pub async fn message(
     } else {
         None
     };
-    let reason = row.quarantine.clone().unwrap_or_default();
     let sender = mailbox::sender_of(&row);
     pages::message(&pages::Message {
         viewer: &cur.viewer,
@@ -224,7 +223,7 @@ pub async fn message(
         token: &token,
         row: &row,
         view: view.as_ref(),
-        may_release: mailbox::may_release(&web.local, &cur.viewer, &reason),
+        may_release: mailbox::may_release(&web.local, &cur.viewer, &row.kinds),
         remote: params.contains_key("remote"),
         text_only: params.contains_key("text"),
         sender: &sender,
@@ -289,6 +288,11 @@ pub async fn body(
     h.insert(
         header::X_FRAME_OPTIONS,
         HeaderValue::from_static("SAMEORIGIN"),
+    );
+    // The message's links and images never learn where they were shown.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     res
 }
@@ -417,7 +421,8 @@ async fn write_allow(
     let dir = web.local.ops.config.load().config.engine.spool_dir.clone();
     for u in users {
         let (d, t, u2, e) = (dir.clone(), tenant.to_owned(), u.clone(), entry.to_owned());
-        match tokio::task::spawn_blocking(move || super::allow::change(&d, &t, &u2, &e, add)).await
+        match tokio::task::spawn_blocking(move || crate::store::allow::change(&d, &t, &u2, &e, add))
+            .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err((StatusCode::BAD_REQUEST, e.to_string()).into_response()),
@@ -470,7 +475,7 @@ pub async fn allowed(
         return to_login();
     };
     let dir = web.local.ops.config.load().config.engine.spool_dir.clone();
-    let entries = super::allow::entries(&dir, &cur.viewer.tenant, &cur.viewer.address);
+    let entries = crate::store::allow::entries(&dir, &cur.viewer.tenant, &cur.viewer.address);
     pages::allowed(&cur.viewer, &cur.csrf, &entries, flash(q(&params, "done"))).into_response()
 }
 

@@ -9,6 +9,7 @@
 
 use super::Local;
 use super::sessions::Viewer;
+use crate::config::webmail::FindingKind;
 use crate::store::{Change, ChangeError, Dest, Kind, Listed, QueueId, State, Status};
 
 /// Which list the inbox shows.
@@ -46,6 +47,8 @@ pub struct Row {
     pub size: u64,
     /// `None`: held (destination down); `Some(reason)`: quarantined.
     pub quarantine: Option<String>,
+    /// Quarantined: every kind of finding of its verdict (release rights follow them).
+    pub kinds: Vec<FindingKind>,
     /// Envelope sender (empty for the null sender).
     pub from: String,
     pub header_from: String,
@@ -134,8 +137,12 @@ fn row(l: &Listed) -> Row {
         received: l.env.received,
         size: l.env.size,
         quarantine: match &l.progress.status {
-            Status::Quarantined { reason } => Some(reason.clone()),
+            Status::Quarantined { reason, .. } => Some(reason.clone()),
             _ => None,
+        },
+        kinds: match &l.progress.status {
+            Status::Quarantined { kinds, .. } => kinds.clone(),
+            _ => Vec::new(),
         },
         from: l.env.from.clone(),
         header_from: super::render::decode_header("From", &l.env.header_from),
@@ -227,20 +234,17 @@ pub enum ActionError {
     Io(#[from] std::io::Error),
 }
 
-/// Whether `viewer` may release a quarantined message with this reason, under the config in
-/// force (tenant admins always may).
-pub fn may_release(local: &Local, viewer: &Viewer, reason: &str) -> bool {
+/// Whether `viewer` may release a quarantined message whose verdict found these kinds, under
+/// the config in force (tenant admins always may): `users_may_release`, and none of the kinds
+/// is in `admin_release_only`. Every finding counts, so a virus that is also a blocked
+/// attachment is a virus whatever the reason line says.
+pub fn may_release(local: &Local, viewer: &Viewer, kinds: &[FindingKind]) -> bool {
     if viewer.admin {
         return true;
     }
     let snap = local.ops.config.load();
     let cfg = &snap.config.engine.webmail;
-    let r = reason.to_lowercase();
-    cfg.users_may_release
-        && !cfg
-            .admin_release_only
-            .iter()
-            .any(|x| !x.is_empty() && r.contains(&x.to_lowercase()))
+    cfg.users_may_release && !kinds.iter().any(|k| cfg.admin_release_only.contains(k))
 }
 
 /// Whether `viewer` may delete: admins always; a user when every pending recipient is theirs
@@ -263,31 +267,45 @@ impl From<ChangeError> for ActionError {
                 "this message changed meanwhile (delivered, released or deleted): reload the page"
                     .into(),
             ),
-            e @ (ChangeError::Busy | ChangeError::Illegal(_)) => {
+            e @ (ChangeError::Busy | ChangeError::Illegal(_) | ChangeError::NotPending) => {
                 ActionError::Conflict(e.to_string())
             }
         }
     }
 }
 
-/// Releases a quarantined message for delivery, if it is still quarantined.
+/// Releases a quarantined message for delivery, if it is still quarantined: for a user, to
+/// their own address only (colleagues' copies stay quarantined for them to decide, as delete
+/// leaves them alone); for a tenant admin, to everyone it waits for.
 pub async fn release(local: &Local, viewer: &Viewer, id: &QueueId) -> Result<(), ActionError> {
-    let row = get(local, viewer, id).ok_or(ActionError::NotFound)?;
-    let Some(reason) = &row.quarantine else {
+    let l = local.store.get(id).ok_or(ActionError::NotFound)?;
+    visible(&l, viewer).ok_or(ActionError::NotFound)?;
+    let Status::Quarantined { kinds, .. } = &l.progress.status else {
         return Err(ActionError::Conflict(
             "this message is not quarantined: it is delivered when your server is back".into(),
         ));
     };
-    if !may_release(local, viewer, reason) {
+    if !may_release(local, viewer, kinds) {
         return Err(ActionError::Forbidden(
             "your organisation's policy lets only an administrator release this message",
         ));
     }
-    local
-        .store
-        .change_from(id, State::Quarantined, Change::Release)
-        .await?;
-    tracing::info!(id = %id, tenant = %viewer.tenant, user = %viewer.address, "quarantined message released in webmail");
+    let pending: Vec<usize> = l.progress.pending().collect();
+    let mine: Vec<usize> = pending
+        .iter()
+        .copied()
+        .filter(|&i| viewer.admin || l.env.rcpts[i].eq_ignore_ascii_case(&viewer.address))
+        .collect();
+    if mine.len() == pending.len() {
+        local
+            .store
+            .change_from(id, State::Quarantined, Change::Release)
+            .await?;
+        tracing::info!(id = %id, tenant = %viewer.tenant, user = %viewer.address, "quarantined message released in webmail");
+    } else {
+        let copy = local.store.release_some(id, &mine).await?;
+        tracing::info!(id = %id, copy = %copy, tenant = %viewer.tenant, user = %viewer.address, "quarantined message released in webmail for this user only");
+    }
     Ok(())
 }
 

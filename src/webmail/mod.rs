@@ -20,13 +20,16 @@
 //! | `render.rs` | parsing and sanitising a message |
 //! | `pages.rs` + `webmail.css` | the HTML |
 //! | `peer.rs` | the cluster-internal API (on the ops listener) and its client |
-//! | `allow.rs` | users' allow lists under the spool (read by the scanner) |
+//!
+//! "Allow this sender" writes the user's allow list, which lives with the engine's messages
+//! (`store/allow.rs`), where the scanner reads it.
 //!
 //! # Lifecycle
 //!
 //! [`bind`] (called with the engine's store once the engine is bound) mounts the peer API on the ops listener when a peer
-//! secret is set, loads the certificate, binds the HTTPS and redirect listeners and returns the
-//! future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
+//! secret is set, loads the certificate (made first when `tls_self_signed` and missing; its
+//! SHA-256 fingerprint is logged with the page's URL), binds the HTTPS and redirect listeners
+//! and returns the future that serves them; it stops accepting on `ops.shutdown` and lets requests in flight
 //! finish. Config reloads apply to the next request (users, limits, page size, peers); the
 //! listeners, certificate and `max_concurrent_logins` are read at start only.
 //!
@@ -37,7 +40,6 @@
 //! password checks, `sessions::MAX_TRACKED` limiter entries, inbox pages up to
 //! `handlers::MAX_PAGE`, peer answers up to `peer::MAX_BODY` within `peer_timeout`.
 
-mod allow;
 mod auth;
 mod handlers;
 mod mailbox;
@@ -62,7 +64,7 @@ use tokio::sync::Semaphore;
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-pub use allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
+pub use crate::store::allow::{AllowError, AllowStore, entries as allow_entries, sender_allowed};
 
 /// `maildistiller_webmail_*` metrics.
 #[derive(Debug, Clone)]
@@ -163,6 +165,12 @@ impl Web {
         g.1.clone()
     }
 
+    /// `engine.webmail.public_url` in force.
+    fn public_url(&self) -> Option<String> {
+        let snap = self.local.ops.config.load();
+        snap.config.engine.webmail.public_url.clone()
+    }
+
     /// The peer client, when the config in force has a peer secret.
     fn peer_client(&self) -> Option<peer::Client> {
         let snap = self.local.ops.config.load();
@@ -228,8 +236,22 @@ pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound
             "webmail: tls_cert and tls_key are required",
         ));
     };
-    let (tls, expiry) = crate::tls::server_config_with_expiry(cert, key)
+    let mut names = crate::tls::self_signed_names(
+        snap.config
+            .engine
+            .hostname
+            .as_deref()
+            .unwrap_or("localhost"),
+    );
+    for a in &cfg.listen {
+        let ip = a.ip().to_string();
+        if !a.ip().is_unspecified() && !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
+    let (tls, expiry) = crate::tls::listener_config(cert, key, cfg.tls_self_signed, &names)
         .map_err(|e| std::io::Error::other(format!("webmail certificate: {e}")))?;
+    let fingerprint = crate::tls::fingerprint_sha256(cert).unwrap_or_default();
     ops.metrics.tls_expiry("webmail", expiry);
     let mut tls = (*tls).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -260,10 +282,18 @@ pub async fn bind(ops: &Arc<Ops>, store: &Store) -> std::io::Result<Option<Bound
     // Made now, so the first unknown address does not pay for it.
     let (w2, s2) = (web.clone(), snap.clone());
     let _ = tokio::task::spawn_blocking(move || w2.dummy_hash(&s2)).await;
-    tracing::info!(https = ?addrs, redirect = ?cfg.http_redirect_listen, "webmail listening");
+    let url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| match addrs.first() {
+            Some(a) => format!("https://{a}/"),
+            None => String::new(),
+        });
+    tracing::info!(%url, https = ?addrs, redirect = ?cfg.http_redirect_listen, certificate_sha256 = %fingerprint, "webmail listening (a browser that warns about the certificate should show this fingerprint)");
     let https_port = addrs.first().map_or(443, |a| a.port());
+    let names = serve::redirect_names(snap.config.engine.hostname.as_deref(), &addrs);
     Ok(Some(Bound {
-        serving: Box::pin(run(web, https, plain, tls, https_port)),
+        serving: Box::pin(run(web, https, plain, tls, https_port, names)),
         addrs,
     }))
 }
@@ -274,6 +304,7 @@ async fn run(
     plain: Vec<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     https_port: u16,
+    names: Vec<String>,
 ) -> std::io::Result<()> {
     let shutdown = web.local.ops.shutdown.clone();
     let cfg = web.local.ops.config.load().config.engine.webmail.clone();
@@ -297,21 +328,10 @@ async fn run(
     for l in plain {
         let listener = serve::TlsListener::start(l, None, max, idle, shutdown.clone())?;
         let w = web.clone();
+        let names = Arc::new(names.clone());
         let app = Router::new().fallback(move |req: axum::extract::Request| {
-            let w = w.clone();
-            async move {
-                let public = w
-                    .local
-                    .ops
-                    .config
-                    .load()
-                    .config
-                    .engine
-                    .webmail
-                    .public_url
-                    .clone();
-                serve::redirect(&req, public.as_deref(), https_port)
-            }
+            let (w, names) = (w.clone(), names.clone());
+            async move { serve::redirect(&req, w.public_url().as_deref(), &names, https_port) }
         });
         let stop = shutdown.clone();
         tracker.spawn(async move {

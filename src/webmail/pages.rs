@@ -55,7 +55,7 @@ pub fn layout(title: &str, signed_in: Option<(&Viewer, &str)>, body: Markup) -> 
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) " — held mail" }
                 link rel="stylesheet" href="/static/webmail.css";
             }

@@ -15,6 +15,8 @@
 //! | `POST /webmail/peer/allow?tenant&user&entry&remove` | 200 or 400 |
 //!
 //! Rows are tab-separated; spool values never hold control characters (see `store/spool/record.rs`).
+//! The tenth field, the quarantine's finding kinds, is missing from peers older than it: their
+//! rows are read with the kind their reason names.
 //! The client speaks HTTP/1.1 with `Connection: close`, with `peer_timeout` for the whole
 //! exchange and `MAX_BODY` for the answer.
 
@@ -102,7 +104,7 @@ fn not_found() -> Response {
 pub fn encode_row(r: &Row) -> String {
     let clean = |s: &str| s.replace(['\t', '\r', '\n'], " ");
     format!(
-        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
         r.id,
         r.received,
         r.size,
@@ -114,20 +116,32 @@ pub fn encode_row(r: &Row) -> String {
         clean(&r.from),
         clean(&r.header_from),
         clean(&r.subject),
-        clean(&r.rcpts.join(","))
+        clean(&r.rcpts.join(",")),
+        crate::store::Status::kinds_text(&r.kinds),
     )
 }
 
 pub fn decode_row(line: &str) -> Option<Row> {
     let f: Vec<&str> = line.split('\t').collect();
-    if f.len() != 9 {
+    if f.len() != 9 && f.len() != 10 {
         return None;
     }
+    let quarantine = (f[3] == "q").then(|| f[4].to_owned());
+    let kinds = match &quarantine {
+        Some(reason) => {
+            match crate::store::Status::parse("quarantined", reason.clone(), f.get(9).copied()) {
+                Ok(crate::store::Status::Quarantined { kinds, .. }) => kinds,
+                _ => Vec::new(),
+            }
+        }
+        None => Vec::new(),
+    };
     Some(Row {
         id: QueueId::parse(f[0])?,
         received: f[1].parse().ok()?,
         size: f[2].parse().ok()?,
-        quarantine: (f[3] == "q").then(|| f[4].to_owned()),
+        quarantine,
+        kinds,
         from: f[5].to_owned(),
         header_from: f[6].to_owned(),
         subject: f[7].to_owned(),
@@ -226,7 +240,9 @@ async fn allow(
     };
     let add = q.get("remove").is_none_or(|r| r != "1");
     let dir = s.ops.config.load().config.engine.spool_dir.clone();
-    match tokio::task::spawn_blocking(move || super::allow::change(&dir, &t, &u, &e, add)).await {
+    match tokio::task::spawn_blocking(move || crate::store::allow::change(&dir, &t, &u, &e, add))
+        .await
+    {
         Ok(Ok(_)) => (StatusCode::OK, "ok").into_response(),
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -453,6 +469,10 @@ mod tests {
             received: 1_700_000_000,
             size: 42,
             quarantine: Some("spam score 12.0".into()),
+            kinds: vec![
+                crate::config::webmail::FindingKind::Virus,
+                crate::config::webmail::FindingKind::Attachment,
+            ],
             from: "a@x.example".into(),
             header_from: "A \"tab\tbed\" <a@x.example>".into(),
             subject: "hi".into(),
@@ -477,5 +497,15 @@ mod tests {
             Some((200, b"ok!".to_vec()))
         );
         assert_eq!(enc("a b&c=d@é"), "a%20b%26c%3Dd%40%C3%A9");
+        // A peer that sends no kinds: the kind its reason names.
+        let old = encode_row(&Row {
+            quarantine: Some("virus: EICAR".into()),
+            ..r.clone()
+        });
+        let old = old.rsplit_once('\t').unwrap().0;
+        assert_eq!(
+            decode_row(old).unwrap().kinds,
+            [crate::config::webmail::FindingKind::Virus]
+        );
     }
 }

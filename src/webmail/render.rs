@@ -14,6 +14,10 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::{
+    BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 use super::secret::base64;
@@ -251,55 +255,102 @@ pub fn sanitise(html: &str, remote: bool, inline: HashMap<String, String>) -> St
     show_link_targets(&b.clean(html).to_string())
 }
 
-/// Undoes the serialiser's attribute escaping.
-fn unescape_attr(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&nbsp;", "\u{a0}")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
+/// Text for HTML: every character that could start markup or an entity is escaped.
 fn escape_text(s: &str) -> String {
     crate::ops::esc(s)
 }
 
-/// After each `<a href=…>…</a>` of sanitised markup, adds the link's real target in plain text.
-fn show_link_targets(clean: &str) -> String {
-    let mut out = String::with_capacity(clean.len() + 64);
-    let mut rest = clean;
-    let mut pending: Option<String> = None;
-    loop {
-        let next_open = rest.find("<a ");
-        let next_close = rest.find("</a>");
-        match (next_open, next_close) {
-            (Some(o), c) if c.is_none_or(|c| o < c) => {
-                let tag_end = rest[o..].find('>').map_or(rest.len(), |e| o + e + 1);
-                let tag = &rest[o..tag_end];
-                pending = tag.find("href=\"").and_then(|h| {
-                    let v = &tag[h + 6..];
-                    v.find('"').map(|e| unescape_attr(&v[..e]))
-                });
-                out.push_str(&rest[..tag_end]);
-                rest = &rest[tag_end..];
-            }
-            (_, Some(c)) => {
-                out.push_str(&rest[..c + 4]);
-                if let Some(target) = pending.take() {
-                    let shown = target.strip_prefix("mailto:").unwrap_or(&target);
-                    out.push_str(&format!(
-                        " <span class=\"link-target\">[{}]</span>",
-                        escape_text(shown)
-                    ));
+/// An attribute value for a double-quoted attribute.
+fn escape_attr(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes the sanitised markup back token by token (as html5ever's tokenizer reads it, the way
+/// a browser does) and, after each `</a>`, the link's real target in plain text: the `href`
+/// attribute *as parsed*, so text that merely looks like `href="…"` inside another attribute's
+/// value (`<a title="x href=" href="https://evil.example/">`) cannot stand in for it.
+struct LinkTargets {
+    out: std::cell::RefCell<String>,
+    /// The `href` of the `<a>` open now.
+    href: std::cell::RefCell<Option<String>>,
+}
+
+impl TokenSink for LinkTargets {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        let mut out = self.out.borrow_mut();
+        match token {
+            Token::TagToken(tag) => {
+                let name: &str = &tag.name;
+                match tag.kind {
+                    TagKind::StartTag => {
+                        out.push('<');
+                        out.push_str(name);
+                        for a in &tag.attrs {
+                            out.push(' ');
+                            if let Some(p) = &a.name.prefix {
+                                out.push_str(p);
+                                out.push(':');
+                            }
+                            out.push_str(&a.name.local);
+                            out.push_str("=\"");
+                            out.push_str(&escape_attr(&a.value));
+                            out.push('"');
+                        }
+                        out.push('>');
+                        if name == "a" {
+                            *self.href.borrow_mut() = tag
+                                .attrs
+                                .iter()
+                                .find(|a| a.name.prefix.is_none() && &*a.name.local == "href")
+                                .map(|a| a.value.to_string());
+                        }
+                    }
+                    TagKind::EndTag => {
+                        out.push_str("</");
+                        out.push_str(name);
+                        out.push('>');
+                        if name == "a"
+                            && let Some(target) = self.href.borrow_mut().take()
+                        {
+                            let shown = target.strip_prefix("mailto:").unwrap_or(&target);
+                            out.push_str(&format!(
+                                " <span class=\"link-target\">[{}]</span>",
+                                escape_text(shown)
+                            ));
+                        }
+                    }
                 }
-                rest = &rest[c + 4..];
             }
-            _ => {
-                out.push_str(rest);
-                return out;
-            }
+            Token::CharacterTokens(t) => out.push_str(&escape_text(&t)),
+            // The sanitiser wrote no comments or doctype; a NUL has no business in a page.
+            Token::CommentToken(_)
+            | Token::DoctypeToken(_)
+            | Token::NullCharacterToken
+            | Token::EOFToken
+            | Token::ParseError(_) => {}
         }
+        TokenSinkResult::Continue
     }
+}
+
+/// After each `<a href=…>…</a>` of sanitised markup, adds the link's real target in plain text
+/// (see [`LinkTargets`]).
+fn show_link_targets(clean: &str) -> String {
+    let sink = LinkTargets {
+        out: std::cell::RefCell::new(String::with_capacity(clean.len() + 64)),
+        href: std::cell::RefCell::new(None),
+    };
+    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
+    let input = BufferQueue::default();
+    input.push_back(StrTendril::from_slice(clean));
+    let _ = tokenizer.feed(&input);
+    tokenizer.end();
+    tokenizer.sink.out.into_inner()
 }
 
 #[cfg(test)]
@@ -356,6 +407,48 @@ mod tests {
             "{with_remote}"
         );
         assert!(!with_remote.contains("onerror"));
+    }
+
+    /// The target shown is the `href` the browser follows, whatever other attributes hold:
+    /// `href="` inside a title, a `>` or a whole `<a href=…>` inside an attribute value.
+    #[test]
+    fn link_targets_come_from_the_parsed_attribute() {
+        for (html, real) in [
+            (
+                r#"<a title="x href=" href="https://evil.example/steal">https://bank.example/</a>"#,
+                "https://evil.example/steal",
+            ),
+            (
+                r#"<a title='href="https://bank.example/"' href="https://evil.example/a">x</a>"#,
+                "https://evil.example/a",
+            ),
+            (
+                r#"<a title="a > b" href="https://evil.example/b">x</a>"#,
+                "https://evil.example/b",
+            ),
+            (
+                r#"<a title="<a href=&quot;https://bank.example/&quot;>" href="https://evil.example/c">x</a>"#,
+                "https://evil.example/c",
+            ),
+        ] {
+            let out = sanitise(html, false, HashMap::new());
+            let shown: Vec<&str> = out
+                .split("<span class=\"link-target\">[")
+                .skip(1)
+                .map(|s| s.split(']').next().unwrap())
+                .collect();
+            assert_eq!(shown, [real], "{html} -> {out}");
+            assert!(
+                !out.contains("[https://bank.example/]"),
+                "the decoy is not shown as the target: {out}"
+            );
+            assert_eq!(out.matches("<a ").count(), 1, "{out}");
+        }
+        // No link, no target; a link without href shows none.
+        assert!(
+            !sanitise("<p>a &lt;b&gt; c</p><a>x</a>", false, HashMap::new())
+                .contains("link-target")
+        );
     }
 
     #[test]

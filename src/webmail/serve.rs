@@ -245,7 +245,10 @@ pub async fn security_headers(mut res: Response) -> Response {
     set(h, header::CONTENT_SECURITY_POLICY, PAGE_CSP);
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::X_FRAME_OPTIONS, "DENY");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: under it browsers send `Origin: null` on the page's own form posts,
+    // which the Origin check must refuse. `same-origin` sends nothing to other sites (links in
+    // messages, remote images) and the real origin to us.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     set(
         h,
@@ -260,10 +263,40 @@ pub async fn security_headers(mut res: Response) -> Response {
     res
 }
 
-/// The HTTPS URL for a plain-HTTP request: `public_url`, else the request's host name with
-/// `https_port`. `None` when the Host header is not a plain host name.
+/// The names the redirect listener may send a browser to when `public_url` is unset:
+/// `engine.hostname`, then each HTTPS listener's address when it is a specific one (and
+/// `localhost` for a loopback listener). Never a name from the request.
+pub fn redirect_names(hostname: Option<&str>, https: &[std::net::SocketAddr]) -> Vec<String> {
+    let mut names: Vec<String> = hostname
+        .map(|h| h.to_ascii_lowercase())
+        .into_iter()
+        .collect();
+    for a in https {
+        let ip = a.ip();
+        if ip.is_unspecified() {
+            continue;
+        }
+        let lit = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        if ip.is_loopback() {
+            names.push("localhost".into());
+        }
+        names.push(lit);
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// The HTTPS URL for a plain-HTTP request: `public_url`; else the configured name
+/// ([`redirect_names`]) the request's `Host` names, or the first one when it names none, with
+/// `https_port`. The Location never carries the request's own host text (no open redirect).
+/// `None` when there is no name to send anyone to.
 pub fn https_url(
     public_url: Option<&str>,
+    names: &[String],
     host: Option<&str>,
     https_port: u16,
     uri: &Uri,
@@ -272,19 +305,17 @@ pub fn https_url(
     if let Some(base) = public_url {
         return Some(format!("{}{path}", base.trim_end_matches('/')));
     }
-    let host = host?;
-    let name = match host.strip_prefix('[') {
-        Some(v6) => format!("[{}]", v6.split(']').next()?),
-        None => host.split(':').next()?.to_owned(),
-    };
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
-    if !ok {
-        return None;
-    }
+    let asked = host.map(|h| {
+        let h = h.trim().to_ascii_lowercase();
+        match h.strip_prefix('[') {
+            Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or("")),
+            None => h.split(':').next().unwrap_or("").to_owned(),
+        }
+    });
+    let name = names
+        .iter()
+        .find(|n| asked.as_deref() == Some(n.as_str()))
+        .or_else(|| names.first())?;
     Some(match https_port {
         443 => format!("https://{name}{path}"),
         p => format!("https://{name}:{p}{path}"),
@@ -295,20 +326,25 @@ pub fn https_url(
 pub fn redirect(
     req: &Request<axum::body::Body>,
     public_url: Option<&str>,
+    names: &[String],
     https_port: u16,
 ) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    match https_url(public_url, host, https_port, req.uri()) {
+    match https_url(public_url, names, host, https_port, req.uri()) {
         Some(url) => (
             StatusCode::PERMANENT_REDIRECT,
             [(header::LOCATION, url)],
             "This page is served over HTTPS only.\n",
         )
             .into_response(),
-        None => (StatusCode::BAD_REQUEST, "bad Host header\n").into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "This page is served over HTTPS only; its address is not configured here.\n",
+        )
+            .into_response(),
     }
 }
 
@@ -317,25 +353,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_requests_are_sent_to_https() {
+    fn http_requests_are_sent_to_configured_names_only() {
         let uri: Uri = "/inbox?page=2".parse().unwrap();
+        let names = redirect_names(
+            Some("Mail.Example.net"),
+            &[
+                "127.0.0.1:8443".parse().unwrap(),
+                "[::1]:8443".parse().unwrap(),
+            ],
+        );
         assert_eq!(
-            https_url(None, Some("mail.example.net:80"), 443, &uri).as_deref(),
+            names,
+            ["mail.example.net", "localhost", "127.0.0.1", "[::1]"]
+        );
+        assert_eq!(
+            https_url(None, &names, Some("mail.example.net:80"), 443, &uri).as_deref(),
             Some("https://mail.example.net/inbox?page=2")
         );
         assert_eq!(
-            https_url(None, Some("127.0.0.1:8080"), 8443, &uri).as_deref(),
+            https_url(None, &names, Some("127.0.0.1:8080"), 8443, &uri).as_deref(),
             Some("https://127.0.0.1:8443/inbox?page=2")
         );
         assert_eq!(
-            https_url(None, Some("[::1]:80"), 8443, &uri).as_deref(),
+            https_url(None, &names, Some("[::1]:80"), 8443, &uri).as_deref(),
             Some("https://[::1]:8443/inbox?page=2")
         );
+        // Any other Host gets the first configured name, never its own.
+        for evil in [
+            "evil.example",
+            "evil.example/<x>",
+            "mail.example.net.evil.example",
+            "",
+        ] {
+            assert_eq!(
+                https_url(None, &names, Some(evil), 443, &uri).as_deref(),
+                Some("https://mail.example.net/inbox?page=2"),
+                "{evil}"
+            );
+        }
         assert_eq!(
-            https_url(Some("https://mail.example.net/"), Some("evil"), 1, &uri).as_deref(),
+            https_url(
+                Some("https://mail.example.net/"),
+                &names,
+                Some("evil"),
+                1,
+                &uri
+            )
+            .as_deref(),
             Some("https://mail.example.net/inbox?page=2")
         );
-        assert_eq!(https_url(None, Some("evil.example/<x>"), 443, &uri), None);
-        assert_eq!(https_url(None, None, 443, &uri), None);
+        // A wildcard listener and no host name: nowhere to send anyone.
+        let none = redirect_names(None, &["0.0.0.0:443".parse().unwrap()]);
+        assert!(none.is_empty());
+        assert_eq!(
+            https_url(None, &none, Some("evil.example"), 443, &uri),
+            None
+        );
     }
 }

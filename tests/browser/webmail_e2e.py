@@ -4,6 +4,9 @@ Selenium): the real `maildistiller --role engine` binary with a config written h
 over SMTP (held, quarantined, hostile), then a browser signs in with the keyboard, opens a held
 message, releases a quarantined one, opens the hostile one and proves that none of its script
 ran and nothing it points at was fetched (a canary HTTP server on loopback counts requests).
+Then a plain user cannot release a quarantined virus (no button; a forged request is refused),
+and another user clicks "Always allow" on a quarantined newsletter: the sender's next message
+is delivered to the tenant's server (a small SMTP sink here), not quarantined.
 Screenshots go to $ARTIFACTS_DIR (default target/artifacts/webmail).
 
 Usage: tests/browser/webmail_e2e.py [path/to/maildistiller]   (default: $CARGO_TARGET_DIR or
@@ -108,6 +111,69 @@ def hostile(canary):
     )
 
 
+class Sink:
+    """A tenant's mail server stand-in: takes every message, records (recipients, data)."""
+
+    def __init__(self):
+        self.got = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        f = conn.makefile("rb")
+        send = lambda line: conn.sendall(line.encode() + b"\r\n")
+        send("220 sink.test ESMTP")
+        rcpts = []
+        try:
+            for raw in f:
+                cmd = raw.decode(errors="replace").strip().upper()
+                if cmd.startswith("EHLO") or cmd.startswith("HELO"):
+                    send("250 sink.test")
+                elif cmd.startswith("MAIL"):
+                    rcpts = []
+                    send("250 ok")
+                elif cmd.startswith("RCPT"):
+                    rcpts.append(raw.decode().split(":", 1)[1].strip().strip("<>"))
+                    send("250 ok")
+                elif cmd == "DATA":
+                    send("354 go")
+                    data = b""
+                    for line in f:
+                        if line == b".\r\n":
+                            break
+                        data += line[1:] if line.startswith(b"..") else line
+                    self.got.append((rcpts, data.decode(errors="replace")))
+                    send("250 ok")
+                elif cmd == "QUIT":
+                    send("221 bye")
+                    return
+                else:
+                    send("250 ok")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def eicar(sender, to):
+    """The EICAR test file as eicar.com (a virus, and a blocked extension too)."""
+    with open(os.path.join(ROOT, "tests/fixtures/scan/eicar.eml")) as f:
+        text = f.read().replace("\r\n", "\n")
+    return (text.replace("From: alice@good.test", f"From: {sender}")
+            .replace("To: bob@acme.example", f"To: {to}").replace("\n", "\r\n"))
+
+
 def plain(subject, body):
     return (
         f"From: Alice Sender <alice@sender.example>\r\nTo: bob@acme.example\r\nSubject: {subject}\r\n"
@@ -115,7 +181,7 @@ def plain(subject, body):
     )
 
 
-def config(d, ports, cert, key):
+def config(d, ports, cert, key, sink):
     return f"""
 [ops]
 listen = "127.0.0.1:{ports['ops']}"
@@ -131,15 +197,24 @@ lon = -0.1
   region = "uk"
     [[silo.cluster.engine]]
     address = "127.0.0.1:{ports['smtp']}"
+    proxy = "none"   # the test is the sender: it talks to the engine's direct listener
 # The tenant's server is down: nothing listens on its port, so its mail is held.
 [[tenant]]
 id = "acme"
 domains = ["acme.example"]
 regions = ["uk"]
 delivery = ["127.0.0.1:{ports['down']}"]
+# Globex's server is up (the sink here): its released and allowed mail is delivered.
+[[tenant]]
+id = "globex"
+domains = ["globex.example"]
+regions = ["uk"]
+delivery = ["127.0.0.1:{sink}"]
 [policy.default]
 scanners = {{ auth = false, dnsbl = false }}
 rule = [{{ name = "suspicious", target = "subject", pattern = "(?i)quarantine|hostile", action = "quarantine" }}]
+# Viruses are kept for an administrator (admin_release_only = ["virus"], the default).
+actions = {{ virus = "quarantine" }}
 [engine]
 listen = ["127.0.0.1:{ports['smtp']}"]
 spool_dir = "{d}/spool"
@@ -178,6 +253,7 @@ def main():
     canary_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canary)
     threading.Thread(target=canary_srv.serve_forever, daemon=True).start()
     canary = canary_srv.server_address[1]
+    sink = Sink()
     try:
         ports = {k: free_port() for k in ("ops", "smtp", "https", "http", "down")}
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -186,10 +262,10 @@ def main():
              "-keyout", key, "-out", cert], check=True, capture_output=True)
         cfg = os.path.join(tmp, "engine.toml")
         with open(cfg, "w") as f:
-            f.write(config(tmp, ports, cert, key))
-        # The user is added the way an operator does it.
-        for addr in ("bob@acme.example",):
-            r = subprocess.run([binary, "user", "add", "--config", cfg, "--tenant", "acme", addr],
+            f.write(config(tmp, ports, cert, key, sink.port))
+        # The users are added the way an operator does it (both plain users, no admins).
+        for tenant, addr in (("acme", "bob@acme.example"), ("globex", "boss@globex.example")):
+            r = subprocess.run([binary, "user", "add", "--config", cfg, "--tenant", tenant, addr],
                                input=PASSWORD + "\n", capture_output=True, text=True)
             check(f"user add {addr}", r.returncode == 0, r.stderr)
         log = open(os.path.join(artifacts, "engine.log"), "w")
@@ -315,11 +391,75 @@ def main():
         check("no horizontal scrolling on a phone", wide <= 400, wide)
         shot("06-phone-inbox")
 
+        # A quarantined virus (EICAR in eicar.com, a blocked extension too): a plain user sees
+        # no release button, and a release forged from the page is refused.
+        driver.set_window_size(1280, 900)
+        token_file = os.path.join(tmp, "ops.token")
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as s:
+            s.sendmail("alice@sender.example", ["bob@acme.example"], eicar("alice@sender.example", "bob@acme.example"))
+        wait_for("the virus quarantined", lambda: queue(ports["ops"], token_file).count(" quarantined ") == 2)
+        driver.get(base + "/inbox?view=quarantine")
+        driver.find_element(By.LINK_TEXT, "test file").click()
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "p.notice")))
+        page = driver.find_element(By.TAG_NAME, "body").text
+        check("no release button for a virus", "Release to my mailbox" not in page
+              and "Only an administrator" in page, page)
+        shot("07-virus-no-release")
+        driver.execute_script("""
+            const f = document.createElement('form');
+            f.method = 'POST';
+            f.action = location.pathname + '/release';
+            const t = document.createElement('input');
+            t.name = 'csrf';
+            t.value = document.querySelector('input[name=csrf]').value;
+            f.appendChild(t);
+            document.body.appendChild(f);
+            f.submit();""")
+        wait.until(EC.url_contains("/release"))
+        refused = driver.find_element(By.TAG_NAME, "body").text
+        check("a forged release of the virus is refused", "only an administrator" in refused, refused)
+        q = queue(ports["ops"], token_file)
+        check("the virus stays quarantined", q.count(" quarantined ") == 2 and not sink.got, q)
+        shot("08-virus-release-refused")
+
         # Sign out.
         driver.find_element(By.XPATH, "//button[.='Sign out']").click()
         wait.until(EC.url_contains("/login"))
         driver.get(base + "/inbox")
         check("signed out", "/login" in driver.current_url, driver.current_url)
+
+        # "Always allow" the sender of a quarantined newsletter: the next one is delivered.
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as s:
+            s.sendmail("news@partner.example", ["boss@globex.example"],
+                       plain("Weekly news (QUARANTINE test)", "Issue 1.").replace(
+                           "alice@sender.example", "news@partner.example").replace(
+                           "bob@acme.example", "boss@globex.example"))
+        wait_for("the newsletter quarantined", lambda: queue(ports["ops"], token_file).count(" quarantined ") == 3)
+        driver.find_element(By.ID, "address").send_keys("boss@globex.example" + Keys.TAB)
+        driver.switch_to.active_element.send_keys(PASSWORD + Keys.ENTER)
+        wait.until(EC.url_contains("/inbox"))
+        driver.find_element(By.LINK_TEXT, "Weekly news (QUARANTINE test)").click()
+        wait.until(EC.presence_of_element_located(
+            (By.XPATH, "//button[contains(., 'Always allow news@partner.example')]"))).click()
+        wait.until(EC.url_contains("done=allowed"))
+        flash = driver.find_element(By.CSS_SELECTOR, "[role=status]").text
+        check("allow says so", "allowed senders" in flash, flash)
+        shot("09-allowed")
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as s:
+            s.sendmail("news@partner.example", ["boss@globex.example"],
+                       plain("Weekly news (QUARANTINE test) 2", "Issue 2.").replace(
+                           "alice@sender.example", "news@partner.example").replace(
+                           "bob@acme.example", "boss@globex.example"))
+        got = wait_for("the next newsletter delivered", lambda: [d for _, d in sink.got if "Issue 2." in d], 20)
+        check("the allowed sender's next message is delivered, and its verdict says why",
+              "listed=webmail allow sender news@partner.example" in got[0].replace("\r\n\t", " "), got[0])
+        q = queue(ports["ops"], token_file)
+        check("and it is not quarantined", q.count(" quarantined ") == 3, q)
+        driver.get(base + "/inbox")
+        body = driver.find_element(By.TAG_NAME, "body").text
+        check("the inbox holds only the first newsletter", "All (1)" in body
+              and "Weekly news (QUARANTINE test)" in body, body)
+        shot("10-allowed-next-delivered")
     except Exception as e:  # a failed wait or a crash counts as a failure, with a screenshot
         check("no unexpected error", False, repr(e))
         if driver:
@@ -337,6 +477,7 @@ def main():
             except subprocess.TimeoutExpired:
                 engine.kill()
         canary_srv.shutdown()
+        sink.sock.close()
         shutil.rmtree(tmp, ignore_errors=True)
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed

@@ -318,7 +318,7 @@ class Account:
         by_id = {s["id"]: s for s in self.traffic.submitted}
         dup = 0
         latencies = []
-        hops_bad = body_bad = wrong_tenant = region_bad = unexpected = 0
+        hops_bad = body_bad = wrong_tenant = region_bad = unexpected = clear = 0
         for fid, (o, detail) in out.items():
             s = by_id[fid]
             if o == "delivered":
@@ -330,6 +330,9 @@ class Account:
                     if tenant != s["tenant"] or s["rcpt"] not in m["rcpts"]:
                         wrong_tenant += 1
                         v.append(f"{fid}: delivered to {tenant} {m['rcpts']}, meant {s['rcpt']}")
+                    if not m.get("tls"):
+                        clear += 1
+                        v.append(f"{fid}: delivered to {tenant}'s server in clear text")
                     if m["body_sha"] != s["body_sha"]:
                         body_bad += 1
                         v.append(f"{fid}: body differs from what was submitted")
@@ -386,6 +389,7 @@ class Account:
             "pending_at_sender": counts.get("pending-at-sender", 0), "lost": lost,
             "duplicates": dup, "unexpected": unexpected, "wrong_tenant": wrong_tenant,
             "body_mismatch": body_bad, "hops_mismatch": hops_bad, "region_violations": region_bad,
+            "delivered_in_clear": clear,
             "p50_s": round(pct(50), 3), "p99_s": round(pct(99), 3),
             "max_s": round(latencies[-1], 3) if latencies else None,
         }

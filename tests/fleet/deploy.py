@@ -53,6 +53,9 @@ WEBMAIL_PASSWORD = "fleet-webmail-password-1"
 WEBMAIL_PORT = 8443
 PEER_SECRET = "fleet-peer-secret-0123456789abcdef-0123456789"
 _webmail_hash = None  # argon2 PHC string, made once per run by `maildistiller user add`
+# Delivery TLS: every tenant's server offers STARTTLS with a certificate of the fleet's test CA
+# (for its address and mx.<domain>); this tenant requires it, verified against that CA.
+TLS_REQUIRED = "acme"
 
 
 def log(*a):
@@ -211,6 +214,8 @@ class Fleet:
                 f'failover = "{failover}"',
                 f'delivery = ["{sink}:25"]',
             ]
+            if tid == TLS_REQUIRED:
+                out += ['tls = "required"', f'tls_ca = "{os.path.join(self.base, "etc", "ca.pem")}"']
             if tid == "acme" and _webmail_hash:
                 out += ["  [[tenant.user]]", f'  address = "{WEBMAIL_USER}"',
                         f"  password_hash = '{_webmail_hash}'", "  admin = true"]
@@ -328,8 +333,39 @@ class Fleet:
             for n, addr, _ in engines_of(s):
                 self.nodes[n] = Node(n, "engine", name, os.path.join(etc, n + ".toml"),
                                      f"{addr}:9125", addr)
+        self.tls_setup()
         self.webmail_setup()
         self.write_configs()
+
+    def openssl(self, *args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    def tls_setup(self):
+        """The fleet's test CA, a certificate of it for each tenant's server (its address and
+        mx.<domain>), and a self-signed one for the same names (what a broken renewal gives)."""
+        etc = os.path.join(self.base, "etc")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        ca, ca_key = os.path.join(etc, "ca.pem"), os.path.join(etc, "ca.key")
+        self.openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=fleet test CA",
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                     "-keyout", ca_key, "-out", ca)
+        for tid, dom, _, _, sink, _, _ in TENANTS:
+            names = f"subjectAltName=IP:{sink},DNS:mx.{dom}"
+            cert, key = self.sink_cert(tid), self.sink_cert(tid, "key")
+            csr, ext = os.path.join(etc, f"{tid}.csr"), os.path.join(etc, f"{tid}.ext")
+            with open(ext, "w") as f:
+                f.write(f"{names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+            self.openssl("req", "-new", *ec, "-subj", f"/CN=mx.{dom}", "-keyout", key,
+                         "-out", csr)
+            self.openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", cert)
+            self.openssl("req", "-x509", *ec, "-days", "2", "-subj", f"/CN=mx.{dom}",
+                         "-addext", names, "-keyout", self.sink_cert(tid, "key", True),
+                         "-out", self.sink_cert(tid, "pem", True))
+
+    def sink_cert(self, tenant, kind="pem", bad=False):
+        return os.path.join(self.base, "etc", f"sink-{tenant}{'-bad' if bad else ''}.{kind}")
 
     def webmail_setup(self):
         """A self-signed certificate for the engines' webmail, and acme's admin user (its
@@ -408,12 +444,16 @@ class Fleet:
     def sink_dir(self, label):
         return os.path.join(self.base, "sinks", label)
 
-    def start_sink(self, tenant):
+    def start_sink(self, tenant, bad_cert=False):
+        """The tenant's server, offering STARTTLS with its CA-signed certificate, or with the
+        self-signed one (`bad_cert`)."""
         t = next(x for x in TENANTS if x[0] == tenant)
         self.start_aux(f"sink-{tenant}", [
             sys.executable, os.path.join(HERE, "sink.py"), "--listen", f"{t[4]}:25",
             "--dir", self.sink_dir(tenant), "--label", tenant, "--hostname", f"mx.{t[1]}",
-            "--refuse-prefix", "nobody"])
+            "--refuse-prefix", "nobody",
+            "--tls-cert", self.sink_cert(tenant, "pem", bad_cert),
+            "--tls-key", self.sink_cert(tenant, "key", bad_cert)])
         wait_for(f"sink {tenant}", lambda: port_open(t[4], 25), 10)
 
     def stop_aux(self, name):

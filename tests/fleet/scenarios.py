@@ -72,11 +72,11 @@ def step_tenant_down(fleet, notes, state):
     notes.append("acme's mail server stopped")
 
 
-def step_tenant_held(fleet, notes, state):
+def step_tenant_held(fleet, notes, state, why="acme's server is down"):
     counts = engine_queue_counts(fleet)
     held = {e: c for e, c in counts.items() if sum(c.values())}
     state["held_while_down"] = held
-    notes.append(f"while acme's server is down, engines hold: {held}")
+    notes.append(f"while {why}, engines hold: {held}")
     # Webmail meanwhile: acme's admin, signed in on one engine of each uk cluster, must see
     # every message held on that cluster (its engines answer each other's pages).
     ids = engine_ids(fleet, "held")
@@ -98,6 +98,34 @@ def step_tenant_held(fleet, notes, state):
 def step_tenant_up(fleet, notes, state):
     fleet.start_sink("acme")
     notes.append("acme's mail server back")
+
+
+def step_bad_cert(fleet, notes, state):
+    fleet.stop_aux(f"sink-{TLS_REQUIRED}")
+    state["bad_since"] = time.time()
+    fleet.start_sink(TLS_REQUIRED, bad_cert=True)
+    notes.append(f"{TLS_REQUIRED}'s server (tls = \"required\") now shows a self-signed certificate")
+
+
+def step_bad_cert_held(fleet, notes, state):
+    step_tenant_held(fleet, notes, state, why=f"{TLS_REQUIRED}'s certificate does not verify")
+    got = [m for m in read_sink(fleet.sink_dir(TLS_REQUIRED)) if m["time"] >= state["bad_since"]]
+    state["sent_to_bad_cert"] = len(got)
+    refused = 0
+    for n in fleet.nodes.values():
+        if n.role == "engine":
+            m = http(n.ops, "/metrics")[1]
+            refused += metric(m, "maildistiller_engine_delivery_tls_total",
+                              {"tenant": TLS_REQUIRED, "result": "failed_required"})
+    state["failed_required"] = refused
+    notes.append(f"messages the server with the bad certificate got: {len(got)}; deliveries "
+                 f"deferred for TLS (failed_required): {refused:g}")
+
+
+def step_good_cert(fleet, notes, state):
+    fleet.stop_aux(f"sink-{TLS_REQUIRED}")
+    fleet.start_sink(TLS_REQUIRED)
+    notes.append(f"{TLS_REQUIRED}'s server shows its CA-signed certificate again")
 
 
 def step_reload_all(broken_node):
@@ -243,6 +271,16 @@ def check_tenant(fleet, state, acct, out):
     return v
 
 
+def check_bad_cert(fleet, state, acct, out):
+    v = check_tenant(fleet, state, acct, out)
+    if state.get("sent_to_bad_cert"):
+        v.append(f"{state['sent_to_bad_cert']} message(s) sent to a server whose certificate "
+                 "does not verify, under tls = \"required\"")
+    if not state.get("failed_required"):
+        v.append("no delivery was counted failed_required while the certificate was bad")
+    return v
+
+
 def check_reload(fleet, state, acct, out):
     return [f"reload: {b}" for b in state.get("reload_bad", [])]
 
@@ -324,6 +362,12 @@ SCENARIOS = {
         "tenant-down", [(0.2, step_tenant_down), (0.65, step_tenant_held),
                         (0.7, step_tenant_up)],
         check=check_tenant, doc="acme's own server down, then back: held mail drains"),
+    "tls-bad-cert": Scenario(
+        "tls-bad-cert", [(0.2, step_bad_cert), (0.65, step_bad_cert_held),
+                         (0.7, step_good_cert)],
+        check=check_bad_cert,
+        doc="acme (tls = required) shows a self-signed certificate: its mail is held, never "
+            "sent; the right certificate back: it drains over TLS"),
     "reload-broken": Scenario(
         "reload-broken", [(0.3, step_reload_all("man1-edge")),
                           (0.5, step_reload_check("man1-edge"))],
@@ -342,8 +386,8 @@ SCENARIOS = {
         "campaign", [(0.2, step_campaign)], check=check_campaign, shared=True,
         doc="a campaign of varied copies into all three silos: acted on everywhere within 2 s"),
 }
-SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "reload-broken",
-         "spool-full", "engine-flap", "campaign"]
+SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "tls-bad-cert",
+         "reload-broken", "spool-full", "engine-flap", "campaign"]
 
 
 def run_scenario(sc, args, workdir):

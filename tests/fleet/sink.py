@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A tenant's mail server for the fleet: an SMTP server that records every message to disk.
 
-    sink.py --listen 127.0.10.1:25 --dir DIR [--refuse-prefix nobody]
+    sink.py --listen 127.0.10.1:25 --dir DIR [--refuse-prefix nobody] [--tls-cert C --tls-key K]
 
 Each accepted message becomes DIR/<ns>-<n>.eml (the DATA bytes, dot-unstuffed, exactly as
-received) beside DIR/<ns>-<n>.json (envelope, peer, time of the end of DATA). Files are written
+received) beside DIR/<ns>-<n>.json (envelope, peer, time of the end of DATA, and the TLS
+version of the session or null when it was in clear). With --tls-cert/--tls-key the sink offers
+STARTTLS (RFC 3207: the session starts over after the handshake). Files are written
 to a temporary name and renamed, so a reader never sees half a message. Recipients whose local
 part starts with --refuse-prefix get `550 5.1.1` (the fleet's way of making the service bounce
 with a DSN). Stdlib only; one thread per connection, at most MAX_CONNS at once.
@@ -15,6 +17,7 @@ import json
 import os
 import socket
 import socketserver
+import ssl
 import threading
 import time
 
@@ -58,8 +61,17 @@ class Handler(socketserver.StreamRequestHandler):
         finally:
             slots.release()
 
+    def starttls(self):
+        """The 220 and the handshake; the session's files now read and write over TLS."""
+        self.reply("220 2.0.0 ready to start TLS")
+        self.connection = self.server.tls.wrap_socket(self.connection, server_side=True)
+        self.rfile = self.connection.makefile("rb")
+        self.wfile = self.connection.makefile("wb")
+        self.tls = self.connection.version()
+
     def session(self):
         srv = self.server
+        self.tls = None
         self.reply(f"220 {srv.hostname} ESMTP fleet sink")
         mail_from, rcpts = None, []
         while True:
@@ -69,13 +81,20 @@ class Handler(socketserver.StreamRequestHandler):
             if verb in (b"EHLO", b"HELO"):
                 mail_from, rcpts = None, []
                 if verb == b"EHLO":
+                    starttls = "250-STARTTLS\r\n" if srv.tls and not self.tls else ""
                     self.wfile.write(
-                        f"250-{srv.hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                        f"250-{srv.hostname}\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n"
                         f"250 SIZE {MAX_MESSAGE}\r\n".encode()
                     )
                     self.wfile.flush()
                 else:
                     self.reply(f"250 {srv.hostname}")
+            elif line.upper() == b"STARTTLS":
+                if not srv.tls or self.tls:
+                    self.reply("502 5.5.1 STARTTLS not available")
+                    continue
+                self.starttls()
+                mail_from, rcpts = None, []
             elif verb == b"MAIL":
                 mail_from, rcpts = addr(arg), []
                 self.reply("250 2.1.0 ok")
@@ -136,6 +155,7 @@ class Handler(socketserver.StreamRequestHandler):
             "peer": self.client_address[0],
             "time": time.time(),
             "sink": srv.label,
+            "tls": self.tls,
         }
         for suffix, content in ((".eml", data), (".json", json.dumps(meta).encode())):
             tmp = os.path.join(srv.dir, f".{name}{suffix}.tmp")
@@ -164,12 +184,18 @@ def main():
     p.add_argument("--label", default="sink")
     p.add_argument("--hostname", default="sink.fleet.test")
     p.add_argument("--refuse-prefix", default="")
+    p.add_argument("--tls-cert", help="PEM certificate chain: offer STARTTLS")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
     a = p.parse_args()
     host, port = a.listen.rsplit(":", 1)
     os.makedirs(a.dir, exist_ok=True)
     srv = Server((host, int(port)), Handler)
     srv.dir, srv.label, srv.hostname = a.dir, a.label, a.hostname
     srv.refuse_prefix = a.refuse_prefix.lower()
+    srv.tls = None
+    if a.tls_cert:
+        srv.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv.tls.load_cert_chain(a.tls_cert, a.tls_key)
     srv.serve_forever()
 
 

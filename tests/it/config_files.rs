@@ -223,3 +223,50 @@ fn garbage_is_an_error_not_a_panic() {
         );
     }
 }
+
+/// Inbound STARTTLS is on in every shipped config that runs an SMTP listener: production
+/// examples name certificate files, the loopback default makes a self-signed one (relative
+/// to the file, beside its spool).
+#[test]
+fn every_shipped_smtp_config_offers_starttls() {
+    for (file, self_signed) in [
+        ("config/edge.example.toml", false),
+        ("config/engine.example.toml", false),
+        ("config/maildistiller.toml", true),
+    ] {
+        let snap = maildistiller::node::load(&repo().join(file), RoleSet::ALL).unwrap();
+        let (edge, engine) = (&snap.config.edge, &snap.config.engine);
+        let (cert, key, made) = if file.contains("engine.") {
+            (&engine.tls_cert, &engine.tls_key, engine.tls_self_signed)
+        } else {
+            (&edge.tls_cert, &edge.tls_key, edge.tls_self_signed)
+        };
+        assert!(cert.is_some() && key.is_some(), "{file}: no certificate");
+        assert_eq!(made, self_signed, "{file}");
+        if self_signed {
+            assert!(cert.as_ref().unwrap().is_absolute(), "{file}: resolved");
+            assert_eq!(engine.tls_cert, edge.tls_cert, "{file}: one pair for both");
+        }
+    }
+}
+
+#[test]
+fn delivery_tls_settings_are_checked() {
+    let e = errors_of(&fleet_config(
+        r#"
+[[tenant]]
+id = "pinned"
+domains = ["pinned.example"]
+delivery = ["127.0.0.1:25"]
+tls = "never"
+tls_pin = ["AAAA"]
+tls_ca = "no-such-ca.pem"
+"#,
+    ));
+    assert_has(&e, "tenant[pinned].tls_pin: pins need TLS");
+    assert_has(&e, "tenant[pinned].tls_pin[0]: \"AAAA\" is 3 bytes");
+    assert_has(&e, "tenant[pinned].tls_ca: ");
+    assert_has(&e, "no-such-ca.pem");
+    let e = errors_of(&fleet_config("[edge]\ntls_self_signed = true\n"));
+    assert_has(&e, "edge.tls_self_signed: needs tls_cert and tls_key");
+}

@@ -17,6 +17,7 @@ use crate::support::*;
 
 mod conformance; // whole answers to gdnsd's t/ cases, RFC 6891, 3225, 8906
 mod harness;
+mod keys; // [dns] keys away from their defaults: TTLs, SOA, SPF name, UDP payload and threads, TCP cap
 mod malformed; // hand-encoded broken queries (gdnsd 019bad, 039clientsub)
 mod raw; // queries byte by byte, answers rendered whole
 mod tcp; // RFC 7766: pipelining, idle timeouts; truncation

@@ -14,32 +14,41 @@ use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
+mod keys; // [edge] keys away from their defaults: backlog, connect attempts, engine drain
+
 /// Four engines: lon1/uk (e0, e1), fra1/uk (e2), fra1/de (e3); an edge in lon1.
-pub struct Fleet {
+pub(crate) struct Fleet {
     _dir: tempfile::TempDir,
     engines: Vec<Option<TestEngine>>,
-    acme: Sink,
+    pub(crate) acme: Sink,
     globex: Sink,
     edge_ops: Arc<Ops>,
-    pub smtp: SocketAddr,
+    pub(crate) smtp: SocketAddr,
     tcp: SocketAddr,
 }
 
 impl Fleet {
-    pub async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
+    pub(crate) async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
+        Fleet::start_with(edge_extra, engine_max, "").await
+    }
+
+    /// `engine_extra` is appended to every engine's `[engine]`.
+    pub(crate) async fn start_with(edge_extra: &str, engine_max: u32, engine_extra: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let (acme, globex) = (Sink::start().await, Sink::start().await);
         let mut engines = Vec::new();
         for i in 0..4 {
             let spool = dir.path().join(format!("e{i}")).join("spool");
             std::fs::create_dir_all(spool.parent().unwrap()).unwrap();
-            let extra = "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
+            let extra = format!(
+                "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{engine_extra}"
+            );
             engines.push(Some(
                 TestEngine::start_named(
                     &spool,
                     acme.addr,
                     globex.addr,
-                    extra,
+                    &extra,
                     &format!("e{i}.test"),
                 )
                 .await,
@@ -160,7 +169,7 @@ impl Drop for Fleet {
 }
 
 /// Connects from a chosen loopback source address (the geo overrides place 127.0.0.2 in GB).
-pub async fn client_from(src: &str, edge: SocketAddr) -> Client {
+pub(crate) async fn client_from(src: &str, edge: SocketAddr) -> Client {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
     let s = sock.connect(edge).await.unwrap();
@@ -359,6 +368,94 @@ async fn admission_limits_answer_before_the_banner() {
     d.expect("554 5.7.1").await;
 }
 
+/// What the sender is told after DATA is the same whether the policy delivers or quarantines:
+/// a spammer cannot learn which of its messages were caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_cannot_tell_quarantined_from_delivered_mail() {
+    let f = Fleet::start_with(
+        "",
+        100,
+        "[policy.default]\nscanners = { auth = false, dnsbl = false }\n\
+         rule = [{ name = \"catch\", target = \"subject\", pattern = \"CATCH\", action = \"quarantine\" }]\n",
+    )
+    .await;
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    let delivered = c
+        .mail("alice@sender.example", &["bob@acme.example"], &msg("fine"))
+        .await;
+    c.cmd("RSET", "250").await;
+    let caught = c
+        .mail(
+            "alice@sender.example",
+            &["bob@acme.example"],
+            &msg("CATCH me"),
+        )
+        .await;
+    let shape = |r: &str| {
+        let (head, id) = r.trim_end().rsplit_once(' ').unwrap();
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{r}"
+        );
+        head.to_owned()
+    };
+    assert_eq!(shape(&delivered), "250 2.0.0 Ok: queued as");
+    assert_eq!(
+        shape(&caught),
+        shape(&delivered),
+        "{caught:?} vs {delivered:?}"
+    );
+    assert!(until(Duration::from_secs(10), || f.acme.messages().len() == 1).await);
+    let quarantined = f
+        .engines
+        .iter()
+        .flatten()
+        .flat_map(|e| e.store.list())
+        .filter(|l| l.state == maildistiller::store::State::Quarantined)
+        .count();
+    assert_eq!(quarantined, 1, "the second one was caught");
+}
+
+/// `edge.exempt`: a partner's network passes the per-address and per-prefix limits that still
+/// stop everyone else from the same /24, without `allow`-only mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_networks_pass_the_per_address_limits() {
+    let f = Fleet::start(
+        "max_connections_per_ip = 1\nmax_connections_per_prefix = 1\nconnect_rate_per_ip = 1\n\
+         connect_rate_per_prefix = 1\nexempt = [\"127.0.0.6/32\"]\n",
+        100,
+    )
+    .await;
+    let _first = client_from("127.0.0.5", f.smtp).await;
+    let refused = |src: &'static str| {
+        let smtp = f.smtp;
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+            let mut c = Client::from_stream(sock.connect(smtp).await.unwrap());
+            c.expect("421 4.7.0").await;
+        }
+    };
+    refused("127.0.0.5").await;
+    refused("127.0.0.7").await;
+    // The exempt partner: several connections at once, each one serves mail.
+    let mut partner = Vec::new();
+    for _ in 0..4 {
+        partner.push(client_from("127.0.0.6", f.smtp).await);
+    }
+    for (i, c) in partner.iter_mut().enumerate() {
+        let r = c
+            .mail(
+                "bulk@partner.example",
+                &["bob@acme.example"],
+                &msg(&format!("p{i}")),
+            )
+            .await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    assert!(until(Duration::from_secs(10), || f.acme.messages().len() == 4).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pregreet_talkers_are_refused() {
     let f = Fleet::start("greeting_delay = \"300ms\"\n", 100).await;
@@ -380,21 +477,6 @@ async fn the_edge_error_cap_is_configured() {
     c.cmd("MAIL FROM:<a@sender.example>", "250").await;
     c.cmd("RCPT TO:<x@elsewhere.example>", "421 4.7.0").await;
     assert!(c.closed().await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smuggling_through_the_edge_is_one_message() {
-    let f = Fleet::start("", 100).await;
-    let mut c = client_from("127.0.0.2", f.smtp).await;
-    c.cmd("EHLO client.example", "250").await;
-    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
-    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
-    c.cmd("DATA", "354").await;
-    c.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<ceo@acme.example>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\nevil\r\n.\r\n").await;
-    c.expect("550 5.6.0").await;
-    c.cmd("NOOP", "250").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(f.acme.messages().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,4 +637,24 @@ async fn operators_drain_engines_through_the_ops_api() {
             .0,
         404
     );
+}
+
+/// `edge.max_line_length` and `edge.data_timeout`, as a client of the edge meets them (the
+/// defaults, 1000 bytes and 10 m, would accept both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_line_and_data_limits_are_configured() {
+    let f = Fleet::start("max_line_length = 512\ndata_timeout = \"1s\"\n", 100).await;
+    let mut c = client_from("127.0.0.2", f.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(505)), "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(506)), "500 5.5.2")
+        .await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: slow\r\n").await;
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(f.acme.messages().is_empty());
 }

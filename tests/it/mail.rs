@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A client session: `s.cmd("RCPT TO:<a@b>", "250").await`.
@@ -101,6 +101,8 @@ pub struct Got {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: String,
+    /// The session had done STARTTLS.
+    pub tls: bool,
 }
 
 /// What the sink answers to RCPT for an address (default 250).
@@ -122,10 +124,22 @@ pub struct Sink {
     /// engine, told the server is back, has already connected to deliver.
     sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub max_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Mail sessions in all, counted as `sessions` is: delivery connections that sent mail.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// RSET commands received.
     pub rsets: Arc<std::sync::atomic::AtomicUsize>,
     /// MAIL commands refused because a transaction was still open (a real server's 503).
     pub nested_mail: Arc<std::sync::atomic::AtomicUsize>,
+    /// STARTTLS with this certificate, when set ([`Sink::offer_tls`]).
+    tls: Arc<Mutex<Option<Arc<rustls::ServerConfig>>>>,
+    /// Leave STARTTLS out of EHLO although configured (what a downgrading attacker does).
+    strip_starttls: Arc<std::sync::atomic::AtomicBool>,
+    /// Answer STARTTLS with 220, then hang up instead of a handshake (a broken TLS stack).
+    break_tls: Arc<std::sync::atomic::AtomicBool>,
+    /// MAIL commands that arrived in clear text.
+    pub plain_mail: Arc<std::sync::atomic::AtomicUsize>,
+    /// TLS handshakes completed.
+    pub handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -141,8 +155,14 @@ impl Sink {
             behaviour: Arc::default(),
             sessions: Arc::default(),
             max_sessions: Arc::default(),
+            connections: Arc::default(),
             rsets: Arc::default(),
             nested_mail: Arc::default(),
+            tls: Arc::default(),
+            strip_starttls: Arc::default(),
+            break_tls: Arc::default(),
+            plain_mail: Arc::default(),
+            handshakes: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -169,6 +189,38 @@ impl Sink {
         self.behaviour.lock().unwrap().data_reply = reply.map(str::to_owned);
     }
 
+    /// Offers STARTTLS with `cert` (PEM chain) and `key` from now on; `None` stops offering it.
+    pub fn offer_tls(&self, pair: Option<(&str, &str)>) {
+        use rustls_pki_types::pem::PemObject;
+        let config = pair.map(|(cert, key)| {
+            maildistiller::tls::install_provider();
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("test certificate");
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("test key");
+            Arc::new(
+                rustls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .expect("test certificate and key fit"),
+            )
+        });
+        *self.tls.lock().unwrap() = config;
+    }
+
+    /// Leaves STARTTLS out of EHLO (an attacker on the path stripping it), or stops doing so.
+    pub fn strip_starttls(&self, strip: bool) {
+        self.strip_starttls
+            .store(strip, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes STARTTLS fail after its 220 (the connection closes), or work again.
+    pub fn break_tls(&self, broken: bool) {
+        self.break_tls
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn messages(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
     }
@@ -183,9 +235,29 @@ impl Sink {
     }
 
     async fn session_inner(&self, stream: TcpStream, counted: &mut bool) {
-        let (r, mut w) = stream.into_split();
+        let mut stream = stream;
+        let _ = stream.write_all(b"220 sink.test ESMTP\r\n").await;
+        let tls = match self.commands(stream, counted, false).await {
+            Some((plain, cfg)) => tokio_rustls::TlsAcceptor::from(cfg).accept(plain).await,
+            None => return,
+        };
+        if let Ok(tls) = tls {
+            self.handshakes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.commands(tls, counted, true).await;
+        }
+    }
+
+    /// Serves commands until the session ends (`None`) or STARTTLS is accepted: then the
+    /// stream to start TLS on, nothing of it read beyond the command.
+    async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        counted: &mut bool,
+        tls: bool,
+    ) -> Option<(S, Arc<rustls::ServerConfig>)> {
+        let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
         let mut from = String::new();
         let mut rcpts = Vec::new();
         // Between an accepted MAIL and the reply to the data (or RSET), as in RFC 5321.
@@ -193,22 +265,53 @@ impl Sink {
         loop {
             let mut line = String::new();
             if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
+                return None;
             }
             let upper = line.to_ascii_uppercase();
+            let offer = if tls
+                || self
+                    .strip_starttls
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                None
+            } else {
+                self.tls.lock().unwrap().clone()
+            };
             let reply: String = if upper.starts_with("EHLO") {
-                "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+                let starttls = if offer.is_some() {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
+                format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250 8BITMIME\r\n")
+            } else if upper.starts_with("STARTTLS") {
+                let Some(cfg) = offer else {
+                    let _ = w.write_all(b"502 5.5.1 no STARTTLS\r\n").await;
+                    continue;
+                };
+                let _ = w.write_all(b"220 2.0.0 go ahead\r\n").await;
+                if !r.buffer().is_empty()
+                    || self.break_tls.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return None;
+                }
+                return Some((r.into_inner().unsplit(w), cfg));
             } else if upper.starts_with("MAIL FROM:") && in_transaction {
                 self.nested_mail
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 "503 5.5.1 nested MAIL command\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
+                if !tls {
+                    self.plain_mail
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 in_transaction = true;
                 if !*counted {
                     use std::sync::atomic::Ordering;
                     *counted = true;
                     let now = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
                     self.max_sessions.fetch_max(now, Ordering::SeqCst);
+                    self.connections.fetch_add(1, Ordering::SeqCst);
                 }
                 from = line[10..]
                     .trim()
@@ -248,7 +351,7 @@ impl Sink {
                     loop {
                         let mut l = String::new();
                         if r.read_line(&mut l).await.unwrap_or(0) == 0 {
-                            return;
+                            return None;
                         }
                         if l == ".\r\n" {
                             break;
@@ -269,6 +372,7 @@ impl Sink {
                                 from: from.clone(),
                                 rcpts: rcpts.clone(),
                                 data,
+                                tls,
                             });
                             "250 2.0.0 ok\r\n".into()
                         }
@@ -281,12 +385,12 @@ impl Sink {
                 "250 ok\r\n".into()
             } else if upper.starts_with("QUIT") {
                 let _ = w.write_all(b"221 bye\r\n").await;
-                return;
+                return None;
             } else {
                 "250 ok\r\n".into()
             };
             if w.write_all(reply.as_bytes()).await.is_err() {
-                return;
+                return None;
             }
         }
     }

@@ -7,12 +7,18 @@ mod cli;
 mod config_files;
 /// The real engine binary under SIGKILL: no acknowledged message is lost.
 mod crash;
+/// TLS on delivery against a STARTTLS sink with a test CA: opportunistic, required, pins, MTA-STS.
+mod delivery_tls;
 /// GeoDNS in-process: geo answers, ECS scope, tenants, MX, negative cases, TC/TCP, health, fuzz.
 mod dns;
 /// The edge in front of in-process engines: routing, failover, spill-over, admission, TLS, layer 4.
 mod edge;
 /// The engine in-process: reception, PROXY, smuggling, delivery, held mail, DSN, recovery.
 mod engine;
+/// Inbound STARTTLS: self-signed at first start, renewed certificates picked up on reload.
+mod inbound_tls;
+/// Top-level config keys away from their defaults: include, geo reload interval.
+mod keys;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.
@@ -21,7 +27,11 @@ mod ops_process;
 mod scan;
 /// The fleet's shared store against a real redis-server: campaigns, greylisting, Redis killed.
 mod shared;
+/// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.
+mod smuggling;
 /// Helpers: temp configs, the binary, a tiny HTTP client.
 mod support;
+/// Recipient verification: 550 at RCPT through the edge, call-ahead cache, held mail while down, recipient files.
+mod verify;
 /// Webmail over HTTPS: sign-in, lockout, CSRF, isolation, release/delete, hostile HTML, peers.
 mod webmail;

@@ -3,10 +3,11 @@
 //! a loopback DNS server for SPF/DKIM/DMARC/DNSBL and fake (or, when `MAILDISTILLER_CLAMD` is
 //! set, real) external scanners.
 
-mod dns; // the loopback test zone (tests/fixtures/scan/zone.toml)
+pub mod dns; // the loopback test zone (tests/fixtures/scan/zone.toml)
 mod external; // clamd and rspamd: fakes, failures, fail-open vs temp-fail, real clamd
 mod harness; // config + scanner + envelopes + fixture cases
 mod hostile; // bombs, 10,000 parts, 100-level nesting, broken encodings, random mutations
+mod keys; // policy keys away from their defaults: actions, switches, budgets, resolver, sizes
 mod policy; // actions, headers, shadow mode, overrides, lists, metrics, config errors
 mod rspamd; // the real rspamd (tests/rspamd/start.sh): verdicts, failures counted, learning, fuzzy
 #[path = "../../bench/scan/throughput.rs"]

@@ -271,13 +271,7 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
             )
             .await;
         assert!(reply.starts_with("250"), "copy {i}: {reply}");
-        let id = reply
-            .trim()
-            .trim_end_matches(" (quarantined)")
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_owned();
+        let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
         let listed = engine
             .store
             .list()
@@ -637,8 +631,9 @@ async fn an_intel_block_reaches_every_engine_and_is_cited() {
     let msg = "From: a@sender.example\r\nTo: bob@acme.example\r\nSubject: hi\r\n\r\nsee http://login.evil.example/reset now\r\n";
     let mut c = via(&e2, "192.0.2.60").await;
     let reply = c.mail("a@sender.example", &["bob@acme.example"], msg).await;
-    assert!(reply.contains("quarantined"), "{reply}");
+    assert!(reply.starts_with("250"), "{reply}");
     let l = e2.store.list();
+    assert_eq!(l[0].state.as_str(), "quarantined");
     let v = &l[0].env.verdict;
     assert!(
         v.contains("intel.block") && v.contains("phishing kit"),

@@ -4,7 +4,11 @@
 //! the `user` command.
 
 mod cluster;
+mod first_start; // the loopback default: webmail, its certificate and demo user at first start
 mod harness;
+mod keys; // [engine.webmail] keys away from their defaults: sessions, sign-in limits, timeouts, sizes, texts
+mod rules; // issue 15: release rights, per-recipient release, origins, redirects, allow lists
+
 #[path = "../../bench/webmail/page_load.rs"]
 mod page_load; // the page-load benchmark (bench/webmail/run.sh runs it in release mode)
 
@@ -287,7 +291,7 @@ async fn release_delivers_delete_removes_and_policy_can_reserve_release() {
     let dir = tempfile::tempdir().unwrap();
     let (a, g) = (Sink::start().await, Sink::start().await);
     let mut s = Setup::new(a.addr, g.addr);
-    s.webmail = "admin_release_only = [\"virus\", \"dangerous\"]\n";
+    s.webmail = "admin_release_only = [\"virus\", \"macro\"]\n";
     let e = WebEngine::start(dir.path(), &s).await;
     e.send(
         "a@sender.example",
@@ -644,40 +648,6 @@ async fn allow_this_sender_writes_the_users_list() {
         "bob@acme.example",
         "alice@sender.example"
     ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_is_redirected_to_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, g) = (Sink::start().await, Sink::start().await);
-    let port = crate::support::free_port();
-    let mut s = Setup::new(a.addr, g.addr);
-    let extra = format!("http_redirect_listen = [\"127.0.0.1:{port}\"]\n");
-    s.webmail = &extra;
-    let e = WebEngine::start(dir.path(), &s).await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /inbox?view=held HTTP/1.1\r\nHost: mail.acme.example\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
-    assert!(r.starts_with("HTTP/1.1 308"), "{r}");
-    let want = format!(
-        "location: https://mail.acme.example:{}/inbox?view=held",
-        e.web.port()
-    );
-    assert!(r.to_lowercase().contains(&want), "{r}");
-    // Plain HTTP on the HTTPS port is refused by TLS, never served.
-    let web = e.web;
-    let plain = tokio::task::spawn_blocking(move || crate::support::http(web, "GET", "/inbox"))
-        .await
-        .unwrap();
-    assert!(plain.is_none() || plain.is_some_and(|(code, _)| code != 200));
 }
 
 #[test]

@@ -1,5 +1,13 @@
-//! A small SMTP client for delivery: connect, EHLO (HELO fallback), then any number of
-//! transactions over one connection with PIPELINING when offered, then QUIT.
+//! A small SMTP client for delivery: connect, EHLO (HELO fallback), STARTTLS as the
+//! destination's TLS [`Plan`] says, then any number of transactions over one connection with
+//! PIPELINING when offered, then QUIT.
+//!
+//! STARTTLS (RFC 3207): offered and the plan allows it -> `STARTTLS`, `220`, handshake (judged by
+//! `tls::client`), EHLO again, and everything learnt from the first EHLO is forgotten. A plan
+//! that requires TLS gets an error ([`ClientError::Tls`]) before anything of the mail is written
+//! when STARTTLS is not offered (a downgrade strips it), is refused, or the handshake or the
+//! certificate fails. An opportunistic plan whose handshake fails connects once more and
+//! delivers in clear, as MTAs do.
 //!
 //! Every read has a timeout and a size bound; a server that misbehaves costs a deferral, never a
 //! hang or unbounded memory.
@@ -7,12 +15,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::tls::Plan;
+use crate::config::DeliveryTls;
 use crate::net::connect_from;
 use crate::smtp::data::stuff;
 use crate::smtp::reply::{self, Received};
+use crate::tls::client::{Facts, handshake};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,17 +39,36 @@ pub enum ClientError {
     /// The server answered the greeting or EHLO with an error.
     #[error("refused: {0}")]
     Refused(String),
+    /// No connection could meet the destination's TLS plan (the reason of the last one).
+    #[error("{0}")]
+    Policy(String),
+    /// The destination's TLS plan cannot be met on this connection; nothing was sent.
+    #[error("{host} [{addr}]: {why}; TLS required ({by}): not sent in clear")]
+    Tls {
+        by: &'static str,
+        host: String,
+        addr: SocketAddr,
+        why: String,
+    },
 }
+
+/// Either side of STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An open session with a destination server.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
     pub peer: SocketAddr,
     pub pipelining: bool,
     pub size_limit: Option<u64>,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// The TLS of this session; `None` in clear.
+    pub tls: Option<Facts>,
+    /// The last EHLO offered STARTTLS.
+    offers_starttls: bool,
     timeout: Duration,
 }
 
@@ -55,9 +84,43 @@ pub struct TransactionResult {
     pub data_refused: Option<Received>,
 }
 
+/// Where a connection goes and how it must use TLS.
+pub struct Target<'a> {
+    pub addr: SocketAddr,
+    /// The host name the certificate must be valid for (the tenant's delivery host or the MX).
+    pub host: &'a str,
+    pub plan: &'a Plan,
+}
+
+/// How an opportunistic STARTTLS ended when it did not give TLS.
+enum Upgrade {
+    Done,
+    /// The handshake broke the connection: connect again in clear.
+    Broken(String),
+}
+
 impl Client {
-    /// Connects (from `source` if given) and greets. `helo` is our name.
+    /// Connects (from `source` if given), greets and does STARTTLS as `to.plan` says. `helo`
+    /// is our name.
     pub async fn connect(
+        to: &Target<'_>,
+        source: Option<std::net::IpAddr>,
+        helo: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut c = Client::greet(to.addr, source, helo, connect_timeout, timeout).await?;
+        match c.upgrade(to, helo).await? {
+            Upgrade::Done => Ok(c),
+            Upgrade::Broken(why) => {
+                tracing::info!(host = to.host, address = %to.addr, error = %why, "STARTTLS handshake failed; delivering in clear (opportunistic)");
+                Client::greet(to.addr, source, helo, connect_timeout, timeout).await
+            }
+        }
+    }
+
+    /// TCP, the greeting, EHLO (HELO when EHLO is refused).
+    async fn greet(
         addr: SocketAddr,
         source: Option<std::net::IpAddr>,
         helo: &str,
@@ -70,13 +133,15 @@ impl Client {
             .map_err(|e| ClientError::Connect(addr, e))?;
         let _ = stream.set_nodelay(true);
         let mut c = Client {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::with_capacity(4096),
             peer: addr,
             pipelining: false,
             size_limit: None,
             eight_bit: false,
             smtputf8: false,
+            tls: None,
+            offers_starttls: false,
             timeout,
         };
         let greeting = c.read_reply("greeting").await?;
@@ -87,26 +152,87 @@ impl Client {
                 greeting.text()
             )));
         }
-        c.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
-        let ehlo = c.read_reply("EHLO").await?;
+        c.hello(helo).await?;
+        Ok(c)
+    }
+
+    /// EHLO (HELO when refused); learns the extensions.
+    async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
+        self.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let ehlo = self.read_reply("EHLO").await?;
         if ehlo.code == 250 {
-            c.pipelining = ehlo.has_extension("PIPELINING");
-            c.eight_bit = ehlo.has_extension("8BITMIME");
-            c.smtputf8 = ehlo.has_extension("SMTPUTF8");
-            c.size_limit = ehlo
+            self.pipelining = ehlo.has_extension("PIPELINING");
+            self.eight_bit = ehlo.has_extension("8BITMIME");
+            self.smtputf8 = ehlo.has_extension("SMTPUTF8");
+            self.size_limit = ehlo
                 .lines
                 .iter()
                 .skip(1)
                 .find_map(|l| l.strip_prefix("SIZE ").and_then(|n| n.trim().parse().ok()))
                 .filter(|n| *n > 0);
-        } else {
-            c.send(format!("HELO {helo}\r\n").as_bytes()).await?;
-            let r = c.read_reply("HELO").await?;
-            if r.code != 250 {
-                return Err(ClientError::Refused(format!("{} {}", r.code, r.text())));
-            }
+            self.offers_starttls = ehlo.has_extension("STARTTLS");
+            return Ok(());
         }
-        Ok(c)
+        self.offers_starttls = false;
+        self.pipelining = false;
+        self.eight_bit = false;
+        self.smtputf8 = false;
+        self.size_limit = None;
+        self.send(format!("HELO {helo}\r\n").as_bytes()).await?;
+        let r = self.read_reply("HELO").await?;
+        if r.code != 250 {
+            return Err(ClientError::Refused(format!("{} {}", r.code, r.text())));
+        }
+        Ok(())
+    }
+
+    /// STARTTLS as the plan says (see the module docs).
+    async fn upgrade(&mut self, to: &Target<'_>, helo: &str) -> Result<Upgrade, ClientError> {
+        let required = to.plan.requires_tls();
+        let refuse = |why: String| ClientError::Tls {
+            by: to.plan.source,
+            host: to.host.to_owned(),
+            addr: to.addr,
+            why,
+        };
+        if to.plan.mode == DeliveryTls::Never {
+            return Ok(Upgrade::Done);
+        }
+        if !self.offers_starttls {
+            return match required {
+                true => Err(refuse("STARTTLS not offered".into())),
+                false => Ok(Upgrade::Done),
+            };
+        }
+        self.send(b"STARTTLS\r\n").await?;
+        let r = self.read_reply("STARTTLS").await?;
+        if r.code != 220 {
+            return match required {
+                true => Err(refuse(format!("STARTTLS refused: {} {}", r.code, r.text()))),
+                false => Ok(Upgrade::Done),
+            };
+        }
+        if !self.buf.is_empty() {
+            // Bytes after the 220 came in clear and would be read as if over TLS (the
+            // STARTTLS command injection of CVE-2011-0411, the other way round).
+            return Err(ClientError::Protocol(
+                "data after the 220 to STARTTLS".into(),
+            ));
+        }
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::empty()));
+        let shake = tokio::time::timeout(self.timeout, handshake(plain, to.host, &to.plan.policy));
+        match shake.await {
+            Ok(Ok((tls, facts))) => {
+                self.stream = Box::new(tls);
+                self.tls = Some(facts);
+                self.hello(helo).await?;
+                Ok(Upgrade::Done)
+            }
+            Ok(Err(e)) if required => Err(refuse(e.to_string())),
+            Err(_) if required => Err(refuse("TLS handshake timed out".into())),
+            Ok(Err(e)) => Ok(Upgrade::Broken(e.to_string())),
+            Err(_) => Ok(Upgrade::Broken("TLS handshake timed out".into())),
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
@@ -253,6 +379,17 @@ impl Client {
             return Err(ClientError::Protocol(format!("RSET answered {}", r.code)));
         }
         Ok(())
+    }
+
+    /// Sends one command line (without CRLF) and reads its reply: the recipient call-ahead's
+    /// MAIL, RCPT and RSET (`engine::verify`).
+    pub async fn command(
+        &mut self,
+        line: &str,
+        what: &'static str,
+    ) -> Result<Received, ClientError> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply(what).await
     }
 
     pub async fn quit(mut self) {

@@ -6,17 +6,23 @@
 //! Delivery works with [`Delivery`]: the store (it takes messages from it and settles them
 //! there), the config and metrics — not the engine's whole shared state.
 //!
+//! How a destination's connections use TLS is its plan (`tls.rs`: a tenant's `tls`, `tls_ca`,
+//! `tls_pin`, or MTA-STS for mail by MX, `mta_sts.rs`); `connect.rs` finds the hosts and gets a
+//! session that meets the plan, or the reason none does, which defers the mail (never in clear).
+//!
 //! Bounds: `delivery.max_connections` workers in all, `connections_per_destination` per
 //! destination, one probe task per down destination; one rate limiter per tenant with a
 //! `delivery_rate`.
 
 pub mod client;
+mod connect;
 pub mod dsn;
+pub mod mta_sts;
 mod mx;
 mod outcome;
+pub mod tls;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +33,8 @@ use crate::config::DeliveryConfig;
 use crate::ops::Ops;
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, InFlight, Kind, QueueId, Status, Store, now_secs};
-use client::Client;
+use client::ClientError;
+use connect::Connected;
 pub use outcome::{Outcome, apply};
 
 /// What delivery works with.
@@ -39,6 +46,10 @@ pub struct Delivery {
     hostname: String,
     /// Per-tenant delivery rate limiters (tenant id -> (rate, limiter)); bounded by the tenants.
     limiters: Mutex<HashMap<String, (u32, Arc<ratelimit::Ratelimiter>)>>,
+    /// Each tenant's TLS plan for the config in force.
+    plans: connect::Plans,
+    /// MTA-STS policies of domains mail goes to by MX.
+    mta_sts: mta_sts::MtaSts,
 }
 
 impl Delivery {
@@ -49,6 +60,8 @@ impl Delivery {
             metrics,
             hostname,
             limiters: Mutex::new(HashMap::new()),
+            plans: Default::default(),
+            mta_sts: connect::mta_sts(),
         }
     }
 
@@ -156,103 +169,43 @@ pub async fn dispatcher(shared: Arc<Delivery>) {
     workers.wait().await;
 }
 
-/// Addresses to try for a destination, in order.
-/// A destination whose domain publishes a null MX (RFC 7505): it takes no mail.
-struct NullMx;
-
-async fn resolve(shared: &Delivery, dest: &Dest) -> Result<Vec<SocketAddr>, NullMx> {
-    // Read what is needed from the config snapshot, then let it go before any lookup.
-    let (tenant_hosts, relay) = {
-        let snap = shared.ops.config.load();
-        let hosts: Vec<(String, u16)> = match dest {
-            Dest::Tenant(id) => snap
-                .topology
-                .tenant(id)
-                .map(|t| {
-                    t.delivery
-                        .iter()
-                        .map(|h| (h.host.clone(), h.port))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Dest::Domain(_) => Vec::new(),
-        };
-        (hosts, snap.config.engine.delivery.relay.clone())
-    };
-    let hosts: Vec<(String, u16)> = match (dest, relay) {
-        (Dest::Tenant(_), _) => tenant_hosts,
-        (Dest::Domain(_), Some(r)) => r
-            .parse::<crate::config::DeliveryHost>()
-            .map(|h| vec![(h.host, h.port)])
-            .unwrap_or_default(),
-        // MX records, lowest preference first; the domain itself only without any MX.
-        (Dest::Domain(domain), None) => match mx::exchanges(domain).await {
-            mx::Exchanges::Hosts(hosts) => hosts.into_iter().map(|h| (h, 25)).collect(),
-            mx::Exchanges::Null => return Err(NullMx),
-            mx::Exchanges::Unknown(e) => {
-                tracing::info!(%domain, error = %e, "MX lookup failed; will retry");
-                Vec::new()
-            }
-        },
-    };
-    let mut out = Vec::new();
-    for (host, port) in hosts {
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            out.push(SocketAddr::new(ip, port));
-        } else if let Ok(addrs) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::net::lookup_host((host.as_str(), port)),
-        )
-        .await
-            && let Ok(addrs) = addrs
-        {
-            out.extend(addrs);
-        }
+/// A session with the first host of `dest` that answers and meets its TLS plan, opened
+/// exactly as a delivery opens one (the same hosts in order, egress source address, STARTTLS
+/// as the tenant's `tls` says, timeouts): what the recipient call-ahead (`engine::verify`)
+/// talks to, so a tenant that requires TLS never sees its recipients' addresses in clear.
+/// `None` when no host gave one.
+pub async fn open_session(shared: &Delivery, dest: &Dest) -> Option<client::Client> {
+    match connect::connect(shared, dest).await {
+        Connected::Session(c) => Some(c),
+        Connected::Unreachable | Connected::Refused(_) | Connected::NullMx => None,
     }
-    Ok(out)
-}
-
-async fn connect(shared: &Delivery, dest: &Dest) -> Result<Option<Client>, NullMx> {
-    let cfg = shared.config();
-    for addr in resolve(shared, dest).await? {
-        let source = crate::net::source_for(&cfg.source_addresses, addr);
-        match Client::connect(
-            addr,
-            source,
-            &shared.hostname,
-            cfg.connect_timeout.get(),
-            cfg.command_timeout.get(),
-        )
-        .await
-        {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) => {
-                tracing::info!(destination = %dest, address = %addr, error = %e, "delivery connection failed")
-            }
-        }
-    }
-    Ok(None)
 }
 
 async fn worker(shared: &Arc<Delivery>, dest: &Dest) {
     let cfg = shared.config();
     // At shutdown nothing is in flight yet: stop connecting at once.
     let connected = tokio::select! {
-        c = connect(shared, dest) => c,
+        c = connect::connect(shared, dest) => c,
         _ = shared.ops.shutdown.cancelled() => return,
     };
-    let connected = match connected {
-        Ok(c) => c,
-        Err(NullMx) => return refuse_all(shared, dest).await,
-    };
-    let Some(mut client) = connected else {
-        if shared.store.connect_failed(dest, cfg.dead_after) {
-            tracing::warn!(destination = %dest, "destination down: holding its mail and probing every {}", cfg.probe_interval);
-            shared.metrics.destination_up(dest, false);
-            spawn_probe(shared.clone(), dest.clone());
+    let mut client = match connected {
+        Connected::Session(c) => c,
+        Connected::NullMx => return refuse_all(shared, dest).await,
+        Connected::Unreachable | Connected::Refused(_) => {
+            let down = shared.store.connect_failed(dest, cfg.dead_after);
+            if let Connected::Refused(why) = connected {
+                defer_for_tls(shared, dest, &why).await;
+            }
+            if down {
+                tracing::warn!(destination = %dest, "destination down: holding its mail and probing every {}", cfg.probe_interval);
+                shared.metrics.destination_up(dest, false);
+                spawn_probe(shared.clone(), dest.clone());
+            }
+            return;
         }
-        return;
     };
+    let tls = tls::describe(client.tls.as_ref());
+    let tls_result = tls::result_label(client.tls.as_ref());
     shared.store.connect_ok(dest);
     shared.metrics.destination_up(dest, true);
     for _ in 0..cfg.messages_per_connection {
@@ -294,8 +247,9 @@ async fn worker(shared: &Arc<Delivery>, dest: &Dest) {
         // stopped before (DATA refused) leaves MAIL and RCPT state on the server to reset.
         let unfinished = matches!(&result, Ok(r) if r.data.is_none() && r.mail.is_positive());
         let lifetime = shared.message_lifetime();
+        shared.metrics.delivery_tls(&env.tenant, tls_result);
         let outcome = apply(&env, &state, &pending, result, now_secs(), lifetime, &cfg);
-        finish(shared, msg, &message, outcome).await;
+        finish(shared, msg, &message, outcome, &tls).await;
         if broken {
             return;
         }
@@ -325,12 +279,32 @@ async fn refuse_all(shared: &Arc<Delivery>, dest: &Dest) {
             lifetime,
             &cfg,
         );
-        finish(shared, msg, &[], outcome).await;
+        finish(shared, msg, &[], outcome, "none").await;
     }
 }
 
-/// Records an outcome in the store (DSNs first), and counts it.
-async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcome) {
+/// Defers the mail waiting for a destination whose servers answer but cannot meet its TLS
+/// plan (at most `messages_per_connection` at a time, as one connection would have taken):
+/// each message records `why` (`queue show`) and waits for its next try; nothing was sent.
+async fn defer_for_tls(shared: &Arc<Delivery>, dest: &Dest, why: &str) {
+    let cfg = shared.config();
+    let lifetime = shared.message_lifetime();
+    for _ in 0..cfg.messages_per_connection {
+        let Some(msg) = shared.store.take(dest) else {
+            break;
+        };
+        let (env, state) = (msg.envelope().clone(), msg.progress().clone());
+        let pending: Vec<usize> = state.pending().collect();
+        shared.metrics.delivery_tls(&env.tenant, "failed_required");
+        let err = Err(ClientError::Policy(why.to_owned()));
+        let outcome = apply(&env, &state, &pending, err, now_secs(), lifetime, &cfg);
+        finish(shared, msg, &[], outcome, "refused").await;
+    }
+}
+
+/// Records an outcome in the store (DSNs first), and counts it. `tls` describes the
+/// connection for the log line (`tls::describe`).
+async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcome, tls: &str) {
     let env = msg.envelope().clone();
     let tenant = env.tenant.as_str();
     if !o.delivered.is_empty() {
@@ -371,10 +345,10 @@ async fn finish(shared: &Arc<Delivery>, msg: InFlight, message: &[u8], o: Outcom
         return;
     }
     if done {
-        tracing::info!(id = %env.id, tenant, delivered = o.delivered.len(), failed = o.failures.len(), "message done");
+        tracing::info!(id = %env.id, tenant, delivered = o.delivered.len(), failed = o.failures.len(), tls, "message done");
     } else {
         shared.metrics.deferred(tenant);
-        tracing::info!(id = %env.id, tenant, attempts, error = %error, "delivery deferred");
+        tracing::info!(id = %env.id, tenant, attempts, error = %error, tls, "delivery deferred");
     }
 }
 
@@ -416,21 +390,11 @@ fn spawn_probe(shared: Arc<Delivery>, dest: Dest) {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shared.ops.shutdown.cancelled() => return,
             }
-            let addrs = resolve(&shared, &dest).await.unwrap_or_default();
-            let timeout = shared
-                .config()
-                .connect_timeout
-                .get()
-                .min(Duration::from_secs(5));
-            let sources = shared.config().source_addresses.clone();
-            for a in addrs {
-                let source = crate::net::source_for(&sources, a);
-                if client::probe(a, source, timeout).await {
-                    let n = shared.store.dest_up(&dest);
-                    shared.metrics.destination_up(&dest, true);
-                    tracing::info!(destination = %dest, address = %a, held = n, "destination is back: delivering held mail now");
-                    return;
-                }
+            if let Some(a) = connect::probe(&shared, &dest).await {
+                let n = shared.store.dest_up(&dest);
+                shared.metrics.destination_up(&dest, true);
+                tracing::info!(destination = %dest, address = %a, held = n, "destination is back: delivering held mail now");
+                return;
             }
         }
     });

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use crate::config::policy::PolicyAction;
+use crate::config::webmail::FindingKind;
 
 /// Which of the policy's actions a finding can trigger (besides adding its score).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +45,21 @@ impl Category {
             Category::Unscannable => "unscannable",
             Category::DmarcReject | Category::DmarcQuarantine => "dmarc",
             Category::Listed => "listed",
+        }
+    }
+
+    /// The kind a quarantined message records for this category (release rights are given by
+    /// kind: `engine.webmail.admin_release_only`).
+    pub fn kind(self) -> FindingKind {
+        match self {
+            Category::Spam => FindingKind::Spam,
+            Category::Virus => FindingKind::Virus,
+            Category::Attachment => FindingKind::Attachment,
+            Category::EncryptedArchive => FindingKind::Encrypted,
+            Category::Macro => FindingKind::Macro,
+            Category::Unscannable => FindingKind::Unscannable,
+            Category::DmarcReject | Category::DmarcQuarantine => FindingKind::Dmarc,
+            Category::Listed => FindingKind::Listed,
         }
     }
 }

@@ -6,6 +6,11 @@
 //! recipient's own list agrees (all block, or all allow); otherwise the tenant level decides.
 //! Senders match the envelope sender and the header From; domains match themselves and their
 //! subdomains; networks match the real client address.
+//!
+//! Below all three, users' own lists ("allow this sender" in webmail, `store::allow`) are asked
+//! when the configured lists say nothing ([`users_allow`]): with the same rule, every recipient
+//! must allow the sender. They only allow (a user cannot block for the tenant), and an
+//! operator's block always wins.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +18,31 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::config::policy::{ListConfig, TenantOverride};
+use crate::store::allow::AllowStore;
+
+/// The level verdicts name for users' own allow lists (`listed=webmail allow sender a@b`).
+pub const USERS_ALLOW: &str = "webmail";
+
+/// The entry of users' own allow lists that allows `senders` (envelope sender, header From)
+/// for a message to `rcpts` of `tenant`: only when **every** recipient's list allows one of
+/// them (a message has one verdict for all its recipients).
+pub fn users_allow(
+    lists: &AllowStore,
+    tenant: &str,
+    rcpts: &[String],
+    senders: &[String],
+) -> Option<Entry> {
+    let mut first = None;
+    for r in rcpts {
+        let e = lists.allowed(tenant, r, senders)?;
+        first.get_or_insert(e);
+    }
+    let e = first?;
+    Some(match e.strip_prefix('@') {
+        Some(domain) => Entry::Domain(domain.to_owned()),
+        None => Entry::Sender(e),
+    })
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct List {
@@ -192,6 +222,58 @@ mod tests {
             domains: domains.iter().map(|s| s.to_string()).collect(),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn users_own_lists_allow_only_when_every_recipient_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AllowStore::new(dir.path());
+        crate::store::allow::change(
+            dir.path(),
+            "acme",
+            "bob@acme.example",
+            "@partner.example",
+            true,
+        )
+        .unwrap();
+        crate::store::allow::change(
+            dir.path(),
+            "acme",
+            "amy@acme.example",
+            "a@partner.example",
+            true,
+        )
+        .unwrap();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let from = s(&["a@partner.example"]);
+        assert_eq!(
+            users_allow(&store, "acme", &s(&["bob@acme.example"]), &from),
+            Some(Entry::Domain("partner.example".into()))
+        );
+        assert_eq!(
+            users_allow(
+                &store,
+                "acme",
+                &s(&["amy@acme.example", "bob@acme.example"]),
+                &from
+            ),
+            Some(Entry::Sender("a@partner.example".into()))
+        );
+        assert_eq!(
+            users_allow(
+                &store,
+                "acme",
+                &s(&["bob@acme.example", "eve@acme.example"]),
+                &from
+            ),
+            None,
+            "eve did not allow it"
+        );
+        assert_eq!(
+            users_allow(&store, "globex", &s(&["bob@acme.example"]), &from),
+            None
+        );
+        assert_eq!(users_allow(&store, "acme", &[], &from), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `finding` | findings, their categories and built-in scores, scanner errors |
-//! | `lists` | allow/block lists: policy, tenant and user level |
+//! | `lists` | allow/block lists: policy, tenant and user level; users' own (webmail) lists |
 //! | `decide` | findings + failures + list hit -> a [`Decision`] with its [`Disposition`] |
 //!
 //! Nothing here reaches into the scanner: findings come in as values, a decision goes out.
@@ -15,4 +15,4 @@ pub mod finding;
 mod lists;
 
 pub use decide::{Decision, Disposition, Failure, Grounds, decide};
-pub use lists::{Entry, ListHit, Lists};
+pub use lists::{Entry, ListHit, Lists, USERS_ALLOW, users_allow};

@@ -45,7 +45,7 @@ pub mod budget;
 pub mod check;
 pub mod compile;
 pub mod decode;
-mod dns;
+pub(crate) mod dns;
 pub mod fingerprint;
 pub mod magic;
 pub mod metrics;
@@ -59,9 +59,12 @@ use std::time::{Duration, Instant};
 use crate::config::ConfigErrors;
 use crate::config::policy::ScanLimits;
 use crate::engine::policy::finding::{Category, CheckError, Finding, Outcome, clip};
-use crate::engine::policy::{Decision, Disposition, Failure, ListHit, decide};
+use crate::engine::policy::{
+    Decision, Disposition, Failure, ListHit, USERS_ALLOW, decide, users_allow,
+};
 use crate::smtp::Reply;
 use crate::snapshot::Snapshot;
+use crate::store::allow::AllowStore;
 use crate::topology::Tenant;
 use budget::{Budget, Stats};
 use check::{Subject, Url};
@@ -199,6 +202,8 @@ impl Verdict {
 pub struct Scanner {
     policies: Policies,
     metrics: Option<ScanMetrics>,
+    /// Users' own allow lists ("allow this sender" in webmail), when the engine gives them.
+    allow: Option<Arc<AllowStore>>,
 }
 
 impl Scanner {
@@ -234,7 +239,16 @@ impl Scanner {
         Ok(Scanner {
             policies,
             metrics: None,
+            allow: None,
         })
+    }
+
+    /// Consults users' own allow lists (`store::allow`): a message whose every recipient allows
+    /// its sender is decided as the policy's allow lists decide (spam actions muted, never the
+    /// virus ones), when the policy's own lists say nothing about it.
+    pub fn with_allow(mut self, allow: Arc<AllowStore>) -> Scanner {
+        self.allow = Some(allow);
+        self
     }
 
     /// Counts verdicts in `metrics` (created once per process, see `metrics.rs`).
@@ -259,10 +273,12 @@ impl Scanner {
             .ok();
         let start = Instant::now();
         let mut memo = Memo::default();
-        let (decision, headers, stats) = evaluate(&live, envelope, message, start, &mut memo).await;
+        let allow = self.allow.as_deref();
+        let (decision, headers, stats) =
+            evaluate(&live, envelope, message, start, &mut memo, allow).await;
         let mut shadow_decisions = Vec::with_capacity(shadows.len());
         for s in &shadows {
-            let (d, _, _) = evaluate(s, envelope, message, start, &mut memo).await;
+            let (d, _, _) = evaluate(s, envelope, message, start, &mut memo, allow).await;
             shadow_decisions.push((s.label(), d));
         }
         let elapsed = start.elapsed();
@@ -330,6 +346,7 @@ async fn evaluate<'a>(
     message: &'a [u8],
     start: Instant,
     memo: &mut Memo<'a>,
+    allow: Option<&AllowStore>,
 ) -> (Decision, Vec<String>, Stats) {
     let limits = &policy.config.limits;
     let budget = Budget::new(limits, start);
@@ -352,7 +369,16 @@ async fn evaluate<'a>(
         senders.push(env.mail_from.to_ascii_lowercase());
     }
     senders.extend(decoded.from.iter().cloned());
-    let list = policy.lists.check(&senders, env.client_ip, env.rcpts);
+    let mut list = policy.lists.check(&senders, env.client_ip, env.rcpts);
+    if list == ListHit::None
+        && let Some(entry) =
+            allow.and_then(|a| users_allow(a, &env.tenant.id.0, env.rcpts, &senders))
+    {
+        list = ListHit::Allow {
+            level: USERS_ALLOW,
+            entry,
+        };
+    }
     let mut headers = Vec::new();
     let mut failures = Vec::new();
     if !matches!(list, ListHit::Block { .. }) {

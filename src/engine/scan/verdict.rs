@@ -63,7 +63,9 @@ fn cited(d: &Decision) -> impl Iterator<Item = &crate::engine::policy::finding::
         .filter(|f| f.score != 0.0 || f.category != Category::Spam)
 }
 
-/// `X-Maildistiller-Verdict: action=tag; score=6.5; policy=default@…; ref=…; findings=…`
+/// `X-Maildistiller-Verdict: action=tag; score=6.5; policy=default@…; ref=…; [failed=…;]
+/// [listed=LEVEL allow|block ENTRY;] findings=…` (a list entry is an address, a domain or a
+/// network from the config or a user's own list: no message text).
 pub fn verdict_header(action: &str, d: &Decision, policy: &str, reference: &str) -> String {
     let mut findings: Vec<String> = cited(d)
         .take(20)
@@ -81,6 +83,11 @@ pub fn verdict_header(action: &str, d: &Decision, policy: &str, reference: &str)
     if !d.failures.is_empty() {
         let failed: Vec<&str> = d.failures.iter().map(|f| f.scanner).collect();
         parts.push(format!("failed={}", failed.join(",")));
+    }
+    match &d.list {
+        ListHit::None => {}
+        ListHit::Allow { level, entry } => parts.push(format!("listed={level} allow {entry}")),
+        ListHit::Block { level, entry } => parts.push(format!("listed={level} block {entry}")),
     }
     parts.push(format!("findings={}", findings.join(" ")));
     fold("X-Maildistiller-Verdict", &parts)

@@ -268,6 +268,7 @@ async fn run_session(
         max_line_length: ecfg.max_line_length.0 as usize,
         starttls: shared.tls.load().is_some(),
         collect: true,
+        bare_newline: ecfg.bare_newline,
     });
     conn.reply(&session.banner());
     // The whole DATA transfer has one deadline, set when the body starts.
@@ -293,10 +294,24 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
-            Step::Rcpt { address, owner } => {
-                let refusal = greylist(shared, snap, info, &session, &address, owner).await;
-                let r = session.rcpt(address, owner, refusal);
-                conn.reply(&r);
+            Step::Verify { address, owner } => {
+                let verdict = match snap.topology.tenants.get(owner.0) {
+                    Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
+                    None => crate::engine::verify::Verdict::Accept,
+                };
+                let mut reply = verdict.reply();
+                // Greylisting only for recipients that exist (an unknown one gets its 550 now).
+                if reply.is_positive()
+                    && let Some(r) = greylist(shared, snap, info, &session, &address, owner).await
+                {
+                    reply = r;
+                }
+                let (reply, close) = session.verified(address, owner, reply);
+                conn.reply(&reply);
+                if let Some(close) = close {
+                    conn.reply(&close);
+                    return Ending::Protocol;
+                }
             }
             Step::Close(r) => {
                 conn.reply(&r);
@@ -454,9 +469,16 @@ async fn accept_message(
         .await;
     let status = match &verdict.action {
         scan::Action::Deliver => Status::Queued,
-        scan::Action::Quarantine { reason } => Status::Quarantined {
-            reason: reason.clone(),
-        },
+        // Every kind of finding of the verdict, not only the one its reason names: release
+        // rights are decided by all of them (a virus that is also a blocked attachment).
+        scan::Action::Quarantine { reason } => Status::quarantined(
+            reason.clone(),
+            verdict
+                .report
+                .iter()
+                .flat_map(|r| &r.decision.findings)
+                .map(|f| f.category.kind()),
+        ),
         scan::Action::Reject { reply } | scan::Action::TempFail { reply } => {
             shared.metrics.rejected(tid, "policy");
             tracing::info!(session = %info.session_id, id = %id, tenant = tid, client = %info.client, verdict = %verdict.summary, "message refused by policy");
@@ -499,7 +521,7 @@ async fn accept_message(
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
         verdict = %verdict.summary, "message queued"
     );
-    replies::queued(id.as_str(), matches!(status, Status::Quarantined { .. }))
+    replies::queued(id.as_str())
 }
 
 #[cfg(test)]

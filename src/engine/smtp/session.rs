@@ -1,14 +1,16 @@
 //! The engine's SMTP session as a sans-I/O state machine: the shared local phase
 //! ([`crate::smtp::server`]) with the engine's own decisions: every recipient that passed the
-//! shared checks is taken, DATA is answered 354 at once, and a complete message goes to the
-//! driver ([`Step::Message`]) unless it is malformed. The driver (`mod.rs`) does the I/O, the
-//! scanning and the spooling.
+//! shared checks goes to the driver to be verified ([`Step::Verify`]: recipient files,
+//! call-ahead, `crate::engine::verify`), DATA is answered 354 at once, and a complete message
+//! goes to the driver ([`Step::Message`]) unless it is malformed. The driver (`mod.rs`) does the
+//! I/O, the verifying, the scanning and the spooling.
 //!
-//! Lifecycle: banner → [`Session::input`] until [`Step::Close`]; after each
-//! [`Step::Message`] the driver answers and calls [`Session::answered`].
+//! Lifecycle: banner → [`Session::input`] until [`Step::Close`]; after each [`Step::Verify`]
+//! the driver calls [`Session::verified`] with the verdict's reply; after each
+//! [`Step::Message`] it answers and calls [`Session::answered`].
 
+use crate::smtp::Reply;
 use crate::smtp::server::{Event, Limits, Message, Recipients, Server};
-use crate::smtp::{Reply, replies};
 use crate::topology::TenantIdx;
 
 /// What the driver must do next.
@@ -22,11 +24,11 @@ pub enum Step {
     StartTls(Reply),
     /// Send this reply and close.
     Close(Reply),
+    /// A recipient that passed the shared checks: verify it (recipient lists, call-ahead),
+    /// greylist it when its policy says so, then [`Session::verified`] (before any more input).
+    Verify { address: String, owner: TenantIdx },
     /// A complete message with its envelope: scan, spool, answer, then [`Session::answered`].
     Message(Message<TenantIdx>),
-    /// A recipient that passed every local check: the driver may still refuse it (greylisting)
-    /// and answers with [`Session::rcpt`].
-    Rcpt { address: String, owner: TenantIdx },
 }
 
 /// One SMTP session's protocol state.
@@ -75,23 +77,33 @@ impl Session {
             | Event::RcptRefused { reply: r, .. } => Step::Reply(r),
             Event::Close(r) => Step::Close(r),
             Event::StartTls(r) => Step::StartTls(r),
-            Event::Rcpt { address, owner } => Step::Rcpt { address, owner },
+            Event::Rcpt { address, owner } => Step::Verify { address, owner },
             Event::Data => Step::Reply(self.server.begin_data()),
             Event::Message(m) => Step::Message(m),
         };
         (used, step)
     }
 
-    /// The driver's answer to [`Step::Rcpt`]: `None` takes the recipient (`250`), `Some` is
-    /// the refusal to send instead. Returns the reply.
-    pub fn rcpt(&mut self, address: String, owner: TenantIdx, refusal: Option<Reply>) -> Reply {
-        match refusal {
-            None => {
-                self.server.accept_rcpt(address, owner);
-                replies::RECIPIENT_OK
-            }
-            Some(r) => r,
+    /// The verdict on a [`Step::Verify`] recipient, as its reply: a positive one takes the
+    /// recipient; a permanent refusal (`550 5.1.1`) counts as an error, a tempfail does not (a
+    /// tenant's server being down is not the sender's fault). Returns what to send: the reply,
+    /// then the one that ends the session when the errors are used up.
+    pub fn verified(
+        &mut self,
+        address: String,
+        owner: TenantIdx,
+        reply: Reply,
+    ) -> (Reply, Option<Reply>) {
+        if reply.is_positive() {
+            self.server.accept_rcpt(address, owner);
+            return (reply, None);
         }
+        let close = if reply.code >= 500 {
+            self.server.answered(&reply)
+        } else {
+            None
+        };
+        (reply, close)
     }
 
     /// The open transaction's reverse path (empty for `<>`).
@@ -109,6 +121,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::replies;
+    use crate::smtp::server::Problem;
     use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
@@ -121,6 +135,7 @@ mod tests {
             max_line_length: 4096,
             starttls: false,
             collect: true,
+            bare_newline: crate::config::BareNewline::Reject,
         })
     }
 
@@ -140,7 +155,19 @@ mod tests {
                 Step::More if pos == input.len() || n == 0 => break,
                 Step::More => {}
                 Step::Reply(r) => r.write_to(&mut out),
-                Step::Rcpt { address, owner } => s.rcpt(address, owner, None).write_to(&mut out),
+                Step::Verify { address, owner } => {
+                    let verdict = if address.starts_with("unverified@") {
+                        replies::USER_UNKNOWN
+                    } else {
+                        replies::RECIPIENT_OK
+                    };
+                    let (r, close) = s.verified(address, owner, verdict);
+                    r.write_to(&mut out);
+                    if let Some(c) = close {
+                        c.write_to(&mut out);
+                        break;
+                    }
+                }
                 Step::StartTls(r) | Step::Close(r) => {
                     r.write_to(&mut out);
                     break;
@@ -165,7 +192,7 @@ mod tests {
             &mut s,
             b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\n\
               RCPT TO:<boss@globex.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
-            &replies::queued("Q1", false),
+            &replies::queued("Q1"),
         );
         assert_eq!(
             wire,
@@ -193,6 +220,57 @@ mod tests {
         assert_eq!(msgs.len(), 3, "the third refusal ends the session");
         assert!(
             wire.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n421 4.7.0 Too many errors, closing connection\r\n"),
+            "{wire}"
+        );
+    }
+
+    #[test]
+    fn verified_refusals_are_not_taken_and_count_as_errors_tempfails_do_not() {
+        let mut s = session();
+        let (wire, msgs) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<unverified@acme.example>\r\n\
+              DATA\r\nRCPT TO:<b@acme.example>\r\nDATA\r\nhi\r\n.\r\n",
+            &replies::queued("Q1"),
+        );
+        assert!(
+            wire.contains(
+                "550 5.1.1 Recipient address rejected: user unknown\r\n\
+                 554 5.5.1 No valid recipients\r\n250 2.1.5 Recipient OK\r\n354"
+            ),
+            "{wire}"
+        );
+        assert_eq!(msgs[0].rcpts, ["b@acme.example"]);
+        // A tempfail leaves the error count alone; a third 550 ends the session (max_errors 3,
+        // the 554 above was the second error).
+        let (_, close) = s.verified(
+            "t@acme.example".into(),
+            TenantIdx(0),
+            replies::RECIPIENT_UNVERIFIED,
+        );
+        assert_eq!(close, None);
+        let (_, close) = s.verified("u@acme.example".into(), TenantIdx(0), replies::USER_UNKNOWN);
+        assert_eq!(close, Some(replies::TOO_MANY_ERRORS));
+    }
+
+    #[test]
+    fn a_smuggled_end_of_data_is_one_flagged_message() {
+        let mut s = session();
+        let (wire, msgs) = transcript(
+            &mut s,
+            b"EHLO c.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@acme.example>\r\nDATA\r\n\
+              hi\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<boss@globex.example>\r\nDATA\r\n\
+              evil\r\n.\r\nNOOP\r\n",
+            &replies::BARE_NEWLINE,
+        );
+        assert_eq!(msgs.len(), 1, "one message, whatever it contains");
+        assert_eq!(msgs[0].problem, Some(Problem::BareNewline));
+        assert_eq!(msgs[0].rcpts, ["b@acme.example"]);
+        assert!(
+            wire.ends_with(
+                "354 End data with <CR><LF>.<CR><LF>\r\n550 5.6.0 Message contains bare CR or LF; \
+                 lines must end with CRLF (RFC 5321 2.3.8)\r\n250 2.0.0 OK\r\n"
+            ),
             "{wire}"
         );
     }

@@ -49,6 +49,11 @@ pub enum RcptOutcome {
     Failed {
         reply: String,
     },
+    /// Released from quarantine on its own: a copy of the message for this recipient (and any
+    /// others released with it) was queued as `copy`, which delivers it.
+    Released {
+        copy: QueueId,
+    },
 }
 
 /// The mutable part: what was decided ([`Status`]), the attempts so far, the next one, and
@@ -85,8 +90,9 @@ impl Progress {
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         line(out, "status", self.status.as_str());
-        if let Status::Quarantined { reason } = &self.status {
+        if let Status::Quarantined { reason, kinds } = &self.status {
             line(out, "reason", reason);
+            line(out, "kinds", &Status::kinds_text(kinds));
         }
         line(out, "attempts", &self.attempts.to_string());
         line(out, "next", &self.next.to_string());
@@ -98,6 +104,9 @@ impl Progress {
                 }
                 Some(RcptOutcome::Failed { reply }) => {
                     line(out, "rcpt", &format!("{i} failed {reply}"))
+                }
+                Some(RcptOutcome::Released { copy }) => {
+                    line(out, "rcpt", &format!("{i} released {copy}"))
                 }
                 None => line(out, "rcpt", &format!("{i} pending")),
             }
@@ -114,11 +123,13 @@ impl Progress {
             rcpts: Vec::new(),
         };
         let mut reason = String::new();
+        let mut kinds = None;
         let mut status = String::from("queued");
         for (k, v) in fields(bytes)? {
             match k {
                 "status" => status = v.to_owned(),
                 "reason" => reason = v.to_owned(),
+                "kinds" => kinds = Some(v),
                 "attempts" => s.attempts = v.parse().map_err(|_| "bad attempts")?,
                 "next" => s.next = v.parse().map_err(|_| "bad next")?,
                 "error" => s.error = v.to_owned(),
@@ -135,6 +146,12 @@ impl Progress {
                         Some("failed") => Some(RcptOutcome::Failed {
                             reply: parts.next().unwrap_or("").to_owned(),
                         }),
+                        Some("released") => Some(RcptOutcome::Released {
+                            copy: parts
+                                .next()
+                                .and_then(QueueId::parse)
+                                .ok_or("bad released copy id")?,
+                        }),
                         _ => None,
                     };
                     if i > 100_000 {
@@ -148,7 +165,7 @@ impl Progress {
                 _ => {}
             }
         }
-        s.status = Status::parse(&status, reason)?;
+        s.status = Status::parse(&status, reason, kinds)?;
         Ok(s)
     }
 }
@@ -209,8 +226,9 @@ impl Envelope {
             line(out, "rcpt", r);
         }
         line(out, "status", self.status.as_str());
-        if let Status::Quarantined { reason } = &self.status {
+        if let Status::Quarantined { reason, kinds } = &self.status {
             line(out, "reason", reason);
+            line(out, "kinds", &Status::kinds_text(kinds));
         }
         line(out, "verdict", &self.verdict);
         line(out, "subject", &self.subject);
@@ -242,6 +260,7 @@ impl Envelope {
         };
         let mut status = "queued".to_owned();
         let mut reason = String::new();
+        let mut kinds = None;
         for (k, v) in fields(bytes)? {
             match k {
                 "id" => id = QueueId::parse(v),
@@ -255,6 +274,7 @@ impl Envelope {
                 "rcpt" => e.rcpts.push(v.to_owned()),
                 "status" => status = v.to_owned(),
                 "reason" => reason = v.to_owned(),
+                "kinds" => kinds = Some(v),
                 "verdict" => e.verdict = v.to_owned(),
                 "subject" => e.subject = v.to_owned(),
                 "header-from" => e.header_from = v.to_owned(),
@@ -263,7 +283,7 @@ impl Envelope {
             }
         }
         e.id = id.ok_or("missing or bad id")?;
-        e.status = Status::parse(&status, reason)?;
+        e.status = Status::parse(&status, reason, kinds)?;
         if e.rcpts.is_empty() {
             return Err("no recipients".into());
         }
@@ -274,6 +294,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::webmail::FindingKind;
 
     fn env() -> Envelope {
         Envelope {
@@ -285,9 +306,10 @@ mod tests {
             helo: "mx.sender.example".into(),
             from: String::new(),
             rcpts: vec!["a@acme.example".into(), "b@acme.example".into()],
-            status: Status::Quarantined {
-                reason: "spam score 9.1\r\ninjected: yes".into(),
-            },
+            status: Status::quarantined(
+                "spam score 9.1\r\ninjected: yes".into(),
+                [FindingKind::Virus, FindingKind::Spam],
+            ),
             verdict: "quarantine: spam".into(),
             subject: "Hello\nthere".into(),
             header_from: "Alice <a@sender.example>".into(),
@@ -308,9 +330,10 @@ mod tests {
         assert_eq!(d.from, "");
         assert_eq!(
             d.status,
-            Status::Quarantined {
-                reason: "spam score 9.1  injected: yes".into()
-            }
+            Status::quarantined(
+                "spam score 9.1  injected: yes".into(),
+                [FindingKind::Virus, FindingKind::Spam]
+            )
         );
         assert_eq!(d.subject, "Hello there");
         assert!(Envelope::decode(b"garbage\r\n\r\n").is_err());
@@ -327,6 +350,13 @@ mod tests {
         s.rcpts[1] = Some(RcptOutcome::Failed {
             reply: "550 5.1.1 no such user".into(),
         });
+        let mut released = s.clone();
+        released.rcpts[0] = Some(RcptOutcome::Released {
+            copy: QueueId::generate(),
+        });
+        let mut buf = Vec::new();
+        released.encode(&mut buf);
+        assert_eq!(Progress::decode(&buf).unwrap(), released);
         let mut buf = Vec::new();
         s.encode(&mut buf);
         assert_eq!(Progress::decode(&buf).unwrap(), s);

@@ -29,7 +29,7 @@ fn ask_udp(g: &Geo, q: &Query) -> Vec<u8> {
 
 /// The same whole answer over UDP and over TCP.
 #[track_caller]
-fn both(g: &Geo, q: Query, expected: &str) {
+pub(super) fn both(g: &Geo, q: Query, expected: &str) {
     assert_answer(&ask_udp(g, &q), expected);
     assert_answer(&tcp(g.tcp, &q.bytes()), expected);
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::harness::{Geo, bulk_silo};
 use super::raw::*;
 
-fn framed(q: &Query) -> Vec<u8> {
+/// A query with its TCP length prefix.
+pub(super) fn framed(q: &Query) -> Vec<u8> {
     let b = q.bytes();
     let mut f = (b.len() as u16).to_be_bytes().to_vec();
     f.extend(b);

@@ -1,6 +1,7 @@
 //! A tiny authoritative DNS server for the scan tests: UDP on 127.0.0.1:0, answering TXT and A
-//! records from `tests/fixtures/scan/zone.toml`, NXDOMAIN for everything else. The scanners'
-//! resolver is pointed at it through `[policy.NAME.dns] resolver`.
+//! records from `tests/fixtures/scan/zone.toml` (or a zone a test gives), NXDOMAIN for
+//! everything else. The scanners' resolver is pointed at it through `[policy.NAME.dns]
+//! resolver`; MTA-STS lookups (`delivery_tls`) through their fetcher.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,7 +29,12 @@ pub struct TestDns {
 pub async fn start() -> TestDns {
     let path = crate::support::repo().join("tests/fixtures/scan/zone.toml");
     let text = std::fs::read_to_string(&path).expect("zone fixture");
-    let zone: ZoneFile = toml::from_str(&text).expect("zone fixture parses");
+    start_zone(&text).await
+}
+
+/// Starts the server with a zone written as the fixture is (`[txt]`, `[a]` tables of names).
+pub async fn start_zone(text: &str) -> TestDns {
+    let zone: ZoneFile = toml::from_str(text).expect("zone parses");
     let zone = Arc::new(zone);
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
     let addr = sock.local_addr().expect("local addr");

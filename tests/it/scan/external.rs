@@ -16,7 +16,7 @@ const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TES
 
 /// How a fake server behaves.
 #[derive(Clone, Copy)]
-enum Fake {
+pub(super) enum Fake {
     /// Speaks the protocol; finds EICAR anywhere in the bytes.
     Honest,
     /// Accepts and never answers.
@@ -24,7 +24,7 @@ enum Fake {
 }
 
 /// A fake clamd on TCP: reads `zINSTREAM\0` and chunks, answers `stream: OK` or `FOUND`.
-async fn fake_clamd(mode: Fake) -> SocketAddr {
+pub(super) async fn fake_clamd(mode: Fake) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -219,7 +219,7 @@ on_failure = "tempfail"
 }
 
 /// A fake rspamd: answers every `/checkv2` with `score`, after checking the envelope headers.
-async fn fake_rspamd(score: f64) -> SocketAddr {
+pub(super) async fn fake_rspamd(score: f64) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

@@ -26,6 +26,7 @@ async fn mail_held_on_a_peer_is_shown_and_acted_on() {
         acme_delivery: down,
         globex_delivery: globex_down,
         webmail: &webmail,
+        policy: "",
         engines: &engines,
         ops_listen: ops,
     };

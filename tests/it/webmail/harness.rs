@@ -55,6 +55,8 @@ pub struct Setup<'a> {
     pub globex_delivery: SocketAddr,
     /// Lines added to `[engine.webmail]`.
     pub webmail: &'a str,
+    /// Lines added to `[policy.default]`.
+    pub policy: &'a str,
     /// `[[silo.cluster.engine]]` entries (TOML) of the one cluster; default one unrelated engine.
     pub engines: &'a str,
     /// `ops.listen` (a pre-bound address for cluster tests).
@@ -67,6 +69,7 @@ impl Setup<'_> {
             acme_delivery: acme,
             globex_delivery: globex,
             webmail: "",
+            policy: "",
             engines: "[[silo.cluster.engine]]\naddress = \"127.0.0.1:1\"\n",
             ops_listen: "127.0.0.1:0",
         }
@@ -133,6 +136,7 @@ delivery = ["{globex}"]
 [policy.default]
 scanners = {{ auth = false, dnsbl = false }}
 rule = [{{ name = "quarantine-me", target = "subject", pattern = "QUARANTINE", action = "quarantine" }}]
+{policy}
 [engine]
 listen = ["127.0.0.1:0"]
 spool_dir = "{spool}"
@@ -157,6 +161,7 @@ tls_key = "{key}"
         cert = c.cert.display(),
         key = c.key.display(),
         webmail = s.webmail,
+        policy = s.policy,
     )
 }
 

@@ -9,12 +9,14 @@
 //! `.-_+@` is written `%XX`, so a file name is always safe. Files are replaced atomically (write a
 //! temporary file, sync, rename), so a reader sees the old list or the new one.
 //!
-//! The scanner consumes this through [`AllowStore::allowed`] (or [`sender_allowed`] for a one-off
-//! check). [`AllowStore`] caches each file and re-reads it when its modification time or size
-//! changes, so a check costs one `stat`. Bounds: `MAX_ENTRIES` entries per user; the cache holds
-//! at most `MAX_CACHED` users (cleared when full).
+//! Webmail writes them ([`change`]); the scanner reads them through [`AllowStore::allowed`] (or
+//! [`sender_allowed`] for a one-off check): a message whose every recipient allows its sender
+//! skips the spam actions, never the virus ones (`engine::scan`). [`AllowStore`] caches each
+//! file and re-reads it when its modification time or size changes, so a check costs one
+//! `stat` per recipient. Bounds: `MAX_ENTRIES` entries per user; the cache holds at most
+//! `MAX_CACHED` users (cleared when full).
 //!
-//! In a cluster, webmail writes the entry on every engine it can reach (see `peer.rs`).
+//! In a cluster, webmail writes the entry on every engine it can reach (`webmail/peer.rs`).
 
 use std::collections::HashMap;
 use std::io::Write;
