@@ -103,7 +103,10 @@ async fn round(
     while start.elapsed().as_secs_f64() < secs {
         let k = base + n / PER_CONNECTION;
         let client = format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255);
-        let mut c = Client::connect_raw(*proxy).await;
+        // No Nagle: the end of DATA must not wait for the ACK of the body (delayed ACK, 40 ms).
+        let stream = tokio::net::TcpStream::connect(*proxy).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut c = Client::from_stream(stream);
         c.send(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes())
             .await;
         c.expect("220").await;
