@@ -3,7 +3,8 @@
 //! 3.. are owned by this process once `LISTEN_PID` names it; each is adopted at most once (the
 //! caller takes them at bind time) and checked to be a TCP listener before use. Also the
 //! GeoDNS UDP batches (`recvmmsg`/`sendmmsg`) and its SO_REUSEPORT CPU steering program, the
-//! spool's free-space check (`statvfs`), and the monotonic clock systemd's notify protocol uses.
+//! spool's free-space check (`statvfs`), the monotonic clock systemd's notify protocol uses,
+//! and the allocator's threshold for large blocks (`mallopt`).
 
 #![allow(unsafe_code)]
 
@@ -314,6 +315,19 @@ pub fn monotonic_usec() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000)
         .saturating_add(ts.tv_nsec as u64 / 1000)
+}
+
+/// Large allocations (message bodies of 1 MiB and more) get pages of their own from the kernel
+/// and give them back when freed. glibc's default threshold starts at 128 KiB but rises to
+/// 32 MiB as large blocks are freed, after which a burst of big messages leaves its memory in
+/// the heap for good (measured: RSS stayed 300 MiB after 100 bodies of 20 MiB were spooled).
+/// Setting it fixes it. Other C libraries: nothing to do.
+pub fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 #[cfg(test)]

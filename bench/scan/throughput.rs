@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use maildistiller::engine::scan::{Action, Envelope, Scanner};
+use maildistiller::engine::scan::{Action, Arrival, Scanner};
 
 /// One message of the corpus and what it is.
 pub struct Sample {
@@ -256,7 +256,7 @@ pub fn corpus(n: usize) -> Vec<Sample> {
 /// Messages and bytes per second of one thread scanning `samples` round-robin for `secs`.
 pub async fn measure(
     scanner: &Scanner,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     samples: &[Sample],
     secs: f64,
 ) -> (f64, f64, u64) {
@@ -300,7 +300,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures `builtin` (no DNS scanners) and `with_auth` (SPF/DKIM/DMARC too) and prints the table.
-pub async fn run(builtin: &Scanner, with_auth: &Scanner, env: &Envelope<'_>) {
+pub async fn run(builtin: &Scanner, with_auth: &Scanner, env: &Arrival<'_>) {
     let (secs, rounds) = knobs();
     let mixed = corpus(400);
     let mut rng = fastrand::Rng::with_seed(7);

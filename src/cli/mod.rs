@@ -216,7 +216,7 @@ pub enum QueueAction {
         #[arg(long)]
         tenant: Option<String>,
         /// queued, deferred, delivering, held (its destination is down), suspended (by an
-        /// operator: `queue hold`), quarantined
+        /// operator: `queue suspend`), quarantined
         #[arg(long, value_parser = parse_state)]
         state: Option<State>,
     },
@@ -225,7 +225,8 @@ pub enum QueueAction {
     /// Retry now: one message, or every deferred message (and re-probe down destinations).
     Flush { id: Option<String> },
     /// Suspend a waiting message (queued, deferred or held): not delivered until released.
-    Hold { id: String },
+    #[command(alias = "hold")]
+    Suspend { id: String },
     /// Release a suspended or quarantined message for delivery now.
     Release { id: String },
     /// Delete a message from the queue (no DSN).

@@ -1,4 +1,4 @@
-//! `maildistiller queue list|show|flush|hold|release|delete`: a running engine's queue, through
+//! `maildistiller queue list|show|flush|suspend|release|delete`: a running engine's queue, through
 //! the queue API on its ops listener.
 
 use std::net::SocketAddr;
@@ -29,9 +29,9 @@ pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> R
             "POST",
             format!("/queue/{}/flush", enc(id).unwrap_or_default()),
         ),
-        QueueAction::Hold { id } => (
+        QueueAction::Suspend { id } => (
             "POST",
-            format!("/queue/{}/hold", enc(id).unwrap_or_default()),
+            format!("/queue/{}/suspend", enc(id).unwrap_or_default()),
         ),
         QueueAction::Release { id } => (
             "POST",

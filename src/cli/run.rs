@@ -43,6 +43,7 @@ pub fn run(snap: Snapshot, roles: RoleSet) -> Result<(), Failure> {
             }
         }
     }
+    crate::sys::return_large_allocations();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

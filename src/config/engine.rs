@@ -53,6 +53,14 @@ pub struct EngineConfig {
     pub bare_newline: BareNewline,
     /// Concurrent sessions. Default 2000.
     pub max_sessions: u32,
+    /// Memory for message bodies, all sessions together: half for bodies being received, half
+    /// for bodies being scanned and spooled (four times their size each). Small messages stay in
+    /// memory (that is what makes reception fast); a body that does not fit in the receiving
+    /// half streams on to an unnamed file under `spool_dir/incoming` as it arrives, and is read
+    /// back when the other half has room. Bounds what senders that stall before the final dot
+    /// can make the engine hold (`max_sessions` × `max_message_size` is 50 GiB by default).
+    /// See `src/engine/smtp/body.rs`. Read at start. Default 128 MiB; at least 128 KiB.
+    pub data_memory: Bytes,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
     pub message_lifetime: Dur,
     /// How long a quarantined message stays (readable in webmail, releasable) before it is
@@ -154,6 +162,7 @@ impl Default for EngineConfig {
             data_timeout: Dur::secs(600),
             bare_newline: BareNewline::Normalize,
             max_sessions: 2000,
+            data_memory: Bytes(128 << 20),
             message_lifetime: Dur::secs(5 * 86_400),
             quarantine_lifetime: Dur::secs(30 * 86_400),
             hostname: None,
@@ -198,6 +207,7 @@ impl EngineConfig {
         k.range("engine.max_commands", e.max_commands.into(), 10, 1_000_000);
         k.range("engine.max_errors", e.max_errors.into(), 1, 1000);
         k.range("engine.max_sessions", e.max_sessions.into(), 1, 1_000_000);
+        k.range("engine.data_memory", e.data_memory.0, 128 << 10, 1 << 40);
         k.dur("engine.command_timeout", e.command_timeout, 1000, 3600);
         k.dur("engine.data_timeout", e.data_timeout, 1000, 86_400);
         k.dur(

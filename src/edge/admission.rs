@@ -76,7 +76,7 @@ struct Slot {
 
 /// Limits in force (copied from the config snapshot when it changes).
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+struct AdmissionLimits {
     global: u32,
     per_ip: u32,
     per_prefix: u32,
@@ -158,7 +158,7 @@ impl Admission {
         if !cfg.allow.is_empty() && !cfg.allow.iter().any(|n| n.contains(ip)) {
             return Err(Refusal::NotAllowed);
         }
-        let l = Limits {
+        let l = AdmissionLimits {
             global: cfg.max_connections,
             per_ip: cfg.max_connections_per_ip,
             per_prefix: cfg.max_connections_per_prefix,

@@ -21,7 +21,7 @@ use super::{EdgeShared, Stream};
 use crate::proxy::ProxyInfo;
 use crate::shared::limits::What;
 use crate::smtp::ending::Ending;
-use crate::smtp::server::Limits;
+use crate::smtp::server::SessionLimits;
 use crate::snapshot::Snapshot;
 use crate::topology::{ClusterIdx, TenantIdx};
 
@@ -74,7 +74,7 @@ pub async fn serve(
     let snap = shared.ops.config.load_full();
     let (info, _) = super::introduce_client(&snap, peer, local);
     let cfg = &snap.config.edge;
-    let session = Session::new(Limits {
+    let session = Session::new(SessionLimits {
         hostname: shared.hostname.clone(),
         max_message_size: cfg.max_message_size.0,
         max_recipients: super::session::MAX_RECIPIENTS,

@@ -29,7 +29,7 @@
 use std::collections::VecDeque;
 
 use crate::smtp::ending::Ending;
-use crate::smtp::server::{Event, Limits, Recipients, Server, Unroutable};
+use crate::smtp::server::{Event, Recipients, Server, SessionLimits, Unroutable};
 use crate::smtp::{Reply, replies, reply};
 use crate::topology::TenantIdx;
 
@@ -104,10 +104,10 @@ pub struct Session {
 
 impl Session {
     /// `limits.starttls`: a certificate is configured.
-    pub fn new(limits: Limits) -> Session {
+    pub fn new(limits: SessionLimits) -> Session {
         Session {
             starttls: limits.starttls,
-            server: Server::new(Limits {
+            server: Server::new(SessionLimits {
                 max_recipients: MAX_RECIPIENTS,
                 collect: false,
                 ..limits

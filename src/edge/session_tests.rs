@@ -5,7 +5,7 @@ use super::*;
 use crate::topology::TwoTenants as Tenants;
 
 fn session(max_errors: u32) -> Session {
-    let mut s = Session::new(Limits {
+    let mut s = Session::new(SessionLimits {
         hostname: "edge.test".into(),
         max_message_size: 1 << 20,
         max_recipients: 0, // the session sets its own

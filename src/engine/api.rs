@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /queue?tenant=T&state=S` | one line per message; `S` one of the [`State`] names (400 for any other) |
 //! | `GET /queue/{id}` | envelope, per-recipient state, verdict, retry state |
-//! | `POST /queue/{id}/hold` | suspend it (`suspended`: not delivered until released) |
+//! | `POST /queue/{id}/suspend` | suspend it (`suspended`: not delivered until released) |
 //! | `POST /queue/{id}/release` | release a `suspended` or `quarantined` message for delivery now |
 //! | `POST /queue/{id}/flush` · `/delete` | retry it now · delete it (no DSN) |
 //! | `POST /queue/flush` | retry every deferred message now (and un-mark down destinations) |
@@ -172,7 +172,8 @@ async fn act(
 ) -> Result<String, (StatusCode, String)> {
     let id = parse_id(&id)?;
     let (change, done) = match action.as_str() {
-        "hold" => (Change::Suspend, "suspended (not delivered until released)"),
+        // `hold` is the word Postfix operators know (`postsuper -h`): accepted, not documented twice.
+        "suspend" | "hold" => (Change::Suspend, "suspended (not delivered until released)"),
         "release" => (Change::Release, "released for delivery"),
         "delete" => (Change::Delete, "deleted"),
         "flush" => {

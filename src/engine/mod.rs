@@ -51,6 +51,8 @@ pub struct Shared {
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
     /// Users' own allow lists under the spool, which every scanner consults.
     allow: Arc<AllowStore>,
+    /// Memory for bodies in flight (`engine.data_memory`), and where the others spill.
+    pub bodies: Arc<smtp::body::Budget>,
 }
 
 impl Shared {
@@ -147,6 +149,11 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         verifier,
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
         allow,
+        bodies: Arc::new(smtp::body::Budget::new(
+            &ecfg.spool_dir,
+            ecfg.data_memory.0,
+            &ops.metrics,
+        )?),
     });
     let mut listeners = Vec::new();
     let configured = ecfg

@@ -92,6 +92,22 @@ impl DataReader {
         self.out
     }
 
+    /// Bytes kept and not yet taken.
+    pub fn kept(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Memory the kept bytes occupy (the buffer's capacity).
+    pub fn memory(&self) -> usize {
+        self.out.capacity()
+    }
+
+    /// Takes the bytes kept so far (the driver moves them to a file); reading goes on, and
+    /// [`DataReader::into_message`] then has only what came after.
+    pub fn take_kept(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
     #[inline]
     fn emit(&mut self, bytes: &[u8]) {
         self.size += bytes.len();

@@ -41,7 +41,7 @@ pub trait Recipients {
 
 /// Per-session limits, from the role's config section.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct SessionLimits {
     /// Name in the banner and EHLO.
     pub hostname: String,
     /// Announced in EHLO SIZE; a larger MAIL SIZE is refused, a larger message flagged.
@@ -155,7 +155,7 @@ impl Problem {
 /// One session's protocol state.
 #[derive(Debug)]
 pub struct Server<O> {
-    limits: Limits,
+    limits: SessionLimits,
     phase: Phase,
     helo: String,
     esmtp: bool,
@@ -173,7 +173,7 @@ pub struct Server<O> {
 }
 
 impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
-    pub fn new(limits: Limits) -> Server<O> {
+    pub fn new(limits: SessionLimits) -> Server<O> {
         Server {
             limits,
             phase: Phase::Fresh,
@@ -208,6 +208,25 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
     /// Reading a message body.
     pub fn in_body(&self) -> bool {
         self.phase == Phase::Body
+    }
+
+    /// Body bytes of the open transaction kept in memory and not yet taken.
+    pub fn body_kept(&self) -> usize {
+        self.reader.as_ref().map_or(0, DataReader::kept)
+    }
+
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.reader.as_ref().map_or(0, DataReader::memory)
+    }
+
+    /// Takes the body bytes kept so far (to spill them): the [`Message`] at the end of data
+    /// then carries only the bytes that came after.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.reader
+            .as_mut()
+            .map(DataReader::take_kept)
+            .unwrap_or_default()
     }
 
     /// The owner of the open transaction's recipients.

@@ -20,8 +20,8 @@ impl Recipients for Fake {
     }
 }
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> SessionLimits {
+    SessionLimits {
         hostname: "mx.test".into(),
         max_message_size: 1000,
         max_recipients: 3,
@@ -234,7 +234,7 @@ fn non_ascii_recipients_need_smtputf8() {
 
 #[test]
 fn the_error_cap_ends_the_session_and_counts_what_the_caller_refused() {
-    let mut s: Server<u8> = Server::new(Limits {
+    let mut s: Server<u8> = Server::new(SessionLimits {
         max_errors: 5,
         ..limits()
     });
@@ -260,7 +260,7 @@ fn the_error_cap_ends_the_session_and_counts_what_the_caller_refused() {
         "the fifth error closes; nothing after it is read"
     );
 
-    let mut s: Server<u8> = Server::new(Limits {
+    let mut s: Server<u8> = Server::new(SessionLimits {
         max_errors: 2,
         ..limits()
     });
@@ -274,7 +274,7 @@ fn the_error_cap_ends_the_session_and_counts_what_the_caller_refused() {
 
 #[test]
 fn the_command_cap_ends_the_session() {
-    let mut s: Server<u8> = Server::new(Limits {
+    let mut s: Server<u8> = Server::new(SessionLimits {
         max_commands: 3,
         ..limits()
     });
@@ -411,7 +411,7 @@ fn a_proxy_header_from_the_client_is_refused() {
 
 #[test]
 fn an_edge_style_caller_only_finds_the_end_of_data() {
-    let mut s: Server<u8> = Server::new(Limits {
+    let mut s: Server<u8> = Server::new(SessionLimits {
         collect: false,
         ..limits()
     });

@@ -71,7 +71,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// delivery go through [`InFlight`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// `queue hold`: not delivered until released.
+    /// `queue suspend`: not delivered until released.
     Suspend,
     /// `queue release`, webmail's release: due for delivery now.
     Release,

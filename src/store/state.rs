@@ -8,7 +8,7 @@
 //! | `deferred` | waiting for its next try after a failed one | `queue list` |
 //! | `delivering` | a delivery worker has it now | `queue list` |
 //! | `held` | waiting while its destination is down; readable in webmail | `queue list`, webmail "Held" |
-//! | `suspended` | set aside by an operator (`queue hold`), or by delivery for an operator (spool unreadable, DSN not storable); never delivered until released | `queue list` |
+//! | `suspended` | set aside by an operator (`queue suspend`), or by delivery for an operator (spool unreadable, DSN not storable); never delivered until released | `queue list` |
 //! | `quarantined` | set aside by policy; readable in webmail; released by a user or an operator, or expired | `queue list`, webmail "Quarantine" |
 //!
 //! `held` is the product's word for mail kept while a tenant's server is down (webmail, the
@@ -225,7 +225,7 @@ pub enum Event {
     Complete,
     /// Delivery cannot go on (spool unreadable, DSN not storable): set aside for an operator.
     Fault,
-    /// An operator suspends it (`queue hold`).
+    /// An operator suspends it (`queue suspend`).
     Suspend,
     /// An operator (`queue release`) or a webmail user releases it for delivery.
     Release,

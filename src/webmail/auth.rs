@@ -27,7 +27,7 @@ use super::Web;
 use super::pages;
 use super::secret::{self, ct_eq};
 use super::serve::ClientAddr;
-use super::sessions::{Current, Limits, Locked, Viewer};
+use super::sessions::{Current, Locked, SignInLimits, Viewer};
 
 pub const SESSION_COOKIE: &str = "__Host-mdw";
 pub const LOGIN_COOKIE: &str = "__Host-mdw-login";
@@ -260,7 +260,7 @@ pub async fn login(
         web.limiter.failed(
             &address,
             ip,
-            &Limits {
+            &SignInLimits {
                 per_account: cfg.login_max_failures,
                 per_network: cfg.login_max_failures_per_ip,
                 window: cfg.login_window.get(),

@@ -218,7 +218,7 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
 
 /// What the limiter is told: the limits in force (they follow config reloads).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct SignInLimits {
     pub per_account: u32,
     pub per_network: u32,
     pub window: Duration,
@@ -244,7 +244,7 @@ fn fail<K: std::hash::Hash + Eq + Clone>(
     map: &mut HashMap<K, Failures>,
     key: &K,
     max: u32,
-    l: &Limits,
+    l: &SignInLimits,
     now: Instant,
 ) {
     if !map.contains_key(key) && map.len() >= MAX_TRACKED {
@@ -300,7 +300,7 @@ impl Limiter {
         Ok(())
     }
 
-    pub fn failed(&self, account: &str, ip: IpAddr, l: &Limits) {
+    pub fn failed(&self, account: &str, ip: IpAddr, l: &SignInLimits) {
         let now = Instant::now();
         let mut g = self.lock();
         fail(&mut g.0, &account.to_owned(), l.per_account, l, now);
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn limiter_locks_accounts_and_networks_and_success_clears_the_account() {
         let l = Limiter::default();
-        let lim = Limits {
+        let lim = SignInLimits {
             per_account: 3,
             per_network: 8,
             window: Duration::from_secs(60),

@@ -15,6 +15,7 @@ use crate::mail::{Client, Sink, until};
 use crate::support::{OPS_TOKEN, ops_token, write};
 
 mod keys; // [engine.delivery] keys away from their defaults: connections, messages per connection
+mod memory; // engine.data_memory: bodies beyond the budget spill to a file, stalled senders hold nothing others need
 
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {
@@ -879,7 +880,7 @@ async fn queue_api_lists_holds_releases_and_deletes() {
         "{body}"
     );
     assert_eq!(
-        ops("POST", format!("/queue/{}/hold", ids[0]))
+        ops("POST", format!("/queue/{}/suspend", ids[0]))
             .await
             .unwrap()
             .0,

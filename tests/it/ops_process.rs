@@ -273,7 +273,7 @@ fn the_operator_api_needs_the_operator_credential() {
         ("GET", "/queue/0123456789abcdef".to_owned()),
         ("POST", "/queue/flush".to_owned()),
         ("POST", "/queue/0123456789abcdef/flush".to_owned()),
-        ("POST", "/queue/0123456789abcdef/hold".to_owned()),
+        ("POST", "/queue/0123456789abcdef/suspend".to_owned()),
         ("POST", "/queue/0123456789abcdef/release".to_owned()),
         ("POST", "/queue/0123456789abcdef/delete".to_owned()),
         ("GET", "/edge/engines".to_owned()),

@@ -161,7 +161,7 @@ async fn bench_scan_throughput() {
     let with_auth = harness::harness("[policy.default.scanners]\ndnsbl = false\n").await;
     let tenant = builtin.snap.topology.tenant("acme").unwrap();
     let rcpts = vec!["bob@acme.example".to_owned()];
-    let env = maildistiller::engine::scan::Envelope {
+    let env = maildistiller::engine::scan::Arrival {
         session_id: "bench",
         queue_id: "B0",
         client_ip: "192.0.2.10".parse().unwrap(),

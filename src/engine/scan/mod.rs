@@ -96,9 +96,10 @@ fn weight(raw: usize, limits: &ScanLimits) -> u32 {
     mib.min(u64::from(SCAN_MEMORY_MIB)) as u32
 }
 
-/// What the engine knows about a message when it is complete.
+/// How a message arrived: what the engine knows about it when it is complete (client, HELO,
+/// envelope addresses, tenant, TLS). Not the spooled envelope (`store::Envelope`).
 #[derive(Debug, Clone)]
-pub struct Envelope<'a> {
+pub struct Arrival<'a> {
     /// Same id on the edge and the engine for one connection.
     pub session_id: &'a str,
     /// Queue id the message will get if accepted (for reference ids in replies).
@@ -262,7 +263,7 @@ impl Scanner {
     }
 
     /// Scans one complete message (header + body, CRLF line ends, dot-unstuffed).
-    pub async fn scan(&self, envelope: &Envelope<'_>, message: &[u8]) -> Verdict {
+    pub async fn scan(&self, envelope: &Arrival<'_>, message: &[u8]) -> Verdict {
         let tenant = envelope.tenant.id.0.as_str();
         let live = self.policies.live(tenant, &envelope.tenant.policy);
         let shadows = self.policies.shadows(tenant, &envelope.tenant.policy);
@@ -307,7 +308,7 @@ impl Scanner {
 
 /// The live verdict at debug (the engine logs it with the message's fate); shadow verdicts at
 /// info, since nothing else reports them.
-fn log(env: &Envelope<'_>, v: &Verdict) {
+fn log(env: &Arrival<'_>, v: &Verdict) {
     tracing::debug!(
         target: "maildistiller::scan",
         session = env.session_id,
@@ -342,7 +343,7 @@ struct Memo<'a> {
 /// Decides `message` under one policy.
 async fn evaluate<'a>(
     policy: &CompiledPolicy,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     message: &'a [u8],
     start: Instant,
     memo: &mut Memo<'a>,
@@ -467,7 +468,7 @@ async fn run_checks(policy: &CompiledPolicy, s: &Subject<'_>, memo: &mut Memo<'_
 
 fn build_verdict(
     live: &CompiledPolicy,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     decision: Decision,
     auth_headers: Vec<String>,
     shadows: Vec<(String, Decision)>,

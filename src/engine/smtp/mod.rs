@@ -14,6 +14,7 @@
 //! timeout between commands, a data timeout for the whole DATA phase, and at most
 //! [`PROXY_HEADER_WAIT`] for the PROXY header.
 
+pub mod body;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -27,11 +28,12 @@ use super::Shared;
 use super::scan;
 use crate::proxy::{self, ProxyInfo};
 use crate::smtp::ending::Ending;
-use crate::smtp::server::{Limits, Message};
+use crate::smtp::server::{Message, SessionLimits};
 use crate::smtp::{Reply, replies};
 use crate::snapshot::Snapshot;
 use crate::store::{Dest, Envelope, Kind, QueueId, Status, now_secs};
 use crate::topology::TenantIdx;
+use body::Body;
 use session::{Session, Step};
 
 /// Longest wait for the PROXY header on a PROXY listener (or `engine.command_timeout`, if
@@ -259,7 +261,7 @@ async fn run_session(
     info: &ConnInfo,
 ) -> Ending {
     let ecfg = &snap.config.engine;
-    let mut session = Session::new(Limits {
+    let mut session = Session::new(SessionLimits {
         hostname: shared.hostname.clone(),
         max_message_size: ecfg.max_message_size.0,
         max_recipients: ecfg.max_recipients as usize,
@@ -271,6 +273,7 @@ async fn run_session(
         bare_newline: ecfg.bare_newline,
     });
     conn.reply(&session.banner());
+    let mut body = Body::new(shared.bodies.clone());
     // The whole DATA transfer has one deadline, set when the body starts.
     let mut data_deadline: Option<Instant> = None;
     loop {
@@ -279,6 +282,11 @@ async fn run_session(
         match step {
             Step::More => {
                 let in_body = session.in_body();
+                if in_body && let Err(e) = body.track(&mut session) {
+                    tracing::error!(session = %info.session_id, error = %e, "cannot spill a body to the spool: answering 4xx");
+                    conn.reply(&replies::LOCAL_ERROR);
+                    return Ending::Protocol;
+                }
                 let deadline = if in_body {
                     *data_deadline.get_or_insert_with(|| Instant::now() + ecfg.data_timeout.get())
                 } else {
@@ -334,9 +342,19 @@ async fn run_session(
                     }
                 }
             }
-            Step::Message(m) => {
+            Step::Message(mut m) => {
                 data_deadline = None;
-                let reply = accept_message(shared, snap, info, &session, m).await;
+                let reply = match body.complete(std::mem::take(&mut m.body)).await {
+                    Ok(whole) => {
+                        m.body = whole;
+                        accept_message(shared, snap, info, &session, m).await
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %info.session_id, error = %e, "cannot read a spilled body back: answering 4xx");
+                        replies::LOCAL_ERROR
+                    }
+                };
+                body.release();
                 conn.reply(&reply);
                 if let Some(close) = session.answered(&reply) {
                     conn.reply(&close);
@@ -453,7 +471,7 @@ async fn accept_message(
     let scanner = shared.scanner(snap);
     let verdict = scanner
         .scan(
-            &scan::Envelope {
+            &scan::Arrival {
                 session_id: &info.session_id,
                 queue_id: id.as_str(),
                 client_ip: info.client.ip().to_canonical(),

@@ -10,7 +10,7 @@
 //! [`Step::Message`] it answers and calls [`Session::answered`].
 
 use crate::smtp::Reply;
-use crate::smtp::server::{Event, Limits, Message, Recipients, Server};
+use crate::smtp::server::{Event, Message, Recipients, Server, SessionLimits};
 use crate::topology::TenantIdx;
 
 /// What the driver must do next.
@@ -38,7 +38,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(limits: Limits) -> Session {
+    pub fn new(limits: SessionLimits) -> Session {
         Session {
             server: Server::new(limits),
         }
@@ -59,6 +59,21 @@ impl Session {
 
     pub fn in_body(&self) -> bool {
         self.server.in_body()
+    }
+
+    /// Body bytes kept in memory so far (see [`super::body`]).
+    pub fn body_kept(&self) -> usize {
+        self.server.body_kept()
+    }
+
+    /// Memory the body kept so far occupies.
+    pub fn body_memory(&self) -> usize {
+        self.server.body_memory()
+    }
+
+    /// Takes the body bytes kept so far, to spill them to a file.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.server.take_body()
     }
 
     /// Handles the start of `buf`; returns how many bytes it used and what to do.
@@ -126,7 +141,7 @@ mod tests {
     use crate::topology::TwoTenants as Tenants;
 
     fn session() -> Session {
-        Session::new(Limits {
+        Session::new(SessionLimits {
             hostname: "mde.test".into(),
             max_message_size: 1 << 20,
             max_recipients: 100,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use maildistiller::config::RoleSet;
 use maildistiller::engine::policy::Disposition;
-use maildistiller::engine::scan::{Envelope, Scanner, Verdict};
+use maildistiller::engine::scan::{Arrival, Scanner, Verdict};
 use maildistiller::snapshot::Snapshot;
 
 use super::dns::{self, TestDns};
@@ -98,7 +98,7 @@ impl Harness {
             .topology
             .tenant(&mail.tenant)
             .unwrap_or_else(|| panic!("no tenant {}", mail.tenant));
-        let env = Envelope {
+        let env = Arrival {
             session_id: "S0TEST",
             queue_id: &mail.queue_id,
             client_ip: mail.client,

@@ -255,7 +255,7 @@ async fn metrics_count_verdicts_per_tenant() {
         .with_metrics(metrics.clone());
     let tenant = h.snap.topology.tenant("acme").unwrap();
     let rcpts = vec!["bob@acme.example".to_owned()];
-    let env = maildistiller::engine::scan::Envelope {
+    let env = maildistiller::engine::scan::Arrival {
         session_id: "S1",
         queue_id: "Q1",
         client_ip: "192.0.2.10".parse().unwrap(),

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use super::Envelope;
+use super::Arrival;
 use super::decode::Decoded;
 use crate::config::ConfigError;
 use crate::config::policy::{OnFailure, PolicyConfig};
@@ -49,7 +49,7 @@ pub use rspamd::{LearnAs, Learned, RspamdController};
 
 /// A message as the scanners see it.
 pub struct Subject<'m> {
-    pub envelope: &'m Envelope<'m>,
+    pub envelope: &'m Arrival<'m>,
     /// Header and body as received (CRLF, dot-unstuffed).
     pub raw: &'m [u8],
     pub decoded: &'m Decoded<'m>,
