@@ -163,7 +163,7 @@ async fn measure(
     redis_pid: u32,
     secs: f64,
     rounds: usize,
-) -> String {
+) -> (String, usize) {
     let mut rng = fastrand::Rng::with_seed(11);
     let small: Vec<Sample> = (0..200).map(|i| plain_4k(&mut rng, i)).collect();
     // Every kind of the scan benchmark's corpus but the virus (rejected: no 250 to time).
@@ -178,6 +178,7 @@ async fn measure(
         "engine / corpus", "msgs/s", "engine us/msg", "redis us/msg", "p50 ms", "p99 ms"
     );
     let mut base = 0usize;
+    let mut fleet_msgs = 0usize;
     let labels = ["local only", "outbreak + redis"];
     for (corpus_name, samples) in [("4 KiB plain", &small), ("mixed", &mixed)] {
         // Warm up: connections, the scanners' first build, Redis's script cache.
@@ -188,7 +189,11 @@ async fn measure(
         let mut per: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..rounds {
             for (i, engine) in [&local, &fleet].into_iter().enumerate() {
-                per[i].push(round(engine, &sink, redis_pid, samples, secs, base).await);
+                let r = round(engine, &sink, redis_pid, samples, secs, base).await;
+                if i == 1 {
+                    fleet_msgs += r.msgs;
+                }
+                per[i].push(r);
                 base += 1000;
             }
         }
@@ -216,7 +221,7 @@ async fn measure(
             f.3 - l.3
         ));
     }
-    out
+    (out, fleet_msgs)
 }
 
 /// The comparison, printed as a table; `redis` is the store the fleet engine uses.
@@ -227,7 +232,7 @@ pub async fn run(redis: &Redis) {
     let (sinks_tx, sinks_rx) = std::sync::mpsc::channel::<(Sink, Sink)>();
     type Engine = (SocketAddr, Store);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<(Engine, Engine)>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<String>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<(String, usize)>();
     let client = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -238,8 +243,8 @@ pub async fn run(redis: &Redis) {
             sinks_tx.send((acme.clone(), globex)).unwrap();
             // Nothing connects to the sinks before the engines are up.
             let (local, fleet) = go_rx.recv().unwrap();
-            let table = measure(local, fleet, acme, redis_pid, secs, rounds).await;
-            let _ = done_tx.send(table);
+            let done = measure(local, fleet, acme, redis_pid, secs, rounds).await;
+            let _ = done_tx.send(done);
         });
     });
     let (acme, globex) = sinks_rx.recv().unwrap();
@@ -278,7 +283,7 @@ pub async fn run(redis: &Redis) {
             (fleet.proxy.unwrap(), fleet.store.clone()),
         ))
         .unwrap();
-    let table = done_rx.await.expect("the client thread finishes");
+    let (table, fleet_msgs) = done_rx.await.expect("the client thread finishes");
     client.join().unwrap();
     print!("{table}");
     let m = fleet.ops.metrics.render();
@@ -300,6 +305,26 @@ pub async fn run(redis: &Redis) {
     );
     let keys = redis.query(&["DBSIZE"]);
     println!("redis keys after the run: {keys:?}");
+    // What the store was asked, per message of the timed rounds (warm-ups add a little).
+    let info = match redis.query(&["INFO", "commandstats"]) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Some(redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text)) => text,
+        _ => String::new(),
+    };
+    let per: Vec<String> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls: f64 = rest
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
+            Some(format!("{name} {:.1}", calls / fleet_msgs.max(1) as f64))
+        })
+        .collect();
+    println!("redis commands per fleet message: {}", per.join(", "));
     local.stop().await;
     fleet.stop().await;
 }
