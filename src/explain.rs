@@ -165,6 +165,18 @@ pub fn summary(s: &Snapshot, roles: RoleSet) -> String {
             c.engine.spool_dir.display(),
             c.engine.max_message_size
         );
+        let e = &c.engine;
+        if !e.shadow.listen.is_empty() || e.redundancy == crate::config::Redundancy::Shadow {
+            let _ = writeln!(
+                o,
+                "  shadow  copies {} (redundancy {}, on_shadow_failure {}, takeover after {}, timeout {})",
+                list(&e.shadow.listen),
+                e.redundancy.as_str(),
+                e.on_shadow_failure.as_str(),
+                e.takeover_after,
+                e.shadow.timeout
+            );
+        }
         let w = &c.engine.webmail;
         if !w.listen.is_empty() {
             let _ = writeln!(

@@ -4,6 +4,7 @@
 #
 #   sudo bench/engine/run.sh                      # everything, two rounds (several minutes)
 #   RUNS=1 N_4K=2000 N_100K=500 N_HELD=2000 PF_HELD_WAIT=20 bench/engine/run.sh   # quick look
+#   REDUNDANCY=shadow bench/engine/run.sh         # also a second engine holding shadow copies
 #
 # Needs root (apt-get, and Postfix's master runs as root). Stops everything it started and
 # removes its temp dir on exit (KEEP=1 keeps the dir with the logs).
@@ -23,7 +24,12 @@ SCANNERS=${SCANNERS:-local}         # local: in-process scanners on (auth/dnsbl 
 BASE_PORT=${BASE_PORT:-27900}       # uses BASE_PORT+1 .. +4 on 127.0.0.1
 BENCH_TMP=${BENCH_TMP:-/tmp}        # the spool and Postfix's queue both live under here
 WAIT_MAX=${WAIT_MAX:-300}           # cap (s) of every wait loop
-PEERS=${PEERS:-ours postfix}      # "ours" alone: A/B runs of two engine builds
+REDUNDANCY=${REDUNDANCY:-none}      # shadow: also measure "shadow", the engine with a second engine holding copies
+if [ "$REDUNDANCY" = shadow ]; then
+	PEERS=${PEERS:-ours shadow postfix}
+else
+	PEERS=${PEERS:-ours postfix}      # "ours" alone: A/B runs of two engine builds
+fi
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 
@@ -31,7 +37,12 @@ ENGINE_PORT=$((BASE_PORT + 1))
 OPS_PORT=$((BASE_PORT + 2))
 SINK_PORT=$((BASE_PORT + 3))
 PF_PORT=$((BASE_PORT + 4))
+B_PORT=$((BASE_PORT + 5))          # REDUNDANCY=shadow: the second engine's SMTP (unused by the load)
+B_OPS_PORT=$((BASE_PORT + 6))
+A_SHADOW_PORT=$((BASE_PORT + 7))   # the two engines' replication listeners
+B_SHADOW_PORT=$((BASE_PORT + 8))
 OPS="127.0.0.1:$OPS_PORT"
+B_OPS="127.0.0.1:$B_OPS_PORT"
 FROM=from@bench.example
 TO=to@tenant.example
 HZ=$(getconf CLK_TCK)
@@ -84,7 +95,7 @@ if [ "$SKIP_BUILD" != 1 ] && [ -z "${MAILDISTILLER_BIN:-}" ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not built"
 
-for p in "$ENGINE_PORT" "$OPS_PORT" "$SINK_PORT" "$PF_PORT"; do
+for p in "$ENGINE_PORT" "$OPS_PORT" "$SINK_PORT" "$PF_PORT" "$B_PORT" "$B_OPS_PORT" "$A_SHADOW_PORT" "$B_SHADOW_PORT"; do
 	listening "$p" && die "127.0.0.1:$p is in use (set BASE_PORT)"
 done
 
@@ -95,6 +106,7 @@ W=$(mktemp -d "$BENCH_TMP/md-engine-bench.XXXXXX")
 chmod 755 "$W" # Postfix's daemons (user postfix) must reach their queue inside it
 SINK_PID=
 ENGINE_PID=
+B_PID=
 PF_ETC=$W/pf/etc
 PF_Q=$W/pf/queue
 PF_UP=0
@@ -105,6 +117,7 @@ cleanup() {
 	set +e # best effort from here: every step runs even when one fails
 	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
 	[ -n "$ENGINE_PID" ] && engine_stop
+	[ -n "$B_PID" ] && shadow_stop
 	[ "$PF_UP" = 1 ] && pf_stop
 	if [ "$KEEP" = 1 ]; then
 		log "kept $W"
@@ -147,16 +160,30 @@ sink_has() { [ "$(sink_count)" -ge "$1" ]; }
 # Our engine
 
 engine_config() {
-	local scanners
 	case $SCANNERS in
-	local) scanners=$'auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false' ;;
-	off) scanners=$'auth = false\ndnsbl = false\ncontent = false\nattachments = false\nantivirus = false' ;;
+	local) SCANNER_LINES=$'auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false' ;;
+	off) SCANNER_LINES=$'auth = false\ndnsbl = false\ncontent = false\nattachments = false\nantivirus = false' ;;
 	*) die "SCANNERS must be local or off" ;;
 	esac
-	cat >"$W/engine.toml" <<EOF
-# Written by bench/engine/run.sh: one engine, one tenant delivered to smtp-sink.
+	engine_toml none "$ENGINE_PORT" "$OPS" "$W/spool" "" >"$W/engine.toml"
+	"$BIN" check --config "$W/engine.toml" >/dev/null || die "engine config does not validate"
+	if [ "$REDUNDANCY" = shadow ]; then
+		engine_toml shadow "$ENGINE_PORT" "$OPS" "$W/spool" "$A_SHADOW_PORT" >"$W/engine-a.toml"
+		engine_toml shadow "$B_PORT" "$B_OPS" "$W/spool-b" "$B_SHADOW_PORT" >"$W/engine-b.toml"
+		for f in engine-a engine-b; do
+			"$BIN" check --config "$W/$f.toml" >/dev/null || die "$f config does not validate"
+		done
+	fi
+}
+
+# engine_toml REDUNDANCY SMTP-PORT OPS-ADDR SPOOL SHADOW-PORT: one engine's config. With shadow
+# the cluster has two engines: A takes the load, B holds A's copies.
+engine_toml() {
+	local red=$1 port=$2 ops=$3 spool=$4 shadow=$5
+	cat <<EOF
+# Written by bench/engine/run.sh: one tenant delivered to smtp-sink; redundancy $red.
 [ops]
-listen = "$OPS"
+listen = "$ops"
 grace_period = "2s"
 token_file = "$W/ops.token"
 [regions.bench]
@@ -171,6 +198,17 @@ lon = 0.0
     [[silo.cluster.engine]]
     address = "127.0.0.1:$ENGINE_PORT"
     proxy = "none"    # smtp-source sends straight to engine.listen
+EOF
+	if [ "$red" = shadow ]; then
+		cat <<EOF
+    shadow = "127.0.0.1:$A_SHADOW_PORT"
+    [[silo.cluster.engine]]
+    address = "127.0.0.1:$B_PORT"
+    proxy = "none"
+    shadow = "127.0.0.1:$B_SHADOW_PORT"
+EOF
+	fi
+	cat <<EOF
 [[tenant]]
 id = "bench"
 domains = ["tenant.example"]
@@ -178,27 +216,60 @@ regions = ["bench"]
 delivery = ["127.0.0.1:$SINK_PORT"]
 tls = "none"
 [engine]
-listen = ["127.0.0.1:$ENGINE_PORT"]
-spool_dir = "$W/spool"
+listen = ["127.0.0.1:$port"]
+spool_dir = "$spool"
 hostname = "engine-bench.local"
 # -d sends 500 messages per session (~4 commands each); the default cap of 1000 commands per
 # session would end it with 421. Postfix has no such cap for MAIL/RCPT/DATA.
 max_commands = 100000
+redundancy = "$red"
+EOF
+	if [ "$red" = shadow ]; then
+		cat <<EOF
+on_shadow_failure = "tempfail"
+[engine.shadow]
+listen = ["127.0.0.1:$shadow"]
+secret = "bench-cluster-secret-0123456789abcdef"
+EOF
+	fi
+	cat <<EOF
 [engine.delivery]
 probe_interval = "$PROBE_INTERVAL"
 [policy.default.scanners]
-$scanners
+$SCANNER_LINES
 EOF
-	"$BIN" check --config "$W/engine.toml" >/dev/null || die "engine config does not validate"
 }
 
 engine_ready() { curl -sf "http://$OPS/readyz" >/dev/null; }
+b_ready() { curl -sf "http://$B_OPS/readyz" >/dev/null; }
 
 engine_start() {
 	rm -rf "$W/spool"
 	"$BIN" --role engine --config "$W/engine.toml" 2>>"$W/engine.log" &
 	ENGINE_PID=$!
 	wait_for 30 0.1 engine_ready || die "engine not ready (see $W/engine.log)"
+}
+
+# The pair: A takes the load and copies every message to B before its 250 (ready once linked).
+shadow_start() {
+	rm -rf "$W/spool" "$W/spool-b"
+	"$BIN" --role engine --config "$W/engine-b.toml" 2>>"$W/engine-b.log" &
+	B_PID=$!
+	"$BIN" --role engine --config "$W/engine-a.toml" 2>>"$W/engine.log" &
+	ENGINE_PID=$!
+	wait_for 30 0.1 engine_ready || die "engine A not ready (see $W/engine.log)"
+	wait_for 30 0.1 b_ready || die "engine B not ready (see $W/engine-b.log)"
+}
+
+shadow_stop() {
+	engine_stop
+	[ -n "$B_PID" ] || return 0
+	kill -TERM "$B_PID" 2>/dev/null || true
+	if ! wait_for 15 0.1 gone "$B_PID"; then
+		kill -KILL "$B_PID" 2>/dev/null || true
+	fi
+	wait "$B_PID" 2>/dev/null || true
+	B_PID=
 }
 
 engine_stop() {
@@ -219,6 +290,30 @@ engine_queued() {
 engine_empty() { [ "$(engine_queued)" = 0 ]; }
 engine_all_held() { [ "$(engine_queued held)" = "$1" ]; }
 engine_cpu() { awk '{print $14 + $15}' "/proc/$ENGINE_PID/stat"; }
+pair_cpu() { awk '{s += $14 + $15} END {print s}' "/proc/$ENGINE_PID/stat" "/proc/$B_PID/stat"; }
+
+# hist_q ADDR METRIC Q: the Q-quantile of a Prometheus histogram on ADDR's /metrics, in ms
+# (linear within its bucket).
+hist_q() {
+	curl -sf "http://$1/metrics" | awk -v m="$2_bucket" -v q="$3" '
+		index($0, m "{") == 1 {
+			match($0, /[{,]le="[^"]*"/); le = substr($0, RSTART + 5, RLENGTH - 6) # not role="..."
+			n++; les[n] = (le == "+Inf" ? 1e9 : le + 0); cs[n] = $NF + 0
+		}
+		END {
+			if (n == 0 || cs[n] == 0) { print "-"; exit }
+			want = q * cs[n]; prev_le = 0; prev_c = 0
+			for (i = 1; i <= n; i++) {
+				if (cs[i] >= want) {
+					f = (cs[i] == prev_c) ? 0 : (want - prev_c) / (cs[i] - prev_c)
+					printf "%.2f", (prev_le + f * (les[i] - prev_le)) * 1000; exit
+				}
+				prev_le = les[i]; prev_c = cs[i]
+			}
+		}'
+}
+# metric_sum ADDR NAME: the sum of a metric's samples on ADDR's /metrics.
+metric_sum() { curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $NF} END {print s + 0}'; }
 engine_hwm() { awk '/VmHWM/ {print $2}' "/proc/$ENGINE_PID/status"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -318,11 +413,25 @@ source_run() { # PORT N FLAGS... -> runs smtp-source, fails loudly when it repor
 	fi
 }
 
-peer_start() { if [ "$1" = ours ]; then engine_start; else pf_start; fi; }
-peer_stop() { if [ "$1" = ours ]; then engine_stop; else pf_stop; fi; }
-peer_port() { if [ "$1" = ours ]; then echo "$ENGINE_PORT"; else echo "$PF_PORT"; fi; }
-peer_cpu() { if [ "$1" = ours ]; then engine_cpu; else pf_cpu; fi; }
-peer_empty() { if [ "$1" = ours ]; then engine_empty; else pf_empty; fi; }
+peer_start() { case $1 in ours) engine_start ;; shadow) shadow_start ;; *) pf_start ;; esac; }
+peer_stop() { case $1 in ours) engine_stop ;; shadow) shadow_stop ;; *) pf_stop ;; esac; }
+peer_port() { case $1 in ours | shadow) echo "$ENGINE_PORT" ;; *) echo "$PF_PORT" ;; esac; }
+peer_cpu() { case $1 in ours) engine_cpu ;; shadow) pair_cpu ;; *) pf_cpu ;; esac; }
+peer_empty() { case $1 in ours | shadow) engine_empty ;; *) pf_empty ;; esac; }
+peer_ours() { [ "$1" = ours ] || [ "$1" = shadow ]; }
+
+# After a workload on the pair: what the shadow added to the 250 and how copies shared fsyncs.
+shadow_figures() {
+	local k=$1 c r
+	R[$k/added_p50]=$(hist_q "$OPS" maildistiller_engine_shadow_wait_seconds 0.5)
+	R[$k/added_p99]=$(hist_q "$OPS" maildistiller_engine_shadow_wait_seconds 0.99)
+	R[$k/copy_p99]=$(hist_q "$OPS" maildistiller_engine_shadow_copy_seconds 0.99)
+	c=$(metric_sum "$B_OPS" maildistiller_engine_shadow_log_commits_total)
+	r=$(metric_sum "$B_OPS" maildistiller_engine_shadow_log_records_total)
+	R[$k/per_sync]=$(awk -v r="$r" -v c="$c" 'BEGIN { if (c > 0) printf "%.1f", r / c; else print "-" }')
+	R[$k/refused]=$(metric_sum "$OPS" maildistiller_engine_messages_rejected_total)
+	log "$k: the 250 waited for the shadow p50 ${R[$k/added_p50]} ms, p99 ${R[$k/added_p99]} ms beyond the local fsync; copy p99 ${R[$k/copy_p99]} ms; ${R[$k/per_sync]} records per fsync on B; ${R[$k/refused]} refused after DATA"
+}
 
 # throughput PEER ROUND WORKLOAD N SMTP-SOURCE-FLAGS...
 throughput() {
@@ -344,7 +453,11 @@ throughput() {
 	R[$k/accepted]=$(calc "$n / ($t1 - $t0)")
 	R[$k/e2e]=$(calc "$n / ($t2 - $t0)")
 	R[$k/cpu]=$(calc "($c1 - $c0) * 1000000 / $HZ / $n")
-	[ "$peer" = ours ] && R[$k/rss]=$(engine_hwm)
+	if peer_ours "$peer"; then R[$k/rss]=$(engine_hwm); fi
+	if [ "$peer" = shadow ]; then
+		sleep 2 # the counters on /metrics are refreshed every second
+		shadow_figures "$k"
+	fi
 	log "$k: accepted $(fmt "${R[$k/accepted]}") msg/s, end-to-end $(fmt "${R[$k/e2e]}") msg/s, CPU $(fmt "${R[$k/cpu]}") µs/msg"
 	sink_stop
 	peer_stop "$peer"
@@ -362,7 +475,7 @@ held() {
 	source_run "$(peer_port "$peer")" "$n" -l 4096 || die "$k: sending failed"
 	t1=$(now)
 	R[$k/accepted]=$(calc "$n / ($t1 - $t0)")
-	if [ "$peer" = ours ]; then
+	if peer_ours "$peer"; then
 		wait_for 60 0.5 engine_all_held "$n" || die "$k: $(engine_queued held) of $n held after 60 s"
 	else
 		wait_for 120 0.5 pf_all_deferred "$n" || die "$k: $(pf_queued) queued, not all deferred after 120 s"
@@ -371,13 +484,13 @@ held() {
 	local up tdone
 	sink_start
 	up=$(now)
-	if [ "$peer" = ours ]; then
+	if peer_ours "$peer"; then
 		wait_for "$WAIT_MAX" 0.05 sink_has "$n" || die "$k: the sink got $(sink_count) of $n within ${WAIT_MAX}s"
 		tdone=$(now)
 		R[$k/drain]=$(calc "$tdone - $up")
 		wait_for 30 0.1 engine_empty || log "warning: $k: queue not empty after the sink got everything"
 		R[$k/empty]=$(calc "$(now) - $up")
-		R[$k/cpu]=$(calc "($(engine_cpu) - $c0) * 1000000 / $HZ / $n")
+		R[$k/cpu]=$(calc "($(peer_cpu "$peer") - $c0) * 1000000 / $HZ / $n")
 		R[$k/rss]=$(engine_hwm)
 		log "$k: all $n in the sink $(fmt "${R[$k/drain]}" 2) s after it came back (queue empty after $(fmt "${R[$k/empty]}" 2) s)"
 	else
@@ -409,6 +522,7 @@ engine_config
 pf_config
 log "work dir $W; engine 127.0.0.1:$ENGINE_PORT (ops $OPS), postfix 127.0.0.1:$PF_PORT, sink 127.0.0.1:$SINK_PORT"
 log "load: smtp-source -s $SESSIONS; one peer at a time; $RUNS round(s)"
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 
 WORKLOADS=()
 [ "$N_4K" -gt 0 ] && WORKLOADS+=("4k")
@@ -444,6 +558,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 echo
 echo "maildistiller engine vs Postfix $(postconf -d -h mail_version), smtp-source -s $SESSIONS, loopback, $(nproc) cores"
 echo "(spool and Postfix queue on $(df -P "$W" | awk 'NR == 2 {print $1}'); engine scanners: $SCANNERS; probe_interval $PROBE_INTERVAL)"
+echo "(load average 1/5/15 min before the runs: $LOAD_BEFORE, after: $(cut -d" " -f1-3 /proc/loadavg); other work on the machine shows in msg/s, the ratios much less)"
 echo
 printf '%-5s %-28s %-10s %10s %10s %8s\n' round workload metric ours postfix ratio
 for round in $(seq 1 "$RUNS"); do
@@ -482,5 +597,26 @@ if [ "$N_HELD" -gt 0 ]; then
 		case $pd in ">"*) pd="$pd s ($(fmt "${R[postfix/$round/held/nowait]}") dlv.)" ;; *) pd="$(fmt "$pd" 2) s" ;; esac
 		printf '%-5s %12s s %18s %14s s (%s msg/s)\n' "$round" "$(fmt "${R[ours/$round/held/drain]:-}" 2)" "$pd" \
 			"$(fmt "${R[postfix/$round/held/flush]:-}" 2)" "$(fmt "${R[postfix/$round/held/flushrate]:-}")"
+	done
+fi
+
+if [[ " $PEERS " == *" shadow "* ]]; then
+	echo
+	echo "Shadow redundancy: the same engine, each 250 after a second engine of the cluster has also fsynced the"
+	echo "message (REDUNDANCY=shadow). Target: shadow >= 0.7x ours and >= 1.5x Postfix (accepted msg/s)."
+	echo "+p50/+p99: how much longer the 250 waited for the shadow than for the local fsync;"
+	echo "rec/fsync: records (copies and discards) per group commit on the shadow; CPU: both engines."
+	printf '%-5s %-28s %9s %9s %9s %11s %10s %8s %8s %9s %9s\n' round workload shadow ours postfix shadow/ours shadow/pf "+p50 ms" "+p99 ms" rec/fsync "CPU µs"
+	for round in $(seq 1 "$RUNS"); do
+		for wl in "${WORKLOADS[@]}" ${N_HELD:+held}; do
+			[ "$wl" = held ] && [ "$N_HELD" -le 0 ] && continue
+			if [ "$wl" = held ]; then name="4 KiB x $N_HELD, dest. down"; else name=$(wl_name "$wl"); fi
+			sh=${R[shadow/$round/$wl/accepted]:-}
+			o=${R[ours/$round/$wl/accepted]:-}
+			p=${R[postfix/$round/$wl/accepted]:-}
+			printf '%-5s %-28s %9s %9s %9s %11s %10s %8s %8s %9s %9s\n' "$round" "$name" "$(fmt "$sh")" "$(fmt "$o")" "$(fmt "$p")" \
+				"$(ratio "$sh" "$o")" "$(ratio "$sh" "$p")" "${R[shadow/$round/$wl/added_p50]:--}" "${R[shadow/$round/$wl/added_p99]:--}" \
+				"${R[shadow/$round/$wl/per_sync]:--}" "$(fmt "${R[shadow/$round/$wl/cpu]:-}")"
+		done
 	done
 fi

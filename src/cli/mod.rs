@@ -231,6 +231,14 @@ pub enum QueueAction {
     Release { id: String },
     /// Delete a message from the queue (no DSN).
     Delete { id: String },
+    /// Deliver from this engine the shadow copies it holds of a lost engine's mail, now
+    /// (cluster redundancy; otherwise done after `engine.takeover_after` with the cluster's
+    /// agreement). Refused while that engine is still heard.
+    Takeover {
+        /// The lost engine: its `[[silo.cluster.engine]] address` (or shadow address).
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

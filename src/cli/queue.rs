@@ -1,9 +1,22 @@
-//! `maildistiller queue list|show|flush|suspend|release|delete`: a running engine's queue, through
+//! `maildistiller queue list|show|flush|suspend|release|delete|takeover`: a running engine's queue, through
 //! the queue API on its ops listener.
 
 use std::net::SocketAddr;
 
 use super::{Failure, QueueAction, client};
+
+/// Percent-encodes a query value (an engine address has `:`, an IPv6 one `[` and `]`).
+fn escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
 
 /// Sends one queue request to the engine at `addr` and prints its answer.
 pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> Result<(), Failure> {
@@ -41,6 +54,9 @@ pub fn command(addr: SocketAddr, token: Option<&str>, action: &QueueAction) -> R
             "POST",
             format!("/queue/{}/delete", enc(id).unwrap_or_default()),
         ),
+        QueueAction::Takeover { from } => {
+            ("POST", format!("/queue/takeover?from={}", escape(from)))
+        }
     };
     match client::request(addr, method, &path, token) {
         Ok((200, body)) => {

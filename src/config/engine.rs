@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use super::shadow::{DEFAULT_TAKEOVER_AFTER, OnShadowFailure, Redundancy, ShadowConfig};
 use super::units::{Bytes, DeliveryHost, Dur};
 use super::validate::{Checker, is_domain};
 use super::verify::VerifyConfig;
@@ -74,6 +75,19 @@ pub struct EngineConfig {
     /// certificate stays.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `none` (default): a message lives on this engine's disk only. `shadow`: `250` only once
+    /// the message and its envelope are fsynced here and on another engine of the cluster (its
+    /// shadow), which delivers it if this engine is lost. See `src/shadow/mod.rs`.
+    pub redundancy: Redundancy,
+    /// With `shadow`, when no peer fsyncs the copy within `shadow.timeout`: `tempfail`
+    /// (default: `451 4.3.0`, the sender retries) or `accept` (250 with one copy, counted, and
+    /// shadowed when a peer is back).
+    pub on_shadow_failure: OnShadowFailure,
+    /// How long a primary must be unreachable (and agreed down by the cluster's other engines)
+    /// before its shadows deliver its copies. Default 5 m: longer than a restart, so a restart
+    /// never causes duplicates. `maildistiller queue takeover --from ENGINE` does it at once.
+    pub takeover_after: Dur,
+    pub shadow: ShadowConfig,
     /// When `tls_cert` and `tls_key` are both missing at start, make a self-signed certificate
     /// there (for the host name, `localhost` and 127.0.0.1; ten years; key mode 0600) and use
     /// it: STARTTLS out of the box on a test or loopback setup. Never replaces existing files.
@@ -168,6 +182,10 @@ impl Default for EngineConfig {
             hostname: None,
             tls_cert: None,
             tls_key: None,
+            redundancy: Redundancy::None,
+            on_shadow_failure: OnShadowFailure::Tempfail,
+            takeover_after: DEFAULT_TAKEOVER_AFTER,
+            shadow: ShadowConfig::default(),
             tls_self_signed: false,
             delivery: DeliveryConfig::default(),
             webmail: Default::default(),
@@ -289,6 +307,7 @@ impl EngineConfig {
         {
             k.err("engine.delivery.relay", msg);
         }
+        e.shadow.check(k);
         e.webmail.check(e.hostname.as_deref(), k);
         e.verify.check(k);
         if !e.proxy_listen.is_empty() && e.trusted_proxies.is_empty() {

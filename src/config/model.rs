@@ -181,6 +181,11 @@ pub struct EngineRef {
     pub address: SocketAddr,
     /// Ops address (`/readyz` load reports). Optional.
     pub ops: Option<SocketAddr>,
+    /// Replication address (`engine.shadow.listen` of that engine): where the cluster's other
+    /// engines send it copies of their messages. Loopback or private addresses only. Optional:
+    /// an engine without one takes no copies.
+    #[serde(default)]
+    pub shadow: Option<SocketAddr>,
     /// Relative share of new sessions. Default 1.
     #[serde(default = "one")]
     pub weight: u32,

@@ -145,6 +145,7 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     c.shared.check(&mut k);
     super::policy::check_all(c, &mut k);
     check_listeners(c, roles, &mut k);
+    super::shadow::check_redundancy(c, roles, &mut k);
 
     if k.errors.is_empty() {
         Ok(k.warnings)
@@ -386,10 +387,15 @@ fn check_listeners(c: &Config, roles: RoleSet, k: &mut Checker) {
         }
     };
     add(k, "ops.listen".into(), c.ops.listen);
-    let sections: [(bool, &str, &[SocketAddr]); 4] = [
+    let sections: [(bool, &str, &[SocketAddr]); 5] = [
         (roles.edge, "edge.listen", &c.edge.listen),
         (roles.engine, "engine.listen", &c.engine.listen),
         (roles.engine, "engine.proxy_listen", &c.engine.proxy_listen),
+        (
+            roles.engine,
+            "engine.shadow.listen",
+            &c.engine.shadow.listen,
+        ),
         (roles.dns, "dns.listen", &c.dns.listen),
     ];
     for (on, name, list) in sections {

@@ -28,6 +28,7 @@ use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 
 use crate::ops::Ops;
+use crate::shadow::Replicator;
 use crate::snapshot::Snapshot;
 use crate::store::allow::AllowStore;
 use crate::store::{Change, ChangeError, Listed, State, Status, Store, now_secs};
@@ -47,6 +48,8 @@ pub struct Shared {
     confirmed: Mutex<std::collections::HashSet<crate::store::QueueId>>,
     /// Judges recipients of tenants with a recipients file or call-ahead.
     pub verifier: Arc<verify::Verifier>,
+    /// Cluster redundancy (when `engine.shadow.listen` is set): copies on a peer engine.
+    pub shadow: Option<Replicator>,
     /// The scanner built for the config version in force (built at bind, so one always exists).
     scanner: Mutex<(String, Arc<scan::Scanner>)>,
     /// Users' own allow lists under the spool, which every scanner consults.
@@ -102,11 +105,22 @@ pub struct Bound {
     pub addrs: Vec<std::net::SocketAddr>,
     /// `engine.proxy_listen` addresses.
     pub proxy_addrs: Vec<std::net::SocketAddr>,
+    /// Cluster redundancy, when `engine.shadow.listen` is set.
+    pub shadow: Option<Replicator>,
 }
 
 /// Opens the store (recovering the spool), binds the listeners, mounts the queue API on the ops
 /// listener.
 pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
+    bind_with(ops, Vec::new()).await
+}
+
+/// [`bind`], with the shadow listener(s) already bound (tests bind `127.0.0.1:0` first, then
+/// name the address in the fleet).
+pub async fn bind_with(
+    ops: &Arc<Ops>,
+    shadow_listeners: Vec<TcpListener>,
+) -> std::io::Result<Bound> {
     let snap = ops.config.load_full();
     let ecfg = &snap.config.engine;
     let (store, problems) = Store::open(
@@ -119,6 +133,15 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         tracing::error!(problem = %p, "spool recovery");
     }
     tracing::info!(messages = store.len(), spool = %ecfg.spool_dir.display(), "spool recovered");
+    let route: crate::shadow::Route = {
+        let ops = ops.clone();
+        Arc::new(move |env| delivery::route(&ops.config.load(), env))
+    };
+    let shadow = crate::shadow::start(ops, &store, route, shadow_listeners).await?;
+    let (shadow, shadow_serving) = match shadow {
+        Some(s) => (Some(s.replicator), Some(s.serving)),
+        None => (None, None),
+    };
     let hostname = hostname(&snap);
     let tls = tls_config(&snap, ops, &hostname)?;
     let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
@@ -147,11 +170,13 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
         fleet,
         confirmed: Mutex::new(Default::default()),
         verifier,
+        shadow: shadow.clone(),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
         allow,
         bodies: Arc::new(smtp::body::Budget::new(
             &ecfg.spool_dir,
             ecfg.data_memory.0,
+            ecfg.redundancy == crate::config::Redundancy::Shadow,
             &ops.metrics,
         )?),
     });
@@ -181,12 +206,13 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
     let addrs = bound_of(smtp::Listener::Direct);
     let proxy_addrs = bound_of(smtp::Listener::Proxy);
     ops.add_routes(api::routes(store.clone()));
-    let serving = Box::pin(run(shared, delivery, listeners));
+    let serving = Box::pin(run(shared, delivery, listeners, shadow_serving));
     Ok(Bound {
         serving,
         store,
         addrs,
         proxy_addrs,
+        shadow,
     })
 }
 
@@ -194,8 +220,12 @@ async fn run(
     shared: Arc<Shared>,
     delivery: Arc<delivery::Delivery>,
     listeners: Vec<(TcpListener, smtp::Listener)>,
+    shadow: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 ) -> std::io::Result<()> {
     let tracker = tokio_util::task::TaskTracker::new();
+    if let Some(s) = shadow {
+        tracker.spawn(s);
+    }
     // Sessions of all listeners together: at most `engine.max_sessions` (read at start);
     // beyond it a client gets `421 4.3.2` at once.
     let max_sessions = shared.ops.config.load().config.engine.max_sessions as usize;

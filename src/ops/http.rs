@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `GET /metrics` | Prometheus text format | open |
 //! | `GET /healthz` | 200 while the process runs (liveness) | open |
-//! | `GET /readyz` | 200 when every listener is bound and config is loaded, else 503; body: load as JSON | open |
+//! | `GET /readyz` | 200 when every listener is bound and config is loaded and no role holds readiness (an engine that would 451 every message for want of a shadow), else 503; body: load as JSON, with `unready` reasons | open |
 //! | `GET /status` | HTML overview, no JavaScript | open |
 //! | `POST /-/reload` | reload the config like SIGHUP; 200 with warnings or 400 with every error | operator |
 //! | routes roles add (`/queue…`, `/-/engines…`, `/-/dns/…`) | see each role | operator |
@@ -71,8 +71,14 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let ready = ops.is_ready();
+    let unready: Vec<String> = ops
+        .unready_reasons()
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect();
     let body = format!(
-        "{{\"ready\":{ready},\"draining\":{},\"sessions\":{},\"queue_depth\":{},\"config_version\":\"{}\"}}\n",
+        "{{\"ready\":{ready},\"unready\":[{}],\"draining\":{},\"sessions\":{},\"queue_depth\":{},\"config_version\":\"{}\"}}\n",
+        unready.join(","),
         ops.shutdown.is_cancelled(),
         ops.sessions.load(Ordering::Relaxed),
         ops.queue_depth.load(Ordering::Relaxed),

@@ -34,6 +34,10 @@ pub struct Ops {
     /// Cancelled when the process starts draining.
     pub shutdown: CancellationToken,
     ready: AtomicBool,
+    /// Why a role says this process should get no new work although it runs (e.g. an engine
+    /// that would answer 451 to every message for want of a shadow): `/readyz` says 503 with
+    /// them, and edges route elsewhere.
+    unready: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     /// Live sessions across roles (for `/readyz` load reports).
     pub sessions: AtomicI64,
     /// Messages in the spool (engine), for `/readyz`.
@@ -69,6 +73,7 @@ impl Ops {
             metrics,
             shutdown: CancellationToken::new(),
             ready: AtomicBool::new(false),
+            unready: std::sync::Mutex::default(),
             sessions: AtomicI64::new(0),
             queue_depth: AtomicI64::new(0),
             ops_addr: std::sync::OnceLock::new(),
@@ -85,7 +90,29 @@ impl Ops {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+        self.ready.load(Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
+            && self.unready_reasons().is_empty()
+    }
+
+    /// A role's reason to take no new work, set (`on`) or cleared.
+    pub fn hold_readiness(&self, reason: &'static str, on: bool) {
+        let mut g = self.unready.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            g.insert(reason);
+        } else {
+            g.remove(reason);
+        }
+    }
+
+    /// The reasons set with [`Ops::hold_readiness`].
+    pub fn unready_reasons(&self) -> Vec<&'static str> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     pub fn add_routes(&self, r: axum::Router) {

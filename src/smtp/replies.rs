@@ -162,6 +162,13 @@ pub const STORAGE_FULL: Reply = Reply::canned(
     e(4, 3, 1),
     "Insufficient system storage, try again later",
 );
+/// Cluster redundancy with `on_shadow_failure = "tempfail"`: no second engine fsynced a copy in
+/// time, and a single copy is never acknowledged.
+pub const NO_SHADOW: Reply = Reply::canned(
+    451,
+    e(4, 3, 0),
+    "Cannot store a second copy right now, try again later",
+);
 pub const LOCAL_ERROR: Reply = Reply::canned(
     451,
     e(4, 3, 0),

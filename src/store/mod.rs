@@ -12,12 +12,15 @@
 //! | `spool/` | the files: format, durability (fsync before 250, group commit, shards, file recycling) |
 //! | `index.rs` | the in-memory index: destinations, due times, claims |
 //! | `allow.rs` | users' own allow lists ("allow this sender" in webmail), beside the spool: written by webmail, read by the scanner |
+//! | `follow.rs` | the [`Follower`] that hears every durable change (shadow copies), and two-step acceptance ([`Prepared`]) |
 //!
 //! # Who calls what
 //!
 //! | caller | calls |
 //! |---|---|
-//! | SMTP reception, DSNs | [`Store::accept`]: on disk (synced) first, then in the index |
+//! | SMTP reception | [`Store::accept`]: on disk (synced) first, then in the index; with a shadow, [`Store::prepare`] then [`Prepared::commit`] or [`Prepared::abandon`] |
+//! | DSNs, adoption of another engine's copies | [`Store::accept_child`], [`Store::adopt`] |
+//! | cluster redundancy | [`Store::follow`]: a [`Follower`] hears every change once it is durable |
 //! | delivery | [`Store::plan`], [`Store::take`] → an [`InFlight`] message → [`InFlight::settle`], [`InFlight::set_aside`] or [`InFlight::give_back`]; destination health ([`Store::connect_failed`], [`Store::dest_up`], …) |
 //! | queue API, webmail, quarantine expiry | [`Store::list`], [`Store::get`], [`Store::read`], [`Store::change`] (suspend, release, delete, expire), [`Store::release_some`], [`Store::flush`] |
 //!
@@ -44,6 +47,7 @@
 //! already taken. Bounds: the index holds one small entry per spooled message (no bodies).
 
 pub mod allow;
+mod follow;
 mod index;
 mod spool;
 pub mod state;
@@ -59,10 +63,27 @@ pub use index::{Dest, Listed, now_secs};
 pub use spool::{Envelope, Kind, Progress, QueueId, RcptOutcome};
 pub use state::{Event, Illegal, Next, State, Status};
 
+pub use follow::{Follower, Prepared};
 use index::Index;
 use spool::Spool;
 #[cfg(test)]
 pub(crate) use spool::test_envelope;
+
+/// A message as the spool writes it (envelope header, empty line, the message): what a shadow
+/// copy carries to another engine.
+pub fn encode_record(env: &Envelope, message: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(message.len() + 512);
+    env.encode(&mut buf);
+    buf.extend_from_slice(message);
+    buf
+}
+
+/// A record made by [`encode_record`], split back into its envelope and message.
+pub fn decode_record(data: &[u8]) -> Result<(Envelope, &[u8]), String> {
+    let env = Envelope::decode(data)?;
+    let start = spool::body_offset(data).ok_or("no end of envelope")?;
+    Ok((env, &data[start..]))
+}
 
 /// Longest pause between two tries of writing a delivery outcome the disk refused.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -119,6 +140,9 @@ pub struct Store {
     index: Arc<Index>,
     /// Cancelled at shutdown: writes of delivery outcomes stop retrying.
     stopping: CancellationToken,
+    /// Who hears every durable change (set once, when the engine replicates). Weak: the
+    /// follower holds the store, and its owner decides how long it lives.
+    follower: Arc<std::sync::OnceLock<std::sync::Weak<dyn Follower>>>,
 }
 
 impl Store {
@@ -145,6 +169,7 @@ impl Store {
                 spool,
                 index,
                 stopping,
+                follower: Arc::default(),
             },
             problems,
         ))
@@ -159,10 +184,80 @@ impl Store {
         dest: Dest,
     ) -> io::Result<Arc<Envelope>> {
         self.spool.store(&env, message).await?;
+        Ok(self.insert(env, dest))
+    }
+
+    /// [`Store::accept`] for a message born of another (a DSN reporting on `parent`): its
+    /// follower hears of it with its parent, before the parent's outcome.
+    pub async fn accept_child(
+        &self,
+        env: Envelope,
+        message: &[u8],
+        dest: Dest,
+        parent: &QueueId,
+    ) -> io::Result<Arc<Envelope>> {
+        self.spool.store(&env, message).await?;
+        let env = self.insert(env, dest);
+        self.tell(|f| f.accepted(&env, message, Some(parent)));
+        Ok(env)
+    }
+
+    /// Writes a new message to disk (synced) without making it deliverable: see [`Prepared`].
+    pub async fn prepare(&self, env: Envelope, message: &[u8], dest: Dest) -> io::Result<Prepared> {
+        self.spool.store(&env, message).await?;
+        Ok(Prepared {
+            store: self.clone(),
+            env: Some(env),
+            dest,
+        })
+    }
+
+    /// Takes in a message another engine accepted (its copy, adopted after that engine was
+    /// lost), with the progress it had there. On disk first, then in the index; the follower
+    /// hears of it.
+    pub async fn adopt(
+        &self,
+        env: Envelope,
+        message: &[u8],
+        progress: Progress,
+        dest: Dest,
+    ) -> io::Result<Arc<Envelope>> {
+        self.spool.store(&env, message).await?;
+        if progress != Progress::initial(&env)
+            && let Err(e) = self.spool.write_state(&env.id, &progress).await
+        {
+            let _ = self.spool.remove(&env.id).await;
+            return Err(e);
+        }
+        let env = Arc::new(env);
+        self.index.insert(env.clone(), progress, dest);
+        self.tell(|f| f.accepted(&env, message, None));
+        Ok(env)
+    }
+
+    /// Into the index, as written: `queued` or `quarantined` by its envelope.
+    fn insert(&self, env: Envelope, dest: Dest) -> Arc<Envelope> {
         let env = Arc::new(env);
         let progress = Progress::initial(&env);
         self.index.insert(env.clone(), progress, dest);
-        Ok(env)
+        env
+    }
+
+    /// Sets who hears every durable change from now on, for as long as it lives (once; a
+    /// second call is ignored).
+    pub fn follow(&self, follower: &Arc<dyn Follower>) {
+        let _ = self.follower.set(Arc::downgrade(follower));
+    }
+
+    fn tell(&self, f: impl FnOnce(&dyn Follower)) {
+        if let Some(x) = self.follower.get().and_then(std::sync::Weak::upgrade) {
+            f(x.as_ref());
+        }
+    }
+
+    /// This spool's identity (written once when the spool is made).
+    pub fn identity(&self) -> &str {
+        self.spool.identity()
     }
 
     /// A message's bytes (after the envelope).
@@ -229,6 +324,7 @@ impl Store {
         };
         match written {
             Ok(w) => {
+                self.tell(|f| f.changed(id, w.as_ref()));
                 self.index.end_change(id, Ok(w));
                 Ok(claimed.from)
             }
@@ -277,7 +373,11 @@ impl Store {
                     verdict: format!("{} released-from={id}", listed.env.verdict),
                     ..(*listed.env).clone()
                 };
-                self.accept(env, &bytes, listed.dest.clone()).await
+                // A follower (shadow copies) hears of the copy with the original, before the
+                // original's new progress: the shadow holds the copy before it learns that
+                // these recipients left the original.
+                self.accept_child(env, &bytes, listed.dest.clone(), id)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -297,7 +397,10 @@ impl Store {
             self.spool.write_state(id, &p).await.map(|()| Some(p))
         };
         match written {
-            Ok(w) => self.index.end_change(id, Ok(w)),
+            Ok(w) => {
+                self.tell(|f| f.changed(id, w.as_ref()));
+                self.index.end_change(id, Ok(w));
+            }
             Err(e) => {
                 tracing::error!(id = %id, copy = %copy, error = %e, "released a copy of a quarantined message, but cannot record it on the original: its recipients may see it again");
                 self.index.end_change(id, Err(()));
@@ -447,6 +550,7 @@ impl InFlight {
         let keep = (next != Next::Gone).then_some(progress);
         let id = &self.env.id;
         self.store.write_outcome(id, keep.as_ref()).await?;
+        self.store.tell(|f| f.changed(id, keep.as_ref()));
         self.store.index.settle(id, keep);
         self.done = true;
         Ok(())

@@ -74,6 +74,8 @@ pub struct Cluster {
 pub struct Engine {
     pub address: SocketAddr,
     pub ops: Option<SocketAddr>,
+    /// Replication address (cluster redundancy), when it takes copies.
+    pub shadow: Option<SocketAddr>,
     pub weight: u32,
     pub max_connections: u32,
     pub proxy: ProxyProtocol,
@@ -166,6 +168,7 @@ impl Topology {
                     t.engines.push(Engine {
                         address: e.address,
                         ops: e.ops,
+                        shadow: e.shadow,
                         weight: e.weight.max(1),
                         max_connections: e.max_connections,
                         proxy: e.proxy,

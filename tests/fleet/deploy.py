@@ -52,6 +52,13 @@ WEBMAIL_USER = "admin@acme.example"
 WEBMAIL_PASSWORD = "fleet-webmail-password-1"
 WEBMAIL_PORT = 8443
 PEER_SECRET = "fleet-peer-secret-0123456789abcdef-0123456789"
+# Cluster redundancy: every engine keeps a shadow copy of each message on another engine of its
+# cluster before its 250 (src/shadow/). Takeover after 15 s: longer than any scenario keeps an
+# engine stopped or frozen and then brings it back (those must cause no takeover), short enough
+# for the account to see a destroyed engine's mail delivered by its shadows.
+SHADOW_SECRET = "fleet-shadow-secret-0123456789abcdef-0123456789"
+SHADOW_PORT = 2627
+TAKEOVER_AFTER = 15
 _webmail_hash = None  # argon2 PHC string, made once per run by `maildistiller user add`
 # Delivery TLS: every tenant's server offers STARTTLS with a certificate of the fleet's test CA
 # (for its address and mx.<domain>); this tenant requires it, verified against that CA.
@@ -199,6 +206,7 @@ class Fleet:
                     "    [[silo.cluster.engine]]",
                     f'    address = "{addr}:25"',
                     f'    ops = "{addr}:9125"',
+                    f'    shadow = "{addr}:{SHADOW_PORT}"',
                     "    max_connections = 200",
                 ]
         tenants = list(TENANTS)
@@ -293,6 +301,12 @@ class Fleet:
                 f'spool_dir = "{os.path.join(self.base, "spool", node.name)}"',
                 f'hostname = "{host}"',
                 f"trusted_proxies = {json.dumps(edges)}",
+                'redundancy = "shadow"',
+                'on_shadow_failure = "tempfail"',
+                f'takeover_after = "{TAKEOVER_AFTER}s"',
+                "  [engine.shadow]",
+                f'  listen = ["{node.addr}:{SHADOW_PORT}"]',
+                f'  secret = "{SHADOW_SECRET}"',
                 "  [engine.delivery]",
                 '  retry_base = "1s"',
                 '  retry_max = "4s"',

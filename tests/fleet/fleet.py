@@ -198,7 +198,7 @@ def inner(args):
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     cols = ["scenario", "submitted", "delivered", "quarantined", "rejected", "dsn",
-            "pending_at_sender", "lost", "duplicates", "unexpected", "region_violations",
+            "pending_at_sender", "lost", "lost_both_copies", "duplicates", "unexpected", "region_violations",
             "p50_s", "p99_s", "violations"]
     print()
     print(" | ".join(cols))

@@ -224,6 +224,56 @@ fn garbage_is_an_error_not_a_panic() {
     }
 }
 
+/// Cluster redundancy is refused with the fix when it cannot work: the replication channel on a
+/// public or wildcard address, no secret or a short one, an engine the fleet does not know, a
+/// cluster with nobody to copy to.
+#[test]
+fn shadow_redundancy_that_cannot_work_is_refused() {
+    let errors = errors_of(&fleet_config(
+        r#"
+[engine]
+redundancy = "shadow"
+takeover_after = "10ms"
+[engine.shadow]
+listen = ["0.0.0.0:2627", "81.2.69.160:2627"]
+secret = "short"
+"#,
+    ));
+    assert_has(
+        &errors,
+        "engine.shadow.listen[0]: 0.0.0.0:2627: the replication channel is never open to the internet",
+    );
+    assert_has(&errors, "engine.shadow.listen[1]: 81.2.69.160:2627");
+    assert_has(&errors, "engine.shadow.secret: at least 32 characters");
+    assert_has(&errors, "engine.takeover_after: 10ms is out of range");
+    assert_has(
+        &errors,
+        "engine.shadow.listen: no [[silo.cluster.engine]] has one of these addresses",
+    );
+    let errors = errors_of(
+        &fleet_config(
+            r#"
+[engine]
+redundancy = "shadow"
+[engine.shadow]
+listen = ["127.0.0.1:2627"]
+"#,
+        )
+        .replace(
+            "address = \"127.0.0.1:2601\"",
+            "address = \"127.0.0.1:2601\"\n    shadow = \"127.0.0.1:2627\"",
+        ),
+    );
+    assert_has(
+        &errors,
+        "engine.shadow.secret: required with engine.redundancy = \"shadow\"",
+    );
+    assert_has(
+        &errors,
+        "engine.redundancy: cluster \"uk-a\" has no other engine with a `shadow` address",
+    );
+}
+
 /// Inbound STARTTLS is on in every shipped config that runs an SMTP listener: production
 /// examples name certificate files, the loopback default makes a self-signed one (relative
 /// to the file, beside its spool).

@@ -25,6 +25,8 @@ mod mail;
 mod ops_process;
 /// Scanning without the engine: fixture cases per scanner, hostile input, policies, clamd, rspamd.
 mod scan;
+/// Cluster redundancy: shadow copies, takeover, each failure of the model in-process.
+mod shadow;
 /// The fleet's shared store against a real redis-server: campaigns, greylisting, Redis killed.
 mod shared;
 /// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.

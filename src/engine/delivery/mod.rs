@@ -375,7 +375,10 @@ async fn queue_dsn(
         kind: Kind::Dsn,
         size: body.len() as u64,
     };
-    shared.store.accept(env, &body, dest).await?;
+    shared
+        .store
+        .accept_child(env, &body, dest, &original.id)
+        .await?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@
 //!   as Postfix streams every body to its queue file. Senders that stall before the final dot
 //!   hold at most this half, whatever their number.
 //! - **processing**: at the end of data a body needs [`PROCESSING`] times its size (the copies
-//!   scanning and spooling make) from the other half, waiting for it (a body larger
+//!   scanning and spooling make; one more, [`SHADOW_FRAME`], on an engine that copies its mail
+//!   to a shadow: the copy's frame) from the other half, waiting for it (a body larger
 //!   than the half waits for all of it); a spilled body is read back then. Only messages being
 //!   scanned and spooled hold this half, and they finish without the sender, so a stalled
 //!   sender can delay nobody's mail.
@@ -42,6 +43,9 @@ const GROW: usize = 64;
 /// message with our headers, the message with the verdict's headers, and what the scanner
 /// decodes from it.
 const PROCESSING: usize = 4;
+/// What the shadow copy adds (cluster redundancy, `src/shadow/`): the frame carrying the spool
+/// record to the peer, alive until the peer acknowledges it.
+const SHADOW_FRAME: usize = 1;
 /// A spilled body is written out in pieces of at least this many bytes.
 const WRITE_PIECE: usize = 64 * 1024;
 
@@ -52,6 +56,8 @@ pub struct Budget {
     processing: Arc<Semaphore>,
     /// Units in each half.
     half: usize,
+    /// Multiples of its size a body takes from the processing half.
+    per_body: usize,
     dir: PathBuf,
     next: AtomicU64,
     in_memory: IntGauge,
@@ -60,8 +66,14 @@ pub struct Budget {
 
 impl Budget {
     /// `bytes` of memory for bodies; spilled bodies under `spool_dir/incoming` (made here,
-    /// emptied of anything a crash left).
-    pub fn new(spool_dir: &Path, bytes: u64, metrics: &Metrics) -> std::io::Result<Budget> {
+    /// emptied of anything a crash left). `shadow`: the engine copies its mail to a shadow
+    /// (one more body-sized buffer per message being processed).
+    pub fn new(
+        spool_dir: &Path,
+        bytes: u64,
+        shadow: bool,
+        metrics: &Metrics,
+    ) -> std::io::Result<Budget> {
         let dir = spool_dir.join("incoming");
         std::fs::create_dir_all(&dir)?;
         for e in std::fs::read_dir(&dir)?.flatten() {
@@ -86,6 +98,7 @@ impl Budget {
             receiving: Arc::new(Semaphore::new(half)),
             processing: Arc::new(Semaphore::new(half)),
             half,
+            per_body: PROCESSING + if shadow { SHADOW_FRAME } else { 0 },
             dir,
             next: AtomicU64::new(0),
             in_memory,
@@ -185,7 +198,7 @@ impl Body {
         let file = self.file.take();
         let size = std::mem::take(&mut self.written) + tail.len();
         self.budget.give_back(self.receiving.take());
-        let units = (PROCESSING * size.div_ceil(UNIT)).clamp(1, self.budget.half) as u32;
+        let units = (self.budget.per_body * size.div_ceil(UNIT)).clamp(1, self.budget.half) as u32;
         if let Ok(p) = self
             .budget
             .processing

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::scan;
+use crate::config::OnShadowFailure;
 use crate::proxy::{self, ProxyInfo};
+use crate::shadow::Plan;
 use crate::smtp::ending::Ending;
 use crate::smtp::server::{Message, SessionLimits};
 use crate::smtp::{Reply, replies};
@@ -521,25 +523,104 @@ async fn accept_message(
         size: message.len() as u64,
     };
     let dest = Dest::Tenant(tid.to_owned());
-    let env = match shared.store.accept(env, &message, dest).await {
-        Ok(env) => env,
-        Err(e) => {
-            shared.metrics.rejected(tid, "spool");
-            tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
-            return if e.kind() == std::io::ErrorKind::StorageFull {
-                replies::STORAGE_FULL
-            } else {
-                replies::LOCAL_ERROR
-            };
-        }
+    let (env, shadow) = match store_message(shared, info, tid, env, &message, dest).await {
+        Ok(x) => x,
+        Err(reply) => return reply,
     };
     shared.metrics.queued(tid, status.as_str());
     tracing::info!(
         session = %info.session_id, id = %id, tenant = tid, client = %info.client,
         from = %env.from, rcpts = env.rcpts.len(), size = env.size, status = status.as_str(),
-        verdict = %verdict.summary, "message queued"
+        verdict = %verdict.summary, shadow = %shadow.as_deref().unwrap_or("-"), "message queued"
     );
     replies::queued(id.as_str())
+}
+
+/// Spools a message — and, when `engine.redundancy = "shadow"`, has a peer engine fsync its copy
+/// at the same time (see `src/shadow/mod.rs`). Returns the envelope and the shadow's engine id,
+/// or the reply that tells the sender to try again; nothing is deliverable from here unless the
+/// sender hears 250.
+async fn store_message(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    tid: &str,
+    env: Envelope,
+    message: &[u8],
+    dest: Dest,
+) -> Result<(Arc<Envelope>, Option<String>), Reply> {
+    let id = env.id.clone();
+    let spool_failed = |e: std::io::Error| {
+        shared.metrics.rejected(tid, "spool");
+        tracing::error!(session = %info.session_id, id = %id, error = %e, "cannot spool message: answering 4xx");
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            replies::STORAGE_FULL
+        } else {
+            replies::LOCAL_ERROR
+        }
+    };
+    let Plan::Shadow(on_failure) = crate::shadow::plan(&shared.ops) else {
+        return match shared.store.accept(env, message, dest).await {
+            Ok(env) => Ok((env, None)),
+            Err(e) => Err(spool_failed(e)),
+        };
+    };
+    let frame = crate::shadow::wire::copy_frame(&env, message, None);
+    let t0 = Instant::now();
+    let local = async {
+        let p = shared.store.prepare(env, message, dest).await;
+        (p, t0.elapsed())
+    };
+    let copy = async {
+        let c = match &shared.shadow {
+            Some(r) => r.copy(&id, frame).await,
+            None => Err(crate::shadow::CopyError::NoPeer),
+        };
+        (c, t0.elapsed())
+    };
+    let ((prepared, t_local), (copied, t_copy)) = tokio::join!(local, copy);
+    let decided = |r: &Option<crate::shadow::Replicator>| {
+        if let Some(r) = r {
+            r.decided(&id);
+        }
+    };
+    if let Some(r) = &shared.shadow {
+        r.added_wait(t_copy.saturating_sub(t_local));
+    }
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if let (Some(r), Ok(_)) = (&shared.shadow, &copied) {
+                r.discard(&id);
+            }
+            decided(&shared.shadow);
+            return Err(spool_failed(e));
+        }
+    };
+    match (copied, on_failure) {
+        (Ok(peer), _) => {
+            let env = prepared.commit();
+            decided(&shared.shadow);
+            Ok((env, Some(peer)))
+        }
+        (Err(e), OnShadowFailure::Tempfail) => {
+            shared.metrics.rejected(tid, "shadow");
+            tracing::warn!(session = %info.session_id, id = %id, error = %e, "no shadow copy: answering 451 (on_shadow_failure = tempfail)");
+            if let Err(e) = prepared.abandon().await {
+                tracing::error!(id = %id, error = %e, "cannot remove an unacknowledged message; it stays in the spool and is delivered after a restart");
+            }
+            decided(&shared.shadow);
+            Err(replies::NO_SHADOW)
+        }
+        (Err(e), OnShadowFailure::Accept) => {
+            let env = prepared.commit();
+            decided(&shared.shadow);
+            if let Some(r) = &shared.shadow {
+                r.unshadowed();
+            }
+            tracing::warn!(session = %info.session_id, id = %id, error = %e, "no shadow copy: accepted with one copy (on_shadow_failure = accept); copied when a peer is back");
+            Ok((env, None))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,11 @@
 //! SPOOL/q/S/<id>.msg     an accepted message: envelope header, blank line, message bytes
 //! SPOOL/q/S/<id>.st      its mutable state (absent until the first change)
 //! SPOOL/free/<id>.msg    the file of a delivered message, kept to be overwritten by a new one
+//! SPOOL/id               this spool's identity: 16 random hex digits, written once
 //! ```
+//!
+//! The identity tells a shadow engine (cluster redundancy, `src/shadow/`) whether the primary
+//! that reconnects is the same spool that gave it copies, or a new one after the old was lost.
 //!
 //! `S` is the shard, the id's last hex digit (`0`–`F`). One flat directory serialised every
 //! file creation on its lock while ext4 searched for a free inode among thousands of recently
@@ -65,7 +69,7 @@ use std::sync::Arc;
 #[cfg(test)]
 use crate::store::state::Status;
 pub use dirsync::DirSync;
-pub use record::{Envelope, Kind, Progress, RcptOutcome};
+pub use record::{Envelope, Kind, Progress, RcptOutcome, body_offset};
 
 /// A message's id: 12 hex digits of microseconds since the epoch, then 12 random hex digits.
 /// Sorts by arrival; not guessable enough to be a capability (webmail uses its own tokens).
@@ -124,6 +128,8 @@ struct Inner {
     tmp: PathBuf,
     free: PathBuf,
     dir_sync: DirSync,
+    /// `SPOOL/id`.
+    identity: String,
     /// Files in `free/` ready to be overwritten, with their length.
     pool: std::sync::Mutex<Vec<(PathBuf, u64)>>,
 }
@@ -177,6 +183,7 @@ impl Spool {
         std::fs::File::open(&q)?.sync_all()?;
         std::fs::File::open(&tmp)?.sync_all()?;
         migrate_flat(&q)?;
+        let identity = identity(dir)?;
         let pool = refill_pool(&q, &free)?;
         let dir_sync = DirSync::start((0..SHARDS).map(|i| q.join(shard_name(i))).collect())?;
         Ok(Spool {
@@ -185,9 +192,15 @@ impl Spool {
                 tmp,
                 free,
                 dir_sync,
+                identity,
                 pool: std::sync::Mutex::new(pool),
             }),
         })
+    }
+
+    /// This spool's identity (`SPOOL/id`).
+    pub fn identity(&self) -> &str {
+        &self.inner.identity
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Vec<(PathBuf, u64)>> {
@@ -214,9 +227,7 @@ impl Spool {
 
     /// Stores a message durably; returns when it is safe to say 250.
     pub async fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(message.len() + 512);
-        envelope.encode(&mut buf);
-        buf.extend_from_slice(message);
+        let buf = crate::store::encode_record(envelope, message);
         let fresh = self.tmp_path(&envelope.id, "msg");
         let dst = self.msg_path(&envelope.id);
         let reuse = self.pool().pop();
@@ -381,6 +392,30 @@ impl Spool {
         found.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
         Ok((found, problems))
     }
+}
+
+/// The spool's identity: read from `SPOOL/id`, or made (16 random hex digits, synced with its
+/// directory entry) when the spool is new.
+fn identity(dir: &Path) -> io::Result<String> {
+    let path = dir.join("id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() == 16 && s.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Ok(s.trim().to_owned());
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a spool identity", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    let tmp = dir.join("id.tmp");
+    write_synced(&tmp, &path, format!("{id}\n").as_bytes())?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 /// Moves spool files left directly in `q/` (by a version without shards) into their shard, then
