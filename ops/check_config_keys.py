@@ -43,6 +43,7 @@ TOP = {
     "edge": "EdgeConfig",
     "engine": "EngineConfig",
     "dns": "DnsConfig",
+    "shared": "SharedConfig",
 }
 # Top-level keys that are not sections.
 TOP_KEYS = ["include", "tenant_files"]

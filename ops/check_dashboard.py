@@ -14,7 +14,7 @@ for key in ("uid", "title", "schemaVersion", "panels", "templating", "time"):
     if key not in dash:
         errors.append(f"missing top-level {key}")
 source = "\n".join(p.read_text() for p in (root / "src").rglob("*.rs"))
-exported = set(re.findall(r'"((?:edge|engine|dns|scan|config|geo|tls)_[a-z_]+)"', source))
+exported = set(re.findall(r'"((?:edge|engine|dns|scan|config|geo|tls|shared|outbreak|greylist|intel)_[a-z_]+)"', source))
 exported |= {f"{n}_bucket" for n in exported}
 ids = set()
 for p in dash.get("panels", []):

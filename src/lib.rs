@@ -22,6 +22,7 @@
 //! | [`explain`] | the text of `maildistiller check`, `route` and `geo` |
 //! | [`edge`] | the edge: listeners, admission, the SMTP-aware front session, routing to engines, layer-4 mode |
 //! | [`dns`] | GeoDNS: authoritative answers by location and silo health; the only module naming hickory types |
+//! | [`shared`] | what every node must know, through one Redis/Valkey deployment (the only module naming `redis`): outbreak sightings, greylisting, fleet-wide sender rates, the intelligence feed; deadlines and fail-open |
 //! | [`store`] | the engine's messages: the durable spool and its in-memory index behind one owner; message states and the one table of moves between them |
 //! | [`shadow`] | cluster redundancy: shadow copies of acknowledged mail on another engine of the cluster, the copy log, the authenticated replication channel, takeover; the failure model |
 //! | [`engine`] | the MDE: SMTP reception, recipient verification (recipient files, call-ahead), scan + policy, delivery, quarantine expiry, the queue API (every message in the store), learning from users' reports |
@@ -49,6 +50,7 @@ pub mod node;
 pub mod ops;
 pub mod proxy;
 pub mod shadow;
+pub mod shared;
 pub mod smtp;
 pub mod snapshot;
 pub mod store;

@@ -16,6 +16,7 @@ use crate::snapshot::Snapshot;
 pub fn role_checks(c: &Config, roles: RoleSet) -> Vec<ConfigError> {
     let mut errors = crate::dns::check_records(c);
     errors.extend(crate::engine::scan::compile::check(c));
+    errors.extend(crate::shared::check(c));
     errors.extend(crate::engine::delivery::tls::check(c));
     if roles.engine {
         errors.extend(recipient_files(c));

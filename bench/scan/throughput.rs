@@ -280,14 +280,10 @@ pub async fn measure(
     (n as f64 / t, bytes as f64 / t / 1e6, rejected)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Measures `builtin` (no DNS scanners) and `with_auth` (SPF/DKIM/DMARC too) and prints the table.
-pub async fn run(builtin: &Scanner, with_auth: &Scanner, env: &Arrival<'_>) {
-    let secs: f64 = std::env::var("SCAN_BENCH_SECONDS")
+/// `SCAN_BENCH_SECONDS` per measurement (default 3) and `SCAN_BENCH_ROUNDS` (default 3, at
+/// least 1).
+pub fn knobs() -> (f64, usize) {
+    let secs = std::env::var("SCAN_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3.0);
@@ -295,6 +291,17 @@ pub async fn run(builtin: &Scanner, with_auth: &Scanner, env: &Arrival<'_>) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    (secs, rounds.max(1))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures `builtin` (no DNS scanners) and `with_auth` (SPF/DKIM/DMARC too) and prints the table.
+pub async fn run(builtin: &Scanner, with_auth: &Scanner, env: &Arrival<'_>) {
+    let (secs, rounds) = knobs();
     let mixed = corpus(400);
     let mut rng = fastrand::Rng::with_seed(7);
     let small: Vec<Sample> = (0..200).map(|i| plain_4k(&mut rng, i)).collect();

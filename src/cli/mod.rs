@@ -9,7 +9,7 @@
 //! | `queue.rs` | `maildistiller queue …`: a running engine's queue through its ops listener |
 //! | `learn.rs` | `maildistiller learn --spam\|--ham PATH…`: an operator's bulk training; `--audit` |
 //! | `user.rs` | `maildistiller user add|passwd|remove`: webmail users in the tenant's file |
-//! | `client.rs` | the small blocking HTTP client of `queue` |
+//! | `client.rs` | the small blocking HTTP client of `queue` and `intel` |
 //!
 //! Exit codes (sysexits.h): 0 clean exit; 1 no route (`route`) or a runtime failure; 64 bad
 //! command line or config; 69 a requested role or the ops listener is not available; 71 a
@@ -172,6 +172,15 @@ enum Command {
     },
     /// Teach rspamd from a corpus: message files, mboxes, directories (bulk learning, audited).
     Learn(learn::LearnArgs),
+    /// The operator's intelligence feed, fleet-wide at once (through a node's ops listener and
+    /// the shared store): block or allow a fingerprint, sender, domain or network.
+    Intel {
+        #[command(subcommand)]
+        action: IntelAction,
+        /// The node's ops listener (default: ops.listen from the config).
+        #[arg(long)]
+        ops: Option<std::net::SocketAddr>,
+    },
     /// Manage webmail users (edits the tenant's config file; reload to apply).
     User {
         #[command(subcommand)]
@@ -236,6 +245,36 @@ pub enum QueueAction {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum IntelAction {
+    /// Block KIND VALUE everywhere: the policy's blocklist action, cited in every verdict.
+    Block(IntelEntry),
+    /// Allow KIND VALUE everywhere: never counted an outbreak, less specific blocks ignored.
+    Allow(IntelEntry),
+    /// Every entry in force, with its reason and expiry.
+    List,
+    /// Remove an entry now.
+    Expire {
+        /// fingerprint, sender, domain or network
+        kind: String,
+        value: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IntelEntry {
+    /// fingerprint (as verdicts cite it: `f0123…`), sender (an address), domain (covers its
+    /// subdomains), network (CIDR)
+    pub kind: String,
+    pub value: String,
+    /// Why (cited in every verdict the entry decides).
+    #[arg(long)]
+    pub reason: String,
+    /// How long it stays in force, e.g. 2h, 7d (at most 365d).
+    #[arg(long, default_value = "7d")]
+    pub expire: String,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Edge,
@@ -261,6 +300,84 @@ fn role_set(roles: &[Role]) -> RoleSet {
         }
     }
     r
+}
+
+/// The ops listener a command talks to and the operator token. The config names both; with
+/// `--ops` and no readable config, the request goes without a token (and the node says 401
+/// if it wants one).
+fn operator(
+    ops: &Option<std::net::SocketAddr>,
+    load: &dyn Fn() -> Result<Snapshot, Failure>,
+) -> Result<(std::net::SocketAddr, Option<String>), Failure> {
+    let (addr, snap) = match ops {
+        Some(a) => (*a, load().ok()),
+        None => {
+            let s = load()?;
+            (s.config.ops.listen, Some(s))
+        }
+    };
+    let token = match snap.as_ref().and_then(|s| s.config.ops.token_file.clone()) {
+        Some(f) => Some(crate::ops::auth::read_token(&f).map_err(|e| {
+            Failure::Unavailable(format!(
+                "cannot read the operator token ({}): {e}",
+                f.display()
+            ))
+        })?),
+        None => None,
+    };
+    Ok((addr, token))
+}
+
+/// `maildistiller intel …`: one request to the intel API of the node at `addr`.
+fn intel_command(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    action: &IntelAction,
+) -> Result<(), Failure> {
+    let (method, path) = match action {
+        IntelAction::List => ("GET", "/intel".to_owned()),
+        IntelAction::Block(e) | IntelAction::Allow(e) => {
+            let verb = if matches!(action, IntelAction::Block(_)) {
+                "block"
+            } else {
+                "allow"
+            };
+            (
+                "POST",
+                format!(
+                    "/intel/{verb}?kind={}&value={}&reason={}&expire={}",
+                    client::urlencode(&e.kind),
+                    client::urlencode(&e.value),
+                    client::urlencode(&e.reason),
+                    client::urlencode(&e.expire)
+                ),
+            )
+        }
+        IntelAction::Expire { kind, value } => (
+            "POST",
+            format!(
+                "/intel/expire?kind={}&value={}",
+                client::urlencode(kind),
+                client::urlencode(value)
+            ),
+        ),
+    };
+    match client::request(addr, method, &path, token) {
+        Ok((200, body)) => {
+            print!("{body}");
+            Ok(())
+        }
+        Ok((404, body)) if body.is_empty() => Err(Failure::Runtime(format!(
+            "{addr} has no intel API (is an engine or edge running there?)"
+        ))),
+        Ok((_, body)) => {
+            eprint!("{body}");
+            Err(Failure::Refused)
+        }
+        Err(e) => Err(Failure::Unavailable(format!(
+            "cannot reach the ops listener at {addr}: {e}"
+        ))),
+    }
 }
 
 /// The binary's `main`: parse, dispatch, and turn the outcome into an exit code.
@@ -315,26 +432,12 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
         },
         Some(Command::Queue { action, ops }) => {
-            // The config names the engine's ops listener and the operator token file; with
-            // `--ops` and no readable config, the request goes without a token (and the engine
-            // says 401 if it wants one).
-            let (addr, snap) = match ops {
-                Some(a) => (*a, load().ok()),
-                None => {
-                    let s = load()?;
-                    (s.config.ops.listen, Some(s))
-                }
-            };
-            let token = match snap.as_ref().and_then(|s| s.config.ops.token_file.clone()) {
-                Some(f) => Some(crate::ops::auth::read_token(&f).map_err(|e| {
-                    Failure::Unavailable(format!(
-                        "cannot read the operator token ({}): {e}",
-                        f.display()
-                    ))
-                })?),
-                None => None,
-            };
+            let (addr, token) = operator(ops, &load)?;
             queue::command(addr, token.as_deref(), action)
+        }
+        Some(Command::Intel { action, ops }) => {
+            let (addr, token) = operator(ops, &load)?;
+            intel_command(addr, token.as_deref(), action)
         }
         Some(Command::Egress) => {
             print!("{}", crate::topology::egress::explain(&load()?.topology));

@@ -86,6 +86,24 @@ pub struct EdgeConfig {
     pub tls_self_signed: bool,
     /// Health probe settings for engines.
     pub health: HealthConfig,
+    /// Rates per client network summed across every edge of every silo (through `[shared]`).
+    pub fleet_limits: FleetLimits,
+}
+
+/// `[edge.fleet_limits]`: connection and message rates per client network (/24, /64), counted
+/// across the whole fleet. The local limits above stay the first line; these are checked
+/// against the fleet's totals, which every edge learns once per `shared.sync_interval`, so a
+/// sender can exceed one by at most what every edge admits in one interval (see
+/// `src/shared/limits.rs`). 0 = off (the default). Refused clients get `421 4.7.0` (connection)
+/// or `451 4.7.1` (message) as with the local limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetLimits {
+    /// New connections per minute from one network, fleet-wide.
+    pub connections_per_minute: u32,
+    /// Messages (transactions reaching their first recipient) per minute from one network,
+    /// fleet-wide.
+    pub messages_per_minute: u32,
 }
 
 impl Default for EdgeConfig {
@@ -117,6 +135,7 @@ impl Default for EdgeConfig {
             tls_key: None,
             tls_self_signed: false,
             health: HealthConfig::default(),
+            fleet_limits: FleetLimits::default(),
         }
     }
 }
@@ -196,5 +215,18 @@ impl EdgeConfig {
             k.err("edge.hostname", format!("{h:?} is not a DNS name"));
         }
         self.health.check("edge.health", k);
+        let f = &self.fleet_limits;
+        k.range(
+            "edge.fleet_limits.connections_per_minute",
+            f.connections_per_minute.into(),
+            0,
+            10_000_000,
+        );
+        k.range(
+            "edge.fleet_limits.messages_per_minute",
+            f.messages_per_minute.into(),
+            0,
+            10_000_000,
+        );
     }
 }

@@ -177,6 +177,7 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
         edge: section(&mut table, "edge", errors),
         engine: section(&mut table, "engine", errors),
         dns: section(&mut table, "dns", errors),
+        shared: section(&mut table, "shared", errors),
         tenant_files: section(&mut table, "tenant_files", errors),
         silos: table
             .remove("silo")
@@ -191,7 +192,7 @@ fn from_table(mut table: Table, base: &Path, errors: &mut Vec<ConfigError>) -> C
         errors.push(ConfigError::new(
             key.clone(),
             "unknown section (expected include, node, ops, geo, regions, silo, tenant, \
-             tenant_files, policy, edge, engine or dns)",
+             tenant_files, policy, edge, engine, dns or shared)",
         ));
     }
     c.geo.database = match &c.geo.database {

@@ -2,8 +2,8 @@
 //!
 //! This module is the floor of the house: every role reads it, and it imports no role. One file
 //! per section: the topology and the sections every node has (`model`: node, ops, geo, regions,
-//! silos, tenants), and one per role or part (`edge`, `engine`, `dns`, `health`, `policy`,
-//! `webmail`, `verify`). Each section checks what it can see alone (ranges, names, both-or-neither);
+//! silos, tenants), and one per role or part (`edge`, `engine`, `dns`, `health`, `policy` with
+//! `outbreak`, `shared`, `webmail`, `verify`). Each section checks what it can see alone (ranges, names, both-or-neither);
 //! `validate` checks the whole file (references, duplicates, listener clashes). Checks that need
 //! a role's own code (DNS record syntax, policies compiled by the scanner) run where the snapshot
 //! is built ([`crate::node`]), so `maildistiller check` still reports them, with their paths.
@@ -18,8 +18,10 @@ pub mod engine;
 pub mod health;
 pub mod load;
 pub mod model;
+pub mod outbreak;
 pub mod policy;
 pub mod shadow;
+pub mod shared;
 pub mod units;
 pub mod validate;
 pub mod verify;
@@ -34,6 +36,7 @@ pub use health::HealthConfig;
 pub use model::*;
 pub use policy::PolicyConfig;
 pub use shadow::{OnShadowFailure, Redundancy, ShadowConfig};
+pub use shared::SharedConfig;
 pub use units::{Bytes, DeliveryHost, Dur};
 pub use validate::RoleSet;
 pub use verify::VerifyConfig;

@@ -14,7 +14,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::units::Dur;
-use super::{DnsConfig, EdgeConfig, EngineConfig, PolicyConfig};
+use super::{DnsConfig, EdgeConfig, EngineConfig, PolicyConfig, SharedConfig};
 
 /// The whole file. Top-level sections are deserialised one by one (see `load.rs`) so that one
 /// broken section does not hide the errors of the others.
@@ -30,6 +30,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     pub engine: EngineConfig,
     pub dns: DnsConfig,
+    /// The fleet's shared store (Redis/Valkey); empty: local knowledge only.
+    pub shared: SharedConfig,
     /// Extra files or directories of `*.toml` files holding `[[tenant]]` entries.
     pub tenant_files: Vec<PathBuf>,
 }

@@ -14,6 +14,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 pub use super::detect::{GatewayConfig, LearningConfig, RspamdConfig};
+use super::outbreak::{GreylistConfig, OutbreakConfig};
 use super::units::{Bytes, Dur};
 use super::validate::{Checker, is_domain};
 use super::{Config, ConfigError};
@@ -63,6 +64,10 @@ pub struct PolicyConfig {
     pub gateway: GatewayConfig,
     /// Learning from users' reports and operators' corpora (rspamd's controller).
     pub learning: LearningConfig,
+    /// Fleet-wide outbreak detection (`config/outbreak.rs`); runs when `scanners.outbreak`.
+    pub outbreak: OutbreakConfig,
+    /// Greylisting at RCPT (`config/outbreak.rs`); off unless `greylist.enabled`.
+    pub greylist: GreylistConfig,
     /// Policy-wide allow list: spam scoring does not decide (viruses, blocked attachments and
     /// unscannable mail still do).
     pub allow: ListConfig,
@@ -125,6 +130,9 @@ pub struct ScannersConfig {
     /// Our gateway signals: the client's reverse DNS, envelope vs header, URL domains,
     /// recipients, new sender domains (`[policy.NAME.gateway]`). Default true.
     pub gateway: bool,
+    /// Fingerprints counted fleet-wide, the operator's intelligence feed
+    /// (`[policy.NAME.outbreak]`). Default false.
+    pub outbreak: bool,
 }
 
 impl Default for ScannersConfig {
@@ -138,6 +146,7 @@ impl Default for ScannersConfig {
             clamd: false,
             rspamd: false,
             gateway: true,
+            outbreak: false,
         }
     }
 }
@@ -628,6 +637,11 @@ impl PolicyConfig {
             err("auth.authserv_id", format!("{id:?} is not a host name"));
         }
         super::detect::check(&self.rspamd, &self.learning, &mut err);
+        let mut fleet = Vec::new();
+        super::outbreak::errors(&self.outbreak, &self.greylist, &mut fleet);
+        for (p, m) in fleet {
+            err(&p, m);
+        }
         for (i, s) in self.sizes.iter().enumerate() {
             if !s.score.is_finite() {
                 err(

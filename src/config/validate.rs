@@ -27,12 +27,17 @@ impl RoleSet {
 }
 
 /// Collects problems while checking; role modules check their own sections with it.
+#[derive(Default)]
 pub struct Checker {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
 
 impl Checker {
+    /// The errors found so far.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
     pub fn warn(&mut self, msg: impl Into<String>) {
         self.warnings.push(msg.into());
     }
@@ -137,6 +142,7 @@ pub fn validate(c: &Config, roles: RoleSet) -> Result<Vec<String>, ConfigErrors>
     c.edge.check(&mut k);
     c.engine.check(&mut k);
     c.dns.check(&mut k);
+    c.shared.check(&mut k);
     super::policy::check_all(c, &mut k);
     check_listeners(c, roles, &mut k);
     super::shadow::check_redundancy(c, roles, &mut k);

@@ -19,6 +19,7 @@ use super::backends::EngineConn;
 use super::session::{Session, Step};
 use super::{EdgeShared, Stream};
 use crate::proxy::ProxyInfo;
+use crate::shared::limits::What;
 use crate::smtp::ending::Ending;
 use crate::smtp::server::SessionLimits;
 use crate::snapshot::Snapshot;
@@ -341,6 +342,15 @@ impl Front<'_> {
             .client
             .map(|c| c.ip())
             .unwrap_or([0, 0, 0, 0].into());
+        let limit = snap.config.edge.fleet_limits.messages_per_minute;
+        let rates = &self.shared.fleet.rates;
+        if !rates.admit(client_ip, What::Message, limit, crate::shared::now_ms()) {
+            self.shared.metrics.refused("fleet_message_rate");
+            tracing::info!(session = self.sid(), client = %client_ip, "fleet-wide message rate of the client's network reached: 451");
+            self.session
+                .refuse_route(crate::smtp::replies::MESSAGE_RATE);
+            return Ok(());
+        }
         let point = snap.geo.locate(client_ip).point;
         let route = {
             let map = self.shared.backends.map();

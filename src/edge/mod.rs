@@ -3,7 +3,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `admission.rs` | deny/allow, connection caps and rates per node, address and prefix |
+//! | `admission.rs` | deny/allow, connection caps and rates per node, address and prefix (the fleet-wide rates of `edge.fleet_limits` come after it: `crate::shared::limits`) |
 //! | `backends.rs` | engine health (probes, passive ejection), outstanding counts, connecting with failover |
 //! | `session.rs` | the SMTP-aware session (default mode), sans-I/O: the local phase shared with the engine, routing on the first recipient, relaying |
 //! | `front.rs` | its driver: client and engine sockets, pregreet, connecting engines, STARTTLS, timeouts |
@@ -64,6 +64,8 @@ fn introduce_client(
 pub struct EdgeShared {
     pub ops: Arc<Ops>,
     pub admission: Arc<Admission>,
+    /// Fleet-wide sender rates (`edge.fleet_limits`, through `[shared]`).
+    pub fleet: Arc<crate::shared::Fleet>,
     pub backends: Arc<backends::Backends>,
     metrics: EdgeMetrics,
     pub hostname: String,
@@ -134,9 +136,11 @@ pub async fn bind(ops: &Arc<Ops>) -> std::io::Result<Bound> {
             .unwrap_or_else(|| "localhost".into())
     });
     let tls = tls_config(cfg, ops, &hostname)?;
+    let fleet = crate::shared::Fleet::for_process(ops).await;
     let shared = Arc::new(EdgeShared {
         ops: ops.clone(),
         admission: Arc::new(Admission::default()),
+        fleet,
         backends: Arc::new(backends::Backends::default()),
         metrics,
         hostname,
@@ -290,14 +294,27 @@ async fn accept_loop(
         let shared = shared.clone();
         move |peer: SocketAddr| {
             let snap = shared.ops.config.load();
-            shared
+            let permit = shared
                 .admission
                 .admit(peer.ip(), &snap.config.edge)
                 .map_err(|refusal| {
                     shared.metrics.refused(refusal.label());
                     tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
                     refusal.reply()
-                })
+                })?;
+            // The local limits passed (the first line); now the fleet's count of this network.
+            let limit = snap.config.edge.fleet_limits.connections_per_minute;
+            let what = crate::shared::limits::What::Connection;
+            if !shared
+                .fleet
+                .rates
+                .admit(peer.ip(), what, limit, crate::shared::now_ms())
+            {
+                shared.metrics.refused("fleet_connection_rate");
+                tracing::info!(client = %peer, reason = "fleet_connection_rate", "connection refused");
+                return Err(crate::smtp::replies::CONNECTION_RATE);
+            }
+            Ok(permit)
         }
     };
     let serve = {

@@ -278,8 +278,14 @@ impl Session {
 
     /// No engine could take the recipient: `451 4.4.0`, and the next RCPT routes again.
     pub fn unavailable(&mut self) {
+        self.refuse_route(replies::NO_ENGINE);
+    }
+
+    /// The recipient that routes is refused with `reply` (a fleet-wide rate); the next RCPT
+    /// routes again.
+    pub fn refuse_route(&mut self, reply: Reply) {
         self.routing = None;
-        self.local(replies::NO_ENGINE);
+        self.local(reply);
     }
 
     /// The engine connection is gone (dropped between transactions, or drained for another).

@@ -35,7 +35,7 @@ use crate::ops::Ops;
 use crate::shadow::Replicator;
 use crate::snapshot::Snapshot;
 use crate::store::allow::AllowStore;
-use crate::store::{Change, ChangeError, Listed, State, Store, now_secs};
+use crate::store::{Change, ChangeError, Listed, State, Status, Store, now_secs};
 pub use metrics::EngineMetrics;
 
 /// What SMTP reception shares (delivery and the queue API get narrower handles).
@@ -46,6 +46,10 @@ pub struct Shared {
     pub hostname: String,
     /// STARTTLS config, when a certificate is configured.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// What the fleet knows (`[shared]`), or local knowledge only.
+    pub fleet: Arc<crate::shared::Fleet>,
+    /// Held outbreak suspects found to be outbreaks: they stay quarantined (bounded, 100 000).
+    confirmed: Mutex<std::collections::HashSet<crate::store::QueueId>>,
     /// Judges recipients of tenants with a recipients file or call-ahead.
     pub verifier: Arc<verify::Verifier>,
     /// Cluster redundancy (when `engine.shadow.listen` is set): copies on a peer engine.
@@ -64,7 +68,7 @@ impl Shared {
     pub fn scanner(&self, snap: &Snapshot) -> Arc<scan::Scanner> {
         let mut g = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 != snap.version {
-            match scan::Scanner::new(snap) {
+            match scan::Scanner::new_in(snap, self.fleet.clone()) {
                 Ok(s) => {
                     *g = (
                         snap.version.clone(),
@@ -145,7 +149,8 @@ pub async fn bind_with(
     let hostname = hostname(&snap);
     let tls = tls_config(&snap, ops, &hostname)?;
     let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
-    let scanner = scan::Scanner::new(&snap)
+    let fleet = crate::shared::Fleet::for_process(ops).await;
+    let scanner = scan::Scanner::new_in(&snap, fleet.clone())
         .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
         .with_allow(allow.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
@@ -166,6 +171,8 @@ pub async fn bind_with(
         metrics,
         hostname,
         tls: ArcSwapOption::new(tls),
+        fleet,
+        confirmed: Mutex::new(Default::default()),
         verifier,
         shadow: shadow.clone(),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
@@ -329,6 +336,67 @@ async fn expire_quarantine(shared: &Shared, list: &[Listed], now: u64) {
     }
 }
 
+/// Mail held as an outbreak suspect (`outbreak.delay`), due for its second look: still
+/// quarantined when the fleet marked one of its fingerprints an outbreak meanwhile, released
+/// for delivery otherwise. While the store does not answer it waits, for at most
+/// [`SECOND_LOOK_PATIENCE`] past its time, then goes out (fail open: held mail is not lost mail).
+async fn second_look(shared: &Shared, list: &[Listed]) {
+    let now = crate::shared::now_ms();
+    for l in list {
+        let Status::Quarantined { reason, .. } = &l.progress.status else {
+            continue;
+        };
+        let Some((fps, due)) = scan::check::outbreak::parse_delay(reason) else {
+            continue;
+        };
+        if now < due
+            || shared
+                .confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&l.env.id)
+        {
+            continue;
+        }
+        let marked = shared.fleet.marked(&fps).await;
+        let local = fps.iter().any(|fp| shared.fleet.outbreaks.is_marked(fp));
+        let outbreak = local || marked.as_ref().is_some_and(|m| m.iter().any(|x| *x));
+        let patient = now < due + SECOND_LOOK_PATIENCE.as_millis() as u64;
+        if outbreak {
+            let mut c = shared.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+            if c.len() >= 100_000 {
+                c.clear();
+            }
+            c.insert(l.env.id.clone());
+            shared
+                .fleet
+                .metrics
+                .matched
+                .with_label_values(&["confirmed"])
+                .inc();
+            tracing::info!(id = %l.env.id, tenant = %l.env.tenant, "outbreak suspect confirmed: stays quarantined");
+        } else if marked.is_some() || !patient || !shared.fleet.enabled() {
+            match shared.store.change(&l.env.id, Change::Release).await {
+                Ok(_) => {
+                    shared
+                        .fleet
+                        .metrics
+                        .matched
+                        .with_label_values(&["released"])
+                        .inc();
+                    tracing::info!(id = %l.env.id, tenant = %l.env.tenant, "outbreak suspect cleared: released for delivery");
+                }
+                Err(e) => {
+                    tracing::debug!(id = %l.env.id, error = %e, "outbreak suspect not released now")
+                }
+            }
+        }
+    }
+}
+
+/// How long a due outbreak suspect waits for the store to answer before it is released.
+pub const SECOND_LOOK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Refreshes queue gauges every few seconds (queue depth by state, held counts and ages per
 /// tenant) and expires old quarantined mail.
 async fn gauges(shared: Arc<Shared>) {
@@ -343,6 +411,7 @@ async fn gauges(shared: Arc<Shared>) {
         shared.metrics.oldest_held.reset();
         let now = now_secs();
         expire_quarantine(&shared, &list, now).await;
+        second_look(&shared, &list).await;
         let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for l in &list {
             shared

@@ -52,6 +52,9 @@ pub struct Ops {
     /// Routes that authenticate themselves (engine-to-engine webmail calls signed with the
     /// cluster's peer secret): mounted without the operator credential.
     peer_routes: std::sync::Mutex<Vec<axum::Router>>,
+    /// One value per type for the rooms above this one that a process needs once whatever
+    /// roles it runs (the shared-store client: the engine and the edge of one process use one).
+    extensions: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// A block of HTML a role contributes to `/status`. Implementations escape what they print.
@@ -77,6 +80,7 @@ impl Ops {
             status: std::sync::RwLock::new(Vec::new()),
             routes: std::sync::Mutex::new(Vec::new()),
             peer_routes: std::sync::Mutex::new(Vec::new()),
+            extensions: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -132,6 +136,22 @@ impl Ops {
 
     pub fn take_peer_routes(&self) -> Vec<axum::Router> {
         std::mem::take(&mut *self.peer_routes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The process's value of type `T`, if one was set.
+    pub fn extension<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let g = self.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        g.iter().find_map(|v| v.clone().downcast::<T>().ok())
+    }
+
+    /// Sets the process's value of type `T`, unless one is set; returns the one in force.
+    pub fn set_extension<T: std::any::Any + Send + Sync>(&self, v: Arc<T>) -> Arc<T> {
+        let mut g = self.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = g.iter().find_map(|x| x.clone().downcast::<T>().ok()) {
+            return old;
+        }
+        g.push(v.clone());
+        v
     }
 
     pub fn add_status(&self, section: Arc<dyn StatusSection>) {

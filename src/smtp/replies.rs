@@ -108,6 +108,12 @@ pub const NO_VALID_RECIPIENTS: Reply = Reply::canned(554, e(5, 5, 1), "No valid 
 
 pub const SENDER_OK: Reply = Reply::canned(250, e(2, 1, 0), "Sender OK");
 pub const RECIPIENT_OK: Reply = Reply::canned(250, e(2, 1, 5), "Recipient OK");
+/// Greylisting (a tenant's policy): the first attempt of a new triplet; its retry passes.
+pub const GREYLISTED: Reply = Reply::canned(
+    451,
+    e(4, 7, 1),
+    "Greylisted, please try again in a few minutes",
+);
 pub const RECIPIENT_DUPLICATE: Reply = Reply::canned(250, e(2, 1, 5), "Recipient OK (duplicate)");
 pub const RELAYING_DENIED: Reply = Reply::canned(550, e(5, 7, 1), "Relaying denied");
 pub const USER_UNKNOWN: Reply =
@@ -212,6 +218,12 @@ pub const CONNECTION_RATE: Reply = Reply::canned(
     421,
     e(4, 7, 0),
     "Connection rate limit exceeded, try again later",
+);
+/// Fleet-wide message rate per client network (`edge.fleet_limits`), at the first RCPT.
+pub const MESSAGE_RATE: Reply = Reply::canned(
+    451,
+    e(4, 7, 1),
+    "Message rate limit exceeded for your network, try again later",
 );
 pub const PREGREET: Reply =
     Reply::canned(554, e(5, 5, 1), "Protocol error: talking before the banner");

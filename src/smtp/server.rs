@@ -343,6 +343,11 @@ impl<O: Copy + Eq + std::fmt::Debug> Server<O> {
         (self.errors >= self.limits.max_errors).then_some(replies::TOO_MANY_ERRORS)
     }
 
+    /// The open transaction's reverse path (empty for `<>`), once MAIL was accepted.
+    pub fn sender(&self) -> Option<&str> {
+        self.mail.as_ref().map(|m| m.address.as_str())
+    }
+
     /// Takes a recipient [`Event::Rcpt`] offered.
     pub fn accept_rcpt(&mut self, address: String, owner: O) {
         self.owner = Some(owner);

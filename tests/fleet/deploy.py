@@ -147,12 +147,14 @@ class Node:
 
 
 class Fleet:
-    def __init__(self, base, binary, spool_limits=None, rspamd=None):
+    def __init__(self, base, binary, spool_limits=None, rspamd=None, shared=False):
         self.base = base
         # tests/rspamd/start.sh's exports, when the fleet scans with one shared rspamd (its Bayes
         # and fuzzy storage in one Redis, as a fleet shares them): every engine asks it and
         # learns through its controller.
         self.rspamd = rspamd
+        # The `campaign` scenario: [shared] on one redis-server, the outbreak scanner on.
+        self.shared = shared
         self.bin = binary
         self.nodes = {}
         self.aux = {}  # sinks, resolver: name -> Popen
@@ -255,6 +257,9 @@ class Fleet:
                 f'password_file = "{pw}"',
                 'timeout = "20s"',
             ]
+        if self.shared:
+            from campaign import OUTBREAK_POLICY
+            out += OUTBREAK_POLICY
         return "\n".join(out) + "\n"
 
     def node_toml(self, node, broken=False):
@@ -335,6 +340,9 @@ class Fleet:
                 "  page_size = 500",
                 f'  peer_secret = "{PEER_SECRET}"',
             ]
+        if self.shared and node.role in ("edge", "engine"):
+            from campaign import SHARED_NODE_TOML
+            out += SHARED_NODE_TOML
         if broken:
             out += ["[edge]", 'listen = "this is not a list of addresses"', "no_such_key = 1"]
         return "\n".join(out) + "\n"
@@ -512,6 +520,9 @@ class Fleet:
             sys.executable, os.path.join(HERE, "sink.py"), "--listen", f"{SENDER_SINK}:25",
             "--dir", self.sink_dir("sender"), "--label", "sender",
             "--hostname", f"mx.{SENDER_DOMAIN}"])
+        if self.shared:
+            from campaign import start_redis
+            start_redis(self)
         for name in self.nodes:
             self.start_node(name, wait=False)
         self.wait_ready(list(self.nodes))

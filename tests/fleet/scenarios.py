@@ -18,6 +18,7 @@ import zlib
 
 from account import *  # noqa: F403
 from deploy import *  # noqa: F403
+from campaign import check_campaign, step_campaign
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -26,9 +27,10 @@ class Scenario:
     """Traffic for `duration` seconds; `fault(ctx, at)` callbacks at fractions of it."""
 
     def __init__(self, name, steps, kills=False, spool_limits=None, check=None, doc="",
-                 rspamd=False, lost_ok=None):
+                 rspamd=False, shared=False, lost_ok=None):
         self.name, self.steps, self.kills = name, steps, kills
         self.rspamd = rspamd  # the fleet scans with one shared rspamd (tests/rspamd/start.sh)
+        self.shared = shared  # the fleet runs [shared] on a redis-server (campaign.py)
         self.spool_limits = spool_limits or {}
         self.check = check
         self.doc = doc
@@ -672,6 +674,9 @@ SCENARIOS = {
         lost_ok=lost_to_both_copies,
         doc="two engines of one cluster destroyed 2 s apart: only messages whose both copies "
             "were on them may be lost, none acknowledged after the first death"),
+    "campaign": Scenario(
+        "campaign", [(0.2, step_campaign)], check=check_campaign, shared=True,
+        doc="a campaign of varied copies into all three silos: acted on everywhere within 2 s"),
 }
 SCENARIOS["learn"] = Scenario(
     "learn", [(0.2, step_report), (0.5, step_near_copy)], check=check_learn, rspamd=True,
@@ -680,7 +685,7 @@ SCENARIOS["learn"] = Scenario(
 
 SHORT = ["steady", "engine-kill", "cluster-stop", "silo-stop", "tenant-down", "tls-bad-cert",
          "reload-broken", "spool-full", "engine-flap", "engine-destroyed", "shadow-destroyed",
-         "learn"]
+         "learn", "campaign"]
 
 
 def run_scenario(sc, args, workdir):
@@ -692,7 +697,7 @@ def run_scenario(sc, args, workdir):
         started = subprocess.run(["bash", os.path.join(REPO, "tests/rspamd/start.sh")],
                                  stdout=subprocess.PIPE, text=True, check=True).stdout
         rspamd = dict(re.findall(r"^export (\w+)=(\S*)$", started, re.M))
-    fleet = Fleet(base, args.bin, sc.spool_limits, rspamd)
+    fleet = Fleet(base, args.bin, sc.spool_limits, rspamd, shared=sc.shared)
     notes, state = [], {}
     try:
         log(f"== scenario {sc.name}: {sc.doc}")

@@ -28,7 +28,7 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
+    pub(crate) async fn start(edge_extra: &str, engine_max: u32) -> Fleet {
         Fleet::start_with(edge_extra, engine_max, "").await
     }
 

@@ -29,6 +29,8 @@ mod ops_process;
 mod scan;
 /// Cluster redundancy: shadow copies, takeover, each failure of the model in-process.
 mod shadow;
+/// The fleet's shared store against a real redis-server: campaigns, greylisting, Redis killed.
+mod shared;
 /// SMTP smuggling and bare line ends (`engine.bare_newline`), at the engine and through the edge.
 mod smuggling;
 /// Helpers: temp configs, the binary, a tiny HTTP client.

@@ -12,7 +12,7 @@ mod keys; // policy keys away from their defaults: actions, switches, budgets, r
 mod policy; // actions, headers, shadow mode, overrides, lists, metrics, config errors
 pub mod rspamd; // the real rspamd (tests/rspamd/start.sh): verdicts, failures counted, learning, fuzzy
 #[path = "../../bench/scan/throughput.rs"]
-mod throughput; // the scanning benchmark (bench/scan/run.sh runs it in release mode)
+pub(crate) mod throughput; // the scanning benchmark (bench/scan/run.sh runs it in release mode)
 
 use harness::case;
 

@@ -91,8 +91,16 @@ impl Policies {
     /// Compiles every policy (and `default`, when not written). `authserv_id` is the default
     /// of `auth.authserv_id`.
     pub fn build(c: &Config, authserv_id: &str) -> Result<Policies, Vec<ConfigError>> {
+        Self::build_in(c, authserv_id, Interner::default())
+    }
+
+    /// [`Policies::build`], the checks sharing `interner` (which names the fleet client).
+    pub fn build_in(
+        c: &Config,
+        authserv_id: &str,
+        mut interner: Interner,
+    ) -> Result<Policies, Vec<ConfigError>> {
         let mut errors = cross_check(c).0;
-        let mut interner = Interner::default();
         let mut out = Policies::default();
         let default = PolicyConfig::default();
         let mut names: Vec<&String> = c.policies.keys().collect();

@@ -16,6 +16,7 @@
 //! | `magic` | file types by content, extension promises, macros |
 //! | `compile` | policies compiled once per snapshot: checks to run, lists, versions |
 //! | `check/` | the scanners, one module each behind the `Check` trait |
+//! | `fingerprint` | text digests, fuzzy shingle bands, attachment digests, URL domains |
 //! | `dns` | the resolver for SPF/DKIM/DMARC/DNS lists (the only file naming hickory) |
 //! | `verdict` | replies, summary, headers, rewriting the header block |
 //! | `metrics` | per-tenant counters |
@@ -45,6 +46,7 @@ pub mod check;
 pub mod compile;
 pub mod decode;
 pub(crate) mod dns;
+pub mod fingerprint;
 pub mod magic;
 pub mod metrics;
 pub mod verdict;
@@ -209,6 +211,15 @@ impl Scanner {
     /// Compiles every policy of the snapshot (rules, lists, scanners, resolvers). Fails with
     /// every problem, each with its config path; no sockets are opened.
     pub fn new(snapshot: &Snapshot) -> Result<Scanner, ConfigErrors> {
+        Self::new_in(snapshot, crate::shared::Fleet::local())
+    }
+
+    /// [`Scanner::new`] with the process's fleet client: the `outbreak` scanner counts and
+    /// reads fleet-wide, and consults the intelligence feed.
+    pub fn new_in(
+        snapshot: &Snapshot,
+        fleet: Arc<crate::shared::Fleet>,
+    ) -> Result<Scanner, ConfigErrors> {
         // The engine's host name (as in its Received: headers), else the local silo's.
         let authserv = snapshot
             .config
@@ -220,7 +231,12 @@ impl Scanner {
                 Some(silo.hostname.clone())
             })
             .unwrap_or_else(|| "localhost".into());
-        let policies = Policies::build(&snapshot.config, &authserv).map_err(ConfigErrors)?;
+        let policies = Policies::build_in(
+            &snapshot.config,
+            &authserv,
+            check::Interner::with_fleet(fleet),
+        )
+        .map_err(ConfigErrors)?;
         Ok(Scanner {
             policies,
             metrics: None,

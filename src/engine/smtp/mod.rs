@@ -311,7 +311,14 @@ async fn run_session(
                     Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
                     None => crate::engine::verify::Verdict::Accept,
                 };
-                let (reply, close) = session.verified(address, owner, verdict.reply());
+                let mut reply = verdict.reply();
+                // Greylisting only for recipients that exist (an unknown one gets its 550 now).
+                if reply.is_positive()
+                    && let Some(r) = greylist(shared, snap, info, &session, &address, owner).await
+                {
+                    reply = r;
+                }
+                let (reply, close) = session.verified(address, owner, reply);
                 conn.reply(&reply);
                 if let Some(close) = close {
                     conn.reply(&close);
@@ -360,6 +367,34 @@ async fn run_session(
             }
         }
     }
+}
+
+/// Greylisting at RCPT, when the recipient's tenant's policy asks for it: `Some(451 4.7.1)`
+/// for a triplet's first attempt (or a retry too soon). Never waits past `shared.timeout`.
+async fn greylist(
+    shared: &Arc<Shared>,
+    snap: &Arc<Snapshot>,
+    info: &ConnInfo,
+    session: &Session,
+    rcpt: &str,
+    owner: TenantIdx,
+) -> Option<Reply> {
+    let tenant = snap.topology.tenants.get(owner.0)?;
+    let scanner = shared.scanner(snap);
+    let policy = scanner
+        .policies()
+        .live(tenant.id.0.as_str(), &tenant.policy);
+    let cfg = &policy.config.greylist;
+    if !cfg.enabled || info.quiet {
+        return None;
+    }
+    let client = info.client.ip().to_canonical();
+    let outcome = shared
+        .fleet
+        .greylist(cfg, client, session.sender(), rcpt, crate::shared::now_ms())
+        .await;
+    tracing::debug!(session = %info.session_id, client = %client, rcpt, outcome = outcome.as_str(), "greylisting");
+    (!outcome.passes()).then_some(replies::GREYLISTED)
 }
 
 /// The first value of a header (unfolded, truncated), for listings.

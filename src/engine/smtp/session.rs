@@ -24,8 +24,8 @@ pub enum Step {
     StartTls(Reply),
     /// Send this reply and close.
     Close(Reply),
-    /// A recipient that passed the shared checks: verify it, then [`Session::verified`]
-    /// (before any more input).
+    /// A recipient that passed the shared checks: verify it (recipient lists, call-ahead),
+    /// greylist it when its policy says so, then [`Session::verified`] (before any more input).
     Verify { address: String, owner: TenantIdx },
     /// A complete message with its envelope: scan, spool, answer, then [`Session::answered`].
     Message(Message<TenantIdx>),
@@ -119,6 +119,11 @@ impl Session {
             None
         };
         (reply, close)
+    }
+
+    /// The open transaction's reverse path (empty for `<>`).
+    pub fn sender(&self) -> &str {
+        self.server.sender().unwrap_or_default()
     }
 
     /// After the driver answered a message: a refusal counts as an error; `Some` is the reply

@@ -11,6 +11,7 @@
 //! | `clamd` | `clamd` | clamd over INSTREAM (TCP or Unix socket) |
 //! | `gateway` | `gateway` | our first line: the client's FCrDNS, envelope vs header, link domains, undisclosed recipients, new sender domains |
 //! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2`; its controller's learning calls |
+//! | `outbreak` | `outbreak` | fingerprints counted fleet-wide (`crate::shared`), the operator's intelligence feed |
 //!
 //! Lifecycle: checks are built once per config snapshot by [`build`] (regexes compiled, clients
 //! configured); checks with external state (resolvers, clamd, rspamd) are shared between the
@@ -27,6 +28,7 @@ mod dnsbl;
 mod gateway;
 mod http;
 mod json;
+pub mod outbreak;
 mod rspamd;
 
 use std::collections::HashMap;
@@ -84,6 +86,24 @@ pub fn identity(check: &Arc<dyn Check>) -> usize {
 pub struct Interner {
     shared: HashMap<String, Arc<dyn Check>>,
     resolvers: HashMap<String, Arc<mail_auth::MessageAuthenticator>>,
+    /// What the fleet knows (the process's client, or local knowledge only).
+    fleet: Option<Arc<crate::shared::Fleet>>,
+}
+
+impl Interner {
+    /// Checks of this snapshot will use `fleet` (the process's shared-store client).
+    pub fn with_fleet(fleet: Arc<crate::shared::Fleet>) -> Interner {
+        Interner {
+            fleet: Some(fleet),
+            ..Interner::default()
+        }
+    }
+
+    fn fleet(&mut self) -> Arc<crate::shared::Fleet> {
+        self.fleet
+            .get_or_insert_with(crate::shared::Fleet::local)
+            .clone()
+    }
 }
 
 impl Interner {
@@ -194,6 +214,23 @@ pub fn build(
         }) {
             Ok(c) => checks.push(c),
             Err(e) => errors.push(ConfigError::new(format!("{path}.rspamd.address"), e)),
+        }
+    }
+    if s.outbreak {
+        let key = format!(
+            "outbreak {} {}",
+            toml::to_string(&p.outbreak).unwrap_or_default(),
+            p.actions.blocklist.as_str()
+        );
+        let fleet = interner.fleet();
+        if let Ok(c) = interner.get_or(key, || {
+            Ok(Arc::new(outbreak::OutbreakCheck::new(
+                &p.outbreak,
+                p.actions.blocklist,
+                fleet,
+            )))
+        }) {
+            checks.push(c);
         }
     }
     if errors.is_empty() {

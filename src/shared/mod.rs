@@ -1,0 +1,439 @@
+//! What one node sees and every node must know, through one Redis/Valkey deployment
+//! (`[shared]`): fingerprints of scanned mail counted fleet-wide for outbreak detection,
+//! greylisting triplets, fleet-wide sender rates for the edges, and the operator's
+//! intelligence feed. The only module that names `redis`.
+//!
+//! # Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Fleet`]: the process's client, its health, the batched writer and the sync loop |
+//! | `conn.rs` | connections (standalone or Cluster), one batch of commands with a deadline |
+//! | `keys.rs` | every key name, with its hash tag |
+//! | `outbreak.rs` | sightings of fingerprints: the fleet's counts and this node's own |
+//! | `greylist.rs` | greylisting triplets |
+//! | `limits.rs` | fleet-wide sender rates for the edges |
+//! | `intel.rs` | the operator's intelligence feed and its API |
+//! | `metrics.rs` | `maildistiller_shared_*`, `_outbreak_*`, `_greylist_*`, `_intel_*` |
+//!
+//! # Nothing waits on the store
+//!
+//! - **Reads on the message path** (a message's fingerprint counts: one pipeline per message;
+//!   a greylisting triplet: one GET per RCPT) go to the store near the node (`shared.read`: a
+//!   replica or a per-silo instance) with a deadline (`shared.timeout`, 50 ms by default).
+//!   Past it, or when the store is known to be down, the node decides on its own knowledge:
+//!   the sightings it made itself, the triplets it saw itself, the last intel feed it read.
+//! - **Writes** (sightings, triplets, outbreak markers) never happen on the message path: they
+//!   queue (at most `shared.max_pending`, then dropped and counted) and a writer sends them
+//!   every `shared.flush_interval` as one pipeline to `shared.redis` (the primary, which may
+//!   be in another region: its round trip costs nobody a reply).
+//! - **Syncs** (every `shared.sync_interval`): the intel feed is read in one `HGETALL`, the
+//!   edges' rate counters are reconciled, and while the store is down it is tried again
+//!   (`PING`). The first answer brings the node back to fleet knowledge.
+//!
+//! A failed or late call marks the store down (`maildistiller_shared_store_up` 0, alert
+//! `MaildistillerSharedStoreDown`) until the next sync answers: no message waits for a store
+//! that just failed. Mail keeps flowing either way; nothing acknowledged depends on the store.
+//!
+//! # Production shape and propagation
+//!
+//! One primary (or a Cluster's primaries; Sentinel discovery is not built: point `redis` at
+//! the primary's stable address, e.g. a VIP that Sentinel moves) in one region takes the writes;
+//! each silo has a replica that its nodes read (`shared.read`). A sighting reaches the other
+//! silos after: the writer's batch (≤ `flush_interval`, 100 ms) + the round trip to the
+//! primary (≤ 100 ms across regions) + replication to the silo's replica (one more one-way
+//! trip, asynchronous, typically < 100 ms): **about 0.3 s**, against the ≤ 2 s goal (rspamd's
+//! fuzzy sync: 60–90 s). The intel feed is read once per `sync_interval` (1 s): an operator's
+//! block is in force everywhere within about 1.3 s. When the link between regions is cut, a
+//! silo keeps reading its replica (stale, but its own writes fail and are counted), decides on
+//! what it knows, and catches up when the link returns: the replica resynchronises, the writer
+//! resumes. One shared instance (all silos on one address) is the simple shape, and the one the
+//! integration tests run (`tests/it/shared.rs`).
+//!
+//! # Memory and expiry, per key family (`keys.rs`)
+//!
+//! | family | per entry | expires |
+//! |---|---|---|
+//! | sightings `P:o:{fp}:r/t/n` | three sorted sets, ≤ [`outbreak::MEMBERS_CAP`] members each (listpack, ~20 B a member): ≤ 5 KiB, ~300 B for a fingerprint seen once | the policy's window after the last sighting |
+//! | summary `P:o:{fp}:s` | a 5-field hash, ~100 B | with the sightings |
+//! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL`] (1 d) |
+//! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
+//! | sender rates `P:r:{net}:c/m:MIN` | an integer, ~60 B | 2 min |
+//! | intel feed `P:{intel}` | one hash, ~150 B an entry, ≤ [`intel::MAX_ENTRIES`] | entries carry their own expiry; expired ones are removed when listed |
+//!
+//! A message with every fingerprint kind writes about 14 sightings; at 100 msg/s with a 1 h
+//! window and mostly unique mail that is ~1.2 GB of sightings at worst, ~150 MB typically:
+//! size the window to the memory you give Redis (`maxmemory-policy volatile-ttl` keeps it safe).
+
+pub mod conn;
+pub mod greylist;
+pub mod intel;
+pub mod keys;
+pub mod limits;
+mod metrics;
+pub mod outbreak;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use redis::Value;
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, SharedConfig};
+use crate::ops::Ops;
+pub use conn::{Call, Conn, StoreError};
+pub use keys::{Fingerprint, Keys};
+pub use metrics::SharedMetrics;
+
+/// Longest wait for a batch of writes or a sync (never on the message path).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Commands sent in one write pipeline at most (the rest wait for the next flush).
+pub const MAX_BATCH: usize = 5000;
+
+/// Wall-clock milliseconds since the epoch: what sightings, triplets and minutes are stamped
+/// with, the same on every node (their clocks are kept by NTP).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What `maildistiller check` can say about `[shared]` that needs the client: the addresses.
+pub fn check(c: &crate::config::Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if let Err(e) = conn::parse(&c.shared.redis) {
+        errors.push(ConfigError::new("shared.redis", e));
+    }
+    let read: Vec<String> = c
+        .shared
+        .read
+        .iter()
+        .filter(|u| *u != "replicas")
+        .cloned()
+        .collect();
+    if let Err(e) = conn::parse(&read) {
+        errors.push(ConfigError::new("shared.read", e));
+    }
+    errors
+}
+
+/// A write, and what its answer means.
+#[derive(Debug)]
+pub(crate) struct Write {
+    pub call: Call,
+    /// The script body when `call` is an `EVALSHA` (sent as `EVAL` after a `NOSCRIPT`).
+    pub script: Option<&'static str>,
+    pub then: Then,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    Nothing,
+    /// An outbreak marker set with NX: `OK` means this node found the outbreak first.
+    Marker,
+}
+
+/// The process's view of the fleet's shared knowledge (one per process: [`Fleet::for_process`];
+/// [`Fleet::local`] for a scanner without a store).
+pub struct Fleet {
+    pub cfg: SharedConfig,
+    pub keys: Keys,
+    write: ArcSwapOption<Conn>,
+    read: ArcSwapOption<Conn>,
+    up: AtomicBool,
+    queue: Option<mpsc::Sender<Write>>,
+    pub metrics: SharedMetrics,
+    pub outbreaks: outbreak::Local,
+    pub greylist: greylist::Local,
+    pub intel: ArcSwap<intel::Feed>,
+    pub rates: limits::Rates,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("redis", &self.cfg.redis)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl Fleet {
+    /// Local knowledge only: no store, no tasks (scanners built without a process, tests).
+    pub fn local() -> Arc<Fleet> {
+        Arc::new(Fleet::new(SharedConfig::default(), None))
+    }
+
+    fn new(cfg: SharedConfig, queue: Option<mpsc::Sender<Write>>) -> Fleet {
+        let enabled = cfg.enabled();
+        Fleet {
+            keys: Keys::new(&cfg.prefix),
+            cfg,
+            write: ArcSwapOption::empty(),
+            read: ArcSwapOption::empty(),
+            // Optimistic: the first call tries the store (and a failure says otherwise).
+            up: AtomicBool::new(enabled),
+            queue,
+            metrics: SharedMetrics::new(),
+            outbreaks: outbreak::Local::default(),
+            greylist: greylist::Local::default(),
+            intel: ArcSwap::from_pointee(intel::Feed::default()),
+            rates: limits::Rates::default(),
+        }
+    }
+
+    /// The process's fleet client, made by the first role that asks (the engine and the edge
+    /// of one process share it): connections opened lazily, the writer and the sync loop
+    /// started on the current runtime until `ops.shutdown`, its metrics registered, the
+    /// intel API mounted on the ops listener. `[shared]` is read once: changing it takes a
+    /// restart (a reload that changes it says so).
+    pub async fn for_process(ops: &Arc<Ops>) -> Arc<Fleet> {
+        if let Some(f) = ops.extension::<Fleet>() {
+            return f;
+        }
+        let cfg = ops.config.load().config.shared.clone();
+        let (tx, rx) = if cfg.enabled() {
+            let (tx, rx) = mpsc::channel(cfg.max_pending as usize);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let fleet = Arc::new(Fleet::new(cfg, tx));
+        let fleet = ops.set_extension(fleet);
+        fleet.metrics.register(&ops.metrics);
+        fleet.metrics.up.set(i64::from(fleet.is_up()));
+        ops.add_routes(intel::routes(fleet.clone()));
+        if let Some(rx) = rx {
+            fleet.connect().await;
+            tokio::spawn(writer(fleet.clone(), rx, ops.shutdown.clone()));
+            tokio::spawn(sync(fleet.clone(), ops.clone()));
+        }
+        fleet
+    }
+
+    /// A store is configured.
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled()
+    }
+
+    /// The store answered its last call.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        self.metrics.up.set(i64::from(up));
+        if was != up && self.enabled() {
+            if up {
+                tracing::info!(redis = ?self.cfg.redis, "shared store answers: fleet knowledge again");
+            } else {
+                tracing::warn!(redis = ?self.cfg.redis, "shared store down: local knowledge only");
+            }
+        }
+    }
+
+    /// Opens the connections that are not open yet; true when both are.
+    async fn connect(&self) -> bool {
+        let cfg = &self.cfg;
+        if self.write.load().is_none() {
+            match Conn::open(cfg, &cfg.redis, false).await {
+                Ok(c) => self.write.store(Some(Arc::new(c))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect to shared.redis");
+                    return false;
+                }
+            }
+        }
+        if self.read.load().is_none() {
+            let conn = match cfg.read.as_slice() {
+                [] => self.write.load_full(),
+                [r] if r == "replicas" => {
+                    Conn::open(cfg, &cfg.redis, true).await.ok().map(Arc::new)
+                }
+                urls => match Conn::open(cfg, urls, false).await {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot connect to shared.read");
+                        None
+                    }
+                },
+            };
+            self.read.store(conn);
+        }
+        self.read.load().is_some()
+    }
+
+    /// One batch on the message path: from the near store, within `shared.timeout`. `None`
+    /// (decide on local knowledge) when the store is down, late or failing.
+    pub async fn read(&self, calls: &[Call]) -> Option<Vec<Value>> {
+        let conn = self.read.load_full()?;
+        if !self.is_up() {
+            self.metrics
+                .calls
+                .with_label_values(&["read", "skipped"])
+                .inc();
+            return None;
+        }
+        self.call("read", &conn, calls, self.cfg.timeout.get())
+            .await
+    }
+
+    /// A batch on the operator's behalf (the intel API): to the primary, within
+    /// [`WRITE_DEADLINE`], whether or not the store was last seen up.
+    pub async fn command(&self, calls: &[Call]) -> Result<Vec<Value>, StoreError> {
+        let Some(conn) = self.write.load_full() else {
+            return Err(StoreError::Connecting(
+                "no shared store is configured".into(),
+            ));
+        };
+        let r = conn.batch(calls, WRITE_DEADLINE).await;
+        self.set_up(r.is_ok());
+        r
+    }
+
+    async fn call(
+        &self,
+        op: &'static str,
+        conn: &Conn,
+        calls: &[Call],
+        deadline: Duration,
+    ) -> Option<Vec<Value>> {
+        let start = Instant::now();
+        match conn.batch(calls, deadline).await {
+            Ok(v) => {
+                self.metrics.calls.with_label_values(&[op, "ok"]).inc();
+                self.metrics
+                    .latency
+                    .with_label_values(&[op])
+                    .observe(start.elapsed().as_secs_f64());
+                self.set_up(true);
+                Some(v)
+            }
+            Err(e) => {
+                let result = if matches!(e, StoreError::Timeout(_)) {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                self.metrics.calls.with_label_values(&[op, result]).inc();
+                tracing::debug!(op, error = %e, "shared store call failed");
+                self.set_up(false);
+                None
+            }
+        }
+    }
+
+    /// Queues a write for the next batch (never waits); dropped and counted when the queue
+    /// is full or no store is configured.
+    pub(crate) fn write(&self, w: Write) {
+        let Some(q) = &self.queue else {
+            return;
+        };
+        if q.try_send(w).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+}
+
+/// Sends queued writes every `flush_interval`, as one pipeline (at most [`MAX_BATCH`]).
+async fn writer(
+    fleet: Arc<Fleet>,
+    mut rx: mpsc::Receiver<Write>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(fleet.cfg.flush_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Write> = Vec::new();
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            flush(&fleet, std::mem::take(&mut batch)).await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn flush(fleet: &Fleet, batch: Vec<Write>) {
+    let Some(conn) = fleet.write.load_full() else {
+        fleet.metrics.dropped.inc_by(batch.len() as u64);
+        return;
+    };
+    let calls: Vec<Call> = batch.iter().map(|w| w.call.clone()).collect();
+    let Some(answers) = fleet.call("write", &conn, &calls, WRITE_DEADLINE).await else {
+        fleet.metrics.dropped.inc_by(batch.len() as u64);
+        return;
+    };
+    // Scripts the server does not know yet: once more as EVAL (which also caches them).
+    let mut again = Vec::new();
+    for (w, a) in batch.iter().zip(&answers) {
+        match a {
+            Value::ServerError(e) if e.code() == "NOSCRIPT" && w.script.is_some() => {
+                again.push((w, outbreak::as_eval(&w.call, w.script.unwrap_or_default())));
+            }
+            Value::ServerError(e) => {
+                tracing::debug!(error = ?e, "shared store refused a write");
+                fleet.metrics.dropped.inc();
+            }
+            a => after(fleet, w.then, a),
+        }
+    }
+    if !again.is_empty() {
+        let calls: Vec<Call> = again.iter().map(|(_, c)| c.clone()).collect();
+        match fleet.call("write", &conn, &calls, WRITE_DEADLINE).await {
+            Some(answers) => {
+                for ((w, _), a) in again.iter().zip(&answers) {
+                    after(fleet, w.then, a);
+                }
+            }
+            None => fleet.metrics.dropped.inc_by(again.len() as u64),
+        }
+    }
+}
+
+fn after(fleet: &Fleet, then: Then, answer: &Value) {
+    if then == Then::Marker && matches!(answer, Value::Okay) {
+        fleet.metrics.detected.inc();
+    }
+}
+
+/// Every `sync_interval`: reconnects what is not connected, reads the intel feed (which tells
+/// whether the store is back), reconciles the edges' rate counters.
+async fn sync(fleet: Arc<Fleet>, ops: Arc<Ops>) {
+    let mut tick = tokio::time::interval(fleet.cfg.sync_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ops.shutdown.cancelled() => return,
+        }
+        if !fleet.connect().await {
+            fleet.set_up(false);
+            continue;
+        }
+        let snap = ops.config.load();
+        if snap.config.shared != fleet.cfg && !warned {
+            warned = true;
+            tracing::warn!("[shared] changed: restart the process to use the new settings");
+        }
+        intel::refresh(&fleet).await;
+        if fleet.is_up() {
+            limits::sync(&fleet, &snap.config.edge.fleet_limits).await;
+        }
+    }
+}

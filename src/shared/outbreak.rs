@@ -1,0 +1,383 @@
+//! Sightings of fingerprints: who received a fingerprint, at which tenants, from which
+//! networks, within a sliding window — counted by the fleet (the store) and by this node alone
+//! (its own sightings, what it decides with while the store is away).
+//!
+//! In the store, one fingerprint is three sorted sets (hashed recipients, tenants, networks;
+//! score = when last seen) and a summary hash the message path reads. A sighting is one
+//! script call (written in a batch, never on the message path) that trims the window, adds
+//! the members (at most [`MEMBERS_CAP`] per set: past a threshold nobody needs the exact
+//! count), and rewrites the summary. Reading a message's counts is one `HMGET` per
+//! fingerprint, all in one pipeline.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use redis::Value;
+
+use super::keys::Fingerprint;
+use super::{Call, Fleet, Then, Write};
+
+/// Members kept per set in the store: thresholds are at most this (checked in config).
+pub const MEMBERS_CAP: u32 = 200;
+/// How long the first node to find an outbreak marks it for everyone (a delayed message is
+/// looked at again against the marker; verdicts within this time cite it).
+pub const MARKER_TTL_MS: u64 = 86_400_000;
+/// Members kept per set in this node's own window (local knowledge saturates here).
+pub const LOCAL_CAP: usize = 32;
+/// Fingerprints this node remembers on its own; the least recently seen go first.
+pub const LOCAL_MAX: usize = 20_000;
+
+/// KEYS: recipients, tenants, networks, summary. ARGV: now (ms), window (ms), cap, tenant,
+/// network, recipients…  Returns the three counts.
+pub const SIGHTING: &str = r"
+local now, window, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window) end
+local function add(key, member)
+  if redis.call('ZSCORE', key, member) or redis.call('ZCARD', key) < cap then
+    redis.call('ZADD', key, now, member)
+  end
+end
+add(KEYS[2], ARGV[4])
+add(KEYS[3], ARGV[5])
+for i = 6, #ARGV do add(KEYS[1], ARGV[i]) end
+local c = {}
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], window)
+  c[i] = redis.call('ZCARD', KEYS[i])
+end
+local first = redis.call('HGET', KEYS[4], 'first') or now
+redis.call('HSET', KEYS[4], 'r', c[1], 't', c[2], 'n', c[3], 'first', first, 'last', now)
+redis.call('PEXPIRE', KEYS[4], window)
+return c
+";
+
+fn sighting_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| redis::Script::new(SIGHTING).get_hash().to_owned())
+}
+
+/// An `EVALSHA` call made an `EVAL` of `script` (after the server answered `NOSCRIPT`).
+pub(crate) fn as_eval(call: &Call, script: &str) -> Call {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script);
+    for a in call.cmd.args_iter().skip(2) {
+        if let redis::Arg::Simple(b) = a {
+            cmd.arg(b);
+        }
+    }
+    Call {
+        tag: call.tag.clone(),
+        cmd,
+    }
+}
+
+/// How far a fingerprint has spread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub recipients: u32,
+    pub tenants: u32,
+    pub networks: u32,
+    /// First sighting anywhere (ms since the epoch), when known.
+    pub first_ms: Option<u64>,
+}
+
+impl Counts {
+    /// The larger of each count (the fleet's and this node's own), the earlier first sighting.
+    pub fn max(self, o: Counts) -> Counts {
+        Counts {
+            recipients: self.recipients.max(o.recipients),
+            tenants: self.tenants.max(o.tenants),
+            networks: self.networks.max(o.networks),
+            first_ms: match (self.first_ms, o.first_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// One sighting: a fingerprint received by these (hashed) recipients of a tenant from a
+/// network, at `now_ms`, counted over `window_ms`.
+#[derive(Debug, Clone)]
+pub struct Sighting<'a> {
+    pub tenant: u64,
+    pub network: u64,
+    pub recipients: &'a [u64],
+    pub now_ms: u64,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    recipients: Vec<(u64, u64)>,
+    tenants: Vec<(u64, u64)>,
+    networks: Vec<(u64, u64)>,
+    first: u64,
+    last: u64,
+}
+
+fn add(set: &mut Vec<(u64, u64)>, member: u64, now: u64, from: u64) {
+    set.retain(|(_, t)| *t >= from);
+    if let Some(e) = set.iter_mut().find(|(m, _)| *m == member) {
+        e.1 = now;
+    } else if set.len() < LOCAL_CAP {
+        set.push((member, now));
+    }
+}
+
+fn live(set: &[(u64, u64)], from: u64) -> u32 {
+    set.iter().filter(|(_, t)| *t >= from).count() as u32
+}
+
+/// This node's own sightings (bounded: [`LOCAL_MAX`] fingerprints, [`LOCAL_CAP`] members).
+#[derive(Debug, Default)]
+pub struct Local {
+    map: Mutex<HashMap<Fingerprint, Entry>>,
+    /// Fingerprints this node found over a policy's thresholds (bounded like the map).
+    marked: Mutex<std::collections::HashSet<Fingerprint>>,
+}
+
+impl Local {
+    /// Whether this node found `fp` an outbreak (what it knows without the store's marker).
+    pub fn is_marked(&self, fp: &Fingerprint) -> bool {
+        self.marked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fp)
+    }
+
+    fn mark(&self, fp: &Fingerprint) {
+        let mut m = self.marked.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= LOCAL_MAX {
+            m.clear();
+        }
+        m.insert(*fp);
+    }
+
+    pub fn record(&self, fp: &Fingerprint, s: &Sighting<'_>) {
+        let from = s.now_ms.saturating_sub(s.window_ms);
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= LOCAL_MAX && !m.contains_key(fp) {
+            evict(&mut m, from);
+        }
+        let e = m.entry(*fp).or_insert_with(|| Entry {
+            first: s.now_ms,
+            ..Entry::default()
+        });
+        if e.last < from {
+            *e = Entry {
+                first: s.now_ms,
+                ..Entry::default()
+            };
+        }
+        e.last = s.now_ms;
+        add(&mut e.tenants, s.tenant, s.now_ms, from);
+        add(&mut e.networks, s.network, s.now_ms, from);
+        for r in s.recipients {
+            add(&mut e.recipients, *r, s.now_ms, from);
+        }
+    }
+
+    pub fn counts(&self, fp: &Fingerprint, now_ms: u64, window_ms: u64) -> Counts {
+        let from = now_ms.saturating_sub(window_ms);
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(fp) {
+            Some(e) if e.last >= from => Counts {
+                recipients: live(&e.recipients, from),
+                tenants: live(&e.tenants, from),
+                networks: live(&e.networks, from),
+                first_ms: Some(e.first),
+            },
+            _ => Counts::default(),
+        }
+    }
+}
+
+/// Forgets fingerprints not seen in the window, else the least recently seen eighth.
+fn evict(m: &mut HashMap<Fingerprint, Entry>, from: u64) {
+    m.retain(|_, e| e.last >= from);
+    if m.len() < LOCAL_MAX {
+        return;
+    }
+    let mut lasts: Vec<u64> = m.values().map(|e| e.last).collect();
+    let n = LOCAL_MAX / 8;
+    lasts.select_nth_unstable(n);
+    let cut = lasts[n];
+    m.retain(|_, e| e.last > cut);
+}
+
+impl Fleet {
+    /// The fleet's counts of `fps`, one pipeline to the near store (`None`: local knowledge only).
+    pub async fn counts(&self, fps: &[Fingerprint]) -> Option<Vec<Counts>> {
+        if !self.enabled() || fps.is_empty() {
+            return None;
+        }
+        let calls: Vec<Call> = fps
+            .iter()
+            .map(|fp| {
+                let k = self.keys.sightings(fp);
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&k.summary).arg(&["r", "t", "n", "first"]);
+                Call { tag: k.tag, cmd }
+            })
+            .collect();
+        let answers = self.read(&calls).await?;
+        Some(answers.iter().map(parse_summary).collect())
+    }
+
+    /// Which of `fps` the fleet marked as outbreaks (a delayed message's second look).
+    pub async fn marked(&self, fps: &[Fingerprint]) -> Option<Vec<bool>> {
+        if !self.enabled() || fps.is_empty() {
+            return None;
+        }
+        let calls: Vec<Call> = fps
+            .iter()
+            .map(|fp| {
+                let k = self.keys.sightings(fp);
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(&k.marker);
+                Call { tag: k.tag, cmd }
+            })
+            .collect();
+        let answers = self.read(&calls).await?;
+        Some(answers.iter().map(|v| matches!(v, Value::Int(1))).collect())
+    }
+
+    /// Records a sighting here at once and in the store with the next batch.
+    pub fn sighted(&self, fp: &Fingerprint, s: &Sighting<'_>) {
+        self.outbreaks.record(fp, s);
+        if !self.enabled() {
+            return;
+        }
+        let k = self.keys.sightings(fp);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sighting_sha())
+            .arg(4)
+            .arg(&k.recipients)
+            .arg(&k.tenants)
+            .arg(&k.networks)
+            .arg(&k.summary)
+            .arg(s.now_ms)
+            .arg(s.window_ms)
+            .arg(MEMBERS_CAP)
+            .arg(format!("{:x}", s.tenant))
+            .arg(format!("{:x}", s.network));
+        for r in s.recipients.iter().take(MEMBERS_CAP as usize) {
+            cmd.arg(format!("{r:x}"));
+        }
+        self.write(Write {
+            call: Call { tag: k.tag, cmd },
+            script: Some(SIGHTING),
+            then: Then::Nothing,
+        });
+    }
+
+    /// Marks `fp` an outbreak for the whole fleet (the first node to do so counts it).
+    pub fn mark(&self, fp: &Fingerprint, now_ms: u64) {
+        self.outbreaks.mark(fp);
+        if !self.enabled() {
+            return;
+        }
+        let k = self.keys.sightings(fp);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&k.marker)
+            .arg(now_ms)
+            .arg("NX")
+            .arg("PX")
+            .arg(MARKER_TTL_MS);
+        self.write(Write {
+            call: Call { tag: k.tag, cmd },
+            script: None,
+            then: Then::Marker,
+        });
+    }
+}
+
+fn parse_summary(v: &Value) -> Counts {
+    let Value::Array(items) = v else {
+        return Counts::default();
+    };
+    let num = |i: usize| -> Option<u64> {
+        match items.get(i)? {
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    };
+    Counts {
+        recipients: num(0).unwrap_or(0) as u32,
+        tenants: num(1).unwrap_or(0) as u32,
+        networks: num(2).unwrap_or(0) as u32,
+        first_ms: num(3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::outbreak::FingerprintKind;
+
+    #[test]
+    fn local_counts_slide_and_saturate() {
+        let l = Local::default();
+        let fp = Fingerprint {
+            kind: FingerprintKind::Text,
+            digest: 1,
+        };
+        let s = |tenant, network, rcpts: &'static [u64], now_ms| Sighting {
+            tenant,
+            network,
+            recipients: rcpts,
+            now_ms,
+            window_ms: 1000,
+        };
+        l.record(&fp, &s(1, 10, &[100, 101], 0));
+        l.record(&fp, &s(2, 11, &[102], 500));
+        l.record(&fp, &s(2, 11, &[102], 600));
+        let c = l.counts(&fp, 700, 1000);
+        assert_eq!((c.recipients, c.tenants, c.networks), (3, 2, 2));
+        assert_eq!(c.first_ms, Some(0));
+        let c = l.counts(&fp, 1550, 1000);
+        assert_eq!(
+            (c.recipients, c.tenants, c.networks),
+            (1, 1, 1),
+            "the first slid out"
+        );
+        let many: Vec<u64> = (0..100).collect();
+        l.record(
+            &fp,
+            &Sighting {
+                recipients: &many,
+                ..s(3, 12, &[], 1600)
+            },
+        );
+        assert_eq!(l.counts(&fp, 1600, 1000).recipients as usize, LOCAL_CAP);
+    }
+
+    #[test]
+    fn summaries_parse_and_counts_merge() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"12".to_vec()),
+            Value::BulkString(b"3".to_vec()),
+            Value::BulkString(b"2".to_vec()),
+            Value::BulkString(b"1700000000000".to_vec()),
+        ]);
+        let c = parse_summary(&v);
+        assert_eq!((c.recipients, c.tenants, c.networks), (12, 3, 2));
+        assert_eq!(
+            parse_summary(&Value::Array(vec![Value::Nil; 4])),
+            Counts::default()
+        );
+        let local = Counts {
+            recipients: 20,
+            tenants: 1,
+            networks: 1,
+            first_ms: Some(1_600_000_000_000),
+        };
+        let m = c.max(local);
+        assert_eq!(
+            (m.recipients, m.tenants, m.first_ms),
+            (20, 3, Some(1_600_000_000_000))
+        );
+    }
+}

@@ -1,0 +1,694 @@
+//! The fleet's shared store against a real `redis-server` (`tests/redis/start.sh` says which;
+//! `.ci/run` sets `MAILDISTILLER_REDIS_SERVER`). Every test starts its own private instances
+//! and in-process engines with `[shared]`; without the variable each prints why and skips.
+//!
+//! What is proved: a campaign of varied copies through two engines crosses the thresholds and
+//! later copies are quarantined at both; a newsletter to many recipients of one tenant is not
+//! (one tenant, one network); greylisting's first attempt at one engine lets the retry pass at
+//! the other; Redis killed mid-run → mail keeps flowing, `shared_store_up` 0; Redis back →
+//! sharing resumes; a paused Redis costs a session no more than `shared.timeout`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::engine::TestEngine;
+use crate::mail::{Client, Sink, until};
+use crate::support::free_port;
+
+#[path = "../../bench/scan/outbreak.rs"]
+mod bench; // what outbreak detection costs a message (bench/scan/outbreak.sh, release mode)
+
+/// A private redis-server on 127.0.0.1 (in memory); killed when dropped.
+struct Redis {
+    bin: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// `None` (after saying why) when the tests' redis-server is not given.
+    fn start() -> Option<Redis> {
+        let Ok(bin) = std::env::var("MAILDISTILLER_REDIS_SERVER") else {
+            eprintln!(
+                "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
+            );
+            return None;
+        };
+        let mut r = Redis {
+            bin,
+            port: free_port(),
+            child: None,
+        };
+        r.up();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let start = Instant::now();
+        while self.query(&["PING"]).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server answers"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn con(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()
+    }
+
+    /// One command, its answer as a redis value.
+    fn query(&self, args: &[&str]) -> Option<redis::Value> {
+        let mut con = self.con()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut con).ok()
+    }
+
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let Some(mut con) = self.con() else {
+            return Vec::new();
+        };
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut con)
+            .unwrap_or_default()
+    }
+
+    /// The highest of one summary field over every sighting summary under `prefix`.
+    fn max_count(&self, prefix: &str, field: &str) -> u64 {
+        let Some(mut con) = self.con() else {
+            return 0;
+        };
+        self.keys(&format!("{prefix}:o:*:s"))
+            .iter()
+            .filter_map(|k| {
+                redis::cmd("HGET")
+                    .arg(k)
+                    .arg(field)
+                    .query::<Option<u64>>(&mut con)
+                    .ok()
+                    .flatten()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `[engine]` lines for a PROXY listener (the tests choose each copy's client address), then
+/// `[shared]` on `redis` with `prefix`, then the policy.
+fn config(redis: &Redis, prefix: &str, policy: &str) -> String {
+    format!(
+        r#"proxy_listen = ["127.0.0.1:0"]
+trusted_proxies = ["127.0.0.0/8"]
+[shared]
+redis = ["{url}"]
+prefix = "{prefix}"
+timeout = "200ms"
+flush_interval = "20ms"
+sync_interval = "100ms"
+{policy}
+"#,
+        url = redis.url()
+    )
+}
+
+const OUTBREAK: &str = r#"
+[policy.default.scanners]
+outbreak = true
+auth = false
+[policy.default.outbreak]
+recipients = 3
+tenants = 2
+networks = 2
+action = "quarantine"
+window = "10m"
+score = 7.5
+"#;
+
+/// Connects through the engine's PROXY listener as `client`.
+async fn via(engine: &TestEngine, client: &str) -> Client {
+    let proxy: SocketAddr = engine.proxy.expect("proxy listener");
+    let mut c = Client::connect_raw(proxy).await;
+    c.send(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes())
+        .await;
+    c.expect("220").await;
+    c
+}
+
+const PARAGRAPHS: [&str; 4] = [
+    "Your mailbox storage has reached its limit and new incoming messages are now being held \
+     on the server until the account owner confirms the details we have on file for the account.",
+    "To keep receiving mail without interruption please confirm your account details on the \
+     secure portal today, it only takes a minute and the held messages are released at once.",
+    "Accounts that are not confirmed within forty eight hours will be suspended permanently and \
+     every message held for them will be deleted without any further notice to the owner.",
+    "This is an automated message sent by the mail administration team of your organisation, \
+     please do not reply to it, replies to this address are not read by anyone at all.",
+];
+
+/// One copy of the campaign: its own greeting, name and paragraph order.
+fn campaign_copy(name: &str, order: [usize; 4], rcpt: &str) -> String {
+    let mut body = format!("Dear {name},\r\n\r\n");
+    for i in order {
+        body.push_str(PARAGRAPHS[i]);
+        body.push_str("\r\n\r\n");
+    }
+    body.push_str("Mail administration\r\n");
+    format!(
+        "From: Mail Admin <admin@notices.example>\r\nTo: {rcpt}\r\nSubject: Action required: \
+         mailbox for {name}\r\n\r\n{body}"
+    )
+}
+
+#[tokio::test]
+async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
+    let Some(redis) = Redis::start() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let cfg = config(&redis, "camp", OUTBREAK);
+    let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    // (engine, client, name, paragraph order, recipient, expected)
+    type Copy<'a> = (
+        &'a TestEngine,
+        &'a str,
+        &'a str,
+        [usize; 4],
+        &'a str,
+        &'a str,
+    );
+    let copies: [Copy; 5] = [
+        (
+            &e1,
+            "198.51.100.7",
+            "Alice",
+            [0, 1, 2, 3],
+            "bob@acme.example",
+            "queued",
+        ),
+        (
+            &e2,
+            "203.0.113.9",
+            "Mr Known",
+            [1, 0, 2, 3],
+            "known@globex.example",
+            "queued",
+        ),
+        (
+            &e1,
+            "198.51.100.8",
+            "Carol Jones",
+            [0, 1, 3, 2],
+            "carol@acme.example",
+            "queued",
+        ),
+        // Three recipients, two tenants, two networks have the fingerprints now: both
+        // engines act on the next copies.
+        (
+            &e2,
+            "203.0.113.10",
+            "Boss",
+            [0, 2, 1, 3],
+            "boss@globex.example",
+            "quarantined",
+        ),
+        (
+            &e1,
+            "198.51.100.9",
+            "Dave",
+            [0, 1, 2, 3],
+            "dave@acme.example",
+            "quarantined",
+        ),
+    ];
+    for (i, (engine, client, name, order, rcpt, want)) in copies.into_iter().enumerate() {
+        let mut c = via(engine, client).await;
+        let reply = c
+            .mail(
+                "admin@notices.example",
+                &[rcpt],
+                &campaign_copy(name, order, rcpt),
+            )
+            .await;
+        assert!(reply.starts_with("250"), "copy {i}: {reply}");
+        let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
+        let listed = engine
+            .store
+            .list()
+            .into_iter()
+            .find(|l| l.env.id.as_str() == id)
+            .expect("the message is in its engine's store");
+        let verdict = listed.env.verdict.clone();
+        if want == "quarantined" {
+            assert_eq!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
+            assert!(
+                verdict.contains("outbreak.fuzzy=+7.5"),
+                "outbreak.score: {verdict}"
+            );
+        } else {
+            assert_ne!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
+        }
+        // The sighting reaches the store (the writer's next batch) before the next copy.
+        let k = i as u64 + 1;
+        assert!(
+            until(Duration::from_secs(5), || redis.max_count("camp", "r")
+                >= k.min(3))
+            .await,
+            "copy {i}'s sighting reached the store"
+        );
+    }
+    // Sightings live for the policy's window (10 minutes), not the default hour.
+    let summary = redis.keys("camp:o:*:s").pop().unwrap();
+    let ttl = match redis.query(&["PTTL", &summary]) {
+        Some(redis::Value::Int(ms)) => ms,
+        other => panic!("{other:?}"),
+    };
+    assert!(ttl > 0 && ttl <= 600_000, "outbreak.window: {ttl} ms");
+    // Everything written lives under the prefix and carries a hash tag.
+    let keys = redis.keys("*");
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("camp:") && k.contains('{')),
+        "{keys:?}"
+    );
+    let metrics = e1.ops.metrics.render();
+    assert!(
+        metrics.contains("maildistiller_outbreak_matched_total{action=\"quarantine\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_newsletter_to_many_recipients_of_one_tenant_is_not_an_outbreak() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let cfg = config(&redis, "news", OUTBREAK);
+    let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let letter = campaign_copy("subscriber", [0, 1, 2, 3], "list@acme.example");
+    for batch in 0..4 {
+        let rcpts: Vec<String> = (0..10)
+            .map(|i| format!("user{batch}x{i}@acme.example"))
+            .collect();
+        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        let mut c = via(&e, "192.0.2.25").await;
+        let reply = c.mail("news@letters.example", &rcpts, &letter).await;
+        assert!(
+            reply.starts_with("250 2.0.0 Ok: queued"),
+            "batch {batch}: {reply}"
+        );
+        assert!(
+            until(Duration::from_secs(5), || redis.max_count("news", "r")
+                >= (batch + 1) * 10)
+            .await
+        );
+    }
+    // Why it is not an outbreak: 40 recipients, but one tenant and one network.
+    assert!(redis.max_count("news", "r") >= 40);
+    assert_eq!(redis.max_count("news", "t"), 1);
+    assert_eq!(redis.max_count("news", "n"), 1);
+    assert!(
+        e.store
+            .list()
+            .iter()
+            .all(|l| l.state.as_str() != "quarantined")
+    );
+}
+
+#[tokio::test]
+async fn greylisting_lets_the_retry_pass_at_another_engine() {
+    let Some(redis) = Redis::start() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let policy = "[policy.default.greylist]\nenabled = true\ndelay = \"2s\"\nallow_for = \"1h\"\n";
+    let cfg = config(&redis, "grey", policy);
+    let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let attempt = |e: &TestEngine, client: &'static str| {
+        let proxy = e.proxy.unwrap();
+        async move {
+            let mut c = Client::connect_raw(proxy).await;
+            c.send(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes())
+                .await;
+            c.expect("220").await;
+            c.cmd("EHLO mta.sender.example", "250").await;
+            c.cmd("MAIL FROM:<alice@sender.example>", "250").await;
+            c.send(b"RCPT TO:<bob@acme.example>\r\n").await;
+            c.reply().await
+        }
+    };
+    let first = Instant::now();
+    let r = attempt(&e1, "198.51.100.20").await;
+    assert!(r.starts_with("451 4.7.1"), "first attempt: {r}");
+    assert!(
+        until(Duration::from_secs(5), || !redis
+            .keys("grey:g:*")
+            .is_empty())
+        .await
+    );
+    // Too soon, at the other engine, from another address of the same /24: still greylisted.
+    let r = attempt(&e2, "198.51.100.21").await;
+    if first.elapsed() < Duration::from_secs(2) {
+        assert!(r.starts_with("451 4.7.1"), "early retry: {r}");
+    }
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(first.elapsed())).await;
+    let r = attempt(&e2, "198.51.100.22").await;
+    assert!(
+        r.starts_with("250"),
+        "the retry at the other engine passes: {r}"
+    );
+    // A passed triplet is allowed for `allow_for` (1 hour here, not the default 36 days).
+    assert!(
+        until(Duration::from_secs(5), || {
+            let key = redis.keys("grey:g:*").pop().unwrap_or_default();
+            matches!(redis.query(&["PTTL", &key]), Some(redis::Value::Int(ms)) if ms > 2_000_000 && ms <= 3_600_000)
+        })
+        .await,
+        "greylist.allow_for"
+    );
+    let text = e2.ops.metrics.render();
+    assert!(
+        text.contains("maildistiller_greylist_total{outcome=\"passed\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_mid_run_mail_flows_and_sharing_resumes() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let policy = format!("{OUTBREAK}\n[policy.default.greylist]\nenabled = true\n");
+    let cfg = config(&redis, "kill", &policy);
+    let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let up = |e: &TestEngine| {
+        e.ops
+            .metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with("maildistiller_shared_store_up") && l.ends_with(" 1"))
+    };
+    assert!(
+        until(Duration::from_secs(5), || up(&e)).await,
+        "the store is up"
+    );
+    let send = |n: usize| {
+        let proxy = e.proxy.unwrap();
+        async move {
+            let mut c = Client::connect_raw(proxy).await;
+            c.send(b"PROXY TCP4 192.0.2.40 127.0.0.1 40000 25\r\n")
+                .await;
+            c.expect("220").await;
+            c.cmd("EHLO mta.sender.example", "250").await;
+            c.cmd(&format!("MAIL FROM:<s{n}@sender.example>"), "250")
+                .await;
+            c.send(b"RCPT TO:<bob@acme.example>\r\n").await;
+            c.reply().await
+        }
+    };
+    assert!(
+        send(0).await.starts_with("451"),
+        "greylisted while the store is up"
+    );
+    redis.kill();
+    let start = Instant::now();
+    for n in 1..=5 {
+        // Unknown triplets pass while the store is away (fail open), at once.
+        let r = send(n).await;
+        assert!(r.starts_with("250"), "message {n} with Redis down: {r}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "no session waited on the dead store"
+    );
+    assert!(
+        until(Duration::from_secs(5), || !up(&e)).await,
+        "store_up is 0"
+    );
+    redis.up();
+    assert!(
+        until(Duration::from_secs(10), || up(&e)).await,
+        "store_up is 1 again"
+    );
+    assert!(
+        send(99).await.starts_with("451"),
+        "greylisting is shared again"
+    );
+    assert!(
+        until(Duration::from_secs(5), || !redis
+            .keys("kill:g:*")
+            .is_empty())
+        .await,
+        "writes reach the store again"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_store_costs_a_session_no_more_than_the_timeout() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let policy = format!("{OUTBREAK}\n[policy.default.greylist]\nenabled = true\n");
+    let cfg = config(&redis, "pause", &policy);
+    let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis
+        .query(&["CLIENT", "PAUSE", "30000", "ALL"])
+        .expect("paused");
+    let start = Instant::now();
+    let mut c = via(&e, "192.0.2.50").await;
+    let reply = c
+        .mail(
+            "a@sender.example",
+            &["bob@acme.example"],
+            &campaign_copy("Paused", [0, 1, 2, 3], "bob@acme.example"),
+        )
+        .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the session did not wait for the paused store ({:?})",
+        start.elapsed()
+    );
+    let text = e.ops.metrics.render();
+    assert!(
+        text.contains("maildistiller_shared_calls_total{op=\"read\",result=\"timeout\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rates_are_summed_across_edges() {
+    let Some(redis) = Redis::start() else { return };
+    let extra = format!(
+        "[edge.fleet_limits]\nconnections_per_minute = 4\nmessages_per_minute = 2\n[shared]\nredis = [\"{}\"]\nprefix = \"lim\"\nsync_interval = \"100ms\"\n",
+        redis.url()
+    );
+    let a = crate::edge::Fleet::start(&extra, 100).await;
+    let b = crate::edge::Fleet::start(&extra, 100).await;
+    let total = || {
+        let Some(mut con) = redis.con() else { return 0 };
+        redis
+            .keys("lim:r:*:c:*")
+            .iter()
+            .filter_map(|k| {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query::<Option<u64>>(&mut con)
+                    .ok()
+                    .flatten()
+            })
+            .sum::<u64>()
+    };
+    // Two at each edge: within the limit everywhere (and each edge alone is far below it).
+    let mut a1 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    // Two messages a minute from this network: the third transaction's first RCPT is refused.
+    a1.cmd("EHLO mta.example", "250").await;
+    for _ in 0..2 {
+        a1.cmd("MAIL FROM:<s@sender.example>", "250").await;
+        a1.cmd("RCPT TO:<bob@acme.example>", "250").await;
+        a1.cmd("RSET", "250").await;
+    }
+    a1.cmd("MAIL FROM:<s@sender.example>", "250").await;
+    a1.cmd("RCPT TO:<bob@acme.example>", "451 4.7.1").await;
+    let _a2 = crate::edge::client_from("127.0.0.5", a.smtp).await;
+    let _b1 = crate::edge::client_from("127.0.0.6", b.smtp).await;
+    let _b2 = crate::edge::client_from("127.0.0.6", b.smtp).await;
+    assert!(
+        until(Duration::from_secs(5), || total() == 4).await,
+        "both edges synced: {}",
+        total()
+    );
+    // Both edges learn the fleet's total at their next sync.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for edge in [a.smtp, b.smtp] {
+        let mut c = Client::from_stream({
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.7:0".parse().unwrap()).unwrap();
+            sock.connect(edge).await.unwrap()
+        });
+        c.expect("421 4.7.0").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intel_block_reaches_every_engine_and_is_cited() {
+    let Some(redis) = Redis::start() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let policy = format!("{OUTBREAK}\n[policy.default.actions]\nblocklist = \"quarantine\"\n");
+    let cfg = config(&redis, "intel", &policy);
+    let e1 = TestEngine::start(&d1.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let e2 = TestEngine::start(&d2.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(maildistiller::ops::serve(e1.ops.clone(), l));
+    let config = d1.path().join("engine.toml");
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "intel",
+            "--ops",
+            &ops_addr,
+        ];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                crate::support::run(&refs)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&[
+        "block",
+        "domain",
+        "evil.example",
+        "--reason",
+        "phishing kit",
+        "--expire",
+        "1h",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let entries = |e: &TestEngine| {
+        e.ops
+            .metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with("maildistiller_intel_entries") && l.ends_with(" 1"))
+    };
+    assert!(
+        until(Duration::from_secs(5), || entries(&e1) && entries(&e2)).await,
+        "both engines read the feed"
+    );
+    let msg = "From: a@sender.example\r\nTo: bob@acme.example\r\nSubject: hi\r\n\r\nsee http://login.evil.example/reset now\r\n";
+    let mut c = via(&e2, "192.0.2.60").await;
+    let reply = c.mail("a@sender.example", &["bob@acme.example"], msg).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let l = e2.store.list();
+    assert_eq!(l[0].state.as_str(), "quarantined");
+    let v = &l[0].env.verdict;
+    assert!(
+        v.contains("intel.block") && v.contains("phishing kit"),
+        "{v}"
+    );
+    let out = cli(&["list"]).await;
+    assert!(
+        crate::support::stdout(&out).contains("evil.example"),
+        "{}",
+        crate::support::stdout(&out)
+    );
+    let out = cli(&["expire", "domain", "evil.example"]).await;
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let out = cli(&["list"]).await;
+    assert!(crate::support::stdout(&out).contains("no entries"));
+}
+
+#[tokio::test]
+async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let cfg = config(&redis, "mp", OUTBREAK).replace(
+        "flush_interval = \"20ms\"",
+        "flush_interval = \"10s\"\nmax_pending = 100",
+    );
+    let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
+    // About nine sightings a message: fifteen messages overflow a queue of 100.
+    for n in 0..15 {
+        let mut c = via(&e, "192.0.2.70").await;
+        let msg = campaign_copy(
+            &format!("Reader {n}"),
+            [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
+            "bob@acme.example",
+        );
+        let reply = c
+            .mail("a@sender.example", &["bob@acme.example"], &msg)
+            .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    // The first batch goes at start; the next one is 10 s away: nothing was written yet.
+    assert!(redis.keys("mp:o:*").is_empty(), "shared.flush_interval");
+    let text = e.ops.metrics.render();
+    let dropped: f64 = text
+        .lines()
+        .find(|l| l.starts_with("maildistiller_shared_writes_dropped_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "shared.max_pending: {dropped}");
+}
+
+/// The benchmark (`bench/scan/outbreak.sh` runs it in release mode; never in CI).
+#[tokio::test]
+#[ignore]
+async fn bench_outbreak_cost() {
+    let Some(redis) = Redis::start() else { return };
+    bench::run(&redis).await;
+}
