@@ -18,8 +18,11 @@
 //! deliverable) or [`Prepared::abandon`]s it (the sender heard 4xx). Nothing is delivered before
 //! the decision, so a message the sender was told to retry is not also delivered from here. A
 //! crash between the two steps leaves the file in the spool: recovered and delivered at the next
-//! start (at least once, never lost). A `Prepared` dropped undecided (its task cancelled) is
-//! committed, for the same reason.
+//! start (at least once, never lost). A `Prepared` dropped undecided (its session cancelled,
+//! as at shutdown) is abandoned: the `250` comes only after [`Prepared::commit`], so its sender
+//! heard nothing and will send it again. Committing it instead delivered a second copy beside
+//! the sender's retry (the fleet's cluster-stop scenario found it). If the file cannot be
+//! removed, the next start delivers it (at least once).
 
 use std::io;
 use std::sync::Arc;
@@ -72,8 +75,15 @@ impl Prepared {
 impl Drop for Prepared {
     fn drop(&mut self) {
         if let Some(env) = self.env.take() {
-            tracing::warn!(id = %env.id, "a prepared message was neither committed nor abandoned: committing it (at least once)");
-            self.store.insert(env, self.dest.clone());
+            match self.store.spool.remove_now(&env.id) {
+                Ok(()) => {
+                    tracing::info!(id = %env.id, "a message whose session ended before its 250 was removed: its sender sends it again");
+                    self.store.tell(|f| f.changed(&env.id, None));
+                }
+                Err(e) => {
+                    tracing::warn!(id = %env.id, error = %e, "a message whose session ended before its 250 could not be removed: delivered after the next start (at least once)");
+                }
+            }
         }
     }
 }

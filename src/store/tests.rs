@@ -280,3 +280,39 @@ async fn a_spool_from_before_the_rename_is_recovered() {
     let text = std::fs::read_to_string(state_file(dir.path(), &id)).unwrap();
     assert!(text.starts_with("status: suspended\r\n"), "{text}");
 }
+
+/// A message prepared but never decided (its session cancelled before the `250`, as at
+/// shutdown) is removed, not delivered: its sender heard nothing and sends it again, so
+/// delivering this copy too would be a duplicate. A restart finds nothing of it.
+#[tokio::test]
+async fn a_prepared_message_dropped_undecided_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let env = test_envelope(1);
+    let id = env.id.clone();
+    let prepared = store
+        .prepare(env, b"Subject: hi\r\n\r\nhello\r\n", tenant())
+        .await
+        .unwrap();
+    let msg_file = state_file(dir.path(), &id).with_extension("msg");
+    assert!(
+        std::fs::read_dir(msg_file.parent().unwrap())
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(id.as_str())),
+        "on disk once prepared"
+    );
+    drop(prepared);
+    assert!(state(&store, &id).is_none(), "never in the index");
+    assert!(store.take(&tenant()).is_none(), "nothing to deliver");
+    let files = std::fs::read_dir(msg_file.parent().unwrap())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 0, "its files are gone");
+    drop(store);
+    let again = open(dir.path()).await;
+    assert!(again.get(&id).is_none(), "a restart does not bring it back");
+}

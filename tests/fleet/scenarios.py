@@ -5,6 +5,7 @@ Part of tests/fleet (see fleet.py and bench/fleet/README.md).
 
 import calendar
 import glob
+import json
 import http.client as httpclient
 import os
 import random
@@ -14,6 +15,7 @@ import signal
 import smtplib
 import subprocess
 import time
+import urllib.request
 import zlib
 
 from account import *  # noqa: F403
@@ -44,9 +46,13 @@ def step_kill_engine(fleet, notes, state):
 
 
 def step_restart(*names):
+    # All at once, then wait: with shadow redundancy an engine is ready only once a peer of its
+    # cluster is up to hold its copies (`/readyz`: no-shadow), so a whole cluster started one
+    # engine at a time would wait on itself.
     def f(fleet, notes, state):
         for n in names:
-            fleet.start_node(n)
+            fleet.start_node(n, wait=False)
+        fleet.wait_ready(list(names))
         notes.append(f"restarted {', '.join(names)}")
     return f
 
@@ -259,12 +265,33 @@ def step_report(fleet, notes, state):
     state["learnt"] = bool(learnt)
 
 
+def fuzzy_hit(fleet, message):
+    """True when rspamd (the fleet's shared one) already knows `message` by its fuzzy hash."""
+    try:
+        req = urllib.request.Request(f"http://{fleet.rspamd['MAILDISTILLER_RSPAMD']}/checkv2",
+                                     data=message.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            symbols = json.load(r).get("symbols", {})
+    except (OSError, ValueError):
+        return False
+    return any(k.startswith("LOCAL_FUZZY_") and k != "LOCAL_FUZZY_UNKNOWN" for k in symbols)
+
+
 def step_near_copy(fleet, notes, state):
     seed = state.get("learn_seed")
     if not seed:
         return
-    submit(f"deals@{SENDER_DOMAIN}", "user1@hansa.example",
-           learn_pitch(seed, "Dear customer", "user1@hansa.example"))
+    copy = learn_pitch(seed, "Dear customer", "user1@hansa.example")
+    # rspamd's fuzzy storage makes a learnt hash visible after its sync (1 s here, 60 s by
+    # default); on a loaded machine it has taken 15 s. The scenario measures that delay and
+    # sends the copy once rspamd answers for it, so what it checks is the fleet's path, not the
+    # scheduler.
+    t0 = time.time()
+    seen = wait_for("rspamd to know the reported message's fuzzy hash",
+                    lambda: fuzzy_hit(fleet, copy), 45)
+    notes.append(f"fuzzy hash visible to rspamd {time.time() - state.get('reported_at', t0):.1f}s "
+                 f"after the report's submission" if seen else "fuzzy hash NOT visible within 45 s")
+    submit(f"deals@{SENDER_DOMAIN}", "user1@hansa.example", copy)
     state["copy_sent"] = time.time()
 
 

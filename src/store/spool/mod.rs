@@ -286,6 +286,13 @@ impl Spool {
     }
 
     /// Removes a message and its state. Not synced: a crash may bring it back once.
+    /// [`Spool::remove`] without waiting on the blocking pool (for a `Drop`): two unlinks.
+    pub fn remove_now(&self, id: &QueueId) -> io::Result<()> {
+        let r = std::fs::remove_file(self.msg_path(id));
+        let _ = std::fs::remove_file(self.st_path(id));
+        r
+    }
+
     pub async fn remove(&self, id: &QueueId) -> io::Result<()> {
         let (m, s) = (self.msg_path(id), self.st_path(id));
         tokio::task::spawn_blocking(move || {
