@@ -100,6 +100,25 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// A port the kernel just handed out and released (for child processes whose config needs one).
+/// An address on 127.0.0.1 where nothing listens for the rest of the test run: a bound socket
+/// that never listens (connections are refused), kept open on purpose. A port merely found
+/// free could be taken by another test's server meanwhile, which would then take the mail a
+/// test meant for a server that is down. For servers that stay down: a test that brings the
+/// server back later cannot bind it.
+pub fn refused_addr() -> std::net::SocketAddr {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("an address");
+    std::mem::forget(s);
+    addr
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

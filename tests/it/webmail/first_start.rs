@@ -66,7 +66,13 @@ fn moved_default(dir: &std::path::Path) -> (String, HashMap<u16, u16>) {
         out.push_str(head);
         let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
         let port: u16 = digits.parse().unwrap();
-        let new = *ports.entry(port).or_insert_with(free_port);
+        // acme's server (10025) must stay down: a free port could be taken by another test's
+        // server meanwhile, which would then take acme's mail. A bound socket that never
+        // listens keeps the port from everyone and refuses connections.
+        let new = *ports.entry(port).or_insert_with(|| match port {
+            10025 => crate::support::refused_addr().port(),
+            _ => free_port(),
+        });
         out.push_str(&new.to_string());
         rest = &tail[digits.len()..];
     }
