@@ -285,23 +285,17 @@ impl Spool {
         Ok(data)
     }
 
-    /// Removes a message and its state. Not synced: a crash may bring it back once.
-    /// [`Spool::remove`] without waiting on the blocking pool (for a `Drop`): two unlinks.
+    /// [`Spool::remove`] without the blocking pool, for a `Drop`: two unlinks on this thread.
     pub fn remove_now(&self, id: &QueueId) -> io::Result<()> {
-        let r = std::fs::remove_file(self.msg_path(id));
-        let _ = std::fs::remove_file(self.st_path(id));
-        r
+        unlink(&self.msg_path(id), &self.st_path(id))
     }
 
+    /// Removes a message and its state. Not synced: a crash may bring it back once.
     pub async fn remove(&self, id: &QueueId) -> io::Result<()> {
         let (m, s) = (self.msg_path(id), self.st_path(id));
-        tokio::task::spawn_blocking(move || {
-            let r = std::fs::remove_file(&m);
-            let _ = std::fs::remove_file(&s);
-            r
-        })
-        .await
-        .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || unlink(&m, &s))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Retires a delivered message: its file goes to the pool of files to overwrite (or is
@@ -548,6 +542,14 @@ pub(crate) fn test_envelope(n: usize) -> Envelope {
         kind: Kind::Message,
         size: 0,
     }
+}
+
+/// Unlinks a message file and its state file; the message file's error is the answer (a state
+/// file may not exist).
+fn unlink(msg: &Path, st: &Path) -> io::Result<()> {
+    let r = std::fs::remove_file(msg);
+    let _ = std::fs::remove_file(st);
+    r
 }
 
 #[cfg(test)]
