@@ -20,6 +20,13 @@ pub struct SharedConfig {
     /// every multi-key call stays in one slot); reads go to replicas when `read` is set to
     /// `["replicas"]`. Default false.
     pub cluster: bool,
+    /// The name Redis Sentinel knows the primary by (its `sentinel monitor NAME …`). When set,
+    /// the addresses in `redis` are Sentinels (`redis://host:26379`): the primary is asked of
+    /// them at start and again whenever it stops answering or answers `READONLY` (a failover),
+    /// and writes follow it. The user, password and database in the first address are the
+    /// primary's; the Sentinels themselves are asked without credentials. Empty (the
+    /// default): `redis` is the server itself.
+    pub sentinel: String,
     /// Where the message path reads from: a replica or per-silo instance near this node
     /// (`redis://…`), so no `250` waits on a round trip across regions. Default: `redis`.
     pub read: Vec<String>,
@@ -45,6 +52,7 @@ impl Default for SharedConfig {
         SharedConfig {
             redis: Vec::new(),
             cluster: false,
+            sentinel: String::new(),
             read: Vec::new(),
             prefix: "md".into(),
             timeout: Dur::millis(50),
@@ -73,11 +81,28 @@ impl SharedConfig {
                 }
             }
         }
-        if !self.cluster && self.redis.len() > 1 {
+        if !self.sentinel.is_empty() && self.cluster {
+            k.err(
+                "shared.sentinel",
+                "a Cluster finds its own primaries: set either shared.cluster or shared.sentinel",
+            );
+        }
+        if !self.sentinel.is_empty() && self.read == ["replicas"] {
+            k.err(
+                "shared.read",
+                "\"replicas\" is for a Cluster: give a replica's address (or none: reads go to the primary)",
+            );
+        }
+        if !self.sentinel.is_empty()
+            && self.sentinel.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            k.err("shared.sentinel", "the primary's name as Sentinel knows it: no spaces");
+        }
+        if !self.cluster && self.sentinel.is_empty() && self.redis.len() > 1 {
             k.err(
                 "shared.redis",
                 "one address for a standalone server (several are the seed nodes of a Redis \
-                 Cluster: set shared.cluster = true)",
+                 Cluster, set shared.cluster = true, or Sentinels, set shared.sentinel)",
             );
         }
         if self.read == ["replicas"] && !self.cluster {
@@ -143,6 +168,19 @@ mod tests {
         );
         let e = errors(r#"read = ["redis://a:1"]"#);
         assert!(e.iter().any(|e| e.contains("needs shared.redis")), "{e:?}");
+        assert!(
+            errors(
+                r#"redis = ["redis://a:26379", "redis://b:26379"]
+                      sentinel = "mymaster""#
+            )
+            .is_empty()
+        );
+        let e = errors(
+            r#"redis = ["redis://a:1"]
+                  sentinel = "mymaster"
+                  cluster = true"#,
+        );
+        assert!(e.iter().any(|e| e.starts_with("shared.sentinel")), "{e:?}");
         let e = errors(r#"prefix = "{md}""#);
         assert!(e.iter().any(|e| e.starts_with("shared.prefix")), "{e:?}");
         let e = errors(r#"timeout = "30s""#);

@@ -5,16 +5,25 @@
 //! background), the whole batch as one pipeline. Cluster: redis-rs's async cluster connection;
 //! a Cluster pipeline must stay in one slot, so the batch is split by hash tag and the parts
 //! are sent at once (still one round trip of wall time), their answers put back in order.
+//! Sentinel: the primary Sentinel names, through a `ConnectionManager` like a standalone
+//! server; a batch that finds it gone (refused, dropped, late) or demoted (`READONLY`) makes
+//! us ask the Sentinels again in the background, and the next batch goes to whichever server
+//! they name — the batch that failed is not retried (reads decide locally, writes are counted
+//! as failed, as for any outage).
 //!
 //! No call waits for a reconnect beyond its deadline: connecting happens lazily in the
 //! background, and a call that finds the store unreachable fails at once or at its deadline.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Value};
 
 use crate::config::SharedConfig;
 
@@ -40,6 +49,66 @@ pub enum StoreError {
 enum Inner {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<Followed>),
+}
+
+/// The primary as the Sentinels last named it, and the means to ask them again.
+struct Followed {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    /// The primary's address and a connection to it; `None` until the Sentinels named one.
+    primary: ArcSwapOption<(String, ConnectionManager)>,
+    /// A lookup is under way (one at a time; batches never wait for it).
+    asking: AtomicBool,
+    config: ConnectionManagerConfig,
+}
+
+impl Followed {
+    /// Asks the Sentinels which server is the primary (redis-rs checks that it says so
+    /// itself) and, when it is another than before, points the connection at it.
+    async fn ask(&self, within: Duration) -> Result<(), StoreError> {
+        let mut sentinels = self.sentinels.lock().await;
+        let client = tokio::time::timeout(within, sentinels.async_get_client())
+            .await
+            .map_err(|_| StoreError::Connecting("no Sentinel named a primary in time".into()))??;
+        let addr = client.get_connection_info().addr().to_string();
+        if self.primary.load().as_ref().is_some_and(|p| p.0 == addr) {
+            return Ok(());
+        }
+        let m = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
+        tracing::info!(primary = %addr, "shared store: Sentinel names the primary");
+        self.primary.store(Some(Arc::new((addr, m))));
+        Ok(())
+    }
+
+    /// Asks again in the background, unless a lookup is already under way.
+    fn ask_again(self: &Arc<Self>) {
+        if self.asking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.ask(Duration::from_secs(2)).await {
+                tracing::debug!(error = %e, "shared store: asking Sentinel for the primary");
+            }
+            me.asking.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Whether an answer says the server we wrote to is no longer the primary, or gone.
+fn lost_primary(r: &Result<Vec<Value>, StoreError>) -> bool {
+    match r {
+        Err(StoreError::Redis(e)) => {
+            e.is_io_error()
+                || e.is_connection_refusal()
+                || e.is_connection_dropped()
+                || e.code() == Some("READONLY")
+        }
+        Err(_) => true,
+        Ok(values) => values
+            .iter()
+            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "READONLY")),
+    }
 }
 
 /// A connection to one deployment (where writes go, or where the message path reads).
@@ -53,6 +122,7 @@ impl std::fmt::Debug for Conn {
         f.write_str(match self.inner {
             Inner::Single(_) => "Conn(standalone)",
             Inner::Cluster(_) => "Conn(cluster)",
+            Inner::Sentinel(_) => "Conn(sentinel)",
         })
     }
 }
@@ -93,15 +163,53 @@ impl Conn {
         let url = urls
             .first()
             .ok_or_else(|| StoreError::Connecting("no address configured".into()))?;
-        let client = redis::Client::open(url.as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(super::WRITE_DEADLINE))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
+        if !cfg.sentinel.is_empty() && !replicas && urls == cfg.redis.as_slice() {
+            return Conn::follow(cfg, urls, config, connect).await;
+        }
+        let client = redis::Client::open(url.as_str())?;
         let m = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Conn {
             inner: Inner::Single(m),
+        })
+    }
+
+    /// The primary that the Sentinels at `urls` name `cfg.sentinel`, asked once now (within
+    /// `connect`) and again after every batch that finds it gone or demoted.
+    async fn follow(
+        cfg: &SharedConfig,
+        urls: &[String],
+        config: ConnectionManagerConfig,
+        connect: Duration,
+    ) -> Result<Conn, StoreError> {
+        let mut sentinels = Vec::with_capacity(urls.len());
+        let mut primary = None;
+        for u in urls {
+            let info = u.as_str().into_connection_info()?;
+            primary.get_or_insert_with(|| info.redis_settings().clone());
+            sentinels.push(info.addr().clone());
+        }
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(primary.unwrap_or_default());
+        let client = SentinelClient::build(
+            sentinels,
+            cfg.sentinel.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        )?;
+        let f = Followed {
+            sentinels: tokio::sync::Mutex::new(client),
+            primary: ArcSwapOption::empty(),
+            asking: AtomicBool::new(false),
+            config,
+        };
+        f.ask(connect).await?;
+        Ok(Conn {
+            inner: Inner::Sentinel(Arc::new(f)),
         })
     }
 
@@ -117,24 +225,39 @@ impl Conn {
         }
         let run = async {
             match &self.inner {
-                Inner::Single(m) => {
-                    let mut p = redis::pipe();
-                    for c in calls {
-                        p.add_command(c.cmd.clone());
-                    }
-                    let mut m = m.clone();
-                    p.ignore_errors();
-                    p.query_async::<Vec<Value>>(&mut m)
-                        .await
-                        .map_err(StoreError::from)
-                }
+                Inner::Single(m) => single_batch(m, calls).await,
                 Inner::Cluster(c) => cluster_batch(c, calls).await,
+                Inner::Sentinel(f) => {
+                    let Some(primary) = f.primary.load_full() else {
+                        return Err(StoreError::Connecting("no primary named yet".into()));
+                    };
+                    single_batch(&primary.1, calls).await
+                }
             }
         };
-        tokio::time::timeout(deadline, run)
+        let r = tokio::time::timeout(deadline, run)
             .await
-            .map_err(|_| StoreError::Timeout(deadline))?
+            .unwrap_or(Err(StoreError::Timeout(deadline)));
+        if let Inner::Sentinel(f) = &self.inner
+            && lost_primary(&r)
+        {
+            f.ask_again();
+        }
+        r
     }
+}
+
+/// The whole batch as one pipeline.
+async fn single_batch(m: &ConnectionManager, calls: &[Call]) -> Result<Vec<Value>, StoreError> {
+    let mut p = redis::pipe();
+    for c in calls {
+        p.add_command(c.cmd.clone());
+    }
+    let mut m = m.clone();
+    p.ignore_errors();
+    p.query_async::<Vec<Value>>(&mut m)
+        .await
+        .map_err(StoreError::from)
 }
 
 /// One pipeline per hash tag, sent concurrently; answers back in the callers' order.

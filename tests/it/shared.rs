@@ -16,6 +16,8 @@ use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
 use crate::support::free_port;
 
+mod sentinel;
+
 #[path = "../../bench/scan/outbreak.rs"]
 mod bench; // what outbreak detection costs a message (bench/scan/outbreak.sh, release mode)
 
