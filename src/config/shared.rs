@@ -94,9 +94,15 @@ impl SharedConfig {
             );
         }
         if !self.sentinel.is_empty()
-            && self.sentinel.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            && self
+                .sentinel
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            k.err("shared.sentinel", "the primary's name as Sentinel knows it: no spaces");
+            k.err(
+                "shared.sentinel",
+                "the primary's name as Sentinel knows it: no spaces",
+            );
         }
         if !self.cluster && self.sentinel.is_empty() && self.redis.len() > 1 {
             k.err(

@@ -37,8 +37,8 @@
 //!
 //! # Production shape and propagation
 //!
-//! One primary (or a Cluster's primaries; Sentinel discovery is not built: point `redis` at
-//! the primary's stable address, e.g. a VIP that Sentinel moves) in one region takes the writes;
+//! One primary (or a Cluster's primaries; with `shared.sentinel`, whichever server Redis
+//! Sentinel names, followed through a failover: `conn.rs`) in one region takes the writes;
 //! each silo has a replica that its nodes read (`shared.read`). A sighting reaches the other
 //! silos after: the writer's batch (≤ `flush_interval`, 100 ms) + the round trip to the
 //! primary (≤ 100 ms across regions) + replication to the silo's replica (one more one-way
@@ -47,8 +47,10 @@
 //! block is in force everywhere within about 1.3 s. When the link between regions is cut, a
 //! silo keeps reading its replica (stale, but its own writes fail and are counted), decides on
 //! what it knows, and catches up when the link returns: the replica resynchronises, the writer
-//! resumes. One shared instance (all silos on one address) is the simple shape, and the one the
-//! integration tests run (`tests/it/shared.rs`).
+//! resumes. One shared instance (all silos on one address) is the simple shape, and the one
+//! most integration tests run (`tests/it/shared.rs`); a real three-primary Cluster
+//! (`shared/cluster.rs`) and a primary, replica and Sentinel through a failover
+//! (`shared/sentinel.rs`) are run too.
 //!
 //! # Memory and expiry, per key family (`keys.rs`)
 //!

@@ -16,6 +16,7 @@ use crate::engine::TestEngine;
 use crate::mail::{Client, Sink, until};
 use crate::support::free_port;
 
+mod cluster;
 mod sentinel;
 
 #[path = "../../bench/scan/outbreak.rs"]

@@ -13,8 +13,8 @@ use crate::mail::{Sink, until};
 use crate::support::free_port;
 
 /// One private redis-server (or Sentinel) process; killed when dropped.
-struct Node {
-    port: u16,
+pub(super) struct Node {
+    pub(super) port: u16,
     child: Option<Child>,
 }
 
@@ -32,13 +32,16 @@ impl Node {
         };
         let start = Instant::now();
         while n.query(&["PING"]).is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "port {port} answers");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "port {port} answers"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         n
     }
 
-    fn server(bin: &str, extra: &[&str]) -> Node {
+    pub(super) fn server(bin: &str, extra: &[&str]) -> Node {
         let port = free_port();
         let mut args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             .iter()
@@ -49,7 +52,7 @@ impl Node {
         Node::start(bin, port, &args)
     }
 
-    fn query(&self, args: &[&str]) -> Option<redis::Value> {
+    pub(super) fn query(&self, args: &[&str]) -> Option<redis::Value> {
         let mut con = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
@@ -61,7 +64,7 @@ impl Node {
         cmd.query(&mut con).ok()
     }
 
-    fn dbsize(&self) -> i64 {
+    pub(super) fn dbsize(&self) -> i64 {
         match self.query(&["DBSIZE"]) {
             Some(redis::Value::Int(n)) => n,
             _ => -1,
@@ -96,7 +99,9 @@ impl Drop for Node {
 #[tokio::test]
 async fn writes_follow_the_primary_sentinel_names_through_a_failover() {
     let Ok(bin) = std::env::var("MAILDISTILLER_REDIS_SERVER") else {
-        eprintln!("skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")");
+        eprintln!(
+            "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +177,9 @@ sync_interval = "100ms"
         "sightings reach the primary Sentinel names (not the Sentinel itself)"
     );
     assert!(
-        until(Duration::from_secs(5), || replica.dbsize() == primary.dbsize()).await,
+        until(Duration::from_secs(5), || replica.dbsize()
+            == primary.dbsize())
+        .await,
         "the replica has caught up"
     );
 
