@@ -67,7 +67,9 @@ pub struct ShadowConfig {
     pub listen: Vec<SocketAddr>,
     /// The cluster's shared secret (at least 32 characters, the same on every engine of the
     /// cluster). Both ends prove they know it (HMAC-SHA256 challenge and response) before any
-    /// copy is read; it never crosses the wire. Required with `redundancy = "shadow"`.
+    /// copy is read, and every frame after that carries a tag under a key derived from it (so
+    /// a frame changed or injected on the path closes the link); it never crosses the wire.
+    /// Required with `redundancy = "shadow"`.
     pub secret: Option<String>,
     /// The longest a `250` waits for a shadow's fsync of the copy, retries on another peer
     /// included; then `on_shadow_failure` decides. Default 5 s.

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, AckCode, Frame, FrameReader, Held};
+use super::wire::{self, AckCode, Dir, Frame, FrameReader, Held, Seal};
 use super::{FRAME_SLACK, LINK_QUEUE, PEER_DOWN_AFTER, PING_EVERY, Shared, UNSENT_MAX};
 use crate::store::{Change, ChangeError, Illegal, Progress, QueueId, State};
 
@@ -247,7 +247,7 @@ pub(super) async fn run(s: Arc<Shared>, idx: usize, peer: Arc<Peer>) {
             return;
         }
         match connect(&s, &peer).await {
-            Ok((reader, stream_w, items)) => {
+            Ok((reader, stream_w, seal, items)) => {
                 pause = Duration::from_millis(200);
                 said_down = false;
                 // What queued up while down: discards count for the inventory; the rest goes
@@ -272,7 +272,7 @@ pub(super) async fn run(s: Arc<Shared>, idx: usize, peer: Arc<Peer>) {
                 s.refresh_readiness();
                 s.peers_changed.notify_waiters();
                 tracing::info!(peer = %peer.id, "shadow link up");
-                let (back, why) = serve(&s, idx, &peer, rx, reader, stream_w, first).await;
+                let (back, why) = serve(&s, idx, &peer, rx, reader, (stream_w, seal), first).await;
                 rx = back;
                 {
                     let mut st = lock(&peer.st);
@@ -327,13 +327,18 @@ fn fail(peer: &Peer, m: Out) {
 
 type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
 
-/// Connects, proves, checks the peer's proof, reads the inventory.
+/// The link's sending half, and the seal its frames carry.
+type Writer = (tokio::net::tcp::OwnedWriteHalf, Seal);
+
+/// Connects, proves, checks the peer's proof, reads the inventory; from there on frames are
+/// sealed both ways (see `wire`).
 async fn connect(
     s: &Shared,
     peer: &Peer,
 ) -> std::io::Result<(
     Reader,
     tokio::net::tcp::OwnedWriteHalf,
+    Seal,
     Vec<(QueueId, Held)>,
 )> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
@@ -370,6 +375,8 @@ async fn connect(
         if !wire::same_mac(&mac, &wire::server_mac(&secret, &nc, &ns, &server, &s.me)) {
             return Err(bad("the peer could not prove the cluster secret"));
         }
+        reader.sealed(Seal::new(&secret, &nc, &ns, Dir::ToPrimary));
+        let seal = Seal::new(&secret, &nc, &ns, Dir::ToShadow);
         let mut items = Vec::new();
         loop {
             let Frame::Inventory {
@@ -384,7 +391,7 @@ async fn connect(
                 break;
             }
         }
-        Ok((reader, w, items))
+        Ok((reader, w, seal, items))
     };
     tokio::time::timeout(HANDSHAKE, steps)
         .await
@@ -484,7 +491,7 @@ async fn serve(
     peer: &Arc<Peer>,
     rx: mpsc::Receiver<Out>,
     mut reader: Reader,
-    w: tokio::net::tcp::OwnedWriteHalf,
+    w: Writer,
     first: Vec<Out>,
 ) -> (mpsc::Receiver<Out>, String) {
     let pending: PendingMap = Arc::default();
@@ -581,7 +588,7 @@ fn acked(s: &Shared, idx: usize, peer: &Peer, p: Option<Pending>, code: AckCode,
 async fn write_loop(
     peer: Arc<Peer>,
     mut rx: mpsc::Receiver<Out>,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    (mut w, mut seal): Writer,
     pending: PendingMap,
     first: Vec<Out>,
     stop: CancellationToken,
@@ -601,7 +608,9 @@ async fn write_loop(
                 _ = ping.tick() => {
                     seq += 1;
                     lock(&pending).insert(seq, Pending::Ping);
+                    let start = buf.len();
                     Frame::Ping { seq }.encode(&mut buf);
+                    seal.seal(&mut buf, start);
                 }
                 _ = stop.cancelled() => break None,
                 _ = shutdown.cancelled() => {
@@ -629,6 +638,7 @@ async fn write_loop(
                     let start = buf.len();
                     buf.extend_from_slice(&frame);
                     wire::set_seq(&mut buf[start..], seq);
+                    seal.seal(&mut buf, start);
                 }
                 Out::Outcome { id, progress } => {
                     let gone = progress.is_none();
@@ -644,7 +654,9 @@ async fn write_loop(
                         },
                     };
                     lock(&pending).insert(seq, Pending::Outcome { id, gone });
+                    let start = buf.len();
                     f.encode(&mut buf);
+                    seal.seal(&mut buf, start);
                 }
             }
         }

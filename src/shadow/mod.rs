@@ -66,7 +66,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `log/` | the copy log on disk: records, group commit, recovery, compaction |
-//! | `wire.rs` | the channel's frames (sans-I/O) and the HMAC proofs |
+//! | `wire.rs` | the channel's frames (sans-I/O), the HMAC proofs and the per-frame tags |
 //! | `link.rs` | a primary's link to one peer: copies, outcomes, pings, the inventory on reconnect |
 //! | `serve.rs` | the shadow listener: proofs, inventory, copies into the log, acknowledgements |
 //! | `takeover.rs` | who is down, the cluster's agreement, adoption, the re-shadow loop, `queue takeover` |

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::log::{Entry, Rec};
-use super::wire::{self, AckCode, Frame, FrameReader, Held};
+use super::wire::{self, AckCode, Dir, Frame, FrameReader, Held, Seal};
 use super::{FRAME_SLACK, MAX_LINKS, Shared, takeover};
 use crate::store::decode_record;
 
@@ -116,6 +116,8 @@ async fn conn(s: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     }
     .encode(&mut out);
     w.write_all(&out).await?;
+    reader.sealed(Seal::new(&secret, &nc, &ns, Dir::ToShadow));
+    let mut seal = Seal::new(&secret, &nc, &ns, Dir::ToPrimary);
     let primary: Arc<str> = Arc::from(client.as_str());
     let spool: Arc<str> = Arc::from(spool.as_str());
     {
@@ -147,20 +149,23 @@ async fn conn(s: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
                 items: Vec::new(),
             }
             .encode(&mut out);
+            seal.seal(&mut out, 0);
         }
         while let Some(c) = chunks.next() {
+            let start = out.len();
             Frame::Inventory {
                 last: chunks.peek().is_none(),
                 items: c.to_vec(),
             }
             .encode(&mut out);
+            seal.seal(&mut out, start);
         }
         w.write_all(&out).await?;
     }
     heard(s, &client);
     tracing::info!(primary = %client, "shadow link from a primary");
     let (tx, rx) = mpsc::channel(ACKS);
-    let acks = tokio::spawn(write_acks(s.clone(), w, rx));
+    let acks = tokio::spawn(write_acks(s.clone(), w, seal, rx));
     let result = read_loop(s, &mut reader, &primary, &spool, &tx).await;
     drop(tx);
     let _ = acks.await;
@@ -241,6 +246,7 @@ async fn read_loop(
 async fn write_acks(
     s: Arc<Shared>,
     mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut seal: Seal,
     mut rx: mpsc::Receiver<Ack>,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -262,7 +268,9 @@ async fn write_acks(
                 Ack::Now(seq, code, text) => Frame::Ack { seq, code, text },
                 Ack::Pong(seq) => pong(&s, seq),
             };
+            let start = buf.len();
             frame.encode(&mut buf);
+            seal.seal(&mut buf, start);
             next = rx.try_recv().ok();
         }
         if w.write_all(&buf).await.is_err() {

@@ -21,6 +21,15 @@
 //! Each side proves the cluster secret: the primary's HMAC-SHA256 covers both nonces and both
 //! ids, the shadow's the same in the other order, so neither proof can be replayed or reflected,
 //! and the secret never crosses the wire.
+//!
+//! After the handshake (from the first `INVENTORY` on) every frame is followed by a [`TAG`]-byte
+//! tag ([`Seal`]): HMAC-SHA256, cut to 16 bytes, under a key of its own per direction (derived
+//! from the secret and both nonces, so it is new for every connection), over the frame's number
+//! in that direction and the frame. A frame injected, changed, replayed, reordered or dropped
+//! by someone on the path breaks the next tag, and the connection is closed: whoever does not
+//! know the secret cannot make a shadow store a copy or forget one. The frames are not
+//! encrypted: mail between engines of one cluster crosses the operator's own network, as it
+//! does between an edge and its engines.
 
 use std::io;
 
@@ -105,6 +114,66 @@ pub enum Frame {
         full: bool,
         heard: Vec<(String, u32)>,
     },
+}
+
+/// Bytes of the tag after each frame once the handshake is done.
+pub const TAG: usize = 16;
+
+/// Which way a sealed frame goes (each direction has its own key and count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    ToShadow,
+    ToPrimary,
+}
+
+/// Tags frames going one way, or checks them (see the module doc).
+pub struct Seal {
+    key: hmac::Key,
+    n: u64,
+}
+
+impl std::fmt::Debug for Seal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seal(frame {})", self.n)
+    }
+}
+
+impl Seal {
+    /// The seal of one direction of one connection: `client_nonce` is the primary's (from
+    /// `AUTH`), `server_nonce` the shadow's (from `HELLO`).
+    pub fn new(secret: &str, client_nonce: &[u8], server_nonce: &[u8], dir: Dir) -> Seal {
+        let role = match dir {
+            Dir::ToShadow => "to-shadow",
+            Dir::ToPrimary => "to-primary",
+        };
+        let derived = mac(secret, role, client_nonce, server_nonce, "session", "");
+        Seal {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &derived),
+            n: 0,
+        }
+    }
+
+    fn tag(&mut self, frame: &[u8]) -> [u8; TAG] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&self.n.to_be_bytes());
+        ctx.update(frame);
+        self.n += 1;
+        let mut t = [0u8; TAG];
+        t.copy_from_slice(&ctx.sign().as_ref()[..TAG]);
+        t
+    }
+
+    /// Appends the tag of the frame that starts at `start` in `buf` (everything after it).
+    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize) {
+        let t = self.tag(&buf[start..]);
+        buf.extend_from_slice(&t);
+    }
+
+    /// Whether `tag` is the next frame's tag.
+    fn open(&mut self, frame: &[u8], tag: &[u8]) -> bool {
+        let want = self.tag(frame);
+        same_mac(&want, tag)
+    }
 }
 
 /// Why a frame could not be read.
@@ -402,6 +471,8 @@ pub struct FrameReader<S> {
     buf: Vec<u8>,
     pos: usize,
     max: u64,
+    /// Once the handshake is done: every frame must carry its tag.
+    seal: Option<Seal>,
 }
 
 impl<S: AsyncRead + Unpin> FrameReader<S> {
@@ -411,17 +482,38 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
             buf: Vec::with_capacity(64 * 1024),
             pos: 0,
             max,
+            seal: None,
         }
     }
 
-    /// The next frame; `UnexpectedEof` when the peer closed.
+    /// From now on every frame must carry its tag under `seal`.
+    pub fn sealed(&mut self, seal: Seal) {
+        self.seal = Some(seal);
+    }
+
+    /// The next frame; `UnexpectedEof` when the peer closed, `InvalidData` for a malformed
+    /// frame or one whose tag is wrong.
     pub async fn next(&mut self) -> io::Result<Frame> {
         loop {
-            match parse(&self.buf[self.pos..], self.max) {
-                Ok(Some((f, used))) => {
-                    self.pos += used;
-                    return Ok(f);
-                }
+            let avail = &self.buf[self.pos..];
+            match parse(avail, self.max) {
+                Ok(Some((f, used))) => match &mut self.seal {
+                    None => {
+                        self.pos += used;
+                        return Ok(f);
+                    }
+                    Some(seal) if avail.len() >= used + TAG => {
+                        if !seal.open(&avail[..used], &avail[used..used + TAG]) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "a frame's tag is wrong (changed, injected or out of order)",
+                            ));
+                        }
+                        self.pos += used + TAG;
+                        return Ok(f);
+                    }
+                    Some(_) => {} // its tag is still on the way
+                },
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
@@ -633,5 +725,85 @@ mod tests {
             &c,
             &client_mac(&"b".repeat(32), &n1, &n2, "A", "B")
         ));
+    }
+
+    /// Frames sealed by the sender's `Seal`, as they would cross the wire.
+    fn sealed_stream(secret: &str, frames: &[Frame]) -> (Vec<u8>, Vec<usize>) {
+        let mut seal = Seal::new(secret, &[1; 32], &[2; 32], Dir::ToShadow);
+        let (mut buf, mut ends) = (Vec::new(), Vec::new());
+        for f in frames {
+            let start = buf.len();
+            f.encode(&mut buf);
+            seal.seal(&mut buf, start);
+            ends.push(buf.len());
+        }
+        (buf, ends)
+    }
+
+    /// Reads every frame of `bytes` with a reader sealed by `secret`, fed in 7-byte pieces.
+    fn read_sealed(secret: &str, bytes: Vec<u8>) -> Result<Vec<Frame>, io::Error> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (mut tx, rx) = tokio::io::duplex(7);
+                let feed = tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    for c in bytes.chunks(7) {
+                        if tx.write_all(c).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut r = FrameReader::new(rx, 1 << 20);
+                r.sealed(Seal::new(secret, &[1; 32], &[2; 32], Dir::ToShadow));
+                let mut got = Vec::new();
+                loop {
+                    match r.next().await {
+                        Ok(f) => got.push(f),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                let _ = feed.await;
+                Ok(got)
+            })
+    }
+
+    #[test]
+    fn sealed_frames_are_read_and_any_tampering_closes_the_link() {
+        let secret = "s".repeat(32);
+        let frames: Vec<Frame> = (1..=3).map(|seq| Frame::Ping { seq }).collect();
+        let (good, ends) = sealed_stream(&secret, &frames);
+        assert_eq!(read_sealed(&secret, good.clone()).unwrap(), frames);
+
+        // Each way of meddling, and a peer that does not know the secret.
+        let mut flipped = good.clone();
+        flipped[ends[0] + 8] ^= 1;
+        let replayed = [&good[..ends[1]], &good[..ends[0]]].concat();
+        let dropped = [&good[..ends[0]], &good[ends[1]..]].concat();
+        let reordered = [&good[ends[0]..ends[1]], &good[..ends[0]]].concat();
+        let mut injected = good[..ends[0]].to_vec();
+        Frame::Gone {
+            seq: 9,
+            id: QueueId::generate(),
+        }
+        .encode(&mut injected);
+        injected.extend_from_slice(&[0; TAG]);
+        let (stranger, _) = sealed_stream(&"t".repeat(32), &frames);
+        for (what, bytes) in [
+            ("flipped", flipped),
+            ("replayed", replayed),
+            ("dropped", dropped),
+            ("reordered", reordered),
+            ("injected", injected),
+            ("wrong secret", stranger),
+        ] {
+            let e = read_sealed(&secret, bytes).expect_err(what);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{what}: {e}");
+        }
+        // The other direction's key does not open these frames either.
+        let mut other = Seal::new(&secret, &[1; 32], &[2; 32], Dir::ToPrimary);
+        assert!(!other.open(&good[..ends[0] - TAG], &good[ends[0] - TAG..ends[0]]));
     }
 }
