@@ -192,11 +192,7 @@ impl Front<'_> {
             }
             let body = self.session.in_body();
             let idle = self.session.idle();
-            let timeout = if body {
-                data_timeout
-            } else {
-                command_timeout
-            };
+            let timeout = if body { data_timeout } else { command_timeout };
             // An idle session holds no read buffer: at a command boundary a read goes through
             // a buffer on the stack and only the bytes read are kept (commands are short, and
             // they are used up before the next wait); a body is read straight into `cbuf` in
@@ -426,7 +422,8 @@ impl Front<'_> {
             let Some(e) = self.engine.as_mut() else {
                 break;
             };
-            match tokio::time::timeout(DRAIN_WAIT, read_into(&mut e.conn.stream, &mut e.buf)).await {
+            match tokio::time::timeout(DRAIN_WAIT, read_into(&mut e.conn.stream, &mut e.buf)).await
+            {
                 Ok(Ok(n)) if n > 0 => self.engine_input()?,
                 _ => return Err(Ending::EngineLost),
             }
@@ -443,7 +440,10 @@ impl Front<'_> {
 /// least [`COMMAND_READ`] bytes of it (a body), else through a buffer on the stack, so a
 /// buffer that was empty gets just the bytes read (no allocation sized for a read that has not
 /// come yet, nothing held across the wait).
-async fn read_into<S: AsyncRead + Unpin + ?Sized>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_into<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() >= COMMAND_READ {
         return s.read_buf(buf).await;
     }

@@ -188,7 +188,10 @@ mod tests {
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
         backend.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"QUIT\r\n", "the backend sees the command, then the end");
+        assert_eq!(
+            got, b"QUIT\r\n",
+            "the backend sees the command, then the end"
+        );
         backend.write_all(b"221 2.0.0 bye\r\n").await.unwrap();
         drop(backend);
         let mut answer = Vec::new();

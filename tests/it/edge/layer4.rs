@@ -28,7 +28,9 @@ async fn a_multi_megabyte_message_crosses_the_layer4_relay_byte_for_byte() {
         n += 1;
     }
     let message = format!("Subject: big through layer 4\r\n\r\n{body}");
-    let r = c.mail("a@sender.example", &["bob@acme.example"], &message).await;
+    let r = c
+        .mail("a@sender.example", &["bob@acme.example"], &message)
+        .await;
     assert!(r.starts_with("250"), "{r}");
     assert!(until(Duration::from_secs(30), || f.acme.messages().len() == 1).await);
     let got = f.acme.messages()[0].data.clone();
@@ -52,7 +54,11 @@ async fn a_client_that_half_closes_after_quit_gets_the_answer() {
         assert!(n > 0, "closed before the banner");
         got.extend_from_slice(&b[..n]);
     }
-    assert!(got.starts_with(b"220 "), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"220 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     s.write_all(b"QUIT\r\n").await.unwrap();
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
