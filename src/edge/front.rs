@@ -112,8 +112,8 @@ pub async fn serve(
     }
     let _ = f.flush_client().await;
     if let Some(mut e) = f.engine.take() {
+        // QUIT, then the close sends the FIN (no separate shutdown: one syscall less).
         let _ = e.conn.stream.write_all(b"QUIT\r\n").await;
-        let _ = e.conn.stream.shutdown().await;
     }
     shared.metrics.sessions.dec();
 }
@@ -356,6 +356,14 @@ impl Front<'_> {
                 .refuse_route(crate::smtp::replies::MESSAGE_RATE);
             return Ok(());
         }
+        // The connected engine was routed for this tenant: it serves it again, whatever the
+        // route says now (a session keeps its engine), so no need to compute the route.
+        if let Some(e) = self.engine.as_ref()
+            && e.tenant == tenant_idx
+        {
+            self.session.reused();
+            return Ok(());
+        }
         let point = snap.geo.locate(client_ip).point;
         let route = {
             let map = self.shared.backends.map();
@@ -363,11 +371,10 @@ impl Front<'_> {
             snap.topology.route(tenant, snap.local_silo, point, &view)
         };
         if let Some(e) = self.engine.as_mut()
-            && (e.tenant == tenant_idx
-                || route
-                    .usable()
-                    .next()
-                    .is_some_and(|c| c.cluster == e.cluster))
+            && route
+                .usable()
+                .next()
+                .is_some_and(|c| c.cluster == e.cluster)
         {
             e.tenant = tenant_idx;
             self.session.reused();
