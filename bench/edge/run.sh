@@ -3,9 +3,17 @@
 # (mode tcp, leastconn, smtpchk) and through our edge in layer-4 (`tcp_listen`) and SMTP-aware
 # mode, in one run, on loopback. Prints msg/s, proxy CPU per message (utime+stime of all the
 # proxy's threads from /proc/PID/stat) and the ratios; then the edge's memory with 10,000 idle
-# client connections.
+# client connections, against HAProxy's with the same clients.
 #
-#   bash bench/edge/run.sh            # MESSAGES=10000 SESSIONS=20 by default
+#   bash bench/edge/run.sh            # MESSAGES=10000 SESSIONS=20 ROUNDS=3 IDLE=10000
+#   MAILDISTILLER_BIN=/path/to/maildistiller bash bench/edge/run.sh   # a given build (A/B runs)
+#   PERF_DIR=/tmp/p bash bench/edge/run.sh   # also perf-record each proxy in round 1
+#
+# Each round runs the three proxies in a rotated order (the first of a round does not always
+# meet the same background load); the summary gives per-round ratios and their medians.
+# Idle memory: HAProxy in mode tcp holds a server connection per client, so it needs two
+# descriptors per client; where the hard `ulimit -n` cannot hold 2 x IDLE (plus some), every
+# proxy is measured with the same smaller number, printed.
 #
 # Installs haproxy and postfix (for smtp-source/smtp-sink) if missing. Only 127.0.0.1 is used.
 set -euo pipefail
@@ -13,7 +21,7 @@ cd "$(dirname "$0")/../.."
 MESSAGES=${MESSAGES:-10000}
 SESSIONS=${SESSIONS:-20}
 IDLE=${IDLE:-10000}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # 10k idle clients + the edge's 10k
 
 need=()
@@ -25,8 +33,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v smtp-source >/dev/null || export PATH="$PATH:/usr/sbin"
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/maildistiller
+BIN=${MAILDISTILLER_BIN:-${CARGO_TARGET_DIR:-target}/release/maildistiller}
+[ -n "${MAILDISTILLER_BIN:-}" ] || cargo build --release -q
 
 W=$(mktemp -d /tmp/md-bench-edge.XXXXXX)
 pids=()
@@ -35,12 +43,12 @@ trap cleanup EXIT
 
 SINK1=27601; SINK2=27602; HAP=27525; EDGE_SMTP=27526; EDGE_TCP=27527; EDGE_OPS=27528
 SINK_USER=(); [ "$(id -u)" = 0 ] && SINK_USER=(-u nobody)   # smtp-sink refuses to run as root
-smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:$SINK1 2000 >/dev/null & pids+=($!)
-smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:$SINK2 2000 >/dev/null & pids+=($!)
+smtp-sink "${SINK_USER[@]}" -m 30000 -c 127.0.0.1:$SINK1 2000 >/dev/null 2>"$W/sink1.log" & pids+=($!)
+smtp-sink "${SINK_USER[@]}" -m 30000 -c 127.0.0.1:$SINK2 2000 >/dev/null 2>"$W/sink2.log" & pids+=($!)
 
 cat > "$W/haproxy.cfg" <<CFG
 global
-    maxconn 9000
+    # no maxconn: HAProxy derives it from the descriptor limit (the idle test needs ~2 x IDLE)
 defaults
     mode tcp
     timeout connect 5s
@@ -49,7 +57,6 @@ defaults
     option  dontlognull
 frontend smtp_in
     bind 127.0.0.1:$HAP
-    maxconn 9000
     default_backend sinks
 backend sinks
     balance leastconn
@@ -109,13 +116,19 @@ cpu_ticks() { # all threads: utime+stime in clock ticks
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; tail -n 5 "$W"/*.log >&2; return 1; }
 HZ=$(getconf CLK_TCK)
 
-# run LABEL PID PORT FLAGS...: prints "msg/s cpu_us_per_msg"
+# run LABEL PID PORT FLAGS...: prints "msg/s cpu_us_per_msg". With PERF_DIR set, round 1 is
+# also recorded (perf record -g on the proxy; that round's figures carry perf's cost).
 run() {
-    local pid=$2 port=$3; shift 3
-    local c0 t0 t1 c1
+    local who=$1 pid=$2 port=$3; shift 3
+    local c0 t0 t1 c1 perf=
+    if [ -n "${PERF_DIR:-}" ] && [ "$round" = 1 ]; then
+        perf record -q -F 999 -g -p "$pid" -o "$PERF_DIR/$who-$wl.data" 2>/dev/null & perf=$!
+        sleep 0.5
+    fi
     c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
     timeout 600 smtp-source -s "$SESSIONS" -m "$MESSAGES" -l 4096 -f from@sender.example -t to@bench.example "$@" 127.0.0.1:"$port" >/dev/null
     t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+    if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" 2>/dev/null || true; fi
     awk -v m="$MESSAGES" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$HZ" \
         'BEGIN { printf "%.0f %.1f\n", m/(t1-t0), (c1-c0)/hz*1e6/m }'
 }
@@ -130,7 +143,9 @@ declare -A R
 for round in $(seq 1 "$ROUNDS"); do
   for wl in conn persist; do
     flags=(); [ "$wl" = persist ] && flags=(-d)
-    for who in haproxy edge-tcp edge-smtp; do
+    order=(haproxy edge-tcp edge-smtp)
+    for i in 0 1 2; do
+        who=${order[$(( (i + round - 1) % 3 ))]}
         case $who in
             haproxy) out=$(run "$who" $HPID $HAP "${flags[@]}");;
             edge-tcp) out=$(run "$who" $EPID $EDGE_TCP "${flags[@]}");;
@@ -143,20 +158,42 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "ratios (round by round: ours / HAProxy; msg/s higher is better, CPU lower is better)"
-for round in $(seq 1 "$ROUNDS"); do
-  for wl in conn persist; do
-    read -r hm hc <<<"${R[$round,$wl,haproxy]}"
-    for who in edge-tcp edge-smtp; do
+echo "ratios (ours / HAProxy in the same round; msg/s higher is better, CPU/msg lower is better)"
+for wl in conn persist; do
+  for who in edge-tcp edge-smtp; do
+    ms=(); cs=()
+    for round in $(seq 1 "$ROUNDS"); do
+        read -r hm hc <<<"${R[$round,$wl,haproxy]}"
         read -r m c <<<"${R[$round,$wl,$who]}"
-        awk -v wl="$wl" -v who="$who" -v m="$m" -v c="$c" -v hm="$hm" -v hc="$hc" -v r="$round" \
-            'BEGIN { printf "  round %s %-8s %-10s msg/s %.2fx   CPU/msg %.2fx\n", r, wl, who, m/hm, c/hc }'
+        ms+=("$(awk -v a="$m" -v b="$hm" 'BEGIN { printf "%.2f", a/b }')")
+        cs+=("$(awk -v a="$c" -v b="$hc" 'BEGIN { printf "%.2f", a/b }')")
     done
+    med() { printf "%s\n" "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    printf "  %-8s %-10s msg/s %sx (rounds: %s)   CPU/msg %sx (rounds: %s)\n" "$wl" "$who" \
+        "$(med "${ms[@]}")" "${ms[*]}" "$(med "${cs[@]}")" "${cs[*]}"
   done
 done
 
+# Idle clients: the same number for every proxy (see the header).
+hard=$(ulimit -Hn)
+n=$IDLE
+if [ "$hard" != unlimited ] && [ $((2 * IDLE + 200)) -gt "$hard" ]; then n=$(((hard - 200) / 2)); fi
 echo
-echo "edge memory with $IDLE idle client connections (SMTP-aware listener, after the banner)"
-rss_before=$(awk '/VmRSS/ {print $2}' /proc/$EPID/status)
-python3 bench/edge/idle.py 127.0.0.1 $EDGE_SMTP "$IDLE" "$EPID"
-echo "  RSS before: $((rss_before / 1024)) MiB"
+echo "memory with $n idle client connections (each greeted with its banner, then silent)"
+[ "$n" = "$IDLE" ] || echo "  (IDLE=$IDLE asked; ulimit -Hn $hard holds $n for a proxy that needs two descriptors per client)"
+declare -A M
+for who in haproxy edge-smtp edge-tcp; do
+    case $who in
+        haproxy) pid=$HPID port=$HAP;;
+        edge-smtp) pid=$EPID port=$EDGE_SMTP;;
+        edge-tcp) pid=$EPID port=$EDGE_TCP;;
+    esac
+    M[$who]=$(python3 bench/edge/idle.py 127.0.0.1 "$port" "$n" "$pid" "$who")
+    echo "${M[$who]}" | sed 's/^/  /'
+    sleep 2   # let the closes settle before the next proxy's clients
+done
+hr=$(echo "${M[haproxy]}" | awk '{print $NF}')
+for who in edge-smtp edge-tcp; do
+    r=$(echo "${M[$who]}" | awk '{print $NF}')
+    awk -v who="$who" -v r="$r" -v h="$hr" 'BEGIN { printf "  %-10s RSS with idle clients %.2fx HAProxy'"'"'s\n", who, r/h }'
+done

@@ -8,6 +8,7 @@
 //! | `session.rs` | the SMTP-aware session (default mode), sans-I/O: the local phase shared with the engine, routing on the first recipient, relaying |
 //! | `front.rs` | its driver: client and engine sockets, pregreet, connecting engines, STARTTLS, timeouts |
 //! | `tcp.rs` | layer-4 mode |
+//! | `relay.rs` | its relay: both ways, half-closes passed on, no buffer per idle connection |
 //! | `metrics.rs` | `maildistiller_edge_*` |
 //!
 //! Its settings are `[edge]` (`crate::config::edge`). Lifecycle: [`bind`] binds every listener
@@ -22,6 +23,7 @@ mod admission;
 mod backends;
 mod front;
 mod metrics;
+mod relay;
 mod session;
 mod tcp;
 

@@ -139,6 +139,16 @@ impl Session {
         &mut self.to_engine
     }
 
+    /// Frees the output buffers that have been written out (a session waiting for its
+    /// client holds none; the next reply allocates again).
+    pub fn release_buffers(&mut self) {
+        for out in [&mut self.out, &mut self.to_engine] {
+            if out.is_empty() {
+                *out = Vec::new();
+            }
+        }
+    }
+
     pub fn in_body(&self) -> bool {
         self.server.in_body()
     }

@@ -1,6 +1,7 @@
 //! Layer-4 mode (`edge.tcp_listen`): for backends that are not ours. Each connection goes to the
 //! nearest healthy cluster to the client (any region), the engine is chosen by P2C, the backend
-//! gets a PROXY header (per engine: v2, v1 or none), and bytes are copied both ways.
+//! gets a PROXY header (per engine: v2, v1 or none), and bytes are relayed both ways
+//! ([`super::relay`]: no buffer held per idle connection).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,6 @@ pub async fn serve(
     );
     drop(snap);
     shared.metrics.sessions.inc();
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut conn.stream).await;
+    let _ = super::relay::relay(&mut client, &mut conn.stream).await;
     shared.metrics.sessions.dec();
 }
