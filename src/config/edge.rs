@@ -52,7 +52,9 @@ pub struct EdgeConfig {
     pub greeting_delay: Dur,
     /// Idle time allowed between commands. Default 5 m (RFC 5321 4.5.3.2).
     pub command_timeout: Dur,
-    /// Time for a whole DATA transfer. Default 10 m.
+    /// Time for a whole DATA transfer. In layer-4 mode (`tcp_listen`), where the edge does not
+    /// read the commands, a relayed connection silent both ways this long is closed. Default
+    /// 10 m.
     pub data_timeout: Dur,
     /// Error replies in one client session (bad commands, refused recipients) before the edge
     /// ends it with `421 4.7.0`. Replies relayed from an engine count at the engine

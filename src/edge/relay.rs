@@ -10,6 +10,9 @@
 //! syscalls per chunk (read, write); a short read tells tokio the socket is drained, so no
 //! `EAGAIN` read follows (tokio's `poll_read` does that on epoll).
 //!
+//! A connection silent both ways for `idle` is closed (`TimedOut`): a client that never closes,
+//! behind a backend that already has, would otherwise hold its connection for ever.
+//!
 //! Bounds: one [`CHUNK`] read per direction at a time; a direction whose writes block reads
 //! nothing more until its leftover is out, so a connection holds at most two leftovers of at
 //! most [`CHUNK`] bytes each.
@@ -19,6 +22,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -46,21 +50,45 @@ pub struct Carried {
     pub backend_to_client: u64,
 }
 
-/// Relays until both directions have ended, or an error on either side.
-pub async fn relay(client: &mut TcpStream, backend: &mut TcpStream) -> io::Result<Carried> {
+/// Relays until both directions have ended, an error on either side, or `idle` without a
+/// byte either way.
+pub async fn relay(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle: Duration,
+) -> io::Result<Carried> {
     let mut up = Half::default();
     let mut down = Half::default();
+    // The timer is armed for `idle` from the last time bytes moved; it is only moved when it
+    // fires, so a busy connection costs one clock read per poll that carried bytes, no timer work.
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let mut moved = 0u64;
+    let mut last = tokio::time::Instant::now();
     poll_fn(|cx| {
         let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
         let a = pump(cx, &mut *client, &mut *backend, &mut up, &mut chunk)?;
         let b = pump(cx, &mut *backend, &mut *client, &mut down, &mut chunk)?;
-        match (a, b) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(Carried {
+        if let (Poll::Ready(()), Poll::Ready(())) = (a, b) {
+            return Poll::Ready(Ok(Carried {
                 client_to_backend: up.bytes,
                 backend_to_client: down.bytes,
-            })),
-            _ => Poll::Pending,
+            }));
         }
+        if up.bytes + down.bytes != moved {
+            moved = up.bytes + down.bytes;
+            last = tokio::time::Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if last + idle <= tokio::time::Instant::now() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "silent both ways for the idle timeout",
+                )));
+            }
+            timer.as_mut().reset(last + idle);
+        }
+        Poll::Pending
     })
     .await
 }
@@ -132,10 +160,46 @@ mod tests {
         TcpStream,
         tokio::task::JoinHandle<io::Result<Carried>>,
     ) {
+        relayed_idle(Duration::from_secs(600)).await
+    }
+
+    async fn relayed_idle(
+        idle: Duration,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<Carried>>,
+    ) {
         let (client, mut client_near) = pair().await;
         let (mut backend_near, backend) = pair().await;
-        let task = tokio::spawn(async move { relay(&mut client_near, &mut backend_near).await });
+        let task =
+            tokio::spawn(async move { relay(&mut client_near, &mut backend_near, idle).await });
         (client, backend, task)
+    }
+
+    /// Bytes that move keep a relayed connection open past the idle time; then the backend
+    /// closes, the client never does and says nothing: the relay ends with `TimedOut` and the
+    /// client's connection is closed.
+    #[tokio::test]
+    async fn a_connection_silent_both_ways_is_closed_after_the_idle_time() {
+        let idle = Duration::from_secs(1);
+        let (mut client, mut backend, task) = relayed_idle(idle).await;
+        for _ in 0..25 {
+            tokio::time::sleep(idle / 10).await;
+            client.write_all(b"NOOP\r\n").await.unwrap();
+            let mut b = [0u8; 6];
+            backend.read_exact(&mut b).await.unwrap();
+        }
+        assert!(!task.is_finished(), "traffic keeps the connection open");
+        drop(backend);
+        let ended = tokio::time::timeout(Duration::from_secs(60), task).await;
+        let e = ended
+            .expect("the relay ends")
+            .unwrap()
+            .expect_err("it times out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0, "closed");
     }
 
     fn pattern(len: usize, seed: u64) -> Vec<u8> {

@@ -1,7 +1,8 @@
 //! Layer-4 mode (`edge.tcp_listen`): for backends that are not ours. Each connection goes to the
 //! nearest healthy cluster to the client (any region), the engine is chosen by P2C, the backend
 //! gets a PROXY header (per engine: v2, v1 or none), and bytes are relayed both ways
-//! ([`super::relay`]: no buffer held per idle connection).
+//! ([`super::relay`]: no buffer held per idle connection) until both sides have closed or
+//! nothing has moved either way for `edge.data_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub async fn serve(
     );
     drop(snap);
     shared.metrics.sessions.inc();
-    let _ = super::relay::relay(&mut client, &mut conn.stream).await;
+    let idle = shared.ops.config.load().config.edge.data_timeout.get();
+    let _ = super::relay::relay(&mut client, &mut conn.stream, idle).await;
     shared.metrics.sessions.dec();
 }
