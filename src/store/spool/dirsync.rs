@@ -1,6 +1,6 @@
-//! Group commit of directory entries: every caller of [`DirSync::sync`] waits for an `fsync` of
-//! its directory (one of the spool's shards) that started after its call, and one round of
-//! `fsync`s — each directory named by a waiter, once — serves every caller waiting at that moment.
+//! Group commit: every caller of [`DirSync::sync`] waits for a sync of its target (a directory,
+//! one of the spool's shards, or the slot file's data) that started after its call, and one round
+//! of syncs — each target named by a waiter, once — serves every caller waiting at that moment.
 //! Bound: at most 4096 callers wait in the channel; more wait for room (back-pressure).
 
 use std::io;
@@ -9,6 +9,24 @@ use std::path::PathBuf;
 use tokio::sync::{mpsc, oneshot};
 
 type Waiter = (usize, oneshot::Sender<Result<(), io::ErrorKind>>);
+
+/// What a round syncs.
+#[derive(Debug)]
+pub enum Target {
+    /// `fsync` of a directory (its entries), opened for each round.
+    Dir(PathBuf),
+    /// `fdatasync` of an open file (its data, and the metadata needed to read it back).
+    Data(std::sync::Arc<std::fs::File>),
+}
+
+impl Target {
+    fn sync(&self) -> io::Result<()> {
+        match self {
+            Target::Dir(d) => std::fs::File::open(d)?.sync_all(),
+            Target::Data(f) => f.sync_data(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DirSync {
@@ -19,10 +37,12 @@ pub struct DirSync {
 const QUEUE: usize = 4096;
 
 impl DirSync {
-    pub fn start(dirs: Vec<PathBuf>) -> io::Result<DirSync> {
+    pub fn start(dirs: Vec<Target>) -> io::Result<DirSync> {
         // Fail early if a directory cannot be opened.
         for d in &dirs {
-            std::fs::File::open(d)?;
+            if let Target::Dir(d) = d {
+                std::fs::File::open(d)?;
+            }
         }
         let dirs = std::sync::Arc::new(dirs);
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
@@ -39,7 +59,7 @@ impl DirSync {
                 let dirs = dirs.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     for i in which {
-                        std::fs::File::open(&dirs[i])?.sync_all()?;
+                        dirs[i].sync()?;
                     }
                     Ok(())
                 })
@@ -54,8 +74,8 @@ impl DirSync {
         Ok(DirSync { tx })
     }
 
-    /// Returns once an fsync of directory `dir` (its index at start) that began after this call
-    /// has completed.
+    /// Returns once a sync of target `dir` (its index at start) that began after this call has
+    /// completed.
     pub async fn sync(&self, dir: usize) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
