@@ -464,7 +464,13 @@ impl Spool {
                 _ => {}
             }
         }
-        let in_slots = std::mem::take(&mut *self.inner.in_slots.lock().unwrap_or_else(|e| e.into_inner()));
+        let in_slots = std::mem::take(
+            &mut *self
+                .inner
+                .in_slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for id in in_slots {
             let envelope = self
                 .inner
@@ -478,7 +484,9 @@ impl Spool {
             };
             let progress = match std::fs::read(self.st_path(&id)) {
                 Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
-                    problems.push(format!("{id} (slot): state unreadable ({e}); retrying from the start"));
+                    problems.push(format!(
+                        "{id} (slot): state unreadable ({e}); retrying from the start"
+                    ));
                     Progress::initial(&envelope)
                 }),
                 Err(_) => Progress::initial(&envelope),
