@@ -44,33 +44,31 @@ impl DirSync {
                 std::fs::File::open(d)?;
             }
         }
-        let dirs = std::sync::Arc::new(dirs);
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while let Ok(w) = rx.try_recv() {
-                    batch.push(w);
-                }
-                let mut which: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
-                which.sort_unstable();
-                which.dedup();
-                let dirs = dirs.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    for i in which {
-                        dirs[i].sync()?;
+        // A thread of its own: a waiter wakes it and it wakes the waiters, with no runtime task
+        // and blocking-pool thread between (each hand-off is a wake-up, and on a busy machine
+        // a wake-up waits for a core). It ends when the last handle is dropped.
+        std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                while let Some(first) = rx.blocking_recv() {
+                    batch.push(first);
+                    while let Ok(w) = rx.try_recv() {
+                        batch.push(w);
                     }
-                    Ok(())
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)))
-                .map_err(|e| e.kind());
-                for (_, w) in batch.drain(..) {
-                    let _ = w.send(result);
+                    let mut which: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+                    which.sort_unstable();
+                    which.dedup();
+                    let result = which
+                        .into_iter()
+                        .try_for_each(|i| dirs[i].sync())
+                        .map_err(|e| e.kind());
+                    for (_, w) in batch.drain(..) {
+                        let _ = w.send(result);
+                    }
                 }
-            }
-        });
+            })?;
         Ok(DirSync { tx })
     }
 
