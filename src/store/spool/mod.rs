@@ -450,18 +450,7 @@ impl Spool {
                         "{name}: holds message {} (a stale name after a crash?); left in place for an operator",
                         envelope.id
                     )),
-                    Ok(envelope) => {
-                        let progress = match std::fs::read(self.st_path(&id)) {
-                            Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
-                                problems.push(format!(
-                                    "{name}: state unreadable ({e}); retrying from the start"
-                                ));
-                                Progress::initial(&envelope)
-                            }),
-                            Err(_) => Progress::initial(&envelope),
-                        };
-                        found.push(Recovered { envelope, progress });
-                    }
+                    Ok(envelope) => found.push(self.with_progress(envelope, &name, &mut problems)),
                     Err(e) => problems.push(format!("{name}: {e}; left in place for an operator")),
                 },
                 "st" if !self.msg_path(&id).exists() && !self.inner.slots.holds(&id) => {
@@ -488,19 +477,30 @@ impl Spool {
                 problems.push(format!("slot of {id}: unreadable after open; skipped"));
                 continue;
             };
-            let progress = match std::fs::read(self.st_path(&id)) {
-                Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
-                    problems.push(format!(
-                        "{id} (slot): state unreadable ({e}); retrying from the start"
-                    ));
-                    Progress::initial(&envelope)
-                }),
-                Err(_) => Progress::initial(&envelope),
-            };
-            found.push(Recovered { envelope, progress });
+            found.push(self.with_progress(envelope, &format!("{id} (slot)"), &mut problems));
         }
         found.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
         Ok((found, problems))
+    }
+
+    /// A recovered message with its state file's progress (none, or unreadable: the initial
+    /// one, and an unreadable one is reported under `name`).
+    fn with_progress(
+        &self,
+        envelope: Envelope,
+        name: &str,
+        problems: &mut Vec<String>,
+    ) -> Recovered {
+        let progress = match std::fs::read(self.st_path(&envelope.id)) {
+            Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "{name}: state unreadable ({e}); retrying from the start"
+                ));
+                Progress::initial(&envelope)
+            }),
+            Err(_) => Progress::initial(&envelope),
+        };
+        Recovered { envelope, progress }
     }
 }
 
