@@ -28,10 +28,12 @@ BASE_PORT=${BASE_PORT:-27900}       # uses BASE_PORT+1 .. +4 on 127.0.0.1
 BENCH_TMP=${BENCH_TMP:-/tmp}        # the spool and Postfix's queue both live under here
 WAIT_MAX=${WAIT_MAX:-300}           # cap (s) of every wait loop
 REDUNDANCY=${REDUNDANCY:-none}      # shadow: also measure "shadow", the engine with a second engine holding copies
+# sink: smtp-source straight to a plain smtp-sink that stores nothing (the ceiling of this box
+# for a server that takes SMTP and does nothing with it); throughput workloads only.
 if [ "$REDUNDANCY" = shadow ]; then
-	PEERS=${PEERS:-ours shadow postfix}
+	PEERS=${PEERS:-ours shadow postfix sink}
 else
-	PEERS=${PEERS:-ours postfix}      # "ours" alone: A/B runs of two engine builds
+	PEERS=${PEERS:-ours postfix sink} # "ours" alone: A/B runs of two engine builds
 fi
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
@@ -161,6 +163,7 @@ sink_count() {
 }
 
 sink_has() { [ "$(sink_count)" -ge "$1" ]; }
+sink_cpu() { awk '{print $14 + $15}' "/proc/$SINK_PID/stat"; }
 
 # ---------------------------------------------------------------------------------------------
 # Our engine
@@ -434,13 +437,14 @@ source_run() { # PORT N FLAGS... -> runs smtp-source, fails loudly when it repor
 	fi
 }
 
-peer_start() { case $1 in ours) engine_start ;; shadow) shadow_start ;; *) pf_start ;; esac; }
-peer_stop() { case $1 in ours) engine_stop ;; shadow) shadow_stop ;; *) pf_stop ;; esac; }
-peer_port() { case $1 in ours | shadow) echo "$ENGINE_PORT" ;; *) echo "$PF_PORT" ;; esac; }
+# The sink peer is the delivery sink itself (started by every workload): nothing more to start.
+peer_start() { case $1 in ours) engine_start ;; shadow) shadow_start ;; sink) ;; *) pf_start ;; esac; }
+peer_stop() { case $1 in ours) engine_stop ;; shadow) shadow_stop ;; sink) ;; *) pf_stop ;; esac; }
+peer_port() { case $1 in ours | shadow) echo "$ENGINE_PORT" ;; sink) echo "$SINK_PORT" ;; *) echo "$PF_PORT" ;; esac; }
 # rspamd mode: + all of rspamd's processes.
 peer_cpu() {
 	local c
-	case $1 in ours) c=$(engine_cpu) ;; shadow) c=$(pair_cpu) ;; *) c=$(pf_cpu) ;; esac
+	case $1 in ours) c=$(engine_cpu) ;; shadow) c=$(pair_cpu) ;; sink) c=$(sink_cpu) ;; *) c=$(pf_cpu) ;; esac
 	if [ "$SCANNERS" = rspamd ]; then calc "$c + $(rspamd_cpu)"; else echo "$c"; fi
 }
 # CPU of the whole rspamd: its main process (reaped children included) + every live worker.
@@ -452,7 +456,7 @@ rspamd_cpu() {
 		for c in $(pgrep -P "$m"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
 	} | awk '{s += $1} END {print s}'
 }
-peer_empty() { case $1 in ours | shadow) engine_empty ;; *) pf_empty ;; esac; }
+peer_empty() { case $1 in ours | shadow) engine_empty ;; sink) true ;; *) pf_empty ;; esac; }
 peer_ours() { [ "$1" = ours ] || [ "$1" = shadow ]; }
 
 # After a workload on the pair: what the shadow added to the 250 and how copies shared fsyncs.
@@ -591,7 +595,7 @@ for round in $(seq 1 "$RUNS"); do
 		done
 	done
 	if [ "$N_HELD" -gt 0 ]; then
-		for peer in $PEERS; do held "$peer" "$round"; done
+		for peer in $PEERS; do [ "$peer" = sink ] || held "$peer" "$round"; done
 	fi
 done
 
@@ -608,10 +612,10 @@ latency() { # PEER MODE(with|without)
 	peer_stop "$peer"
 }
 if [ "$SCANNERS" = rspamd ] && [ "$N_LATENCY" -gt 0 ]; then
-	for peer in $PEERS; do latency "$peer" with; done
+	for peer in ${PEERS/sink/}; do latency "$peer" with; done
 	engine_config local
 	pf_milter off
-	for peer in $PEERS; do latency "$peer" without; done
+	for peer in ${PEERS/sink/}; do latency "$peer" without; done
 	engine_config
 	pf_milter on
 fi
@@ -626,13 +630,15 @@ echo "maildistiller engine vs Postfix $(postconf -d -h mail_version), smtp-sourc
 echo "(spool and Postfix queue on $(df -P "$W" | awk 'NR == 2 {print $1}'); engine scanners: $SCANNERS; probe_interval $PROBE_INTERVAL)"
 echo "(load average 1/5/15 min before the runs: $LOAD_BEFORE, after: $(cut -d" " -f1-3 /proc/loadavg); other work on the machine shows in msg/s, the ratios much less)"
 echo
-printf '%-5s %-28s %-10s %10s %10s %8s\n' round workload metric ours postfix ratio
+printf '%-5s %-28s %-10s %10s %10s %8s %10s %9s\n' round workload metric ours postfix ratio sink ours/sink
 for round in $(seq 1 "$RUNS"); do
 	for wl in "${WORKLOADS[@]}"; do
 		for m in accepted e2e; do
 			o=${R[ours/$round/$wl/$m]:-}
 			p=${R[postfix/$round/$wl/$m]:-}
-			printf '%-5s %-28s %-10s %10s %10s %8s\n' "$round" "$(wl_name "$wl")" "${m/e2e/end-to-end} msg/s" "$(fmt "$o")" "$(fmt "$p")" "$(ratio "$o" "$p")"
+			k=${R[sink/$round/$wl/$m]:-}
+			printf '%-5s %-28s %-10s %10s %10s %8s %10s %9s\n' "$round" "$(wl_name "$wl")" "${m/e2e/end-to-end} msg/s" \
+				"$(fmt "$o")" "$(fmt "$p")" "$(ratio "$o" "$p")" "$(fmt "$k")" "$(ratio "$o" "$k")"
 		done
 	done
 	if [ "$N_HELD" -gt 0 ]; then
@@ -643,16 +649,43 @@ for round in $(seq 1 "$RUNS"); do
 done
 
 echo
-echo "CPU per message (µs; ours: engine process; postfix: master + all its daemons; rspamd mode: + all of rspamd's processes) and engine peak RSS"
-printf '%-5s %-28s %10s %10s %12s\n' round workload ours postfix "ours VmHWM"
+echo "CPU per message (µs; ours: engine process; postfix: master + all its daemons; sink: the smtp-sink target;"
+echo "rspamd mode: + all of rspamd's processes) and engine peak RSS"
+printf '%-5s %-28s %10s %10s %10s %12s\n' round workload ours postfix sink "ours VmHWM"
 for round in $(seq 1 "$RUNS"); do
 	for wl in "${WORKLOADS[@]}" ${N_HELD:+held}; do
 		[ "$wl" = held ] && [ "$N_HELD" -le 0 ] && continue
 		if [ "$wl" = held ]; then name="held $N_HELD: accept + drain"; else name=$(wl_name "$wl"); fi
-		printf '%-5s %-28s %10s %10s %9s KiB\n' "$round" "$name" \
-			"$(fmt "${R[ours/$round/$wl/cpu]:-}")" "$(fmt "${R[postfix/$round/$wl/cpu]:-}")" "${R[ours/$round/$wl/rss]:--}"
+		printf '%-5s %-28s %10s %10s %10s %9s KiB\n' "$round" "$name" \
+			"$(fmt "${R[ours/$round/$wl/cpu]:-}")" "$(fmt "${R[postfix/$round/$wl/cpu]:-}")" \
+			"$(fmt "${R[sink/$round/$wl/cpu]:-}")" "${R[ours/$round/$wl/rss]:--}"
 	done
 done
+
+# median VALUES...: the median of the numbers given ("-" when none).
+median() { printf '%s\n' "$@" | awk '$1 != "" && $1 != "-"' | sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# per-round ratios of two peers' figures for one workload and metric
+ratios() { # A B WL METRIC
+	for round in $(seq 1 "$RUNS"); do
+		awk -v a="${R[$1/$round/$3/$4]:-}" -v b="${R[$2/$round/$3/$4]:-}" 'BEGIN { if (a != "" && b > 0) printf "%.4f\n", a / b }'
+	done
+}
+if [[ " $PEERS " == *" ours "* ]] && [[ " $PEERS " == *" postfix "* || " $PEERS " == *" sink "* ]]; then
+	echo
+	echo "Medians over $RUNS round(s) (ratios: the median of each round's ratio). Goals (issue 19): ours >= 3x Postfix"
+	echo "accepted and end to end in every round, ours >= 0.4x the store-nothing sink"
+	printf '%-28s %-10s %10s %10s %10s %8s %8s %9s %10s\n' workload metric ours postfix sink ratio "min pf" ours/sink "min sink"
+	for wl in "${WORKLOADS[@]}"; do
+		for m in accepted e2e; do
+			vals() { for round in $(seq 1 "$RUNS"); do echo "${R[$1/$round/$wl/$m]:-}"; done; }
+			# shellcheck disable=SC2046
+			printf '%-28s %-10s %10s %10s %10s %8s %8s %9s %10s\n' "$(wl_name "$wl")" "${m/e2e/end-to-end}" \
+				"$(fmt "$(median $(vals ours))")" "$(fmt "$(median $(vals postfix))")" "$(fmt "$(median $(vals sink))")" \
+				"$(fmt "$(median $(ratios ours postfix "$wl" "$m"))" 2)x" "$(fmt "$(ratios ours postfix "$wl" "$m" | sort -g | head -1)" 2)x" \
+				"$(fmt "$(median $(ratios ours sink "$wl" "$m"))" 2)x" "$(fmt "$(ratios ours sink "$wl" "$m" | sort -g | head -1)" 2)x"
+		done
+	done
+fi
 
 if [ "$SCANNERS" = rspamd ]; then
 	echo

@@ -384,6 +384,14 @@ impl Sink {
                 rcpts.clear();
                 "250 ok\r\n".into()
             } else if upper.starts_with("QUIT") {
+                // The session ends before its 221: a client may open its next connection as
+                // soon as it reads the 221, before this task runs again (a third session seen
+                // "at once" where the engine never had more than two).
+                if *counted {
+                    *counted = false;
+                    self.sessions
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 let _ = w.write_all(b"221 bye\r\n").await;
                 return None;
             } else {

@@ -9,8 +9,14 @@
 //! SPOOL/q/S/<id>.msg     an accepted message: envelope header, blank line, message bytes
 //! SPOOL/q/S/<id>.st      its mutable state (absent until the first change)
 //! SPOOL/free/<id>.msg    the file of a delivered message, kept to be overwritten by a new one
+//! SPOOL/slots            512 reused slots of 128 KiB: the messages that fit (`slots.rs`)
 //! SPOOL/id               this spool's identity: 16 random hex digits, written once
 //! ```
+//!
+//! A message whose record fits a slot goes there: one `pwrite`, and one group-committed
+//! `fdatasync` of the slot file shared with every session writing at the same time (why that is
+//! crash-safe: `slots.rs`). Larger messages, and any message while every slot is taken, are
+//! files as described here; state files are files for both.
 //!
 //! The identity tells a shadow engine (cluster redundancy, `src/shadow/`) whether the primary
 //! that reconnects is the same spool that gave it copies, or a new one after the old was lost.
@@ -61,6 +67,7 @@
 
 mod dirsync;
 mod record;
+mod slots;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -70,6 +77,7 @@ use std::sync::Arc;
 use crate::store::state::Status;
 pub use dirsync::DirSync;
 pub use record::{Envelope, Kind, Progress, RcptOutcome, body_offset};
+pub use slots::SLOT_BYTES;
 
 /// A message's id: 12 hex digits of microseconds since the epoch, then 12 random hex digits.
 /// Sorts by arrival; not guessable enough to be a capability (webmail uses its own tokens).
@@ -132,6 +140,17 @@ struct Inner {
     identity: String,
     /// Files in `free/` ready to be overwritten, with their length.
     pool: std::sync::Mutex<Vec<(PathBuf, u64)>>,
+    /// `SPOOL/slots`: small messages (see `slots.rs`).
+    slots: slots::Slots,
+    /// Messages found in slots at open, for [`Spool::recover`].
+    in_slots: std::sync::Mutex<Vec<QueueId>>,
+    /// Every new message goes to a file (tests of the file spool).
+    files_only: bool,
+}
+
+/// The queue id a record (envelope header, message) names, if it is one.
+fn record_id(record: &[u8]) -> Option<QueueId> {
+    Envelope::decode(record).ok().map(|e| e.id)
 }
 
 /// Shards of `q/` and `tmp/`.
@@ -161,6 +180,16 @@ impl Spool {
     /// Opens (creating) the spool and clears `tmp/` (never-acknowledged leftovers). Must run
     /// inside the tokio runtime (it starts the directory-sync task).
     pub fn open(dir: &Path) -> io::Result<Spool> {
+        Spool::open_with(dir, false)
+    }
+
+    /// [`Spool::open`] with every new message stored as a file (tests of the file spool).
+    #[cfg(test)]
+    pub fn open_files_only(dir: &Path) -> io::Result<Spool> {
+        Spool::open_with(dir, true)
+    }
+
+    fn open_with(dir: &Path, files_only: bool) -> io::Result<Spool> {
         let q = dir.join("q");
         let tmp = dir.join("tmp");
         let free = dir.join("free");
@@ -185,7 +214,12 @@ impl Spool {
         migrate_flat(&q)?;
         let identity = identity(dir)?;
         let pool = refill_pool(&q, &free)?;
-        let dir_sync = DirSync::start((0..SHARDS).map(|i| q.join(shard_name(i))).collect())?;
+        let (slots, found) = slots::Slots::open(&dir.join("slots"), record_id)?;
+        let dir_sync = DirSync::start(
+            (0..SHARDS)
+                .map(|i| dirsync::Target::Dir(q.join(shard_name(i))))
+                .collect(),
+        )?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 q,
@@ -194,6 +228,9 @@ impl Spool {
                 dir_sync,
                 identity,
                 pool: std::sync::Mutex::new(pool),
+                slots,
+                in_slots: std::sync::Mutex::new(found),
+                files_only,
             }),
         })
     }
@@ -228,6 +265,18 @@ impl Spool {
     /// Stores a message durably; returns when it is safe to say 250.
     pub async fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
         let buf = crate::store::encode_record(envelope, message);
+        if !self.inner.files_only && (buf.len() as u64) < SLOT_BYTES {
+            // A slot needs no new space, but the rest of the spool does: keep the reserve.
+            if crate::sys::free_bytes(&self.inner.tmp)? < buf.len() as u64 + SPOOL_RESERVE {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "spool file system below its reserve",
+                ));
+            }
+            if let Some(r) = self.inner.slots.store(&envelope.id, &buf).await {
+                return r;
+            }
+        }
         let fresh = self.tmp_path(&envelope.id, "msg");
         let dst = self.msg_path(&envelope.id);
         let reuse = self.pool().pop();
@@ -261,6 +310,7 @@ impl Spool {
 
     /// Replaces the state file durably.
     pub async fn write_state(&self, id: &QueueId, progress: &Progress) -> io::Result<()> {
+        self.inner.slots.note_state(id);
         let mut buf = Vec::with_capacity(256);
         progress.encode(&mut buf);
         let tmp = self.tmp_path(id, "st");
@@ -273,8 +323,10 @@ impl Spool {
 
     /// The message bytes (after the envelope header).
     pub async fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
-        let path = self.msg_path(id);
-        let mut data = tokio::fs::read(&path).await?;
+        let mut data = match self.inner.slots.read(id, record_id) {
+            Some(r) => r?,
+            None => tokio::fs::read(&self.msg_path(id)).await?,
+        };
         let start = record::body_offset(&data).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -287,11 +339,36 @@ impl Spool {
 
     /// [`Spool::remove`] without the blocking pool, for a `Drop`: two unlinks on this thread.
     pub fn remove_now(&self, id: &QueueId) -> io::Result<()> {
-        unlink(&self.msg_path(id), &self.st_path(id))
+        match self.inner.slots.free(id) {
+            Some(state) => {
+                if state? {
+                    let _ = std::fs::remove_file(self.st_path(id));
+                }
+                Ok(())
+            }
+            None => unlink(&self.msg_path(id), &self.st_path(id)),
+        }
+    }
+
+    /// Frees `id`'s slot if it has one (`None`: it is a file), removing its state file if it
+    /// may have one.
+    async fn free_slot(&self, id: &QueueId) -> Option<io::Result<()>> {
+        let state = match self.inner.slots.free(id)? {
+            Ok(state) => state,
+            Err(e) => return Some(Err(e)),
+        };
+        if state {
+            let st = self.st_path(id);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(st)).await;
+        }
+        Some(Ok(()))
     }
 
     /// Removes a message and its state. Not synced: a crash may bring it back once.
     pub async fn remove(&self, id: &QueueId) -> io::Result<()> {
+        if let Some(r) = self.free_slot(id).await {
+            return r;
+        }
         let (m, s) = (self.msg_path(id), self.st_path(id));
         tokio::task::spawn_blocking(move || unlink(&m, &s))
             .await
@@ -303,6 +380,9 @@ impl Spool {
     /// message is gone from `q/` (not synced: a crash may bring it back once); the file joins the
     /// pool later, after the shard's directory sync.
     pub async fn retire(&self, id: &QueueId) -> io::Result<()> {
+        if let Some(r) = self.free_slot(id).await {
+            return r;
+        }
         let (m, s) = (self.msg_path(id), self.st_path(id));
         let free = self.inner.free.join(format!("{id}.msg"));
         let room = self.pool().len() < POOL_FILES;
@@ -370,28 +450,57 @@ impl Spool {
                         "{name}: holds message {} (a stale name after a crash?); left in place for an operator",
                         envelope.id
                     )),
-                    Ok(envelope) => {
-                        let progress = match std::fs::read(self.st_path(&id)) {
-                            Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
-                                problems.push(format!(
-                                    "{name}: state unreadable ({e}); retrying from the start"
-                                ));
-                                Progress::initial(&envelope)
-                            }),
-                            Err(_) => Progress::initial(&envelope),
-                        };
-                        found.push(Recovered { envelope, progress });
-                    }
+                    Ok(envelope) => found.push(self.with_progress(envelope, &name, &mut problems)),
                     Err(e) => problems.push(format!("{name}: {e}; left in place for an operator")),
                 },
-                "st" if !self.msg_path(&id).exists() => {
+                "st" if !self.msg_path(&id).exists() && !self.inner.slots.holds(&id) => {
                     let _ = std::fs::remove_file(&path);
                 }
                 _ => {}
             }
         }
+        let in_slots = std::mem::take(
+            &mut *self
+                .inner
+                .in_slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in in_slots {
+            let envelope = self
+                .inner
+                .slots
+                .read(&id, record_id)
+                .and_then(|r| r.ok())
+                .and_then(|r| Envelope::decode(&r).ok());
+            let Some(envelope) = envelope else {
+                problems.push(format!("slot of {id}: unreadable after open; skipped"));
+                continue;
+            };
+            found.push(self.with_progress(envelope, &format!("{id} (slot)"), &mut problems));
+        }
         found.sort_by(|a, b| a.envelope.id.cmp(&b.envelope.id));
         Ok((found, problems))
+    }
+
+    /// A recovered message with its state file's progress (none, or unreadable: the initial
+    /// one, and an unreadable one is reported under `name`).
+    fn with_progress(
+        &self,
+        envelope: Envelope,
+        name: &str,
+        problems: &mut Vec<String>,
+    ) -> Recovered {
+        let progress = match std::fs::read(self.st_path(&envelope.id)) {
+            Ok(bytes) => Progress::decode(&bytes).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "{name}: state unreadable ({e}); retrying from the start"
+                ));
+                Progress::initial(&envelope)
+            }),
+            Err(_) => Progress::initial(&envelope),
+        };
+        Recovered { envelope, progress }
     }
 }
 
@@ -553,149 +662,4 @@ fn unlink(msg: &Path, st: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope() -> Envelope {
-        test_envelope(1)
-    }
-
-    /// A message stored by this version lands in its shard; a spool written by a version
-    /// without shards (files directly in q/) is moved into shards at open and recovered whole.
-    #[tokio::test]
-    async fn messages_live_in_shards_and_a_flat_spool_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let (a, b) = (envelope(), envelope());
-        spool.store(&a, b"hello").await.unwrap();
-        spool.store(&b, b"world").await.unwrap();
-        spool
-            .write_state(&b.id, &Progress::initial(&b))
-            .await
-            .unwrap();
-        let sharded = spool.msg_path(&a.id);
-        assert!(sharded.exists());
-        assert_eq!(
-            sharded.parent().unwrap().file_name().unwrap().to_str(),
-            Some(shard(&a.id).1)
-        );
-        // As an older version would have left them: q/<id>.msg, q/<id>.st.
-        let q = dir.path().join("q");
-        for p in [
-            spool.msg_path(&a.id),
-            spool.msg_path(&b.id),
-            spool.st_path(&b.id),
-        ] {
-            std::fs::rename(&p, q.join(p.file_name().unwrap())).unwrap();
-        }
-        drop(spool);
-        let spool = Spool::open(dir.path()).unwrap();
-        let (found, problems) = spool.recover().unwrap();
-        assert!(problems.is_empty(), "{problems:?}");
-        let ids: Vec<&QueueId> = found.iter().map(|r| &r.envelope.id).collect();
-        let mut want = vec![&a.id, &b.id];
-        want.sort();
-        assert_eq!(ids, want);
-        assert_eq!(spool.read_message(&a.id).await.unwrap(), b"hello");
-        assert!(
-            spool.st_path(&b.id).exists(),
-            "state moved with its message"
-        );
-        let flat: Vec<_> = std::fs::read_dir(&q)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_file())
-            .collect();
-        assert!(flat.is_empty(), "nothing left directly in q/");
-    }
-
-    /// Waits (bounded) until the pool holds `n` files: a retired file joins it after a
-    /// directory sync on another task.
-    async fn pooled(spool: &Spool, n: usize) {
-        for _ in 0..500 {
-            if spool.pooled() == n {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("pool has {} files, want {n}", spool.pooled());
-    }
-
-    /// A delivered message's file is written over by the next message (same inode, no new
-    /// allocation), which reads back exactly, even when shorter than the old one.
-    #[tokio::test]
-    async fn a_retired_file_carries_the_next_message() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let (a, b) = (envelope(), envelope());
-        spool.store(&a, &[b'x'; 5000]).await.unwrap();
-        spool
-            .write_state(&a.id, &Progress::initial(&a))
-            .await
-            .unwrap();
-        let ino = std::fs::metadata(spool.msg_path(&a.id)).unwrap().ino();
-        spool.retire(&a.id).await.unwrap();
-        assert!(!spool.msg_path(&a.id).exists() && !spool.st_path(&a.id).exists());
-        pooled(&spool, 1).await;
-        spool.store(&b, b"short").await.unwrap();
-        assert_eq!(spool.pooled(), 0);
-        assert_eq!(std::fs::metadata(spool.msg_path(&b.id)).unwrap().ino(), ino);
-        assert_eq!(spool.read_message(&b.id).await.unwrap(), b"short");
-        let (found, problems) = spool.recover().unwrap();
-        assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].envelope.id, b.id);
-        assert!(
-            std::fs::read_dir(dir.path().join("free"))
-                .unwrap()
-                .next()
-                .is_none(),
-            "the pooled file left free/"
-        );
-    }
-
-    /// The pool survives a restart; a pooled name that a queued message still has is dropped,
-    /// and a file bigger than the bound is deleted, not pooled.
-    #[tokio::test]
-    async fn the_pool_is_refilled_at_open_within_its_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let (a, big, queued) = (envelope(), envelope(), envelope());
-        let huge = vec![b'y'; POOL_FILE_MAX as usize + 1];
-        spool.store(&a, b"a").await.unwrap();
-        spool.store(&big, &huge).await.unwrap();
-        spool.store(&queued, b"q").await.unwrap();
-        spool.retire(&a.id).await.unwrap();
-        spool.retire(&big.id).await.unwrap();
-        assert!(!spool.msg_path(&big.id).exists());
-        pooled(&spool, 1).await;
-        // As a crash without a journal might leave it: the queued message's name in free/ too.
-        let free = dir.path().join("free");
-        std::fs::write(free.join(format!("{}.msg", queued.id)), b"stale").unwrap();
-        drop(spool);
-        let spool = Spool::open(dir.path()).unwrap();
-        assert_eq!(spool.pooled(), 1);
-        let names: Vec<String> = std::fs::read_dir(&free)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec![format!("{}.msg", a.id)]);
-        assert_eq!(spool.read_message(&queued.id).await.unwrap(), b"q");
-    }
-
-    /// A file in q/ whose envelope names another message is reported, not delivered.
-    #[tokio::test]
-    async fn a_name_that_does_not_match_its_message_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let (a, ghost) = (envelope(), envelope());
-        spool.store(&a, b"a").await.unwrap();
-        std::fs::copy(spool.msg_path(&a.id), spool.msg_path(&ghost.id)).unwrap();
-        let (found, problems) = spool.recover().unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].envelope.id, a.id);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains(&ghost.id.to_string()), "{problems:?}");
-    }
-}
+mod tests;
