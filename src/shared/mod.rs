@@ -26,7 +26,10 @@
 //! - **Writes** (sightings, triplets, outbreak markers) never happen on the message path: they
 //!   queue (at most `shared.max_pending`, then dropped and counted) and a writer sends them
 //!   every `shared.flush_interval` as one pipeline to `shared.redis` (the primary, which may
-//!   be in another region: its round trip costs nobody a reply).
+//!   be in another region: its round trip costs nobody a reply). The writer runs on a thread,
+//!   runtime and connection of its own: encoding and answering a batch of thousands of
+//!   commands holds up no session, and no read of the message path queues behind a batch.
+//!   A message's sightings are one write (one script call for all its fingerprints).
 //! - **Syncs** (every `shared.sync_interval`): the intel feed is read in one `HGETALL`, the
 //!   edges' rate counters are reconciled, and while the store is down it is tried again
 //!   (`PING`). The first answer brings the node back to fleet knowledge.
@@ -54,8 +57,8 @@
 //!
 //! | family | per entry | expires |
 //! |---|---|---|
-//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`), ≤ [`outbreak::MEMBERS_CAP`] per kind plus one message's recipients (listpack, ~20 B a member; a skiplist past 128 members, ~90 B a member): ≤ 60 KiB, SIZE_Z for a fingerprint seen once | the policy's window after the last sighting |
-//! | summary `P:o:{fp}:s` | a 5-field hash, SIZE_S | with the sightings |
+//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`), ≤ [`outbreak::MEMBERS_CAP`] per kind plus one message's recipients (≤ ~800 members): 168 B for a fingerprint seen once (listpack), 79 KB with 600 members (a skiplist past 128; `MEMORY USAGE`, Redis 7.0), ≤ ~105 KB | the policy's window after the last sighting |
+//! | summary `P:o:{fp}:s` | a 5-field hash, 136 B | with the sightings |
 //! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL`] (1 d) |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
 //! | sender rates `P:r:{net}:c/m:MIN` | an integer, ~60 B | 2 min |
@@ -63,7 +66,7 @@
 //!
 //! A message writes one sighting per fingerprint: 6 for a plain text (its digest and 5 fuzzy
 //! bands), up to 14 with attachments and URL domains. At 100 msg/s with a 1 h window and every
-//! message unique that is ~2.2 M fingerprints, ~SIZE_TOTAL at worst; campaigns and repeated
+//! message unique that is ~2.2 M fingerprints, ~300 B each: ~670 MB at worst; campaigns and repeated
 //! mail share theirs. Size the window to the memory you give Redis (`maxmemory-policy
 //! volatile-ttl` keeps it safe).
 

@@ -717,21 +717,30 @@ async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
     );
     let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
     // One write a message (all its sightings in one script call): 110 messages overflow a
-    // queue of 100.
-    let mut c = via(&e, "192.0.2.70").await;
-    for n in 0..110 {
-        if n > 0 && n % 10 == 0 {
-            c = via(&e, "192.0.2.70").await;
-        }
-        let msg = campaign_copy(
-            &format!("Reader {n}"),
-            [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
-            "bob@acme.example",
-        );
-        let reply = c
-            .mail("a@sender.example", &["bob@acme.example"], &msg)
-            .await;
-        assert!(reply.starts_with("250"), "{reply}");
+    // queue of 100. Eleven connections at once, so they are all in well before the next batch.
+    let proxy = e.proxy.expect("proxy listener");
+    let mut senders = tokio::task::JoinSet::new();
+    for k in 0..11 {
+        senders.spawn(async move {
+            let mut c = Client::connect_raw(proxy).await;
+            c.send(b"PROXY TCP4 192.0.2.70 127.0.0.1 40000 25\r\n")
+                .await;
+            c.expect("220").await;
+            for n in k * 10..k * 10 + 10 {
+                let msg = campaign_copy(
+                    &format!("Reader {n}"),
+                    [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
+                    "bob@acme.example",
+                );
+                let reply = c
+                    .mail("a@sender.example", &["bob@acme.example"], &msg)
+                    .await;
+                assert!(reply.starts_with("250"), "{reply}");
+            }
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r.unwrap();
     }
     // The first batch goes at start; the next one is 10 s away: nothing was written yet.
     assert!(redis.keys("mp:o:*").is_empty(), "shared.flush_interval");
