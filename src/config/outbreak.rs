@@ -44,7 +44,7 @@ impl OutbreakAction {
 pub enum FingerprintKind {
     /// A digest of the normalised text of the body parts (case, spacing, digits folded).
     Text,
-    /// Word 3-gram shingles of the text, min-hashed into 8 bands: a copy with a changed
+    /// Word 3-gram shingles of the text, min-hashed into 5 bands: a copy with a changed
     /// greeting, name or paragraph order still shares bands with the others.
     Fuzzy,
     /// A digest of each attachment (decoded content).

@@ -49,16 +49,15 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The keys of one fingerprint's sightings: three sorted sets (member: a hashed recipient,
-/// tenant or network; score: when last seen, ms) and the summary hash the message path reads
-/// (`r`, `t`, `n`: the three counts; `first`, `last`: ms), plus the outbreak marker (set once,
-/// by the first node that finds the fingerprint over a policy's thresholds).
+/// The keys of one fingerprint's sightings: one sorted set of who saw it (member: `r`, `t` or
+/// `n` and a hashed recipient, tenant or network; score: when last seen, ms) and the summary
+/// hash the message path reads (`r`, `t`, `n`: the three counts; `first`, `last`: ms), plus
+/// the outbreak marker (set once, by the first node that finds the fingerprint over a
+/// policy's thresholds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SightingKeys {
     pub tag: String,
-    pub recipients: String,
-    pub tenants: String,
-    pub networks: String,
+    pub members: String,
     pub summary: String,
     pub marker: String,
 }
@@ -74,9 +73,7 @@ impl Keys {
         let tag = fp.id();
         let base = format!("{}:o:{{{tag}}}", self.prefix);
         SightingKeys {
-            recipients: format!("{base}:r"),
-            tenants: format!("{base}:t"),
-            networks: format!("{base}:n"),
+            members: format!("{base}:z"),
             summary: format!("{base}:s"),
             marker: format!("{base}:x"),
             tag,
@@ -127,13 +124,7 @@ mod tests {
             digest: 0xdead_beef,
         };
         let s = k.sightings(&fp);
-        for key in [
-            &s.recipients,
-            &s.tenants,
-            &s.networks,
-            &s.summary,
-            &s.marker,
-        ] {
+        for key in [&s.members, &s.summary, &s.marker] {
             assert_eq!(hash_tag(key), s.tag, "{key}");
         }
         assert_eq!(s.summary, "md:o:{f00000000deadbeef}:s");

@@ -26,7 +26,10 @@
 //! - **Writes** (sightings, triplets, outbreak markers) never happen on the message path: they
 //!   queue (at most `shared.max_pending`, then dropped and counted) and a writer sends them
 //!   every `shared.flush_interval` as one pipeline to `shared.redis` (the primary, which may
-//!   be in another region: its round trip costs nobody a reply).
+//!   be in another region: its round trip costs nobody a reply). The writer runs on a thread,
+//!   runtime and connection of its own: encoding and answering a batch of thousands of
+//!   commands holds up no session, and no read of the message path queues behind a batch.
+//!   A message's sightings are one write (one script call for all its fingerprints).
 //! - **Syncs** (every `shared.sync_interval`): the intel feed is read in one `HGETALL`, the
 //!   edges' rate counters are reconciled, and while the store is down it is tried again
 //!   (`PING`). The first answer brings the node back to fleet knowledge.
@@ -56,16 +59,18 @@
 //!
 //! | family | per entry | expires |
 //! |---|---|---|
-//! | sightings `P:o:{fp}:r/t/n` | three sorted sets, ≤ [`outbreak::MEMBERS_CAP`] members each (listpack, ~20 B a member): ≤ 5 KiB, ~300 B for a fingerprint seen once | the policy's window after the last sighting |
-//! | summary `P:o:{fp}:s` | a 5-field hash, ~100 B | with the sightings |
+//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`), ≤ [`outbreak::MEMBERS_CAP`] per kind plus one message's recipients (≤ ~800 members): 168 B for a fingerprint seen once (listpack), 79 KB with 600 members (a skiplist past 128; `MEMORY USAGE`, Redis 7.0), ≤ ~105 KB | the policy's window after the last sighting |
+//! | summary `P:o:{fp}:s` | a 5-field hash, 136 B | with the sightings |
 //! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL`] (1 d) |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
 //! | sender rates `P:r:{net}:c/m:MIN` | an integer, ~60 B | 2 min |
 //! | intel feed `P:{intel}` | one hash, ~150 B an entry, ≤ [`intel::MAX_ENTRIES`] | entries carry their own expiry; expired ones are removed when listed |
 //!
-//! A message with every fingerprint kind writes about 14 sightings; at 100 msg/s with a 1 h
-//! window and mostly unique mail that is ~1.2 GB of sightings at worst, ~150 MB typically:
-//! size the window to the memory you give Redis (`maxmemory-policy volatile-ttl` keeps it safe).
+//! A message writes one sighting per fingerprint: 6 for a plain text (its digest and 5 fuzzy
+//! bands), up to 14 with attachments and URL domains. At 100 msg/s with a 1 h window and every
+//! message unique that is ~2.2 M fingerprints, ~300 B each: ~670 MB at worst; campaigns and repeated
+//! mail share theirs. Size the window to the memory you give Redis (`maxmemory-policy
+//! volatile-ttl` keeps it safe).
 
 pub mod conn;
 pub mod greylist;
@@ -75,8 +80,8 @@ pub mod limits;
 mod metrics;
 pub mod outbreak;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -210,7 +215,7 @@ impl Fleet {
         ops.add_routes(intel::routes(fleet.clone()));
         if let Some(rx) = rx {
             fleet.connect().await;
-            tokio::spawn(writer(fleet.clone(), rx, ops.shutdown.clone()));
+            start_writer(&fleet, rx, ops.shutdown.clone());
             tokio::spawn(sync(fleet.clone(), ops.clone()));
         }
         fleet
@@ -341,19 +346,53 @@ impl Fleet {
     }
 }
 
+/// Starts the writer on a thread and runtime of its own, with a connection of its own. A
+/// flush encodes, sends and reads back up to [`MAX_BATCH`] commands: on the sessions' runtime
+/// (a current-thread one, or a worker whose other tasks wait) that would hold up the replies
+/// of the sessions beside it, and on the message path's connection it would queue their reads
+/// behind the whole batch. Ends at `shutdown` (after a last flush) or when the fleet is gone.
+fn start_writer(
+    fleet: &Arc<Fleet>,
+    rx: mpsc::Receiver<Write>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let fleet = Arc::downgrade(fleet);
+    let spawned = std::thread::Builder::new()
+        .name("shared-writer".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(writer(fleet, rx, shutdown)),
+                Err(e) => tracing::error!(error = %e, "no runtime for the shared-store writer: writes are dropped"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no thread for the shared-store writer: writes are dropped");
+    }
+}
+
 /// Sends queued writes every `flush_interval`, as one pipeline (at most [`MAX_BATCH`]).
 async fn writer(
-    fleet: Arc<Fleet>,
+    fleet: Weak<Fleet>,
     mut rx: mpsc::Receiver<Write>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(fleet.cfg.flush_interval.get());
+    let Some(cfg) = fleet.upgrade().map(|f| f.cfg.clone()) else {
+        return;
+    };
+    let mut conn: Option<Conn> = None;
+    let mut tick = tokio::time::interval(cfg.flush_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Write> = Vec::new();
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
             _ = shutdown.cancelled() => true,
+        };
+        let Some(fleet) = fleet.upgrade() else {
+            return;
         };
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -362,7 +401,17 @@ async fn writer(
             }
         }
         if !batch.is_empty() {
-            flush(&fleet, std::mem::take(&mut batch)).await;
+            if conn.is_none() {
+                match Conn::open(&cfg, &cfg.redis, false).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => tracing::debug!(error = %e, "shared-store writer cannot connect"),
+                }
+            }
+            let batch = std::mem::take(&mut batch);
+            match &conn {
+                Some(c) => flush(&fleet, c, batch).await,
+                None => fleet.metrics.dropped.inc_by(batch.len() as u64),
+            }
         }
         if stopping {
             return;
@@ -370,13 +419,9 @@ async fn writer(
     }
 }
 
-async fn flush(fleet: &Fleet, batch: Vec<Write>) {
-    let Some(conn) = fleet.write.load_full() else {
-        fleet.metrics.dropped.inc_by(batch.len() as u64);
-        return;
-    };
+async fn flush(fleet: &Fleet, conn: &Conn, batch: Vec<Write>) {
     let calls: Vec<Call> = batch.iter().map(|w| w.call.clone()).collect();
-    let Some(answers) = fleet.call("write", &conn, &calls, WRITE_DEADLINE).await else {
+    let Some(answers) = fleet.call("write", conn, &calls, WRITE_DEADLINE).await else {
         fleet.metrics.dropped.inc_by(batch.len() as u64);
         return;
     };
@@ -396,7 +441,7 @@ async fn flush(fleet: &Fleet, batch: Vec<Write>) {
     }
     if !again.is_empty() {
         let calls: Vec<Call> = again.iter().map(|(_, c)| c.clone()).collect();
-        match fleet.call("write", &conn, &calls, WRITE_DEADLINE).await {
+        match fleet.call("write", conn, &calls, WRITE_DEADLINE).await {
             Some(answers) => {
                 for ((w, _), a) in again.iter().zip(&answers) {
                     after(fleet, w.then, a);

@@ -2,12 +2,14 @@
 //! networks, within a sliding window — counted by the fleet (the store) and by this node alone
 //! (its own sightings, what it decides with while the store is away).
 //!
-//! In the store, one fingerprint is three sorted sets (hashed recipients, tenants, networks;
-//! score = when last seen) and a summary hash the message path reads. A sighting is one
-//! script call (written in a batch, never on the message path) that trims the window, adds
-//! the members (at most [`MEMBERS_CAP`] per set: past a threshold nobody needs the exact
-//! count), and rewrites the summary. Reading a message's counts is one `HMGET` per
-//! fingerprint, all in one pipeline.
+//! In the store, one fingerprint is one sorted set of who saw it (hashed recipients, tenants
+//! and networks, each member typed by its first letter; score = when last seen) and a summary
+//! hash the message path reads. A message's sightings are one script call for all its
+//! fingerprints (written in a batch, never on the message path; one call per fingerprint on a
+//! Cluster, where a script's keys must share a slot): per fingerprint it trims the window,
+//! adds the members (about [`MEMBERS_CAP`] per kind at most: past a threshold nobody needs the
+//! exact count) and rewrites the summary, about eight commands. Reading a message's counts is
+//! one `HMGET` per fingerprint, all in one pipeline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,28 +29,56 @@ pub const LOCAL_CAP: usize = 32;
 /// Fingerprints this node remembers on its own; the least recently seen go first.
 pub const LOCAL_MAX: usize = 20_000;
 
-/// KEYS: recipients, tenants, networks, summary. ARGV: now (ms), window (ms), cap, tenant,
-/// network, recipients…  Returns the three counts.
+/// KEYS: per fingerprint, its members' sorted set and its summary (two keys each). ARGV: now
+/// (ms), window (ms), cap, then the members: `t` and the tenant, `n` and the network, `r` and
+/// each recipient (hex). Returns how many fingerprints it counted.
+///
+/// The summary's counts are kept as members come and go (a new member: `ZADD` answers 1; a
+/// member that slid out of the window: read before it is removed), so a sighting costs the
+/// same whether a fingerprint was seen once or by thousands. A kind at the cap only refreshes
+/// the members it has (`ZADD XX`): a set holds at most the cap plus one message's recipients.
+/// A summary that is gone (expired, evicted) starts the count again from an empty set.
 pub const SIGHTING: &str = r"
 local now, window, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window) end
-local function add(key, member)
-  if redis.call('ZSCORE', key, member) or redis.call('ZCARD', key) < cap then
-    redis.call('ZADD', key, now, member)
+local kinds = {r = 1, t = 2, n = 3}
+local add = {{}, {now, ARGV[4]}, {now, ARGV[5]}}
+for i = 6, #ARGV do
+  table.insert(add[1], now)
+  table.insert(add[1], ARGV[i])
+end
+for k = 1, #KEYS, 2 do
+  local z, s = KEYS[k], KEYS[k + 1]
+  local h = redis.call('HMGET', s, 'r', 't', 'n', 'first')
+  local c = {tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0}
+  local first = h[4]
+  if not first then
+    first = now
+    c = {0, 0, 0}
+    redis.call('DEL', z)
+  else
+    local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now - window)
+    if #gone > 0 then
+      for _, m in ipairs(gone) do
+        local i = kinds[string.sub(m, 1, 1)]
+        if i then c[i] = math.max(c[i] - 1, 0) end
+      end
+      redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
+    end
   end
+  for i = 1, 3 do
+    if #add[i] > 0 then
+      if c[i] < cap then
+        c[i] = c[i] + redis.call('ZADD', z, unpack(add[i]))
+      else
+        redis.call('ZADD', z, 'XX', unpack(add[i]))
+      end
+    end
+  end
+  redis.call('HSET', s, 'r', c[1], 't', c[2], 'n', c[3], 'first', first, 'last', now)
+  redis.call('PEXPIRE', z, window)
+  redis.call('PEXPIRE', s, window)
 end
-add(KEYS[2], ARGV[4])
-add(KEYS[3], ARGV[5])
-for i = 6, #ARGV do add(KEYS[1], ARGV[i]) end
-local c = {}
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], window)
-  c[i] = redis.call('ZCARD', KEYS[i])
-end
-local first = redis.call('HGET', KEYS[4], 'first') or now
-redis.call('HSET', KEYS[4], 'r', c[1], 't', c[2], 'n', c[3], 'first', first, 'last', now)
-redis.call('PEXPIRE', KEYS[4], window)
-return c
+return #KEYS / 2
 ";
 
 fn sighting_sha() -> &'static str {
@@ -243,33 +273,43 @@ impl Fleet {
         Some(answers.iter().map(|v| matches!(v, Value::Int(1))).collect())
     }
 
-    /// Records a sighting here at once and in the store with the next batch.
-    pub fn sighted(&self, fp: &Fingerprint, s: &Sighting<'_>) {
-        self.outbreaks.record(fp, s);
-        if !self.enabled() {
+    /// Records a message's sightings of `fps` here at once, and in the store with the next
+    /// batch: one script call for them all (one per fingerprint on a Cluster).
+    pub fn sighted(&self, fps: &[Fingerprint], s: &Sighting<'_>) {
+        for fp in fps {
+            self.outbreaks.record(fp, s);
+        }
+        if !self.enabled() || fps.is_empty() {
             return;
         }
-        let k = self.keys.sightings(fp);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sighting_sha())
-            .arg(4)
-            .arg(&k.recipients)
-            .arg(&k.tenants)
-            .arg(&k.networks)
-            .arg(&k.summary)
-            .arg(s.now_ms)
-            .arg(s.window_ms)
-            .arg(MEMBERS_CAP)
-            .arg(format!("{:x}", s.tenant))
-            .arg(format!("{:x}", s.network));
-        for r in s.recipients.iter().take(MEMBERS_CAP as usize) {
-            cmd.arg(format!("{r:x}"));
+        let groups: Vec<&[Fingerprint]> = if self.cfg.cluster {
+            fps.chunks(1).collect()
+        } else {
+            vec![fps]
+        };
+        for group in groups {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sighting_sha()).arg(group.len() * 2);
+            let mut tag = String::new();
+            for fp in group {
+                let k = self.keys.sightings(fp);
+                cmd.arg(&k.members).arg(&k.summary);
+                tag = k.tag;
+            }
+            cmd.arg(s.now_ms)
+                .arg(s.window_ms)
+                .arg(MEMBERS_CAP)
+                .arg(format!("t{:x}", s.tenant))
+                .arg(format!("n{:x}", s.network));
+            for r in s.recipients.iter().take(MEMBERS_CAP as usize) {
+                cmd.arg(format!("r{r:x}"));
+            }
+            self.write(Write {
+                call: Call { tag, cmd },
+                script: Some(SIGHTING),
+                then: Then::Nothing,
+            });
         }
-        self.write(Write {
-            call: Call { tag: k.tag, cmd },
-            script: Some(SIGHTING),
-            then: Then::Nothing,
-        });
     }
 
     /// Marks `fp` an outbreak for the whole fleet (the first node to do so counts it).

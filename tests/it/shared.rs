@@ -359,6 +359,61 @@ async fn a_newsletter_to_many_recipients_of_one_tenant_is_not_an_outbreak() {
     );
 }
 
+/// The sighting script's counts, straight against the store: members that slide out of the
+/// window are taken off the summary's counts, a kind at the cap only refreshes the members it
+/// has, and one call counts every fingerprint it is given.
+#[test]
+fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
+    use maildistiller::shared::outbreak::SIGHTING;
+    let Some(redis) = Redis::start() else { return };
+    let mut con = redis.con().unwrap();
+    let keys = ["w:o:{a}:z", "w:o:{a}:s", "w:o:{b}:z", "w:o:{b}:s"];
+    let mut sight = |now: u64, cap: u32, members: &[&str]| -> i64 {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SIGHTING)
+            .arg(4)
+            .arg(&keys)
+            .arg(now)
+            .arg(100_000)
+            .arg(cap);
+        cmd.arg(members).query(&mut con).unwrap()
+    };
+    let summary = |key: &str| -> (u64, u64, u64, u64) {
+        let mut con = redis.con().unwrap();
+        redis::cmd("HMGET")
+            .arg(key)
+            .arg(&["r", "t", "n", "first"])
+            .query(&mut con)
+            .unwrap()
+    };
+    // A window of 100 s (the keys expire 100 s after their last sighting).
+    let t0 = 1_000_000;
+    assert_eq!(
+        sight(t0, 200, &["t1", "n1", "r1", "r2"]),
+        2,
+        "both fingerprints"
+    );
+    sight(t0 + 50_000, 200, &["t2", "n1", "r3"]);
+    assert_eq!(summary(keys[1]), (3, 2, 1, t0));
+    assert_eq!(summary(keys[3]), (3, 2, 1, t0));
+    // At t0 + 120 s the first sighting (t0) is out of the window: r1, r2 and t1 go.
+    sight(t0 + 120_000, 200, &["t2", "n2", "r3"]);
+    assert_eq!(summary(keys[1]), (1, 1, 2, t0));
+    // A cap of 2: the kind over it keeps its members fresh but takes no new one.
+    sight(t0 + 130_000, 2, &["t3", "n3", "r4", "r5"]);
+    assert_eq!(
+        summary(keys[1]),
+        (3, 2, 2, t0),
+        "one message may pass the cap"
+    );
+    sight(t0 + 140_000, 2, &["t4", "n4", "r6"]);
+    assert_eq!(
+        summary(keys[1]),
+        (3, 2, 2, t0),
+        "no new member past the cap"
+    );
+}
+
 #[tokio::test]
 async fn greylisting_lets_the_retry_pass_at_another_engine() {
     let Some(redis) = Redis::start() else { return };
@@ -664,18 +719,31 @@ async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
         "flush_interval = \"10s\"\nmax_pending = 100",
     );
     let e = TestEngine::start(&dir.path().join("spool"), acme.addr, globex.addr, &cfg).await;
-    // About nine sightings a message: fifteen messages overflow a queue of 100.
-    for n in 0..15 {
-        let mut c = via(&e, "192.0.2.70").await;
-        let msg = campaign_copy(
-            &format!("Reader {n}"),
-            [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
-            "bob@acme.example",
-        );
-        let reply = c
-            .mail("a@sender.example", &["bob@acme.example"], &msg)
-            .await;
-        assert!(reply.starts_with("250"), "{reply}");
+    // One write a message (all its sightings in one script call): 110 messages overflow a
+    // queue of 100. Eleven connections at once, so they are all in well before the next batch.
+    let proxy = e.proxy.expect("proxy listener");
+    let mut senders = tokio::task::JoinSet::new();
+    for k in 0..11 {
+        senders.spawn(async move {
+            let mut c = Client::connect_raw(proxy).await;
+            c.send(b"PROXY TCP4 192.0.2.70 127.0.0.1 40000 25\r\n")
+                .await;
+            c.expect("220").await;
+            for n in k * 10..k * 10 + 10 {
+                let msg = campaign_copy(
+                    &format!("Reader {n}"),
+                    [n % 4, (n + 1) % 4, (n + 2) % 4, (n + 3) % 4],
+                    "bob@acme.example",
+                );
+                let reply = c
+                    .mail("a@sender.example", &["bob@acme.example"], &msg)
+                    .await;
+                assert!(reply.starts_with("250"), "{reply}");
+            }
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r.unwrap();
     }
     // The first batch goes at start; the next one is 10 s away: nothing was written yet.
     assert!(redis.keys("mp:o:*").is_empty(), "shared.flush_interval");

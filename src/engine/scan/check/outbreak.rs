@@ -2,8 +2,8 @@
 //! (`scan::fingerprint`) are looked up in the operator's intelligence feed (local, refreshed
 //! every `shared.sync_interval`) and counted: the fleet's counts in one pipeline to the near
 //! store (within `shared.timeout`), this node's own counts at once; the larger of each decides
-//! against `[policy.NAME.outbreak]`. The message's own sighting is then recorded here and
-//! queued for the store. It never fails: without the store it decides on local knowledge.
+//! against `[policy.NAME.outbreak]`. The message's own sightings are then recorded here and
+//! queued for the store (one write for them all). It never fails: without the store it decides on local knowledge.
 //!
 //! Findings: `intel.block` (the policy's `actions.blocklist`), `intel.allow` (score 0: no
 //! outbreak finding follows), `outbreak.<kind>` (the fingerprint that reached every threshold,
@@ -179,11 +179,11 @@ impl Check for OutbreakCheck {
             now_ms: now,
             window_ms: window,
         };
+        self.fleet.sighted(&fps, &sighting);
         let counts: Vec<Counts> = fps
             .iter()
             .enumerate()
             .map(|(i, fp)| {
-                self.fleet.sighted(fp, &sighting);
                 let local = self.fleet.outbreaks.counts(fp, now, window);
                 fleet
                     .as_ref()
