@@ -31,7 +31,8 @@ import threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = os.environ.get
-CAP_CONCURRENCY = int(ENV("CAP_CONCURRENCY", "32"))
+# Closed-loop sender counts tried for the capacity; the best throughput is the capacity.
+CAP_CONCURRENCY = [int(x) for x in ENV("CAP_CONCURRENCY", "16,64").split(",")]
 CAP_SECONDS = float(ENV("CAP_SECONDS", "10"))
 UNLOADED_FRACTION = float(ENV("UNLOADED_FRACTION", "0.1"))
 UNLOADED_SECONDS = float(ENV("UNLOADED_SECONDS", "10"))
@@ -401,15 +402,18 @@ def main():
             base += 100000
             return any(x[2] is not None for x in r)
         wait_until(warm, 60, "first 250 through the edge")
-        log(f"pair up (work dir {w}); capacity: {CAP_CONCURRENCY} senders for {CAP_SECONDS:.0f}s")
-
-        res, _ = load("closed", run, EDGE, CAP_CONCURRENCY, CAP_SECONDS, base)
-        base += 10_000_000
-        cap_ok = acked(res)
-        capacity = len(cap_ok) / CAP_SECONDS
-        cap_p99 = pct([r[2] for r in cap_ok], 0.99)
-        log(f"capacity {capacity:.0f} msg/s ({len(cap_ok)} of {len(res)} sessions acknowledged, "
-            f"p99 at capacity {cap_p99 * 1000:.1f} ms)")
+        log(f"pair up (work dir {w})")
+        capacity, cap_p99, cap_n = 0.0, float("nan"), 0
+        for n in CAP_CONCURRENCY:
+            res, _ = load("closed", run, EDGE, n, CAP_SECONDS, base)
+            base += 10_000_000
+            cap_ok = acked(res)
+            got_rate = len(cap_ok) / CAP_SECONDS
+            p = pct([r[2] for r in cap_ok], 0.99)
+            log(f"closed loop, {n} senders, {CAP_SECONDS:.0f}s: {got_rate:.0f} msg/s ({len(cap_ok)} "
+                f"of {len(res)} sessions acknowledged, p99 of the 250 {p * 1000:.1f} ms)")
+            if got_rate > capacity:
+                capacity, cap_p99, cap_n = got_rate, p, n
         if capacity < 1:
             sys.exit("no capacity measured; see the logs in " + w)
 
@@ -461,7 +465,7 @@ def main():
         p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
         print()
         print(f"# bench/overload/run.py  (binary {binary})")
-        print(f"capacity (closed loop, {CAP_CONCURRENCY} senders, {CAP_SECONDS:.0f}s): "
+        print(f"capacity (closed loop, best of {CAP_CONCURRENCY} senders: {cap_n}, {CAP_SECONDS:.0f}s): "
               f"{capacity:.0f} msg/s; p99 of the 250 at capacity {cap_p99 * 1000:.1f} ms")
         print(f"unloaded ({light:.0f} msg/s, {UNLOADED_SECONDS:.0f}s): p50 {un_p50 * 1000:.1f} ms, "
               f"p99 {un_p99 * 1000:.1f} ms ({len(un_ok)} messages)")

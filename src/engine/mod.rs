@@ -60,6 +60,8 @@ pub struct Shared {
     allow: Arc<AllowStore>,
     /// Memory for bodies in flight (`engine.data_memory`), and where the others spill.
     pub bodies: Arc<smtp::body::Budget>,
+    /// Messages scanned and spooled at once (`engine.max_processing`) and the busy signal.
+    pub processing: smtp::processing::Processing,
     /// Scan counters (`maildistiller_scan_*`), one set for the process: every scanner built
     /// for a new config version counts into it.
     scan_metrics: scan::ScanMetrics,
@@ -187,6 +189,7 @@ pub async fn bind_with(
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
         allow,
         scan_metrics,
+        processing: smtp::processing::Processing::new(ecfg.max_processing, &ops.metrics),
         bodies: Arc::new(smtp::body::Budget::new(
             &ecfg.spool_dir,
             ecfg.data_memory.0,

@@ -13,9 +13,12 @@
 //! Bounds: command lines `max_line_length`; messages `max_message_size` (counted while
 //! streaming, the excess discarded); `max_commands` and `max_errors` per session; a command
 //! timeout between commands, a data timeout for the whole DATA phase, and at most
-//! [`PROXY_HEADER_WAIT`] for the PROXY header.
+//! [`PROXY_HEADER_WAIT`] for the PROXY header. Messages scanned and spooled at once:
+//! `engine.max_processing`; beyond as many again waiting, new recipients get `451 4.3.2`
+//! (`processing.rs`).
 
 pub mod body;
+pub mod processing;
 mod report;
 pub mod session;
 
@@ -306,6 +309,11 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
+            Step::Verify { address, owner } if shared.processing.busy() => {
+                tracing::debug!(session = %info.session_id, client = %info.client, "busy: recipient refused before the body");
+                let (reply, _) = session.verified(address, owner, replies::PROCESSING_BUSY);
+                conn.reply(&reply);
+            }
             Step::Verify { address, owner } => {
                 let verdict = match snap.topology.tenants.get(owner.0) {
                     Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
@@ -351,6 +359,7 @@ async fn run_session(
                 let reply = match body.complete(std::mem::take(&mut m.body)).await {
                     Ok(whole) => {
                         m.body = whole;
+                        let _turn = shared.processing.slot().await;
                         accept_message(shared, snap, info, &session, m).await
                     }
                     Err(e) => {
