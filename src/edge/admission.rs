@@ -9,7 +9,8 @@
 //! overload is turned away at the cheapest moment (one write on a fresh socket), before it
 //! costs a session on the edge and another on an engine. Each busy answer buys that many
 //! refusals and nothing else does, so the edge sheds in proportion to what the engines cannot
-//! take, and stops as soon as they take again (no timer, no state beyond one counter).
+//! take; refusals still owed [`BUSY_MEMORY`] after the last busy answer are forgotten, so a
+//! quiet period after an overload admits everyone.
 //!
 //! Bounds: the tracking map holds at most `max_tracked_addresses` entries; when full, idle
 //! entries (no live connection) are forgotten, least recently used first, so a flood from many
@@ -30,7 +31,9 @@ use ratelimit::Ratelimiter;
 pub const REFUSALS_PER_BUSY: u32 = 8;
 /// At most this many refusals owed at once: a burst of busy answers turns away at most this
 /// many senders before the edge looks again.
-pub const MAX_BUSY_REFUSALS: u32 = 1024;
+pub const MAX_BUSY_REFUSALS: u32 = 256;
+/// Refusals still owed this long after the last busy answer are forgotten.
+pub const BUSY_MEMORY: std::time::Duration = std::time::Duration::from_millis(500);
 
 use crate::config::EdgeConfig;
 use crate::smtp::{Reply, replies};
@@ -109,6 +112,9 @@ pub struct Admission {
     map: Mutex<HashMap<Key, Slot>>,
     /// New connections still to refuse because engines said they were busy.
     busy_refusals: AtomicU32,
+    /// When the last busy answer came, in ms since `epoch`.
+    busy_at: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Admission {
@@ -158,6 +164,8 @@ impl Default for Admission {
             live: AtomicU32::new(0),
             map: Mutex::new(HashMap::new()),
             busy_refusals: AtomicU32::new(0),
+            busy_at: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -174,11 +182,36 @@ impl Admission {
     /// An engine refused a recipient as busy: refuse the next [`REFUSALS_PER_BUSY`] new
     /// connections (up to [`MAX_BUSY_REFUSALS`] owed).
     pub fn engine_busy(&self) {
+        self.engine_busy_at(self.now_ms());
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn engine_busy_at(&self, now_ms: u64) {
+        self.busy_at.store(now_ms, Ordering::Release);
         let _ = self
             .busy_refusals
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_add(REFUSALS_PER_BUSY).min(MAX_BUSY_REFUSALS))
             });
+    }
+
+    /// Takes one owed busy refusal, unless none is owed or the last busy answer is older
+    /// than [`BUSY_MEMORY`] (then the rest are forgotten).
+    fn owes_busy_refusal(&self, now_ms: u64) -> bool {
+        if self.busy_refusals.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let since = now_ms.saturating_sub(self.busy_at.load(Ordering::Acquire));
+        if since > BUSY_MEMORY.as_millis() as u64 {
+            self.busy_refusals.store(0, Ordering::Release);
+            return false;
+        }
+        self.busy_refusals
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Decides for a new connection from `ip`.
@@ -198,11 +231,7 @@ impl Admission {
             rate_prefix: cfg.connect_rate_per_prefix,
             tracked: cfg.max_tracked_addresses as usize,
         };
-        if self
-            .busy_refusals
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if self.owes_busy_refusal(self.now_ms()) {
             return Err(Refusal::EnginesBusy);
         }
         if self.live.fetch_add(1, Ordering::AcqRel) >= l.global {
@@ -459,6 +488,14 @@ mod tests {
             refused, MAX_BUSY_REFUSALS as usize,
             "a burst owes at most the cap"
         );
+        let quiet = BUSY_MEMORY.as_millis() as u64 + 1;
+        a.engine_busy_at(1_000_000);
+        assert!(a.owes_busy_refusal(1_000_000));
+        assert!(
+            !a.owes_busy_refusal(1_000_000 + quiet),
+            "owed refusals are forgotten after a quiet period"
+        );
+        assert_eq!(a.busy_refusals.load(Ordering::Acquire), 0);
         assert_eq!(
             Refusal::EnginesBusy.reply().to_string(),
             "421 4.3.2 Service busy, try again later"
