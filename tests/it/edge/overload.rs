@@ -2,8 +2,7 @@
 //! edge turns away the next new connections at once with `421 4.3.2` (no session, no engine
 //! connection), then admits again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Fleet, client_from, msg};
@@ -23,22 +22,7 @@ async fn raw_from(src: &str, edge: std::net::SocketAddr) -> Client {
 /// refused eight would each have got a banner and a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_engine_makes_the_edge_refuse_new_connections_at_once() {
-    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let clamd = stuck.local_addr().unwrap();
-    let scans = Arc::new(AtomicUsize::new(0));
-    let held = scans.clone();
-    tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = stuck.accept().await {
-            held.fetch_add(1, Ordering::SeqCst);
-            open.push(s);
-        }
-    });
-    let engine_extra = format!(
-        "max_processing = 1\n[policy.default.scanners]\nauth = false\ndnsbl = false\n\
-         clamd = true\n[policy.default.clamd]\naddress = \"tcp:{clamd}\"\ntimeout = \"3s\"\n\
-         on_failure = \"accept\"\n"
-    );
+    let (scans, engine_extra) = crate::engine::overload::stuck_clamd().await;
     let mut f = Fleet::start_with("", 100, &engine_extra).await;
     // acme's mail from lon1 goes to lon1/uk (e0, e1) or fra1/uk (e2): only e0 is left.
     f.kill(1).await;

@@ -59,16 +59,10 @@ async fn every_acknowledged_message_is_counted_through_every_check() {
     e.stop().await;
 }
 
-/// `engine.max_processing = 1`, and a clamd that takes connections and never answers (each
-/// scan waits for its timeout): message A is being scanned, message B has arrived and waits
-/// its turn, so the engine is busy. A third sender is refused at RCPT with `451 4.3.2` while
-/// A is still in its scan — before it sends a body, not after a stall — and A and B, already
-/// received, are both accepted in turn. Once they are, the third sender's recipient is taken.
-/// With the key ignored (four per CPU) B would not wait and the third recipient would get 250.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_max_processing_new_recipients_get_451_at_once_and_received_mail_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a_sink, g_sink) = (Sink::start().await, Sink::start().await);
+/// A clamd that takes connections and never answers (each scan waits for its 3 s timeout,
+/// then the policy accepts): returns how many scans reached it, and the `[engine]` lines
+/// (`max_processing = 1` and the policy) that make an engine use it.
+pub(crate) async fn stuck_clamd() -> (Arc<AtomicUsize>, String) {
     let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let clamd = stuck.local_addr().unwrap();
     let scans = Arc::new(AtomicUsize::new(0));
@@ -80,11 +74,26 @@ async fn beyond_max_processing_new_recipients_get_451_at_once_and_received_mail_
             open.push(s);
         }
     });
-    let extra = format!(
-        "max_processing = 1\n{FAST}\n[policy.default.scanners]\nauth = false\ndnsbl = false\n\
+    let lines = format!(
+        "max_processing = 1\n[policy.default.scanners]\nauth = false\ndnsbl = false\n\
          clamd = true\n[policy.default.clamd]\naddress = \"tcp:{clamd}\"\ntimeout = \"3s\"\n\
          on_failure = \"accept\"\n"
     );
+    (scans, lines)
+}
+
+/// `engine.max_processing = 1`, and a clamd that takes connections and never answers (each
+/// scan waits for its timeout): message A is being scanned, message B has arrived and waits
+/// its turn, so the engine is busy. A third sender is refused at RCPT with `451 4.3.2` while
+/// A is still in its scan — before it sends a body, not after a stall — and A and B, already
+/// received, are both accepted in turn. Once they are, the third sender's recipient is taken.
+/// With the key ignored (four per CPU) B would not wait and the third recipient would get 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_processing_new_recipients_get_451_at_once_and_received_mail_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_sink, g_sink) = (Sink::start().await, Sink::start().await);
+    let (scans, busy) = stuck_clamd().await;
+    let extra = format!("{busy}{FAST}");
     let e = TestEngine::start(&dir.path().join("spool"), a_sink.addr, g_sink.addr, &extra).await;
     let waiting = || metric(&e, "maildistiller_engine_processing_waiting{");
     let mut senders = Vec::new();
