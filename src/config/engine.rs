@@ -62,6 +62,14 @@ pub struct EngineConfig {
     /// can make the engine hold (`max_sessions` × `max_message_size` is 50 GiB by default).
     /// See `src/engine/smtp/body.rs`. Read at start. Default 128 MiB; at least 128 KiB.
     pub data_memory: Bytes,
+    /// Messages scanned at once (the work after a message's final dot until its verdict;
+    /// spooling is not counted, so every ready message shares the next fsync). Later ones wait
+    /// their turn; while as many wait as are being processed the engine
+    /// is busy and new recipients get `451 4.3.2` at RCPT, before their senders send a body, so
+    /// the messages it takes keep a short answer time however many senders come. Nothing
+    /// received is refused or skipped for load. See `src/engine/smtp/processing.rs`. Read at
+    /// start. Default 0: four per CPU.
+    pub max_processing: u32,
     /// How long undeliverable mail is kept before a DSN. Default 5 d.
     pub message_lifetime: Dur,
     /// How long a quarantined message stays (readable in webmail, releasable) before it is
@@ -177,6 +185,7 @@ impl Default for EngineConfig {
             bare_newline: BareNewline::Normalize,
             max_sessions: 2000,
             data_memory: Bytes(128 << 20),
+            max_processing: 0,
             message_lifetime: Dur::secs(5 * 86_400),
             quarantine_lifetime: Dur::secs(30 * 86_400),
             hostname: None,
@@ -226,6 +235,12 @@ impl EngineConfig {
         k.range("engine.max_errors", e.max_errors.into(), 1, 1000);
         k.range("engine.max_sessions", e.max_sessions.into(), 1, 1_000_000);
         k.range("engine.data_memory", e.data_memory.0, 128 << 10, 1 << 40);
+        k.range(
+            "engine.max_processing",
+            e.max_processing.into(),
+            0,
+            e.max_sessions.into(),
+        );
         k.dur("engine.command_timeout", e.command_timeout, 1000, 3600);
         k.dur("engine.data_timeout", e.data_timeout, 1000, 86_400);
         k.dur(

@@ -3,6 +3,15 @@
 //! which only the lists and the node's cap apply to). Each refusal has a reason (a metric label
 //! and a log field) and the reply the client gets.
 //!
+//! Engines that are busy (an engine answers a recipient `451 4.3.2` when as many messages wait
+//! to be scanned as are being scanned: `src/engine/smtp/processing.rs`) make the edge refuse
+//! the next [`REFUSALS_PER_BUSY`] new connections at once with `421 4.3.2`: the excess of an
+//! overload is turned away at the cheapest moment (one write on a fresh socket), before it
+//! costs a session on the edge and another on an engine. Each busy answer buys that many
+//! refusals and nothing else does, so the edge sheds in proportion to what the engines cannot
+//! take; refusals still owed [`BUSY_MEMORY`] after the last busy answer are forgotten, so a
+//! quiet period after an overload admits everyone.
+//!
 //! Bounds: the tracking map holds at most `max_tracked_addresses` entries; when full, idle
 //! entries (no live connection) are forgotten, least recently used first, so a flood from many
 //! sources costs a fixed amount of memory. Entries with live connections are never evicted (their
@@ -16,6 +25,16 @@ use std::time::Instant;
 
 use ratelimit::Ratelimiter;
 
+/// New connections refused at once for each recipient an engine refused as busy. With twice
+/// the load the engines can take, about one admitted transaction in ten still meets a busy
+/// engine (at RCPT, before its body) and the other excess sessions are refused at connect.
+pub const REFUSALS_PER_BUSY: u32 = 8;
+/// At most this many refusals owed at once: a burst of busy answers turns away at most this
+/// many senders before the edge looks again.
+pub const MAX_BUSY_REFUSALS: u32 = 256;
+/// Refusals still owed this long after the last busy answer are forgotten.
+pub const BUSY_MEMORY: std::time::Duration = std::time::Duration::from_millis(500);
+
 use crate::config::EdgeConfig;
 use crate::smtp::{Reply, replies};
 
@@ -25,6 +44,8 @@ pub enum Refusal {
     Denied,
     NotAllowed,
     Overloaded,
+    /// Engines answered recently that they are busy ([`REFUSALS_PER_BUSY`]).
+    EnginesBusy,
     IpConcurrency,
     PrefixConcurrency,
     IpRate,
@@ -37,6 +58,7 @@ impl Refusal {
             Refusal::Denied => "deny_list",
             Refusal::NotAllowed => "not_allowed",
             Refusal::Overloaded => "overloaded",
+            Refusal::EnginesBusy => "engines_busy",
             Refusal::IpConcurrency => "ip_concurrency",
             Refusal::PrefixConcurrency => "prefix_concurrency",
             Refusal::IpRate => "ip_rate",
@@ -47,7 +69,7 @@ impl Refusal {
     pub fn reply(self) -> Reply {
         match self {
             Refusal::Denied | Refusal::NotAllowed => replies::ACCESS_DENIED,
-            Refusal::Overloaded => replies::SERVICE_BUSY,
+            Refusal::Overloaded | Refusal::EnginesBusy => replies::SERVICE_BUSY,
             Refusal::IpConcurrency | Refusal::PrefixConcurrency => replies::NETWORK_CONCURRENCY,
             Refusal::IpRate | Refusal::PrefixRate => replies::CONNECTION_RATE,
         }
@@ -88,6 +110,11 @@ struct AdmissionLimits {
 pub struct Admission {
     live: AtomicU32,
     map: Mutex<HashMap<Key, Slot>>,
+    /// New connections still to refuse because engines said they were busy.
+    busy_refusals: AtomicU32,
+    /// When the last busy answer came, in ms since `epoch`.
+    busy_at: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Admission {
@@ -136,6 +163,9 @@ impl Default for Admission {
         Admission {
             live: AtomicU32::new(0),
             map: Mutex::new(HashMap::new()),
+            busy_refusals: AtomicU32::new(0),
+            busy_at: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -147,6 +177,41 @@ impl Admission {
 
     pub fn tracked(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// An engine refused a recipient as busy: refuse the next [`REFUSALS_PER_BUSY`] new
+    /// connections (up to [`MAX_BUSY_REFUSALS`] owed).
+    pub fn engine_busy(&self) {
+        self.engine_busy_at(self.now_ms());
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn engine_busy_at(&self, now_ms: u64) {
+        self.busy_at.store(now_ms, Ordering::Release);
+        let _ = self
+            .busy_refusals
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(REFUSALS_PER_BUSY).min(MAX_BUSY_REFUSALS))
+            });
+    }
+
+    /// Takes one owed busy refusal, unless none is owed or the last busy answer is older
+    /// than [`BUSY_MEMORY`] (then the rest are forgotten).
+    fn owes_busy_refusal(&self, now_ms: u64) -> bool {
+        if self.busy_refusals.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let since = now_ms.saturating_sub(self.busy_at.load(Ordering::Acquire));
+        if since > BUSY_MEMORY.as_millis() as u64 {
+            self.busy_refusals.store(0, Ordering::Release);
+            return false;
+        }
+        self.busy_refusals
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Decides for a new connection from `ip`.
@@ -166,6 +231,9 @@ impl Admission {
             rate_prefix: cfg.connect_rate_per_prefix,
             tracked: cfg.max_tracked_addresses as usize,
         };
+        if self.owes_busy_refusal(self.now_ms()) {
+            return Err(Refusal::EnginesBusy);
+        }
         if self.live.fetch_add(1, Ordering::AcqRel) >= l.global {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Overloaded);
@@ -390,6 +458,48 @@ mod tests {
             "deny beats exempt"
         );
         assert_eq!(a.live(), 1);
+    }
+
+    #[test]
+    fn each_busy_engine_answer_refuses_the_next_connections_then_admission_resumes() {
+        let a = Arc::new(Admission::default());
+        let c = EdgeConfig {
+            max_connections: 1000,
+            exempt: vec!["192.0.2.0/24".parse().unwrap()],
+            ..cfg()
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        drop(a.admit(ip, &c).unwrap());
+        a.engine_busy();
+        for _ in 0..REFUSALS_PER_BUSY {
+            assert_eq!(a.admit(ip, &c).unwrap_err(), Refusal::EnginesBusy);
+        }
+        assert!(
+            a.admit(ip, &c).is_ok(),
+            "owed refusals used up: admitted again"
+        );
+        for _ in 0..10_000 {
+            a.engine_busy();
+        }
+        let refused = (0..2 * MAX_BUSY_REFUSALS)
+            .filter(|_| a.admit(ip, &c).is_err())
+            .count();
+        assert_eq!(
+            refused, MAX_BUSY_REFUSALS as usize,
+            "a burst owes at most the cap"
+        );
+        let quiet = BUSY_MEMORY.as_millis() as u64 + 1;
+        a.engine_busy_at(1_000_000);
+        assert!(a.owes_busy_refusal(1_000_000));
+        assert!(
+            !a.owes_busy_refusal(1_000_000 + quiet),
+            "owed refusals are forgotten after a quiet period"
+        );
+        assert_eq!(a.busy_refusals.load(Ordering::Acquire), 0);
+        assert_eq!(
+            Refusal::EnginesBusy.reply().to_string(),
+            "421 4.3.2 Service busy, try again later"
+        );
     }
 
     #[test]

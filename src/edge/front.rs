@@ -263,6 +263,9 @@ impl Front<'_> {
         if let Some(e) = self.engine.as_mut() {
             let used = self.session.engine(&e.buf)?;
             e.buf.drain(..used);
+            for _ in 0..self.session.take_busy() {
+                self.shared.admission.engine_busy();
+            }
         }
         Ok(())
     }

@@ -301,7 +301,12 @@ async fn accept_loop(
                 .admit(peer.ip(), &snap.config.edge)
                 .map_err(|refusal| {
                     shared.metrics.refused(refusal.label());
-                    tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
+                    // Load refusals come by the thousand in an overload: counted, not logged.
+                    if matches!(refusal, Refusal::Overloaded | Refusal::EnginesBusy) {
+                        tracing::debug!(client = %peer, reason = refusal.label(), "connection refused");
+                    } else {
+                        tracing::info!(client = %peer, reason = refusal.label(), "connection refused");
+                    }
                     refusal.reply()
                 })?;
             // The local limits passed (the first line); now the fleet's count of this network.

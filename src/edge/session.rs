@@ -100,6 +100,8 @@ pub struct Session {
     txn: u64,
     /// QUIT or a limit: the session ends once the replies owed are out.
     closing: bool,
+    /// Recipients the engine refused as busy (`451 4.3.2`) not yet told to admission.
+    busy: u32,
 }
 
 impl Session {
@@ -121,6 +123,7 @@ impl Session {
             awaiting_data: false,
             txn: 0,
             closing: false,
+            busy: 0,
         }
     }
 
@@ -342,6 +345,9 @@ impl Session {
                 Some(Expect::Relay) => self.out.extend_from_slice(raw),
                 Some(Expect::Rcpt { address, txn }) => {
                     self.out.extend_from_slice(raw);
+                    if r.code == 451 && r.lines.first().is_some_and(|l| l.starts_with("4.3.2")) {
+                        self.busy += 1;
+                    }
                     if !r.is_positive() && txn == self.txn {
                         self.server.withdraw_rcpt(&address);
                     }
@@ -377,6 +383,12 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// How many recipients the engine refused as busy since the last call (admission sheds
+    /// new connections for each: `admission.rs`).
+    pub fn take_busy(&mut self) -> u32 {
+        std::mem::take(&mut self.busy)
     }
 
     /// Our reply, written now or queued behind the engine's replies still owed.

@@ -60,6 +60,11 @@ pub struct Shared {
     allow: Arc<AllowStore>,
     /// Memory for bodies in flight (`engine.data_memory`), and where the others spill.
     pub bodies: Arc<smtp::body::Budget>,
+    /// Messages scanned and spooled at once (`engine.max_processing`) and the busy signal.
+    pub processing: smtp::processing::Processing,
+    /// Scan counters (`maildistiller_scan_*`), one set for the process: every scanner built
+    /// for a new config version counts into it.
+    scan_metrics: scan::ScanMetrics,
 }
 
 impl Shared {
@@ -72,7 +77,10 @@ impl Shared {
                 Ok(s) => {
                     *g = (
                         snap.version.clone(),
-                        Arc::new(s.with_allow(self.allow.clone())),
+                        Arc::new(
+                            s.with_allow(self.allow.clone())
+                                .with_metrics(self.scan_metrics.clone()),
+                        ),
                     )
                 }
                 Err(e) => {
@@ -150,9 +158,12 @@ pub async fn bind_with(
     let tls = tls_config(&snap, ops, &hostname)?;
     let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
     let fleet = crate::shared::Fleet::for_process(ops).await;
+    let scan_metrics = scan::ScanMetrics::new();
+    ops.metrics.register(Box::new(scan_metrics.clone()));
     let scanner = scan::Scanner::new_in(&snap, fleet.clone())
         .map_err(|e| std::io::Error::other(format!("policies: {e}")))?
-        .with_allow(allow.clone());
+        .with_allow(allow.clone())
+        .with_metrics(scan_metrics.clone());
     let metrics = EngineMetrics::new(&ops.metrics);
     let delivery = Arc::new(delivery::Delivery::new(
         store.clone(),
@@ -177,6 +188,8 @@ pub async fn bind_with(
         shadow: shadow.clone(),
         scanner: Mutex::new((snap.version.clone(), Arc::new(scanner))),
         allow,
+        scan_metrics,
+        processing: smtp::processing::Processing::new(ecfg.max_processing, &ops.metrics),
         bodies: Arc::new(smtp::body::Budget::new(
             &ecfg.spool_dir,
             ecfg.data_memory.0,

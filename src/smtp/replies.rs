@@ -108,6 +108,9 @@ pub const NO_VALID_RECIPIENTS: Reply = Reply::canned(554, e(5, 5, 1), "No valid 
 
 pub const SENDER_OK: Reply = Reply::canned(250, e(2, 1, 0), "Sender OK");
 pub const RECIPIENT_OK: Reply = Reply::canned(250, e(2, 1, 5), "Recipient OK");
+/// The engine is processing as many messages as it can and as many again wait: a new
+/// recipient is refused before its sender sends a body (`src/engine/smtp/processing.rs`).
+pub const PROCESSING_BUSY: Reply = Reply::canned(451, e(4, 3, 2), "System busy, try again later");
 /// Greylisting (a tenant's policy): the first attempt of a new triplet; its retry passes.
 pub const GREYLISTED: Reply = Reply::canned(
     451,

@@ -16,6 +16,7 @@ use crate::support::{OPS_TOKEN, ops_token, write};
 
 mod keys; // [edge] keys away from their defaults: backlog, connect attempts, engine drain
 mod layer4; // the layer-4 relay under real sessions: megabytes byte for byte, half-close
+mod overload; // a busy engine: its 451 4.3.2 relayed, the next connections refused at once with 421 4.3.2
 
 /// Four engines: lon1/uk (e0, e1), fra1/uk (e2), fra1/de (e3); an edge in lon1.
 pub(crate) struct Fleet {

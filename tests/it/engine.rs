@@ -16,6 +16,7 @@ use crate::support::{OPS_TOKEN, ops_token, write};
 
 mod keys; // [engine.delivery] keys away from their defaults: connections, messages per connection
 mod memory; // engine.data_memory: bodies beyond the budget spill to a file, stalled senders hold nothing others need
+pub(crate) mod overload; // under more load than it can take: scan counters show no check skipped
 
 /// A running engine with its own spool; dropped = shut down.
 pub struct TestEngine {

@@ -12,6 +12,7 @@
 //! | `scan_findings_total` | tenant, category | findings by category (spam, virus, attachment…) |
 //! | `scan_unscannable_total` | tenant, limit | budget refusals by limit |
 //! | `scan_scanner_failures_total` | scanner | external scanners down, timing out, answering nonsense |
+//! | `scan_checks_total` | check, result | each live policy's checks, once per message: `done`, `failed`, `timeout` (the message's time budget ran out first) or `not_run` (a block list decided first). Shows that no check is skipped to keep up |
 //! | `scan_duration_seconds` | | wall time of one message's scan (all policies) |
 //! | `scan_bytes_total` | | raw bytes scanned |
 //!
@@ -31,6 +32,7 @@ pub struct ScanMetrics {
     findings: IntCounterVec,
     unscannable: IntCounterVec,
     failures: IntCounterVec,
+    checks: IntCounterVec,
     duration: Histogram,
     bytes: IntCounter,
 }
@@ -71,6 +73,11 @@ impl ScanMetrics {
                 "scan_scanner_failures_total",
                 "External scanner failures (down, timeout, bad answer) by scanner.",
                 &["scanner"],
+            ),
+            checks: vec(
+                "scan_checks_total",
+                "Checks of live policies by check and result (done, failed, timeout, not_run), once per message.",
+                &["check", "result"],
             ),
             duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -120,6 +127,13 @@ impl ScanMetrics {
         self.bytes.inc_by(bytes as u64);
     }
 
+    /// Counts one message's live checks: `(check name, result)` each.
+    pub(crate) fn observe_checks<'a>(&self, checks: impl Iterator<Item = (&'a str, &'a str)>) {
+        for (check, result) in checks {
+            self.checks.with_label_values(&[check, result]).inc();
+        }
+    }
+
     /// The current count of live verdicts of one action for a tenant (for tests and `/status`).
     pub fn verdicts(&self, tenant: &str, action: Disposition) -> u64 {
         self.verdicts
@@ -137,6 +151,7 @@ impl Collector for ScanMetrics {
             &self.findings,
             &self.unscannable,
             &self.failures,
+            &self.checks,
         ] {
             d.extend(v.desc());
         }
@@ -153,6 +168,7 @@ impl Collector for ScanMetrics {
             &self.findings,
             &self.unscannable,
             &self.failures,
+            &self.checks,
         ] {
             m.extend(v.collect());
         }

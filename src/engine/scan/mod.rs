@@ -277,6 +277,17 @@ impl Scanner {
         let allow = self.allow.as_deref();
         let (decision, headers, stats) =
             evaluate(&live, envelope, message, start, &mut memo, allow).await;
+        if let Some(m) = &self.metrics {
+            m.observe_checks(live.checks.iter().map(|c| {
+                let result = match memo.outcomes.get(&check::identity(c)) {
+                    Some(Ok(_)) => "done",
+                    Some(Err(CheckError::Timeout(_))) => "timeout",
+                    Some(Err(_)) => "failed",
+                    None => "not_run",
+                };
+                (c.name(), result)
+            }));
+        }
         let mut shadow_decisions = Vec::with_capacity(shadows.len());
         for s in &shadows {
             let (d, _, _) = evaluate(s, envelope, message, start, &mut memo, allow).await;

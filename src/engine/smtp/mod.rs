@@ -13,9 +13,12 @@
 //! Bounds: command lines `max_line_length`; messages `max_message_size` (counted while
 //! streaming, the excess discarded); `max_commands` and `max_errors` per session; a command
 //! timeout between commands, a data timeout for the whole DATA phase, and at most
-//! [`PROXY_HEADER_WAIT`] for the PROXY header.
+//! [`PROXY_HEADER_WAIT`] for the PROXY header. Messages scanned at once:
+//! `engine.max_processing`; beyond as many again waiting, new recipients get `451 4.3.2`
+//! (`processing.rs`).
 
 pub mod body;
+pub mod processing;
 mod report;
 pub mod session;
 
@@ -306,6 +309,11 @@ async fn run_session(
                 }
             }
             Step::Reply(r) => conn.reply(&r),
+            Step::Verify { address, owner } if shared.processing.busy() => {
+                tracing::debug!(session = %info.session_id, client = %info.client, "busy: recipient refused before the body");
+                let (reply, _) = session.verified(address, owner, replies::PROCESSING_BUSY);
+                conn.reply(&reply);
+            }
             Step::Verify { address, owner } => {
                 let verdict = match snap.topology.tenants.get(owner.0) {
                     Some(tenant) => shared.verifier.check(snap, tenant, &address).await,
@@ -470,6 +478,9 @@ async fn accept_message(
     }
     let body = m.body;
     let mail_from = m.mail.address;
+    // Scanning waits its turn (`engine.max_processing`); spooling does not, so every message
+    // that is ready shares the next fsync (group commit) however many are scanned at once.
+    let turn = shared.processing.slot().await;
     let scanner = shared.scanner(snap);
     let client = info.client.ip().to_canonical();
     let rcpts =
@@ -495,6 +506,7 @@ async fn accept_message(
             &message,
         )
         .await;
+    drop(turn);
     let status = match &verdict.action {
         scan::Action::Deliver => Status::Queued,
         // Every kind of finding of the verdict, not only the one its reason names: release

@@ -1,0 +1,76 @@
+//! The edge in front of a busy engine: the engine's `451 4.3.2` at RCPT is relayed, and the
+//! edge turns away the next new connections at once with `421 4.3.2` (no session, no engine
+//! connection), then admits again.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Fleet, client_from, msg};
+use crate::mail::{Client, until};
+
+async fn raw_from(src: &str, edge: std::net::SocketAddr) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    Client::from_stream(sock.connect(edge).await.unwrap())
+}
+
+/// Engine e0 processes one message at a time (`engine.max_processing = 1`) behind a clamd
+/// that never answers: A is in its scan, B waits its turn, so e0 is busy. C's recipient gets
+/// e0's `451 4.3.2` through the edge, and for that one busy answer the edge refuses the next
+/// `REFUSALS_PER_BUSY` (8) new connections with `421 4.3.2` before any banner, then greets the
+/// next one. A and B, already received, are both accepted. Without the edge's part the
+/// refused eight would each have got a banner and a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_engine_makes_the_edge_refuse_new_connections_at_once() {
+    let (scans, engine_extra) = crate::engine::overload::stuck_clamd().await;
+    let mut f = Fleet::start_with("", 100, &engine_extra).await;
+    // acme's mail from lon1 goes to lon1/uk (e0, e1) or fra1/uk (e2): only e0 is left.
+    f.kill(1).await;
+    f.kill(2).await;
+    let waiting = |f: &Fleet| {
+        f.engines[0]
+            .as_ref()
+            .unwrap()
+            .ops
+            .metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("maildistiller_engine_processing_waiting{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut senders = Vec::new();
+    for (i, src) in ["127.0.0.21", "127.0.0.22"].into_iter().enumerate() {
+        let mut c = client_from(src, f.smtp).await;
+        c.cmd("EHLO client.example", "250").await;
+        c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+        c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(format!("{}.\r\n", msg(&format!("m{i}"))).as_bytes())
+            .await;
+        senders.push(c);
+        if i == 0 {
+            assert!(until(Duration::from_secs(5), || scans.load(Ordering::SeqCst) == 1).await);
+        } else {
+            assert!(until(Duration::from_secs(5), || waiting(&f) == 1).await);
+        }
+    }
+    let mut c = client_from("127.0.0.23", f.smtp).await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<c@sender.example>", "250").await;
+    c.cmd("RCPT TO:<bob@acme.example>", "451 4.3.2").await;
+    for i in 0..8 {
+        let mut refused = raw_from(&format!("127.0.0.{}", 30 + i), f.smtp).await;
+        refused.expect("421 4.3.2 Service busy").await;
+        assert!(refused.closed().await);
+    }
+    let _greeted = client_from("127.0.0.40", f.smtp).await;
+    for s in &mut senders {
+        s.expect("250").await;
+    }
+    assert_eq!(
+        scans.load(Ordering::SeqCst),
+        2,
+        "both received messages were scanned"
+    );
+}
