@@ -22,6 +22,17 @@ mod sentinel;
 #[path = "../../bench/scan/outbreak.rs"]
 mod bench; // what outbreak detection costs a message (bench/scan/outbreak.sh, release mode)
 
+/// The tests' redis-server binary; `None` (after saying why the test skips) when not given.
+fn redis_server() -> Option<String> {
+    let bin = std::env::var("MAILDISTILLER_REDIS_SERVER").ok();
+    if bin.is_none() {
+        eprintln!(
+            "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
+        );
+    }
+    bin
+}
+
 /// A private redis-server on 127.0.0.1 (in memory); killed when dropped.
 struct Redis {
     bin: String,
@@ -32,12 +43,7 @@ struct Redis {
 impl Redis {
     /// `None` (after saying why) when the tests' redis-server is not given.
     fn start() -> Option<Redis> {
-        let Ok(bin) = std::env::var("MAILDISTILLER_REDIS_SERVER") else {
-            eprintln!(
-                "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
-            );
-            return None;
-        };
+        let bin = redis_server()?;
         let mut r = Redis {
             bin,
             port: free_port(),

@@ -13,10 +13,7 @@ use crate::mail::{Sink, until};
 
 #[tokio::test]
 async fn a_campaign_is_acted_on_through_a_real_cluster() {
-    let Ok(bin) = std::env::var("MAILDISTILLER_REDIS_SERVER") else {
-        eprintln!(
-            "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
-        );
+    let Some(bin) = super::redis_server() else {
         return;
     };
     let cli = std::path::Path::new(&bin).with_file_name("redis-cli");

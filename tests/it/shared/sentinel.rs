@@ -98,10 +98,7 @@ impl Drop for Node {
 
 #[tokio::test]
 async fn writes_follow_the_primary_sentinel_names_through_a_failover() {
-    let Ok(bin) = std::env::var("MAILDISTILLER_REDIS_SERVER") else {
-        eprintln!(
-            "skipped: MAILDISTILLER_REDIS_SERVER is not set (eval \"$(bash tests/redis/start.sh)\")"
-        );
+    let Some(bin) = super::redis_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
