@@ -64,8 +64,9 @@ pub struct EngineConfig {
     pub data_memory: Bytes,
     /// Messages scanned at once (the work after a message's final dot until its verdict;
     /// spooling is not counted, so every ready message shares the next fsync). Later ones wait
-    /// their turn; while as many wait as are being processed the engine
-    /// is busy and new recipients get `451 4.3.2` at RCPT, before their senders send a body, so
+    /// their turn; while as many wait as are being scanned, or four times as many are between
+    /// their final dot and their answer, the engine is busy and new recipients get `451 4.3.2`
+    /// at RCPT, before their senders send a body, so
     /// the messages it takes keep a short answer time however many senders come. Nothing
     /// received is refused or skipped for load. See `src/engine/smtp/processing.rs`. Read at
     /// start. Default 0: four per CPU.

@@ -479,7 +479,9 @@ async fn accept_message(
     let body = m.body;
     let mail_from = m.mail.address;
     // Scanning waits its turn (`engine.max_processing`); spooling does not, so every message
-    // that is ready shares the next fsync (group commit) however many are scanned at once.
+    // that is ready shares the next fsync (group commit) however many are scanned at once. A
+    // spool that falls behind still makes the engine busy (`processing.rs`).
+    let _in_flight = shared.processing.arrived();
     let turn = shared.processing.slot().await;
     let scanner = shared.scanner(snap);
     let client = info.client.ip().to_canonical();

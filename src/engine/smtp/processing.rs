@@ -8,7 +8,8 @@
 //! its memory are held longer, and past a sender's timeout it sends again what we did take). So:
 //! - at most `engine.max_processing` messages are processed at once; the next ones wait their
 //!   turn, first come first served ([`Processing::slot`]);
-//! - while as many messages wait as are being processed, the engine is *busy*
+//! - while as many messages wait as are being processed, or [`IN_FLIGHT_PER_TURN`] times that
+//!   many are between their final dot and their answer (the spool behind), the engine is *busy*
 //!   ([`Processing::busy`]): a new recipient gets `451 4.3.2` at RCPT, before its sender sends
 //!   a body, and the sender tries again later (through an edge, the edge relays the `451`).
 //!
@@ -39,6 +40,8 @@ pub struct Processing {
     slots: Semaphore,
     /// Messages waiting for a slot.
     waiting: AtomicUsize,
+    /// Messages between their final dot and their answer (scanning, waiting, spooling).
+    in_flight: AtomicUsize,
     limit: usize,
     waiting_gauge: IntGauge,
     busy_total: IntCounter,
@@ -47,6 +50,22 @@ pub struct Processing {
 /// A message's turn to be processed; dropping it lets the next one in.
 #[derive(Debug)]
 pub struct Slot<'a>(#[allow(dead_code)] Option<SemaphorePermit<'a>>);
+
+/// Counts a message from its final dot to its answer (also when its session goes away).
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Processing);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Messages between the final dot and the answer, per message scanned at once, beyond which the
+/// engine is busy even when few wait to be scanned: the spool (its shared fsync, a shadow's
+/// copy) is what is behind. Four times the turn: well above what a healthy engine holds (the
+/// messages of one fsync round), well below what an overload piles up.
+pub const IN_FLIGHT_PER_TURN: usize = 4;
 
 /// Counts a waiting message for as long as it waits (also when its session goes away).
 struct Waiting<'a>(&'a Processing);
@@ -80,6 +99,7 @@ impl Processing {
         Processing {
             slots: Semaphore::new(limit),
             waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             limit,
             waiting_gauge,
             busy_total,
@@ -91,13 +111,22 @@ impl Processing {
         self.limit
     }
 
-    /// As many messages wait as are being processed: refuse new recipients (and count it).
+    /// As many messages wait to be scanned as are being scanned, or [`IN_FLIGHT_PER_TURN`]
+    /// times that many are between their final dot and their answer: refuse new recipients
+    /// (and count it).
     pub fn busy(&self) -> bool {
-        let busy = self.waiting.load(Ordering::Acquire) >= self.limit;
+        let busy = self.waiting.load(Ordering::Acquire) >= self.limit
+            || self.in_flight.load(Ordering::Acquire) >= IN_FLIGHT_PER_TURN * self.limit;
         if busy {
             self.busy_total.inc();
         }
         busy
+    }
+
+    /// A message's final dot has come: counted until the returned guard is dropped (its answer).
+    pub fn arrived(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
     }
 
     /// Waits for this message's turn (first come, first served).
@@ -118,6 +147,17 @@ mod tests {
 
     fn pending<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
         f.poll(&mut Context::from_waker(Waker::noop())).is_pending()
+    }
+
+    #[test]
+    fn busy_once_the_spool_holds_four_times_the_turn() {
+        let p = Processing::new(2, &Metrics::new("engine", "test"));
+        let mut held: Vec<InFlight> = (0..7).map(|_| p.arrived()).collect();
+        assert!(!p.busy(), "7 between dot and answer, turn 2");
+        held.push(p.arrived());
+        assert!(p.busy(), "8 = 4 x 2: busy");
+        held.pop();
+        assert!(!p.busy(), "an answer given: not busy");
     }
 
     #[tokio::test]
