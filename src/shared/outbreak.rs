@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use redis::Value;
 
-use super::keys::Fingerprint;
+use super::keys::{Fingerprint, SightingKeys};
 use super::{Call, Fleet, Then, Write};
 
 /// Members kept per set in the store: thresholds are at most this (checked in config).
@@ -242,16 +242,13 @@ impl Fleet {
         if !self.enabled() || fps.is_empty() {
             return None;
         }
-        let calls: Vec<Call> = fps
-            .iter()
-            .map(|fp| {
-                let k = self.keys.sightings(fp);
+        let answers = self
+            .read_each(fps, |k| {
                 let mut cmd = redis::cmd("HMGET");
                 cmd.arg(&k.summary).arg(&["r", "t", "n", "first"]);
-                Call { tag: k.tag, cmd }
+                cmd
             })
-            .collect();
-        let answers = self.read(&calls).await?;
+            .await?;
         Some(answers.iter().map(parse_summary).collect())
     }
 
@@ -260,17 +257,33 @@ impl Fleet {
         if !self.enabled() || fps.is_empty() {
             return None;
         }
+        let answers = self
+            .read_each(fps, |k| {
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(&k.marker);
+                cmd
+            })
+            .await?;
+        Some(answers.iter().map(|v| matches!(v, Value::Int(1))).collect())
+    }
+
+    /// One command per fingerprint (made from its keys), one pipeline to the near store.
+    async fn read_each(
+        &self,
+        fps: &[Fingerprint],
+        cmd: impl Fn(&SightingKeys) -> redis::Cmd,
+    ) -> Option<Vec<Value>> {
         let calls: Vec<Call> = fps
             .iter()
             .map(|fp| {
                 let k = self.keys.sightings(fp);
-                let mut cmd = redis::cmd("EXISTS");
-                cmd.arg(&k.marker);
-                Call { tag: k.tag, cmd }
+                Call {
+                    cmd: cmd(&k),
+                    tag: k.tag,
+                }
             })
             .collect();
-        let answers = self.read(&calls).await?;
-        Some(answers.iter().map(|v| matches!(v, Value::Int(1))).collect())
+        self.read(&calls).await
     }
 
     /// Records a message's sightings of `fps` here at once, and in the store with the next

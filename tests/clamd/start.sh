@@ -21,17 +21,8 @@ find_clamd() {
 CLAMD=$(find_clamd)
 if [ -z "$CLAMD" ]; then
     log "installing clamav-daemon"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    # Keep the package's own services from starting: we run our own instance.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.maildistiller
-    chmod +x /usr/sbin/policy-rc.d.maildistiller
-    [ -e /usr/sbin/policy-rc.d ] || ln -s /usr/sbin/policy-rc.d.maildistiller /usr/sbin/policy-rc.d
-    apt-get install -y -qq --no-install-recommends clamav-daemon >&2
-    if [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = /usr/sbin/policy-rc.d.maildistiller ]; then
-        rm -f /usr/sbin/policy-rc.d
-    fi
-    rm -f /usr/sbin/policy-rc.d.maildistiller
+    # Their own services are kept from starting: we run our own instances.
+    bash "$(dirname "$0")/../install.sh" clamav-daemon
     CLAMD=$(find_clamd)
     [ -n "$CLAMD" ] || { log "clamd not found after installing clamav-daemon"; exit 1; }
 fi

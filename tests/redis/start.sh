@@ -15,16 +15,8 @@ log() { echo "redis: $*" >&2; }
 
 if ! command -v redis-server >/dev/null 2>&1; then
     log "installing redis-server"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.maildistiller
-    chmod +x /usr/sbin/policy-rc.d.maildistiller
-    [ -e /usr/sbin/policy-rc.d ] || ln -s /usr/sbin/policy-rc.d.maildistiller /usr/sbin/policy-rc.d
-    apt-get install -y -qq --no-install-recommends redis-server >&2
-    if [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = /usr/sbin/policy-rc.d.maildistiller ]; then
-        rm -f /usr/sbin/policy-rc.d
-    fi
-    rm -f /usr/sbin/policy-rc.d.maildistiller
+    # Their own services are kept from starting: we run our own instances.
+    bash "$(dirname "$0")/../install.sh" redis-server
 fi
 BIN=$(command -v redis-server)
 version=$("$BIN" --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')

@@ -30,17 +30,8 @@ command -v rspamd >/dev/null 2>&1 || need+=(rspamd)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    # Keep the packages' own services from starting: we run our own instances.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.maildistiller
-    chmod +x /usr/sbin/policy-rc.d.maildistiller
-    [ -e /usr/sbin/policy-rc.d ] || ln -s /usr/sbin/policy-rc.d.maildistiller /usr/sbin/policy-rc.d
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-    if [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = /usr/sbin/policy-rc.d.maildistiller ]; then
-        rm -f /usr/sbin/policy-rc.d
-    fi
-    rm -f /usr/sbin/policy-rc.d.maildistiller
+    # Their own services are kept from starting: we run our own instances.
+    bash "$(dirname "$0")/../install.sh" "${need[@]}"
     command -v rspamd >/dev/null && command -v redis-server >/dev/null \
         || { log "rspamd or redis-server still missing after installing"; exit 1; }
 fi

@@ -3,10 +3,9 @@
 //! connection), then admits again.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::{Fleet, client_from, msg};
-use crate::mail::{Client, until};
+use crate::mail::Client;
 
 async fn raw_from(src: &str, edge: std::net::SocketAddr) -> Client {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -27,34 +26,13 @@ async fn a_busy_engine_makes_the_edge_refuse_new_connections_at_once() {
     // acme's mail from lon1 goes to lon1/uk (e0, e1) or fra1/uk (e2): only e0 is left.
     f.kill(1).await;
     f.kill(2).await;
-    let waiting = |f: &Fleet| {
-        f.engines[0]
-            .as_ref()
-            .unwrap()
-            .ops
-            .metrics
-            .render()
-            .lines()
-            .find(|l| l.starts_with("maildistiller_engine_processing_waiting{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let mut senders = Vec::new();
-    for (i, src) in ["127.0.0.21", "127.0.0.22"].into_iter().enumerate() {
-        let mut c = client_from(src, f.smtp).await;
-        c.cmd("EHLO client.example", "250").await;
-        c.cmd("MAIL FROM:<a@sender.example>", "250").await;
-        c.cmd("RCPT TO:<bob@acme.example>", "250").await;
-        c.cmd("DATA", "354").await;
-        c.send(format!("{}.\r\n", msg(&format!("m{i}"))).as_bytes())
-            .await;
-        senders.push(c);
-        if i == 0 {
-            assert!(until(Duration::from_secs(5), || scans.load(Ordering::SeqCst) == 1).await);
-        } else {
-            assert!(until(Duration::from_secs(5), || waiting(&f) == 1).await);
-        }
-    }
+    let senders = [
+        client_from("127.0.0.21", f.smtp).await,
+        client_from("127.0.0.22", f.smtp).await,
+    ];
+    let e0 = f.engines[0].as_ref().unwrap();
+    let mut senders =
+        crate::engine::overload::one_scanning_one_waiting(senders, &scans, e0, &msg).await;
     let mut c = client_from("127.0.0.23", f.smtp).await;
     c.cmd("EHLO client.example", "250").await;
     c.cmd("MAIL FROM:<c@sender.example>", "250").await;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::{FAST, TestEngine, msg};
 use crate::mail::{Client, Sink, until};
 
-fn metric(e: &TestEngine, line_start: &str) -> u64 {
+/// The value of the first `/metrics` line of `e` that starts with `line_start` (0 if none).
+pub(crate) fn metric(e: &TestEngine, line_start: &str) -> u64 {
     e.ops
         .metrics
         .render()
@@ -82,6 +83,34 @@ pub(crate) async fn stuck_clamd() -> (Arc<AtomicUsize>, String) {
     (scans, lines)
 }
 
+/// Sends a message on each of `senders` up to its final dot: the first goes into its scan (at
+/// the stuck clamd, `scans` reaches 1), the second waits its turn at `engine` (the waiting
+/// gauge reaches 1). Returns the sessions, their `250`s still to come.
+pub(crate) async fn one_scanning_one_waiting(
+    senders: [Client; 2],
+    scans: &AtomicUsize,
+    engine: &TestEngine,
+    msg: &dyn Fn(&str) -> String,
+) -> Vec<Client> {
+    let mut out = Vec::new();
+    for (i, mut c) in senders.into_iter().enumerate() {
+        c.cmd("EHLO client.example", "250").await;
+        c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+        c.cmd("RCPT TO:<bob@acme.example>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(format!("{}.\r\n", msg(&format!("m{i}"))).as_bytes())
+            .await;
+        out.push(c);
+        if i == 0 {
+            assert!(until(Duration::from_secs(5), || scans.load(Ordering::SeqCst) == 1).await);
+        } else {
+            let waiting = || metric(engine, "maildistiller_engine_processing_waiting{");
+            assert!(until(Duration::from_secs(5), || waiting() == 1).await);
+        }
+    }
+    out
+}
+
 /// `engine.max_processing = 1`, and a clamd that takes connections and never answers (each
 /// scan waits for its timeout): message A is being scanned, message B has arrived and waits
 /// its turn, so the engine is busy. A third sender is refused at RCPT with `451 4.3.2` while
@@ -95,23 +124,8 @@ async fn beyond_max_processing_new_recipients_get_451_at_once_and_received_mail_
     let (scans, busy) = stuck_clamd().await;
     let extra = format!("{busy}{FAST}");
     let e = TestEngine::start(&dir.path().join("spool"), a_sink.addr, g_sink.addr, &extra).await;
-    let waiting = || metric(&e, "maildistiller_engine_processing_waiting{");
-    let mut senders = Vec::new();
-    for i in 0..2 {
-        let mut c = Client::connect(e.smtp).await;
-        c.cmd("EHLO client.example", "250").await;
-        c.cmd("MAIL FROM:<a@sender.example>", "250").await;
-        c.cmd("RCPT TO:<bob@acme.example>", "250").await;
-        c.cmd("DATA", "354").await;
-        c.send(format!("{}.\r\n", msg(&format!("m{i}"))).as_bytes())
-            .await;
-        senders.push(c);
-        if i == 0 {
-            assert!(until(Duration::from_secs(5), || scans.load(Ordering::SeqCst) == 1).await);
-        } else {
-            assert!(until(Duration::from_secs(5), || waiting() == 1).await);
-        }
-    }
+    let senders = [Client::connect(e.smtp).await, Client::connect(e.smtp).await];
+    let mut senders = one_scanning_one_waiting(senders, &scans, &e, &msg).await;
     let mut third = Client::connect(e.smtp).await;
     third.cmd("EHLO client.example", "250").await;
     third.cmd("MAIL FROM:<c@sender.example>", "250").await;
