@@ -33,11 +33,13 @@ pub struct SharedConfig {
     /// Prefix of every key we write (so one Redis can serve rspamd and us side by side).
     /// Default `md`.
     pub prefix: String,
-    /// Deadline of one read on the message path (fingerprint counts, a greylisting triplet).
-    /// Past it the message is decided with local knowledge only. Default 50 ms.
+    /// Deadline of one read on the message path (a greylisting triplet) and of each read of
+    /// the spreading stream (off the message path). Past it the message is decided with local
+    /// knowledge only. Default 50 ms.
     pub timeout: Dur,
     /// Sightings, triplets and rate increments are written in one batch this often (never on
-    /// the message path). Default 100 ms.
+    /// the message path), and engines read what is new on the spreading stream (outbreak
+    /// counts other nodes saw grow) as often. Default 100 ms.
     pub flush_interval: Dur,
     /// How often each node refreshes the intelligence feed and the fleet's sender rates, and,
     /// while the store is down, tries it again. Default 1 s.

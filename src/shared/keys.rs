@@ -94,6 +94,12 @@ impl Keys {
         (tag, key)
     }
 
+    /// The spreading stream (`spread.rs`): one stream, an entry per fingerprint whose counts
+    /// grew past one tenant or network. `(tag, key)`.
+    pub fn spread(&self) -> (String, String) {
+        ("spread".into(), format!("{}:{{spread}}", self.prefix))
+    }
+
     /// The intelligence feed: one hash (field `kind:value`). `(tag, key)`.
     pub fn intel(&self) -> (String, String) {
         ("intel".into(), format!("{}:{{intel}}", self.prefix))
@@ -133,6 +139,8 @@ mod tests {
         let (tag, key) = k.rate(9, 'c', 123);
         assert_eq!(hash_tag(&key), tag);
         let (tag, key) = k.intel();
+        assert_eq!(hash_tag(&key), tag);
+        let (tag, key) = k.spread();
         assert_eq!(hash_tag(&key), tag);
         assert_eq!(Fingerprint::parse(&fp.id()), Some(fp));
         assert_eq!(Fingerprint::parse("x00"), None);

@@ -5,11 +5,12 @@
 //! | metric | labels | what |
 //! |---|---|---|
 //! | `shared_store_up` | | 1 while the store answers; 0: local knowledge only (alert `MaildistillerSharedStoreDown`) |
-//! | `shared_calls_total` | op, result | reads on the message path, batched writes, syncs: ok, error, timeout, skipped (store down) |
+//! | `shared_calls_total` | op, result | reads on the message path, batched writes, reads of the spreading stream (`spread`), syncs: ok, error, timeout, skipped (store down) |
 //! | `shared_call_seconds` | op | latency of answered calls |
 //! | `shared_writes_dropped_total` | | writes lost: queue full, or their batch failed |
 //! | `outbreak_detected_total` | | fingerprints this node found first over a policy's thresholds |
 //! | `outbreak_matched_total` | action | messages acted on for an outbreak (score, quarantine, reject, delay, released after a delay) |
+//! | `outbreak_updates_total` | source | changes to what this node knows of a fingerprint's fleet counts: `answer` (to its own sighting), `fleet` (another node's, from the spreading stream) |
 //! | `outbreak_action_delay_seconds` | | from a fingerprint's first sighting anywhere to the first message this node acted on |
 //! | `greylist_total` | outcome | RCPTs of greylisted tenants: first, early, passed, allowed, unavailable |
 //! | `intel_entries` | | entries of the operator's feed in force here |
@@ -30,6 +31,7 @@ pub struct SharedMetrics {
     pub detected: IntCounter,
     pub matched: IntCounterVec,
     pub action_delay: Histogram,
+    pub updates: IntCounterVec,
     pub greylist: IntCounterVec,
     pub intel_entries: IntGauge,
     pub intel_hits: IntCounterVec,
@@ -91,6 +93,13 @@ impl SharedMetrics {
                 ]),
             )
             .expect("valid metric"),
+            updates: counter(
+                "outbreak_updates_total",
+                "Changes to what this node knows of a fingerprint's fleet counts, by source: answer (the store's \
+                 answer to this node's sighting), fleet (another node's, from the spreading \
+                 stream).",
+                &["source"],
+            ),
             greylist: counter(
                 "greylist_total",
                 "Greylisting decisions at RCPT by outcome (first, early, passed, allowed, \
@@ -119,10 +128,14 @@ impl SharedMetrics {
         m.register(Box::new(self.detected.clone()));
         m.register(Box::new(self.matched.clone()));
         m.register(Box::new(self.action_delay.clone()));
+        m.register(Box::new(self.updates.clone()));
         m.register(Box::new(self.greylist.clone()));
         m.register(Box::new(self.intel_entries.clone()));
         m.register(Box::new(self.intel_hits.clone()));
-        for op in ["read", "write", "sync"] {
+        for s in ["answer", "fleet"] {
+            self.updates.with_label_values(&[s]);
+        }
+        for op in ["read", "write", "spread", "sync"] {
             for r in ["ok", "error", "timeout", "skipped"] {
                 self.calls.with_label_values(&[op, r]);
             }

@@ -11,6 +11,7 @@
 //! | `conn.rs` | connections (standalone or Cluster), one batch of commands with a deadline |
 //! | `keys.rs` | every key name, with its hash tag |
 //! | `outbreak.rs` | sightings of fingerprints: the fleet's counts and this node's own |
+//! | `spread.rs` | what this node knows of the fleet's counts: the sighting script's answers and the spreading stream |
 //! | `greylist.rs` | greylisting triplets |
 //! | `limits.rs` | fleet-wide sender rates for the edges |
 //! | `intel.rs` | the operator's intelligence feed and its API |
@@ -18,11 +19,14 @@
 //!
 //! # Nothing waits on the store
 //!
-//! - **Reads on the message path** (a message's fingerprint counts: one pipeline per message;
-//!   a greylisting triplet: one GET per RCPT) go to the store near the node (`shared.read`: a
-//!   replica or a per-silo instance) with a deadline (`shared.timeout`, 50 ms by default).
-//!   Past it, or when the store is known to be down, the node decides on its own knowledge:
-//!   the sightings it made itself, the triplets it saw itself, the last intel feed it read.
+//! - **Outbreak counts are never read on the message path**: a message is judged on what this
+//!   node already knows (`spread.rs`) — the counts the store answered to its own sightings,
+//!   and those other nodes put on the spreading stream, read from the near store every
+//!   `shared.flush_interval` — and on its own sightings since.
+//! - **Reads on the message path** (a greylisting triplet: one GET per RCPT) go to the store
+//!   near the node (`shared.read`: a replica or a per-silo instance) with a deadline
+//!   (`shared.timeout`, 50 ms by default). Past it, or when the store is known to be down, the
+//!   node decides on its own knowledge: the triplets it saw itself, the last intel feed it read.
 //! - **Writes** (sightings, triplets, outbreak markers) never happen on the message path: they
 //!   queue (at most `shared.max_pending`, then dropped and counted) and a writer sends them
 //!   every `shared.flush_interval` as one pipeline to `shared.redis` (the primary, which may
@@ -50,7 +54,8 @@
 //! block is in force everywhere within about 1.3 s. When the link between regions is cut, a
 //! silo keeps reading its replica (stale, but its own writes fail and are counted), decides on
 //! what it knows, and catches up when the link returns: the replica resynchronises, the writer
-//! resumes. One shared instance (all silos on one address) is the simple shape, and the one
+//! resumes. Outbreak counts travel the same path, plus one more batch (the spreading stream's
+//! append) and the reader's next turn: ~0.4 s (`spread.rs`). One shared instance (all silos on one address) is the simple shape, and the one
 //! most integration tests run (`tests/it/shared.rs`); a real three-primary Cluster
 //! (`shared/cluster.rs`) and a primary, replica and Sentinel through a failover
 //! (`shared/sentinel.rs`) are run too.
@@ -61,7 +66,8 @@
 //! |---|---|---|
 //! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`), ≤ [`outbreak::MEMBERS_CAP`] per kind plus one message's recipients (≤ ~800 members): 168 B for a fingerprint seen once (listpack), 79 KB with 600 members (a skiplist past 128; `MEMORY USAGE`, Redis 7.0), ≤ ~105 KB | the policy's window after the last sighting |
 //! | summary `P:o:{fp}:s` | a 5-field hash, 136 B | with the sightings |
-//! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL`] (1 d) |
+//! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL_MS`] (1 d) |
+//! | spreading stream `P:{spread}` | one stream, ~80 B an entry, ≤ [`spread::STREAM_MAX`] entries (~0.8 MB) | trimmed to its length as it is appended to |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
 //! | sender rates `P:r:{net}:c/m:MIN` | an integer, ~60 B | 2 min |
 //! | intel feed `P:{intel}` | one hash, ~150 B an entry, ≤ [`intel::MAX_ENTRIES`] | entries carry their own expiry; expired ones are removed when listed |
@@ -79,6 +85,7 @@ pub mod keys;
 pub mod limits;
 mod metrics;
 pub mod outbreak;
+pub mod spread;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -136,11 +143,13 @@ pub(crate) struct Write {
     pub then: Then,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Then {
     Nothing,
     /// An outbreak marker set with NX: `OK` means this node found the outbreak first.
     Marker,
+    /// A sighting script: it answers these fingerprints' counts (`spread.rs`).
+    Counted(Vec<Fingerprint>),
 }
 
 /// The process's view of the fleet's shared knowledge (one per process: [`Fleet::for_process`];
@@ -154,6 +163,10 @@ pub struct Fleet {
     queue: Option<mpsc::Sender<Write>>,
     pub metrics: SharedMetrics,
     pub outbreaks: outbreak::Local,
+    /// What this node knows of the fleet's counts (`spread.rs`).
+    pub spread: spread::View,
+    /// A scanner counts fingerprints here: the writer follows the spreading stream.
+    following: AtomicBool,
     pub greylist: greylist::Local,
     pub intel: ArcSwap<intel::Feed>,
     pub rates: limits::Rates,
@@ -186,6 +199,8 @@ impl Fleet {
             queue,
             metrics: SharedMetrics::new(),
             outbreaks: outbreak::Local::default(),
+            spread: spread::View::default(),
+            following: AtomicBool::new(false),
             greylist: greylist::Local::default(),
             intel: ArcSwap::from_pointee(intel::Feed::default()),
             rates: limits::Rates::default(),
@@ -219,6 +234,11 @@ impl Fleet {
             tokio::spawn(sync(fleet.clone(), ops.clone()));
         }
         fleet
+    }
+
+    /// Asks the writer to follow the spreading stream (an outbreak scanner was built).
+    pub fn follow_spread(&self) {
+        self.following.store(true, Ordering::Relaxed);
     }
 
     /// A store is configured.
@@ -373,7 +393,8 @@ fn start_writer(
     }
 }
 
-/// Sends queued writes every `flush_interval`, as one pipeline (at most [`MAX_BATCH`]).
+/// Sends queued writes every `flush_interval`, as one pipeline (at most [`MAX_BATCH`]), and
+/// then reads what is new on the spreading stream (when a scanner follows it).
 async fn writer(
     fleet: Weak<Fleet>,
     mut rx: mpsc::Receiver<Write>,
@@ -386,6 +407,7 @@ async fn writer(
     let mut tick = tokio::time::interval(cfg.flush_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Write> = Vec::new();
+    let mut spread_from = "0".to_owned();
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -413,6 +435,9 @@ async fn writer(
                 None => fleet.metrics.dropped.inc_by(batch.len() as u64),
             }
         }
+        if fleet.following.load(Ordering::Relaxed) {
+            spread_from = fleet.read_spread(spread_from).await;
+        }
         if stopping {
             return;
         }
@@ -427,6 +452,7 @@ async fn flush(fleet: &Fleet, conn: &Conn, batch: Vec<Write>) {
     };
     // Scripts the server does not know yet: once more as EVAL (which also caches them).
     let mut again = Vec::new();
+    let mut tell = Vec::new();
     for (w, a) in batch.iter().zip(&answers) {
         match a {
             Value::ServerError(e) if e.code() == "NOSCRIPT" && w.script.is_some() => {
@@ -436,7 +462,7 @@ async fn flush(fleet: &Fleet, conn: &Conn, batch: Vec<Write>) {
                 tracing::debug!(error = ?e, "shared store refused a write");
                 fleet.metrics.dropped.inc();
             }
-            a => after(fleet, w.then, a),
+            a => tell.extend(after(fleet, &w.then, a)),
         }
     }
     if !again.is_empty() {
@@ -444,17 +470,32 @@ async fn flush(fleet: &Fleet, conn: &Conn, batch: Vec<Write>) {
         match fleet.call("write", conn, &calls, WRITE_DEADLINE).await {
             Some(answers) => {
                 for ((w, _), a) in again.iter().zip(&answers) {
-                    after(fleet, w.then, a);
+                    tell.extend(after(fleet, &w.then, a));
                 }
             }
             None => fleet.metrics.dropped.inc_by(again.len() as u64),
         }
     }
+    // What spread further than this node knew: on the stream for every node, at once.
+    if !tell.is_empty()
+        && fleet
+            .call("write", conn, &tell, WRITE_DEADLINE)
+            .await
+            .is_none()
+    {
+        fleet.metrics.dropped.inc_by(tell.len() as u64);
+    }
 }
 
-fn after(fleet: &Fleet, then: Then, answer: &Value) {
-    if then == Then::Marker && matches!(answer, Value::Okay) {
-        fleet.metrics.detected.inc();
+/// Takes a write's answer; returns the calls that tell the fleet what it learnt.
+fn after(fleet: &Fleet, then: &Then, answer: &Value) -> Vec<Call> {
+    match then {
+        Then::Marker if matches!(answer, Value::Okay) => {
+            fleet.metrics.detected.inc();
+            Vec::new()
+        }
+        Then::Counted(fps) => fleet.answered(fps, answer),
+        _ => Vec::new(),
     }
 }
 

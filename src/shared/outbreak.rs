@@ -8,8 +8,8 @@
 //! fingerprints (written in a batch, never on the message path; one call per fingerprint on a
 //! Cluster, where a script's keys must share a slot): per fingerprint it trims the window,
 //! adds the members (about [`MEMBERS_CAP`] per kind at most: past a threshold nobody needs the
-//! exact count) and rewrites the summary, about eight commands. Reading a message's counts is
-//! one `HMGET` per fingerprint, all in one pipeline.
+//! exact count), rewrites the summary, about eight commands, and answers the counts — which
+//! is how this node learns them (`spread.rs`): the message path never reads the store.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,7 +31,8 @@ pub const LOCAL_MAX: usize = 20_000;
 
 /// KEYS: per fingerprint, its members' sorted set and its summary (two keys each). ARGV: now
 /// (ms), window (ms), cap, then the members: `t` and the tenant, `n` and the network, `r` and
-/// each recipient (hex). Returns how many fingerprints it counted.
+/// each recipient (hex). Answers, per fingerprint, its counts after this sighting: recipients,
+/// tenants, networks, first and last sighting (ms).
 ///
 /// The summary's counts are kept as members come and go (a new member: `ZADD` answers 1; a
 /// member that slid out of the window: read before it is removed), so a sighting costs the
@@ -41,6 +42,7 @@ pub const LOCAL_MAX: usize = 20_000;
 pub const SIGHTING: &str = r"
 local now, window, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local kinds = {r = 1, t = 2, n = 3}
+local out = {}
 local add = {{}, {now, ARGV[4]}, {now, ARGV[5]}}
 for i = 6, #ARGV do
   table.insert(add[1], now)
@@ -50,7 +52,7 @@ for k = 1, #KEYS, 2 do
   local z, s = KEYS[k], KEYS[k + 1]
   local h = redis.call('HMGET', s, 'r', 't', 'n', 'first')
   local c = {tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0}
-  local first = h[4]
+  local first = tonumber(h[4])
   if not first then
     first = now
     c = {0, 0, 0}
@@ -77,8 +79,9 @@ for k = 1, #KEYS, 2 do
   redis.call('HSET', s, 'r', c[1], 't', c[2], 'n', c[3], 'first', first, 'last', now)
   redis.call('PEXPIRE', z, window)
   redis.call('PEXPIRE', s, window)
+  for _, x in ipairs({c[1], c[2], c[3], first, now}) do table.insert(out, x) end
 end
-return #KEYS / 2
+return out
 ";
 
 fn sighting_sha() -> &'static str {
@@ -237,19 +240,17 @@ fn evict(m: &mut HashMap<Fingerprint, Entry>, from: u64) {
 }
 
 impl Fleet {
-    /// The fleet's counts of `fps`, one pipeline to the near store (`None`: local knowledge only).
-    pub async fn counts(&self, fps: &[Fingerprint]) -> Option<Vec<Counts>> {
-        if !self.enabled() || fps.is_empty() {
-            return None;
-        }
-        let answers = self
-            .read_each(fps, |k| {
-                let mut cmd = redis::cmd("HMGET");
-                cmd.arg(&k.summary).arg(&["r", "t", "n", "first"]);
-                cmd
+    /// How far each of `fps` has spread within `window_ms`: the larger of each count the fleet
+    /// answered or told this node (`spread.rs`) and this node's own sightings. Never waits.
+    pub fn counts(&self, fps: &[Fingerprint], now_ms: u64, window_ms: u64) -> Vec<Counts> {
+        fps.iter()
+            .map(|fp| {
+                let local = self.outbreaks.counts(fp, now_ms, window_ms);
+                self.spread
+                    .counts(fp, now_ms, window_ms)
+                    .map_or(local, |f| f.max(local))
             })
-            .await?;
-        Some(answers.iter().map(parse_summary).collect())
+            .collect()
     }
 
     /// Which of `fps` the fleet marked as outbreaks (a delayed message's second look).
@@ -320,7 +321,7 @@ impl Fleet {
             self.write(Write {
                 call: Call { tag, cmd },
                 script: Some(SIGHTING),
-                then: Then::Nothing,
+                then: Then::Counted(group.to_vec()),
             });
         }
     }
@@ -343,25 +344,6 @@ impl Fleet {
             script: None,
             then: Then::Marker,
         });
-    }
-}
-
-fn parse_summary(v: &Value) -> Counts {
-    let Value::Array(items) = v else {
-        return Counts::default();
-    };
-    let num = |i: usize| -> Option<u64> {
-        match items.get(i)? {
-            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-            Value::Int(n) => u64::try_from(*n).ok(),
-            _ => None,
-        }
-    };
-    Counts {
-        recipients: num(0).unwrap_or(0) as u32,
-        tenants: num(1).unwrap_or(0) as u32,
-        networks: num(2).unwrap_or(0) as u32,
-        first_ms: num(3),
     }
 }
 
@@ -408,19 +390,13 @@ mod tests {
     }
 
     #[test]
-    fn summaries_parse_and_counts_merge() {
-        let v = Value::Array(vec![
-            Value::BulkString(b"12".to_vec()),
-            Value::BulkString(b"3".to_vec()),
-            Value::BulkString(b"2".to_vec()),
-            Value::BulkString(b"1700000000000".to_vec()),
-        ]);
-        let c = parse_summary(&v);
-        assert_eq!((c.recipients, c.tenants, c.networks), (12, 3, 2));
-        assert_eq!(
-            parse_summary(&Value::Array(vec![Value::Nil; 4])),
-            Counts::default()
-        );
+    fn counts_merge_by_the_larger_and_the_earlier() {
+        let c = Counts {
+            recipients: 12,
+            tenants: 3,
+            networks: 2,
+            first_ms: Some(1_700_000_000_000),
+        };
         let local = Counts {
             recipients: 20,
             tenants: 1,

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::engine::TestEngine;
+use crate::engine::overload::metric;
 use crate::mail::{Client, Sink, until};
 use crate::support::free_port;
 
@@ -184,6 +185,34 @@ async fn via(engine: &TestEngine, client: &str) -> Client {
     c
 }
 
+/// Whether `engine` knows, without asking the store, a fingerprint seen by `recipients` or
+/// more at two tenants from two networks.
+fn knows(engine: &TestEngine, recipients: u32) -> bool {
+    let fleet = engine
+        .ops
+        .extension::<maildistiller::shared::Fleet>()
+        .expect("the engine's fleet client");
+    fleet.spread.known().iter().any(|(_, k)| {
+        k.counts.recipients >= recipients && k.counts.tenants >= 2 && k.counts.networks >= 2
+    })
+}
+
+/// After the campaign's `k`th copy: from the second (two tenants, two networks: spreading),
+/// every engine knows the fleet's counts (up to the threshold, 3) without asking — those that
+/// did not see the copy from the spreading stream.
+async fn all_know(engines: &[&TestEngine], k: u64) {
+    if k < 2 {
+        return;
+    }
+    for (n, e) in engines.iter().enumerate() {
+        assert!(
+            until(Duration::from_secs(5), || knows(e, k.min(3) as u32)).await,
+            "engine {} learnt the counts after copy {k}",
+            n + 1
+        );
+    }
+}
+
 const PARAGRAPHS: [&str; 4] = [
     "Your mailbox storage has reached its limit and new incoming messages are now being held \
      on the server until the account owner confirms the details we have on file for the account.",
@@ -305,7 +334,12 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
             .await,
             "copy {i}'s sighting reached the store"
         );
+        all_know(&[&e1, &e2], k).await;
     }
+    // The second engine learnt counts from the first one's sightings through the stream.
+    let from_fleet =
+        |e: &TestEngine| metric(e, "maildistiller_outbreak_updates_total{source=\"fleet\"");
+    assert!(from_fleet(&e1) > 0 && from_fleet(&e2) > 0);
     // Sightings live for the policy's window (10 minutes), not the default hour.
     let summary = redis.keys("camp:o:*:s").pop().unwrap();
     let ttl = match redis.query(&["PTTL", &summary]) {
@@ -367,14 +401,14 @@ async fn a_newsletter_to_many_recipients_of_one_tenant_is_not_an_outbreak() {
 
 /// The sighting script's counts, straight against the store: members that slide out of the
 /// window are taken off the summary's counts, a kind at the cap only refreshes the members it
-/// has, and one call counts every fingerprint it is given.
+/// has, and one call counts every fingerprint it is given and answers each one's counts.
 #[test]
 fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
     use maildistiller::shared::outbreak::SIGHTING;
     let Some(redis) = Redis::start() else { return };
     let mut con = redis.con().unwrap();
     let keys = ["w:o:{a}:z", "w:o:{a}:s", "w:o:{b}:z", "w:o:{b}:s"];
-    let mut sight = |now: u64, cap: u32, members: &[&str]| -> i64 {
+    let mut sight = |now: u64, cap: u32, members: &[&str]| -> Vec<u64> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SIGHTING)
             .arg(4)
@@ -394,12 +428,16 @@ fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
     };
     // A window of 100 s (the keys expire 100 s after their last sighting).
     let t0 = 1_000_000;
+    // Each fingerprint's counts after the sighting: recipients, tenants, networks, first, last.
     assert_eq!(
         sight(t0, 200, &["t1", "n1", "r1", "r2"]),
-        2,
+        [2, 1, 1, t0, t0, 2, 1, 1, t0, t0],
         "both fingerprints"
     );
-    sight(t0 + 50_000, 200, &["t2", "n1", "r3"]);
+    assert_eq!(
+        sight(t0 + 50_000, 200, &["t2", "n1", "r3"])[..5],
+        [3, 2, 1, t0, t0 + 50_000]
+    );
     assert_eq!(summary(keys[1]), (3, 2, 1, t0));
     assert_eq!(summary(keys[3]), (3, 2, 1, t0));
     // At t0 + 120 s the first sighting (t0) is out of the window: r1, r2 and t1 go.

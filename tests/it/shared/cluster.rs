@@ -87,7 +87,8 @@ sync_interval = "100ms"
             .collect::<Vec<i64>>()
     };
     // Three recipients, two tenants, two networks cross the policy's thresholds; the copies
-    // after that are quarantined at either engine.
+    // after that are quarantined at either engine (each told of the counts by the cluster:
+    // the spreading stream lives on one node, the fingerprints' keys on all three).
     let copies: [(&TestEngine, &str, &str, [usize; 4], &str); 5] = [
         (
             &e1,
@@ -142,6 +143,7 @@ sync_interval = "100ms"
         let total = |k: Vec<i64>| k.iter().sum::<i64>();
         let before = total(keys());
         let _ = until(Duration::from_secs(3), || total(keys()) > before).await;
+        super::all_know(&[&e1, &e2], i as u64 + 1).await;
     }
     let first_three = &states[..3];
     assert!(

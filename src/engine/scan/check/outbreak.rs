@@ -1,9 +1,10 @@
 //! `outbreak`: what the fleet has seen of this message. Its fingerprints
 //! (`scan::fingerprint`) are looked up in the operator's intelligence feed (local, refreshed
-//! every `shared.sync_interval`) and counted: the fleet's counts in one pipeline to the near
-//! store (within `shared.timeout`), this node's own counts at once; the larger of each decides
-//! against `[policy.NAME.outbreak]`. The message's own sightings are then recorded here and
-//! queued for the store (one write for them all). It never fails: without the store it decides on local knowledge.
+//! every `shared.sync_interval`) and counted: what this node knows of the fleet's counts
+//! (`shared::spread`: no round trip on the message path) and its own sightings, the larger of
+//! each deciding against `[policy.NAME.outbreak]`. The message's own sightings are recorded
+//! here and queued for the store (one write for them all, whose answer tells this node the
+//! fleet's counts). It never fails or waits: without the store it decides on local knowledge.
 //!
 //! Findings: `intel.block` (the policy's `actions.blocklist`), `intel.allow` (score 0: no
 //! outbreak finding follows), `outbreak.<kind>` (the fingerprint that reached every threshold,
@@ -74,6 +75,7 @@ pub fn parse_delay(reason: &str) -> Option<(Vec<Fingerprint>, u64)> {
 
 impl OutbreakCheck {
     pub fn new(cfg: &OutbreakConfig, blocklist: PolicyAction, fleet: Arc<Fleet>) -> OutbreakCheck {
+        fleet.follow_spread();
         OutbreakCheck {
             cfg: cfg.clone(),
             blocklist,
@@ -157,7 +159,7 @@ impl Check for OutbreakCheck {
             ));
         }
 
-        // Counts: the fleet's (one round trip, or none) and this node's own.
+        // Counts: what this node knows of the fleet's, and its own sightings (this one too).
         let fps: Vec<Fingerprint> = all
             .into_iter()
             .filter(|f| self.cfg.fingerprints.contains(&f.kind))
@@ -166,7 +168,6 @@ impl Check for OutbreakCheck {
             return Ok(out);
         }
         let window = self.cfg.window.get().as_millis() as u64;
-        let fleet = self.fleet.counts(&fps).await;
         let rcpts: Vec<u64> = env
             .rcpts
             .iter()
@@ -180,17 +181,7 @@ impl Check for OutbreakCheck {
             window_ms: window,
         };
         self.fleet.sighted(&fps, &sighting);
-        let counts: Vec<Counts> = fps
-            .iter()
-            .enumerate()
-            .map(|(i, fp)| {
-                let local = self.fleet.outbreaks.counts(fp, now, window);
-                fleet
-                    .as_ref()
-                    .and_then(|f| f.get(i).copied())
-                    .map_or(local, |f| f.max(local))
-            })
-            .collect();
+        let counts: Vec<Counts> = self.fleet.counts(&fps, now, window);
         if allowed {
             return Ok(out);
         }

@@ -1,0 +1,394 @@
+//! How far fingerprints have spread across the fleet, known here without asking: the view the
+//! message path decides with, so no message waits on a round trip to the store.
+//!
+//! Two ways in, both off the message path (on the writer's thread):
+//!
+//! 1. **Answers.** The sighting script answers each fingerprint's counts after counting the
+//!    message (everyone's sightings so far, this one's included): a node knows what the fleet
+//!    has seen of every fingerprint it has seen itself, one batch after its own sighting.
+//! 2. **The spreading stream** (`P:{spread}`, one Redis stream). A node whose answer shows a
+//!    fingerprint seen at two tenants or from two networks or more — what may become an
+//!    outbreak; a newsletter of one tenant from one network never does — and changed since
+//!    what it knew, appends the new counts ([`STREAM_MAX`] entries kept). Every node reads the
+//!    stream from its near store each `shared.flush_interval` (one `XREAD`, from where it left
+//!    off; from the start after a restart, so it catches up on what is spreading): a fingerprint
+//!    spreading elsewhere is known here before its first copy arrives.
+//!
+//! A count reaches another silo in: the writer's batch (≤ `flush_interval`) + the round trip to
+//! the primary + the next batch's append (≤ `flush_interval`) + replication to the silo's
+//! replica + its next read (≤ `flush_interval`): ~0.4 s with the defaults and 100 ms between
+//! regions (the goal: ≤ 2 s).
+//!
+//! # What is exact, what is not
+//!
+//! The view is as of the last answer or entry, so a count is behind by what the fleet saw since
+//! (at most a few batches); the node's own sightings since are in [`super::outbreak::Local`],
+//! and the message path takes the larger of each count. Members that slid out of the window
+//! are taken off when the next answer or entry for the fingerprint arrives; until then the view
+//! may count them still (an entry is forgotten once its last sighting is a window old). A
+//! fingerprint of one tenant and one network is known fleet-wide only at the nodes that saw it:
+//! a policy whose thresholds are one tenant and one network acts at each node one batch after
+//! that node's first copy.
+//!
+//! # Bounds
+//!
+//! [`VIEW_MAX`] fingerprints in the view (the least recently seen go first); the stream keeps
+//! [`STREAM_MAX`] entries (~80 B each: ~0.8 MB in the store); one read takes at most
+//! [`READ_COUNT`] entries.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use redis::Value;
+
+use super::keys::Fingerprint;
+use super::outbreak::Counts;
+use super::{Call, Fleet};
+
+/// Fingerprints this node knows the fleet's counts of; the least recently seen go first.
+pub const VIEW_MAX: usize = 20_000;
+/// Entries the spreading stream keeps (approximately: `MAXLEN ~`).
+pub const STREAM_MAX: usize = 10_000;
+/// Entries one read of the stream takes at most (the rest: the next read).
+pub const READ_COUNT: usize = 1_000;
+
+/// The fleet's counts of one fingerprint, as last answered, and when it was last seen (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub counts: Counts,
+    pub last_ms: u64,
+}
+
+impl Known {
+    /// Seen at two tenants or from two networks: worth telling every node.
+    pub fn spreading(&self) -> bool {
+        self.counts.tenants >= 2 || self.counts.networks >= 2
+    }
+
+    /// As a stream entry's value: `r t n first last`.
+    fn encode(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "{} {} {} {} {}",
+            c.recipients,
+            c.tenants,
+            c.networks,
+            c.first_ms.unwrap_or(self.last_ms),
+            self.last_ms
+        )
+    }
+
+    fn decode(s: &str) -> Option<Known> {
+        let mut it = s.split(' ').map(|x| x.parse::<u64>().ok());
+        let mut next = || it.next().flatten();
+        let (r, t, n, first, last) = (next()?, next()?, next()?, next()?, next()?);
+        let small = |x: u64| u32::try_from(x).ok();
+        Some(Known {
+            counts: Counts {
+                recipients: small(r)?,
+                tenants: small(t)?,
+                networks: small(n)?,
+                first_ms: Some(first),
+            },
+            last_ms: last,
+        })
+    }
+}
+
+/// What this node knows of the fleet's counts.
+#[derive(Debug, Default)]
+pub struct View {
+    map: Mutex<HashMap<Fingerprint, Known>>,
+}
+
+impl View {
+    /// The fleet's counts of `fp` when its last sighting is within `window_ms` of `now_ms`.
+    pub fn counts(&self, fp: &Fingerprint, now_ms: u64, window_ms: u64) -> Option<Counts> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(fp)
+            .filter(|k| k.last_ms >= now_ms.saturating_sub(window_ms))
+            .map(|k| k.counts)
+    }
+
+    /// Every fingerprint known, with its counts (the `intel`-style listing and the tests).
+    pub fn known(&self) -> Vec<(Fingerprint, Known)> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(f, k)| (*f, *k)).collect()
+    }
+
+    /// Takes `k` unless what is known is newer; true when the counts changed.
+    pub fn learn(&self, fp: Fingerprint, k: Known) -> bool {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = m.get(&fp) {
+            if old.last_ms > k.last_ms {
+                return false;
+            }
+            let changed = old.counts.recipients != k.counts.recipients
+                || old.counts.tenants != k.counts.tenants
+                || old.counts.networks != k.counts.networks;
+            m.insert(fp, k);
+            return changed;
+        }
+        if m.len() >= VIEW_MAX {
+            evict(&mut m);
+        }
+        m.insert(fp, k);
+        true
+    }
+}
+
+/// Forgets the least recently seen eighth.
+fn evict(m: &mut HashMap<Fingerprint, Known>) {
+    let mut lasts: Vec<u64> = m.values().map(|k| k.last_ms).collect();
+    let n = VIEW_MAX / 8;
+    if lasts.len() <= n {
+        return;
+    }
+    lasts.select_nth_unstable(n);
+    let cut = lasts[n];
+    m.retain(|_, k| k.last_ms > cut);
+}
+
+/// The sighting script's answer for one call: `r, t, n, first, last` per fingerprint.
+pub(crate) fn parse_answer(v: &Value) -> Vec<Known> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    let num = |v: &Value| -> Option<u64> {
+        match v {
+            Value::Int(n) => u64::try_from(*n).ok(),
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    };
+    items
+        .chunks_exact(5)
+        .map(|c| {
+            let n: Vec<u64> = c.iter().map(|v| num(v).unwrap_or(0)).collect();
+            Known {
+                counts: Counts {
+                    recipients: n[0] as u32,
+                    tenants: n[1] as u32,
+                    networks: n[2] as u32,
+                    first_ms: Some(n[3]),
+                },
+                last_ms: n[4],
+            }
+        })
+        .collect()
+}
+
+impl Fleet {
+    /// Takes the counts a batch's sighting scripts answered; what spread further than this
+    /// node knew goes on the stream (returned as the calls to append it).
+    pub(crate) fn answered(&self, fps: &[Fingerprint], answer: &Value) -> Vec<Call> {
+        let mut tell = Vec::new();
+        for (fp, k) in fps.iter().zip(parse_answer(answer)) {
+            if self.spread.learn(*fp, k) {
+                self.metrics.updates.with_label_values(&["answer"]).inc();
+                if k.spreading() {
+                    tell.push((*fp, k));
+                }
+            }
+        }
+        tell.into_iter()
+            .map(|(fp, k)| self.append(&fp, &k))
+            .collect()
+    }
+
+    fn append(&self, fp: &Fingerprint, k: &Known) -> Call {
+        let (tag, key) = self.keys.spread();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAX)
+            .arg("*")
+            .arg(fp.id())
+            .arg(k.encode());
+        Call { tag, cmd }
+    }
+
+    /// Reads the stream from `after` (an entry id; `0` the first time) on the near store and
+    /// takes what it says; returns where to go on from (unchanged when nothing was read).
+    pub(crate) async fn read_spread(&self, after: String) -> String {
+        let Some(conn) = self.read.load_full() else {
+            return after;
+        };
+        if !self.is_up() {
+            return after;
+        }
+        let (tag, key) = self.keys.spread();
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&after);
+        let Some(answer) = self
+            .call(
+                "spread",
+                &conn,
+                &[Call { tag, cmd }],
+                self.cfg.timeout.get(),
+            )
+            .await
+        else {
+            return after;
+        };
+        let entries = answer.first().map(stream_entries).unwrap_or_default();
+        let mut last = after;
+        for (id, fields) in entries {
+            for (f, v) in fields {
+                if let (Some(fp), Some(k)) = (Fingerprint::parse(&f), Known::decode(&v))
+                    && self.spread.learn(fp, k)
+                {
+                    self.metrics.updates.with_label_values(&["fleet"]).inc();
+                }
+            }
+            last = id;
+        }
+        last
+    }
+}
+
+/// `XREAD`'s answer for one stream: its entries, each an id and its field/value pairs (RESP2
+/// arrays or RESP3 maps alike; nil when nothing is new).
+fn stream_entries(v: &Value) -> Vec<(String, Vec<(String, String)>)> {
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn pairs(v: &Value) -> Vec<(String, String)> {
+        match v {
+            Value::Array(a) => a
+                .chunks_exact(2)
+                .filter_map(|p| Some((text(&p[0])?, text(&p[1])?)))
+                .collect(),
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    // One stream: [[key, entries]] (RESP2) or {key: entries} (RESP3).
+    let entries = match v {
+        Value::Array(streams) => streams.first().and_then(|s| match s {
+            Value::Array(kv) => kv.get(1),
+            _ => None,
+        }),
+        Value::Map(m) => m.first().map(|(_, e)| e),
+        _ => None,
+    };
+    let Some(Value::Array(entries)) = entries else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(p) if p.len() == 2 => Some((text(&p[0])?, pairs(&p[1]))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::outbreak::FingerprintKind;
+
+    fn k(r: u32, t: u32, n: u32, last_ms: u64) -> Known {
+        Known {
+            counts: Counts {
+                recipients: r,
+                tenants: t,
+                networks: n,
+                first_ms: Some(1),
+            },
+            last_ms,
+        }
+    }
+
+    #[test]
+    fn the_view_keeps_the_newest_and_forgets_what_left_the_window() {
+        let v = View::default();
+        let fp = Fingerprint {
+            kind: FingerprintKind::Fuzzy,
+            digest: 7,
+        };
+        assert!(v.learn(fp, k(2, 2, 1, 1000)), "new");
+        assert!(!v.learn(fp, k(2, 2, 1, 1100)), "same counts, later");
+        assert!(!v.learn(fp, k(9, 9, 9, 900)), "an older answer loses");
+        assert!(v.learn(fp, k(3, 2, 2, 1200)));
+        assert_eq!(v.counts(&fp, 1500, 1000).map(|c| c.recipients), Some(3));
+        assert_eq!(
+            v.counts(&fp, 2300, 1000),
+            None,
+            "a window after its last sighting"
+        );
+        for d in 0..VIEW_MAX as u64 + 10 {
+            let f = Fingerprint {
+                kind: FingerprintKind::Text,
+                digest: d,
+            };
+            v.learn(f, k(1, 1, 1, 5000 + d));
+        }
+        assert!(v.known().len() <= VIEW_MAX, "bounded");
+    }
+
+    #[test]
+    fn answers_and_entries_parse() {
+        let int = Value::Int;
+        let a = Value::Array(vec![
+            int(3),
+            int(2),
+            int(2),
+            int(100),
+            int(200),
+            int(1),
+            int(1),
+            int(1),
+            int(150),
+            int(150),
+        ]);
+        let got = parse_answer(&a);
+        assert_eq!(
+            got,
+            vec![
+                k(3, 2, 2, 200).with_first(100),
+                k(1, 1, 1, 150).with_first(150)
+            ]
+        );
+        assert!(
+            parse_answer(&Value::Int(2)).is_empty(),
+            "an old script's answer"
+        );
+        let e = k(5, 3, 2, 99);
+        assert_eq!(Known::decode(&e.encode()), Some(e));
+        assert_eq!(Known::decode("1 2 x 4 5"), None);
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("p:{spread}"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("f0000000000000007"), bulk("5 3 2 1 99")]),
+            ])]),
+        ])]);
+        let got = stream_entries(&resp2);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "1-0");
+        assert_eq!(got[0].1[0].1, "5 3 2 1 99");
+        assert!(stream_entries(&Value::Nil).is_empty(), "nothing new");
+    }
+
+    impl Known {
+        fn with_first(mut self, first: u64) -> Known {
+            self.counts.first_ms = Some(first);
+            self
+        }
+    }
+}
