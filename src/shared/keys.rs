@@ -50,15 +50,13 @@ pub struct Keys {
 }
 
 /// The keys of one fingerprint's sightings: one sorted set of who saw it (member: `r`, `t` or
-/// `n` and a hashed recipient, tenant or network; score: when last seen, ms) and the summary
-/// hash the message path reads (`r`, `t`, `n`: the three counts; `first`, `last`: ms), plus
-/// the outbreak marker (set once, by the first node that finds the fingerprint over a
-/// policy's thresholds).
+/// `n` and a hashed recipient, tenant or network; score: when last seen, ms) holding its counts
+/// too (members `#r`, `#t`, `#n`, `#f`, negative scores: `outbreak.rs`), plus the outbreak
+/// marker (set once, by the first node that finds the fingerprint over a policy's thresholds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SightingKeys {
     pub tag: String,
     pub members: String,
-    pub summary: String,
     pub marker: String,
 }
 
@@ -74,7 +72,6 @@ impl Keys {
         let base = format!("{}:o:{{{tag}}}", self.prefix);
         SightingKeys {
             members: format!("{base}:z"),
-            summary: format!("{base}:s"),
             marker: format!("{base}:x"),
             tag,
         }
@@ -130,10 +127,10 @@ mod tests {
             digest: 0xdead_beef,
         };
         let s = k.sightings(&fp);
-        for key in [&s.members, &s.summary, &s.marker] {
+        for key in [&s.members, &s.marker] {
             assert_eq!(hash_tag(key), s.tag, "{key}");
         }
-        assert_eq!(s.summary, "md:o:{f00000000deadbeef}:s");
+        assert_eq!(s.members, "md:o:{f00000000deadbeef}:z");
         let (tag, key) = k.greylist(7);
         assert_eq!(hash_tag(&key), tag);
         let (tag, key) = k.rate(9, 'c', 123);

@@ -2,14 +2,18 @@
 //! networks, within a sliding window — counted by the fleet (the store) and by this node alone
 //! (its own sightings, what it decides with while the store is away).
 //!
-//! In the store, one fingerprint is one sorted set of who saw it (hashed recipients, tenants
-//! and networks, each member typed by its first letter; score = when last seen) and a summary
-//! hash the message path reads. A message's sightings are one script call for all its
+//! In the store, one fingerprint is one sorted set: who saw it (hashed recipients, tenants
+//! and networks, each member typed by its first letter; score = when last seen, ms) and its
+//! counts, kept in the same set as members `#r`, `#t`, `#n` (the three counts) and `#f` (the
+//! first sighting) with *negative* scores, so the window's trim (scores from 0 to a window
+//! ago) never touches them. A message's sightings are one script call for all its
 //! fingerprints (written in a batch, never on the message path; one call per fingerprint on a
-//! Cluster, where a script's keys must share a slot): per fingerprint it trims the window,
-//! adds the members (about [`MEMBERS_CAP`] per kind at most: past a threshold nobody needs the
-//! exact count), rewrites the summary, about eight commands, and answers the counts — which
-//! is how this node learns them (`spread.rs`): the message path never reads the store.
+//! Cluster, where a script's keys must share a slot): per fingerprint one `ZMSCORE` (the
+//! counts, and which of the message's members are new), one `ZADD` (new and refreshed members
+//! and the new counts: at most [`MEMBERS_CAP`] per kind — past a threshold nobody needs the
+//! exact count), one `PEXPIRE`, and the trim only once the fingerprint is older than the
+//! window; it answers the counts, which is how this node learns them (`spread.rs`): the
+//! message path never reads the store.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,56 +33,61 @@ pub const LOCAL_CAP: usize = 32;
 /// Fingerprints this node remembers on its own; the least recently seen go first.
 pub const LOCAL_MAX: usize = 20_000;
 
-/// KEYS: per fingerprint, its members' sorted set and its summary (two keys each). ARGV: now
-/// (ms), window (ms), cap, then the members: `t` and the tenant, `n` and the network, `r` and
-/// each recipient (hex). Answers, per fingerprint, its counts after this sighting: recipients,
-/// tenants, networks, first and last sighting (ms).
+/// KEYS: one sorted set per fingerprint. ARGV: now (ms), window (ms), cap, then the members:
+/// `t` and the tenant, `n` and the network, `r` and each recipient (hex). Answers, per
+/// fingerprint, its counts after this sighting: recipients, tenants, networks, first and last
+/// sighting (ms).
 ///
-/// The summary's counts are kept as members come and go (a new member: `ZADD` answers 1; a
-/// member that slid out of the window: read before it is removed), so a sighting costs the
-/// same whether a fingerprint was seen once or by thousands. A kind at the cap only refreshes
-/// the members it has (`ZADD XX`): a set holds at most the cap plus one message's recipients.
-/// A summary that is gone (expired, evicted) starts the count again from an empty set.
+/// The counts are kept as members come and go (a member `ZMSCORE` does not know is new; a
+/// member that slid out of the window is read before it is removed), so a sighting costs the
+/// same whether a fingerprint was seen once or by thousands: three commands, and the trim
+/// once the fingerprint is older than the window. A kind at the cap only refreshes the
+/// members it has. A set without its counts (written by an older version) counts again from
+/// this sighting: members it held before are not counted, and are dropped as they slide out.
 pub const SIGHTING: &str = r"
 local now, window, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local kinds = {r = 1, t = 2, n = 3}
-local out = {}
-local add = {{}, {now, ARGV[4]}, {now, ARGV[5]}}
-for i = 6, #ARGV do
-  table.insert(add[1], now)
-  table.insert(add[1], ARGV[i])
+local members, seen = {}, {}
+for i = 4, #ARGV do
+  if not seen[ARGV[i]] then
+    seen[ARGV[i]] = true
+    table.insert(members, ARGV[i])
+  end
 end
-for k = 1, #KEYS, 2 do
-  local z, s = KEYS[k], KEYS[k + 1]
-  local h = redis.call('HMGET', s, 'r', 't', 'n', 'first')
-  local c = {tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0}
-  local first = tonumber(h[4])
+local out = {}
+for _, z in ipairs(KEYS) do
+  local got = redis.call('ZMSCORE', z, '#r', '#t', '#n', '#f', unpack(members))
+  local first = tonumber(got[4])
+  local c = {0, 0, 0}
   if not first then
     first = now
-    c = {0, 0, 0}
-    redis.call('DEL', z)
+    for j = 1, #members do got[4 + j] = false end
   else
-    local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now - window)
-    if #gone > 0 then
-      for _, m in ipairs(gone) do
-        local i = kinds[string.sub(m, 1, 1)]
-        if i then c[i] = math.max(c[i] - 1, 0) end
-      end
-      redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
-    end
-  end
-  for i = 1, 3 do
-    if #add[i] > 0 then
-      if c[i] < cap then
-        c[i] = c[i] + redis.call('ZADD', z, unpack(add[i]))
-      else
-        redis.call('ZADD', z, 'XX', unpack(add[i]))
+    first = -first
+    for i = 1, 3 do c[i] = -(tonumber(got[i]) or 0) end
+    if first < now - window then
+      local gone = redis.call('ZRANGEBYSCORE', z, 0, now - window)
+      if #gone > 0 then
+        for _, m in ipairs(gone) do
+          local i = kinds[string.sub(m, 1, 1)]
+          if i then c[i] = math.max(c[i] - 1, 0) end
+        end
+        redis.call('ZREMRANGEBYSCORE', z, 0, now - window)
       end
     end
   end
-  redis.call('HSET', s, 'r', c[1], 't', c[2], 'n', c[3], 'first', first, 'last', now)
+  local add = {}
+  for j, m in ipairs(members) do
+    local i = kinds[string.sub(m, 1, 1)]
+    local known = got[4 + j] and tonumber(got[4 + j]) >= now - window
+    if i and (known or c[i] < cap) then
+      if not known then c[i] = c[i] + 1 end
+      table.insert(add, now)
+      table.insert(add, m)
+    end
+  end
+  redis.call('ZADD', z, -c[1], '#r', -c[2], '#t', -c[3], '#n', -first, '#f', unpack(add))
   redis.call('PEXPIRE', z, window)
-  redis.call('PEXPIRE', s, window)
   for _, x in ipairs({c[1], c[2], c[3], first, now}) do table.insert(out, x) end
 end
 return out
@@ -303,11 +312,11 @@ impl Fleet {
         };
         for group in groups {
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sighting_sha()).arg(group.len() * 2);
+            cmd.arg(sighting_sha()).arg(group.len());
             let mut tag = String::new();
             for fp in group {
                 let k = self.keys.sightings(fp);
-                cmd.arg(&k.members).arg(&k.summary);
+                cmd.arg(&k.members);
                 tag = k.tag;
             }
             cmd.arg(s.now_ms)

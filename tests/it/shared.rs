@@ -118,21 +118,23 @@ impl Redis {
             .unwrap_or_default()
     }
 
-    /// The highest of one summary field over every sighting summary under `prefix`.
-    fn max_count(&self, prefix: &str, field: &str) -> u64 {
+    /// The highest of one count (`r`, `t` or `n`) over every fingerprint under `prefix` (kept in
+    /// its sorted set as member `#r`… with the count's negative as its score).
+    fn max_count(&self, prefix: &str, count: &str) -> u64 {
         let Some(mut con) = self.con() else {
             return 0;
         };
-        self.keys(&format!("{prefix}:o:*:s"))
+        self.keys(&format!("{prefix}:o:*:z"))
             .iter()
             .filter_map(|k| {
-                redis::cmd("HGET")
+                redis::cmd("ZSCORE")
                     .arg(k)
-                    .arg(field)
-                    .query::<Option<u64>>(&mut con)
+                    .arg(format!("#{count}"))
+                    .query::<Option<f64>>(&mut con)
                     .ok()
                     .flatten()
             })
+            .map(|s| -s as u64)
             .max()
             .unwrap_or(0)
     }
@@ -341,8 +343,8 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
         |e: &TestEngine| metric(e, "maildistiller_outbreak_updates_total{source=\"fleet\"");
     assert!(from_fleet(&e1) > 0 && from_fleet(&e2) > 0);
     // Sightings live for the policy's window (10 minutes), not the default hour.
-    let summary = redis.keys("camp:o:*:s").pop().unwrap();
-    let ttl = match redis.query(&["PTTL", &summary]) {
+    let sightings = redis.keys("camp:o:*:z").pop().unwrap();
+    let ttl = match redis.query(&["PTTL", &sightings]) {
         Some(redis::Value::Int(ms)) => ms,
         other => panic!("{other:?}"),
     };
@@ -400,62 +402,65 @@ async fn a_newsletter_to_many_recipients_of_one_tenant_is_not_an_outbreak() {
 }
 
 /// The sighting script's counts, straight against the store: members that slide out of the
-/// window are taken off the summary's counts, a kind at the cap only refreshes the members it
-/// has, and one call counts every fingerprint it is given and answers each one's counts.
+/// window are taken off the counts, a kind at the cap only refreshes the members it has, a
+/// member named twice counts once, and one call counts every fingerprint it is given and
+/// answers each one's counts.
 #[test]
 fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
     use maildistiller::shared::outbreak::SIGHTING;
     let Some(redis) = Redis::start() else { return };
     let mut con = redis.con().unwrap();
-    let keys = ["w:o:{a}:z", "w:o:{a}:s", "w:o:{b}:z", "w:o:{b}:s"];
+    let keys = ["w:o:{a}:z", "w:o:{b}:z"];
+    // Each fingerprint's counts after the sighting: recipients, tenants, networks, first, last.
     let mut sight = |now: u64, cap: u32, members: &[&str]| -> Vec<u64> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SIGHTING)
-            .arg(4)
+            .arg(keys.len())
             .arg(&keys)
             .arg(now)
             .arg(100_000)
             .arg(cap);
         cmd.arg(members).query(&mut con).unwrap()
     };
-    let summary = |key: &str| -> (u64, u64, u64, u64) {
-        let mut con = redis.con().unwrap();
-        redis::cmd("HMGET")
-            .arg(key)
-            .arg(&["r", "t", "n", "first"])
-            .query(&mut con)
-            .unwrap()
-    };
     // A window of 100 s (the keys expire 100 s after their last sighting).
     let t0 = 1_000_000;
-    // Each fingerprint's counts after the sighting: recipients, tenants, networks, first, last.
     assert_eq!(
-        sight(t0, 200, &["t1", "n1", "r1", "r2"]),
+        sight(t0, 200, &["t1", "n1", "r1", "r2", "r1"]),
         [2, 1, 1, t0, t0, 2, 1, 1, t0, t0],
-        "both fingerprints"
+        "both fingerprints, r1 once"
     );
-    assert_eq!(
-        sight(t0 + 50_000, 200, &["t2", "n1", "r3"])[..5],
-        [3, 2, 1, t0, t0 + 50_000]
-    );
-    assert_eq!(summary(keys[1]), (3, 2, 1, t0));
-    assert_eq!(summary(keys[3]), (3, 2, 1, t0));
+    let t1 = t0 + 50_000;
+    assert_eq!(sight(t1, 200, &["t2", "n1", "r3"])[..5], [3, 2, 1, t0, t1]);
     // At t0 + 120 s the first sighting (t0) is out of the window: r1, r2 and t1 go.
-    sight(t0 + 120_000, 200, &["t2", "n2", "r3"]);
-    assert_eq!(summary(keys[1]), (1, 1, 2, t0));
-    // A cap of 2: the kind over it keeps its members fresh but takes no new one.
-    sight(t0 + 130_000, 2, &["t3", "n3", "r4", "r5"]);
+    let t2 = t0 + 120_000;
+    assert_eq!(sight(t2, 200, &["t2", "n2", "r3"])[..5], [1, 1, 2, t0, t2]);
+    // A cap of 2: a kind at it keeps its members fresh but takes no new one.
+    let t3 = t0 + 130_000;
     assert_eq!(
-        summary(keys[1]),
-        (3, 2, 2, t0),
-        "one message may pass the cap"
+        sight(t3, 2, &["t3", "n3", "r4", "r5"])[..5],
+        [2, 2, 2, t0, t3],
+        "r4 fits under the cap, r5 does not"
     );
-    sight(t0 + 140_000, 2, &["t4", "n4", "r6"]);
+    let t4 = t0 + 140_000;
     assert_eq!(
-        summary(keys[1]),
-        (3, 2, 2, t0),
+        sight(t4, 2, &["t4", "n4", "r3"])[..5],
+        [2, 2, 2, t0, t4],
         "no new member past the cap"
     );
+    // What the store holds: the members within the cap, and the counts beside them.
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys[0])
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    for m in ["#r", "#t", "#n", "#f", "r3", "r4", "t2", "t3", "n1", "n2"] {
+        assert!(members.iter().any(|x| x == m), "{m} in {members:?}");
+    }
+    for m in ["r1", "r2", "r5", "t1", "t4", "n3", "n4"] {
+        assert!(!members.iter().any(|x| x == m), "{m} in {members:?}");
+    }
+    assert_eq!(redis.max_count("w", "r"), 2);
 }
 
 #[tokio::test]
