@@ -291,13 +291,17 @@ pub async fn run(redis: &Redis) {
     )
     .await;
     // The fleet engine: production defaults (timeout 50 ms, batches every 100 ms, thresholds
-    // 10 recipients / 3 tenants / 2 networks in 1 h) under the bench's own prefix.
+    // 10 recipients / 3 tenants / 2 networks in 1 h) under the bench's own prefix;
+    // `SCAN_BENCH_FLUSH` sets another `shared.flush_interval` (e.g. `20ms`).
+    let flush = std::env::var("SCAN_BENCH_FLUSH")
+        .map(|f| format!("flush_interval = \"{f}\"\n"))
+        .unwrap_or_default();
     let fleet = TestEngine::start(
         &d2.path().join("spool"),
         acme.addr,
         globex.addr,
         &format!(
-            "{common}[shared]\nredis = [\"{}\"]\nprefix = \"bench\"\n{scanners}outbreak = true\n",
+            "{common}[shared]\nredis = [\"{}\"]\nprefix = \"bench\"\n{flush}{scanners}outbreak = true\n",
             redis.url()
         ),
     )

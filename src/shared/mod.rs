@@ -64,8 +64,7 @@
 //!
 //! | family | per entry | expires |
 //! |---|---|---|
-//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`), ≤ [`outbreak::MEMBERS_CAP`] per kind plus one message's recipients (≤ ~800 members): 168 B for a fingerprint seen once (listpack), 79 KB with 600 members (a skiplist past 128; `MEMORY USAGE`, Redis 7.0), ≤ ~105 KB | the policy's window after the last sighting |
-//! | summary `P:o:{fp}:s` | a 5-field hash, 136 B | with the sightings |
+//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`) and its counts (`#r`, `#t`, `#n`, `#f`), ≤ [`outbreak::MEMBERS_CAP`] members per kind (≤ 604 members): 208 B for a fingerprint seen once (listpack), 3.6 KB with 124 members, 60 KB at the cap (a skiplist past 128; `MEMORY USAGE`, Redis 7.0.15) | the policy's window after the last sighting |
 //! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL_MS`] (1 d) |
 //! | spreading stream `P:{spread}` | one stream, ~80 B an entry, ≤ [`spread::STREAM_MAX`] entries (~0.8 MB) | trimmed to its length as it is appended to |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
@@ -74,7 +73,7 @@
 //!
 //! A message writes one sighting per fingerprint: 6 for a plain text (its digest and 5 fuzzy
 //! bands), up to 14 with attachments and URL domains. At 100 msg/s with a 1 h window and every
-//! message unique that is ~2.2 M fingerprints, ~300 B each: ~670 MB at worst; campaigns and repeated
+//! message unique that is ~2.2 M fingerprints, ~210 B each: ~460 MB at worst; campaigns and repeated
 //! mail share theirs. Size the window to the memory you give Redis (`maxmemory-policy
 //! volatile-ttl` keeps it safe).
 
@@ -366,10 +365,10 @@ impl Fleet {
     }
 }
 
-/// Starts the writer on a thread and runtime of its own, with a connection of its own. A
-/// flush encodes, sends and reads back up to [`MAX_BATCH`] commands: on the sessions' runtime
-/// (a current-thread one, or a worker whose other tasks wait) that would hold up the replies
-/// of the sessions beside it, and on the message path's connection it would queue their reads
+/// Starts the writer on a thread and runtime of its own, with a connection of its own. A flush
+/// encodes, sends and reads back up to [`MAX_BATCH`] commands: on the sessions' runtime (a
+/// current-thread one, or a worker whose other tasks wait) that would hold up the replies of
+/// the sessions beside it, and on the message path's connection it would queue their reads
 /// behind the whole batch. Ends at `shutdown` (after a last flush) or when the fleet is gone.
 fn start_writer(
     fleet: &Arc<Fleet>,
