@@ -41,6 +41,25 @@ impl LearntCheck {
     }
 }
 
+/// The finding's name, points and band for probability `p`; none in the unsure band.
+fn band(p: f64, c: &LearntConfig) -> Option<(&'static str, f64, String)> {
+    if p >= c.spam_cutoff {
+        Some((
+            "learnt.spam",
+            c.spam_score,
+            format!("spam >= {}", c.spam_cutoff),
+        ))
+    } else if p <= c.ham_cutoff {
+        Some((
+            "learnt.ham",
+            c.ham_score,
+            format!("ham <= {}", c.ham_cutoff),
+        ))
+    } else {
+        None
+    }
+}
+
 #[async_trait::async_trait]
 impl Check for LearntCheck {
     fn name(&self) -> &'static str {
@@ -53,22 +72,10 @@ impl Check for LearntCheck {
             .map_err(|e| CheckError::Unreachable(format!("model journal: {e}")))?;
         let toks = tokens::tokenize(s.decoded, s.urls);
         let (score, nspam, nham) = self.store.score(&toks);
-        let c = &self.cfg;
-        let (name, points, band) = if nspam + nham == 0 {
+        if nspam + nham == 0 {
             return Ok(Outcome::default());
-        } else if score.p >= c.spam_cutoff {
-            (
-                "learnt.spam",
-                c.spam_score,
-                format!("spam >= {}", c.spam_cutoff),
-            )
-        } else if score.p <= c.ham_cutoff {
-            (
-                "learnt.ham",
-                c.ham_score,
-                format!("ham <= {}", c.ham_cutoff),
-            )
-        } else {
+        }
+        let Some((name, points, band)) = band(score.p, &self.cfg) else {
             return Ok(Outcome::default());
         };
         let top: Vec<String> = score
@@ -94,5 +101,24 @@ impl Check for LearntCheck {
             }],
             headers: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unsure_band_is_the_policys() {
+        let d = LearntConfig::default();
+        assert_eq!(band(0.85, &d), None);
+        assert_eq!(band(0.1, &d).map(|b| b.1), Some(d.ham_score));
+        let c = LearntConfig {
+            spam_cutoff: 0.8,
+            ham_cutoff: 0.05,
+            ..d
+        };
+        assert_eq!(band(0.85, &c).map(|b| b.0), Some("learnt.spam"));
+        assert_eq!(band(0.1, &c), None);
     }
 }
