@@ -47,7 +47,9 @@ fn main() {
     }
     let (ns, nh) = (spam.len() as f64, ham.len() as f64);
     println!("{} spam, {} ham, {FOLDS} folds", spam.len(), ham.len());
-    println!("| spam_cutoff | ham_cutoff | spam >= cut | spam <= ham_cut | ham >= cut | ham in unsure | ham <= ham_cut |");
+    println!(
+        "| spam_cutoff | ham_cutoff | spam >= cut | spam <= ham_cut | ham >= cut | ham in unsure | ham <= ham_cut |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for sc in [0.8, 0.9, 0.95, 0.99] {
         for hc in [0.05, 0.1, 0.2, 0.3] {

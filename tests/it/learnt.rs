@@ -117,6 +117,13 @@ async fn a_reported_message_makes_its_near_copy_spam_at_once_and_a_restart_keeps
     let v = send(&e2, &a, "deals@offers.test", &spam("s3", ", dear.")).await;
     assert!(v.contains("learnt.spam(+7.5)"), "{v}");
     e2.stop().await;
+
+    // scanners.learnt = false: the same model, not asked.
+    let off = extra.replace("dnsbl = false\n", "dnsbl = false\nlearnt = false\n");
+    let e3 = TestEngine::start(&spool2, a.addr, g.addr, &off).await;
+    let v = send(&e3, &a, "deals@offers.test", &spam("s4", ", dear.")).await;
+    assert!(!v.contains("learnt"), "{v}");
+    e3.stop().await;
 }
 
 fn copy_journal(from: &Path, to: &Path) {

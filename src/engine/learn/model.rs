@@ -189,6 +189,12 @@ pub struct Store {
     state: RwLock<Followed>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "model::Store({})", self.path.display())
+    }
+}
+
 #[derive(Default)]
 struct Followed {
     model: Model,

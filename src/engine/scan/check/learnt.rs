@@ -26,12 +26,6 @@ pub struct LearntCheck {
     cfg: LearntConfig,
 }
 
-impl std::fmt::Debug for model::Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("model::Store")
-    }
-}
-
 impl LearntCheck {
     pub fn new(spool_dir: &Path, cfg: &LearntConfig) -> LearntCheck {
         LearntCheck {
