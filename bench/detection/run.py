@@ -20,7 +20,11 @@ Rows:
   f  ours with rspamd too (`scanners.rspamd`, the untrained rspamd of row a)
   g  ours with rspamd trained through the product: a fresh rspamd (not row b's), taught
      spam-1 and easy-ham-1 by `maildistiller learn --spam|--ham DIR` (the operator's path:
-     rspamd's controller with bulk learning, fuzzy hashes for spam, the audit log)
+     rspamd's controller with bulk learning, fuzzy hashes for spam, the audit log); our own
+     learnt model off (`scanners.learnt = false`)
+  h  row g's engine restarted with our own learnt model on (the model the same `maildistiller
+     learn` run trained, read back from the spool's journal)
+  i  the same, rspamd not asked to scan (only our scanners and our learnt model)
 
 Every message gets the same envelope everywhere: client 127.0.0.1, HELO bench-client.example,
 MAIL FROM its Return-Path (else its From address), RCPT TO the address it was delivered to
@@ -444,17 +448,23 @@ class SinkHandler(socketserver.StreamRequestHandler):
 
 
 class Ours:
-    def __init__(self, bin_path, work: Path, sink: Sink, domains, rspamd=None):
+    def __init__(self, bin_path, work: Path, sink: Sink, domains, rspamd=None, learnt=True,
+                 scan_rspamd=True):
+        """`learnt`: our own learnt classifier (scanners.learnt); `scan_rspamd`: with rspamd
+        given, whether the engine also scans with it (else rspamd is only the learning
+        controller the teacher talks to). The same `work/NAME` dir (its spool, its learnt
+        model) is reused when it exists: rows h and i restart row g's engine."""
         self.edge_port, self.engine_port, self.ops_port = free_port(), free_port(), free_port()
         self.bin = bin_path
         name = "ours-rspamd" if rspamd else "ours"
         self.dir = work / name
-        self.dir.mkdir()
+        self.dir.mkdir(exist_ok=True)
         # The client is loopback here: FCrDNS (a gateway signal) needs the network, so it is off.
         scanners = "auth = false   # SPF/DKIM/DMARC would query DNS\ndnsbl = false\n"
+        scanners += f"learnt = {'true' if learnt else 'false'}\n"
         extra = "[policy.default.gateway]\nfcrdns = false\n"
         if rspamd:
-            scanners += "rspamd = true\n"
+            scanners += f"rspamd = {'true' if scan_rspamd else 'false'}\n"
             pw = self.dir / "rspamd.password"
             pw.write_text(rspamd.env["MAILDISTILLER_RSPAMD_PASSWORD"] + "\n")
             extra += (f'[policy.default.rspamd]\naddress = "{rspamd.normal}"\n'
@@ -626,7 +636,7 @@ def run_ours(ours: Ours, sink: Sink, row: Row, limit, scores):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", default="a,b,c,d,e,f,g")
+    ap.add_argument("--rows", default="a,b,c,d,e,f,g,h,i")
     ap.add_argument("--limit", type=int, default=400, help="evaluation messages per group (0: all)")
     ap.add_argument("--bin", default=None, help="maildistiller binary (default: release build)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
@@ -642,12 +652,12 @@ def main():
     rows, cleanup, scores = [], [], []
     try:
         bin_path = args.bin
-        if rows_wanted & {"e", "f", "g"} and not bin_path:
+        if rows_wanted & {"e", "f", "g", "h", "i"} and not bin_path:
             target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
             log("cargo build --release")
             subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
             bin_path = str(target / "release/maildistiller")
-        sink = Sink() if rows_wanted & {"e", "f", "g"} else None
+        sink = Sink() if rows_wanted & {"e", "f", "g", "h", "i"} else None
         domains = {RCPT.split("@")[1]} | {envelope_rcpt(f.read_bytes()).split("@")[1]
                                           for g in EVAL for f in messages(g, args.limit)}
         if "e" in rows_wanted:
@@ -657,7 +667,7 @@ def main():
             rows.append(run_ours(ours, sink, Row("e", "ours, in-process only"), args.limit,
                                  scores))
             ours.stop()
-        if rows_wanted & {"a", "b", "f", "g"}:
+        if rows_wanted & {"a", "b", "f", "g", "h", "i"}:
             rspamd = Rspamd()
             cleanup.append(rspamd.stop)
             if "a" in rows_wanted:
@@ -675,20 +685,36 @@ def main():
                 rspamd.learn("ham", "easy-ham-1")
                 log("row b: rspamd trained")
                 rows.append(run_rspamd(rspamd, Row("b", "rspamd 3.4 + Bayes"), args.limit))
-            if "g" in rows_wanted:
+            if rows_wanted & {"g", "h", "i"}:
                 # A fresh rspamd, taught only through the product.
                 rspamd.stop()
                 rspamd = Rspamd()
                 cleanup.append(rspamd.stop)
                 log("row g: ours + rspamd, trained through maildistiller learn")
                 shutil.rmtree(work / "ours-rspamd", ignore_errors=True)
-                ours = Ours(bin_path, work, sink, domains, rspamd)
+                ours = Ours(bin_path, work, sink, domains, rspamd, learnt=False)
                 cleanup.append(ours.stop)
                 ours.learn("spam", "spam-1")
                 ours.learn("ham", "easy-ham-1")
                 rows.append(run_ours(ours, sink, Row("g", "ours + rspamd, learnt via product"),
                                      args.limit, scores))
                 ours.stop()
+                # The same engine (spool, learnt model, rspamd) restarted with our own model on.
+                if "h" in rows_wanted:
+                    log("row h: row g + our learnt model")
+                    ours = Ours(bin_path, work, sink, domains, rspamd, learnt=True)
+                    cleanup.append(ours.stop)
+                    rows.append(run_ours(ours, sink, Row("h", "ours + rspamd + our learnt model"),
+                                         args.limit, scores))
+                    ours.stop()
+                if "i" in rows_wanted:
+                    log("row i: our learnt model, rspamd not asked to scan")
+                    ours = Ours(bin_path, work, sink, domains, rspamd, learnt=True,
+                                scan_rspamd=False)
+                    cleanup.append(ours.stop)
+                    rows.append(run_ours(ours, sink, Row("i", "ours + our learnt model, no rspamd scan"),
+                                         args.limit, scores))
+                    ours.stop()
             rspamd.stop()
         if rows_wanted & {"c", "d"}:
             sa = SpamAssassin(work)

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-pub use super::detect::{GatewayConfig, LearningConfig, RspamdConfig};
+pub use super::detect::{GatewayConfig, LearningConfig, LearntConfig, RspamdConfig};
 use super::outbreak::{GreylistConfig, OutbreakConfig};
 use super::units::{Bytes, Dur};
 use super::validate::{Checker, is_domain};
@@ -64,6 +64,8 @@ pub struct PolicyConfig {
     pub gateway: GatewayConfig,
     /// Learning from users' reports and operators' corpora (rspamd's controller).
     pub learning: LearningConfig,
+    /// Our own classifier trained by those lessons; runs when `scanners.learnt`.
+    pub learnt: LearntConfig,
     /// Fleet-wide outbreak detection (`config/outbreak.rs`); runs when `scanners.outbreak`.
     pub outbreak: OutbreakConfig,
     /// Greylisting at RCPT (`config/outbreak.rs`); off unless `greylist.enabled`.
@@ -133,6 +135,9 @@ pub struct ScannersConfig {
     /// Fingerprints counted fleet-wide, the operator's intelligence feed
     /// (`[policy.NAME.outbreak]`). Default false.
     pub outbreak: bool,
+    /// Our own classifier, learnt from users' and operators' lessons (`[policy.NAME.learnt]`).
+    /// Default true (it adds nothing until something was taught).
+    pub learnt: bool,
 }
 
 impl Default for ScannersConfig {
@@ -147,6 +152,7 @@ impl Default for ScannersConfig {
             rspamd: false,
             gateway: true,
             outbreak: false,
+            learnt: true,
         }
     }
 }
@@ -637,6 +643,7 @@ impl PolicyConfig {
             err("auth.authserv_id", format!("{id:?} is not a host name"));
         }
         super::detect::check(&self.rspamd, &self.learning, &mut err);
+        super::detect::check_learnt(&self.learnt, &mut err);
         let mut fleet = Vec::new();
         super::outbreak::errors(&self.outbreak, &self.greylist, &mut fleet);
         for (p, m) in fleet {

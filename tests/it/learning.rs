@@ -37,13 +37,13 @@ impl Call {
 
 /// A stand-in for rspamd's controller: answers every request `200 {"success":true}` and
 /// records it.
-struct Controller {
-    addr: SocketAddr,
+pub(crate) struct Controller {
+    pub(crate) addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
 }
 
 impl Controller {
-    async fn start() -> Controller {
+    pub(crate) async fn start() -> Controller {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -120,7 +120,7 @@ impl Controller {
 }
 
 /// `[engine]` extras: fast delivery, and a policy that learns through `controller`.
-fn learning(dir: &Path, controller: &str, extra: &str) -> String {
+pub(crate) fn learning(dir: &Path, controller: &str, extra: &str) -> String {
     let pw = write(dir, "rspamd.password", "s3cret\n");
     format!(
         r#"
@@ -140,7 +140,7 @@ password_file = "{pw}"
 }
 
 /// A user's report: the original attached as `message/rfc822`.
-fn report(user: &str, original: &str) -> String {
+pub(crate) fn report(user: &str, original: &str) -> String {
     format!(
         "From: {user}\r\nTo: report-spam@acme.example\r\nSubject: Fwd: spam\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/mixed; boundary=\"r\"\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\n\

@@ -21,6 +21,8 @@ mod inbound_tls;
 mod keys;
 /// Learning from users: the report address, webmail's buttons, `maildistiller learn`, near-copies.
 mod learning;
+/// Our own classifier learnt from those lessons: a reported message's near-copy scores as spam at once, a restart keeps it.
+mod learnt;
 /// SMTP test peers: a client command language and a recording sink.
 mod mail;
 /// The real binary: /healthz, /readyz, /metrics, SIGHUP reload, SIGTERM drain.

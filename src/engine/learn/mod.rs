@@ -32,6 +32,13 @@
 //! - **Reversible**: teaching the other class relearns (rspamd moves the message's tokens from
 //!   one class to the other) and, from spam to ham, removes its fuzzy hashes (`fuzzy_del`).
 //!
+//! # Our own model
+//!
+//! Every lesson rspamd took also trains our own classifier ([`model`]: the message's
+//! [`tokens`] counted per class, durable in `SPOOL/learning/model.journal`; a relearn moves
+//! the counts from one class to the other), read by the `learnt` scanner of every engine
+//! using this spool directory, from the next message on.
+//!
 //! # Bounds
 //!
 //! [`MAX_REMEMBERED`] digests with their class in memory (beyond that, new lessons are still
@@ -39,7 +46,9 @@
 //! hourly counters (a new hour starts them all afresh).
 
 mod audit;
+pub mod model;
 pub mod original;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -154,6 +163,10 @@ pub fn teacher(spool_dir: &Path) -> Arc<Teacher> {
 }
 
 impl Teacher {
+    fn spool(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// The audit log's path.
     pub fn audit_path(&self) -> PathBuf {
         self.dir.join(audit::FILE)
@@ -211,6 +224,11 @@ impl Teacher {
             Learned::Now => Taught::Learnt,
             Learned::Already | Learned::NotNeeded => Taught::AlreadyKnown,
         };
+        // Our own model learns every lesson rspamd took (also those its Bayes already got
+        // right): its counts are the evidence, not its mistakes.
+        model::store(self.spool())
+            .teach(class, previous, &tokens_of(message))
+            .map_err(LearnError::Audit)?;
         self.record(who, class, &digest, taught, message)?;
         let mut g = self.load()?;
         if let Some(st) = g.as_mut()
@@ -258,6 +276,17 @@ impl Teacher {
         let e = Entry::new(who, class_str(class), digest, taught.as_str(), message);
         audit::append(&self.dir, &e).map_err(LearnError::Audit)
     }
+}
+
+/// The tokens our model counts for a raw message (decoded by the scanner's own decoder
+/// within the default scan limits, so a lesson and a later scan see the same tokens).
+pub fn tokens_of(message: &[u8]) -> Vec<String> {
+    use crate::engine::scan::{budget::Budget, check::extract_urls, decode::decode};
+    let limits = crate::config::policy::ScanLimits::default();
+    let mut budget = Budget::new(&limits, std::time::Instant::now());
+    let d = decode(message, &mut budget, limits.max_text_bytes.0 as usize);
+    let urls = extract_urls(&d.text, &d.html);
+    tokens::tokenize(&d, &urls)
 }
 
 /// The `[learning]` section of `tenant`'s policy (its override merged), as webmail and the

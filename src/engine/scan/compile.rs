@@ -101,6 +101,7 @@ impl Policies {
         mut interner: Interner,
     ) -> Result<Policies, Vec<ConfigError>> {
         let mut errors = cross_check(c).0;
+        interner.set_spool_dir(&c.engine.spool_dir);
         let mut out = Policies::default();
         let default = PolicyConfig::default();
         let mut names: Vec<&String> = c.policies.keys().collect();

@@ -11,6 +11,7 @@
 //! | `clamd` | `clamd` | clamd over INSTREAM (TCP or Unix socket) |
 //! | `gateway` | `gateway` | our first line: the client's FCrDNS, envelope vs header, link domains, undisclosed recipients, new sender domains |
 //! | `rspamd` | `rspamd` | rspamd over HTTP `/checkv2`; its controller's learning calls |
+//! | `learnt` | `learnt` | our own classifier, trained by users' and operators' lessons (`engine::learn::model`) |
 //! | `outbreak` | `outbreak` | fingerprints counted fleet-wide (`crate::shared`), the operator's intelligence feed |
 //!
 //! Lifecycle: checks are built once per config snapshot by [`build`] (regexes compiled, clients
@@ -28,6 +29,7 @@ mod dnsbl;
 mod gateway;
 mod http;
 mod json;
+mod learnt;
 pub mod outbreak;
 mod rspamd;
 
@@ -88,6 +90,8 @@ pub struct Interner {
     resolvers: HashMap<String, Arc<mail_auth::MessageAuthenticator>>,
     /// What the fleet knows (the process's client, or local knowledge only).
     fleet: Option<Arc<crate::shared::Fleet>>,
+    /// The engine's spool directory, where the learnt model lives (none: no `learnt` check).
+    spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Interner {
@@ -97,6 +101,11 @@ impl Interner {
             fleet: Some(fleet),
             ..Interner::default()
         }
+    }
+
+    /// The `learnt` check reads the model under this spool directory.
+    pub fn set_spool_dir(&mut self, dir: &std::path::Path) {
+        self.spool_dir = Some(dir.to_path_buf());
     }
 
     fn fleet(&mut self) -> Arc<crate::shared::Fleet> {
@@ -214,6 +223,16 @@ pub fn build(
         }) {
             Ok(c) => checks.push(c),
             Err(e) => errors.push(ConfigError::new(format!("{path}.rspamd.address"), e)),
+        }
+    }
+    if s.learnt
+        && let Some(dir) = interner.spool_dir.clone()
+    {
+        let key = format!("learnt {}", toml::to_string(&p.learnt).unwrap_or_default());
+        if let Ok(c) = interner.get_or(key, || {
+            Ok(Arc::new(learnt::LearntCheck::new(&dir, &p.learnt)))
+        }) {
+            checks.push(c);
         }
     }
     if s.outbreak {
