@@ -66,7 +66,9 @@ async fn a_reported_message_makes_its_near_copy_spam_at_once_and_a_restart_keeps
     let (a, g) = (Sink::start().await, Sink::start().await);
     let ctl = Controller::start().await;
     let spool = dir.path().join("spool");
-    let extra = learning(dir.path(), &ctl.addr.to_string(), KEYS);
+    // scanners.learnt = true: the classifier is asked (it is off by default).
+    let extra = learning(dir.path(), &ctl.addr.to_string(), KEYS)
+        .replace("dnsbl = false\n", "dnsbl = false\nlearnt = true\n");
     let e = TestEngine::start(&spool, a.addr, g.addr, &extra).await;
 
     // Untrained: the model says nothing.
@@ -118,8 +120,8 @@ async fn a_reported_message_makes_its_near_copy_spam_at_once_and_a_restart_keeps
     assert!(v.contains("learnt.spam(+7.5)"), "{v}");
     e2.stop().await;
 
-    // scanners.learnt = false: the same model, not asked.
-    let off = extra.replace("dnsbl = false\n", "dnsbl = false\nlearnt = false\n");
+    // scanners.learnt = false (the default): the same model, not asked.
+    let off = extra.replace("learnt = true\n", "");
     let e3 = TestEngine::start(&spool2, a.addr, g.addr, &off).await;
     let v = send(&e3, &a, "deals@offers.test", &spam("s4", ", dear.")).await;
     assert!(!v.contains("learnt"), "{v}");
