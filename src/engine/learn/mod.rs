@@ -147,18 +147,28 @@ pub struct Teacher {
 /// One teacher per spool directory in this process, so the engine's report address and its
 /// webmail buttons share the dedup memory and the hourly counts.
 pub fn teacher(spool_dir: &Path) -> Arc<Teacher> {
-    static ALL: OnceLock<Mutex<HashMap<PathBuf, Arc<Teacher>>>> = OnceLock::new();
-    let mut all = ALL
+    static ALL: PerSpool<Teacher> = OnceLock::new();
+    per_spool(&ALL, spool_dir, || Teacher {
+        dir: spool_dir.join("learning"),
+        state: Mutex::new(None),
+    })
+}
+
+/// One value per spool directory in this process.
+pub(crate) type PerSpool<T> = OnceLock<Mutex<HashMap<PathBuf, Arc<T>>>>;
+
+/// The value of `spool_dir` in `all`, made by `make` the first time it is asked for.
+pub(crate) fn per_spool<T>(
+    all: &PerSpool<T>,
+    spool_dir: &Path,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut all = all
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     all.entry(spool_dir.to_path_buf())
-        .or_insert_with(|| {
-            Arc::new(Teacher {
-                dir: spool_dir.join("learning"),
-                state: Mutex::new(None),
-            })
-        })
+        .or_insert_with(|| Arc::new(make()))
         .clone()
 }
 

@@ -32,7 +32,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::engine::scan::check::LearnAs;
 
@@ -205,19 +205,11 @@ struct Followed {
 
 /// One store per spool directory in this process (the scanner and the teacher share it).
 pub fn store(spool_dir: &Path) -> Arc<Store> {
-    static ALL: OnceLock<Mutex<HashMap<PathBuf, Arc<Store>>>> = OnceLock::new();
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    all.entry(spool_dir.to_path_buf())
-        .or_insert_with(|| {
-            Arc::new(Store {
-                path: spool_dir.join("learning").join(FILE),
-                state: RwLock::new(Followed::default()),
-            })
-        })
-        .clone()
+    static ALL: super::PerSpool<Store> = OnceLock::new();
+    super::per_spool(&ALL, spool_dir, || Store {
+        path: spool_dir.join("learning").join(FILE),
+        state: RwLock::new(Followed::default()),
+    })
 }
 
 impl Store {
