@@ -196,42 +196,48 @@ impl Local {
         m.insert(*fp);
     }
 
-    pub fn record(&self, fp: &Fingerprint, s: &Sighting<'_>) {
+    /// Records one message's sighting of each of `fps` (one lock for them all).
+    pub fn record(&self, fps: &[Fingerprint], s: &Sighting<'_>) {
         let from = s.now_ms.saturating_sub(s.window_ms);
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= LOCAL_MAX && !m.contains_key(fp) {
-            evict(&mut m, from);
-        }
-        let e = m.entry(*fp).or_insert_with(|| Entry {
-            first: s.now_ms,
-            ..Entry::default()
-        });
-        if e.last < from {
-            *e = Entry {
+        for fp in fps {
+            if m.len() >= LOCAL_MAX && !m.contains_key(fp) {
+                evict(&mut m, from);
+            }
+            let e = m.entry(*fp).or_insert_with(|| Entry {
                 first: s.now_ms,
                 ..Entry::default()
-            };
-        }
-        e.last = s.now_ms;
-        add(&mut e.tenants, s.tenant, s.now_ms, from);
-        add(&mut e.networks, s.network, s.now_ms, from);
-        for r in s.recipients {
-            add(&mut e.recipients, *r, s.now_ms, from);
+            });
+            if e.last < from {
+                *e = Entry {
+                    first: s.now_ms,
+                    ..Entry::default()
+                };
+            }
+            e.last = s.now_ms;
+            add(&mut e.tenants, s.tenant, s.now_ms, from);
+            add(&mut e.networks, s.network, s.now_ms, from);
+            for r in s.recipients {
+                add(&mut e.recipients, *r, s.now_ms, from);
+            }
         }
     }
 
-    pub fn counts(&self, fp: &Fingerprint, now_ms: u64, window_ms: u64) -> Counts {
+    /// This node's own counts of each of `fps` within the window (one lock for them all).
+    pub fn counts(&self, fps: &[Fingerprint], now_ms: u64, window_ms: u64) -> Vec<Counts> {
         let from = now_ms.saturating_sub(window_ms);
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match m.get(fp) {
-            Some(e) if e.last >= from => Counts {
-                recipients: live(&e.recipients, from),
-                tenants: live(&e.tenants, from),
-                networks: live(&e.networks, from),
-                first_ms: Some(e.first),
-            },
-            _ => Counts::default(),
-        }
+        fps.iter()
+            .map(|fp| match m.get(fp) {
+                Some(e) if e.last >= from => Counts {
+                    recipients: live(&e.recipients, from),
+                    tenants: live(&e.tenants, from),
+                    networks: live(&e.networks, from),
+                    first_ms: Some(e.first),
+                },
+                _ => Counts::default(),
+            })
+            .collect()
     }
 }
 
@@ -252,13 +258,12 @@ impl Fleet {
     /// How far each of `fps` has spread within `window_ms`: the larger of each count the fleet
     /// answered or told this node (`spread.rs`) and this node's own sightings. Never waits.
     pub fn counts(&self, fps: &[Fingerprint], now_ms: u64, window_ms: u64) -> Vec<Counts> {
-        fps.iter()
-            .map(|fp| {
-                let local = self.outbreaks.counts(fp, now_ms, window_ms);
-                self.spread
-                    .counts(fp, now_ms, window_ms)
-                    .map_or(local, |f| f.max(local))
-            })
+        let fleet = self.spread.counts(fps, now_ms, window_ms);
+        self.outbreaks
+            .counts(fps, now_ms, window_ms)
+            .into_iter()
+            .zip(fleet)
+            .map(|(local, fleet)| fleet.map_or(local, |f| f.max(local)))
             .collect()
     }
 
@@ -299,9 +304,7 @@ impl Fleet {
     /// Records a message's sightings of `fps` here at once, and in the store with the next
     /// batch: one script call for them all (one per fingerprint on a Cluster).
     pub fn sighted(&self, fps: &[Fingerprint], s: &Sighting<'_>) {
-        for fp in fps {
-            self.outbreaks.record(fp, s);
-        }
+        self.outbreaks.record(fps, s);
         if !self.enabled() || fps.is_empty() {
             return;
         }
@@ -375,13 +378,13 @@ mod tests {
             now_ms,
             window_ms: 1000,
         };
-        l.record(&fp, &s(1, 10, &[100, 101], 0));
-        l.record(&fp, &s(2, 11, &[102], 500));
-        l.record(&fp, &s(2, 11, &[102], 600));
-        let c = l.counts(&fp, 700, 1000);
+        l.record(&[fp], &s(1, 10, &[100, 101], 0));
+        l.record(&[fp], &s(2, 11, &[102], 500));
+        l.record(&[fp], &s(2, 11, &[102], 600));
+        let c = l.counts(&[fp], 700, 1000)[0];
         assert_eq!((c.recipients, c.tenants, c.networks), (3, 2, 2));
         assert_eq!(c.first_ms, Some(0));
-        let c = l.counts(&fp, 1550, 1000);
+        let c = l.counts(&[fp], 1550, 1000)[0];
         assert_eq!(
             (c.recipients, c.tenants, c.networks),
             (1, 1, 1),
@@ -389,13 +392,16 @@ mod tests {
         );
         let many: Vec<u64> = (0..100).collect();
         l.record(
-            &fp,
+            &[fp],
             &Sighting {
                 recipients: &many,
                 ..s(3, 12, &[], 1600)
             },
         );
-        assert_eq!(l.counts(&fp, 1600, 1000).recipients as usize, LOCAL_CAP);
+        assert_eq!(
+            l.counts(&[fp], 1600, 1000)[0].recipients as usize,
+            LOCAL_CAP
+        );
     }
 
     #[test]

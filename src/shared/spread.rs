@@ -102,12 +102,14 @@ pub struct View {
 }
 
 impl View {
-    /// The fleet's counts of `fp` when its last sighting is within `window_ms` of `now_ms`.
-    pub fn counts(&self, fp: &Fingerprint, now_ms: u64, window_ms: u64) -> Option<Counts> {
+    /// The fleet's counts of each of `fps` whose last sighting is within `window_ms` of
+    /// `now_ms` (one lock for a message's fingerprints).
+    pub fn counts(&self, fps: &[Fingerprint], now_ms: u64, window_ms: u64) -> Vec<Option<Counts>> {
+        let from = now_ms.saturating_sub(window_ms);
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(fp)
-            .filter(|k| k.last_ms >= now_ms.saturating_sub(window_ms))
-            .map(|k| k.counts)
+        fps.iter()
+            .map(|fp| m.get(fp).filter(|k| k.last_ms >= from).map(|k| k.counts))
+            .collect()
     }
 
     /// Every fingerprint known, with its counts (the `intel`-style listing and the tests).
@@ -324,10 +326,13 @@ mod tests {
         assert!(!v.learn(fp, k(2, 2, 1, 1100)), "same counts, later");
         assert!(!v.learn(fp, k(9, 9, 9, 900)), "an older answer loses");
         assert!(v.learn(fp, k(3, 2, 2, 1200)));
-        assert_eq!(v.counts(&fp, 1500, 1000).map(|c| c.recipients), Some(3));
         assert_eq!(
-            v.counts(&fp, 2300, 1000),
-            None,
+            v.counts(&[fp], 1500, 1000)[0].map(|c| c.recipients),
+            Some(3)
+        );
+        assert_eq!(
+            v.counts(&[fp], 2300, 1000),
+            [None],
             "a window after its last sighting"
         );
         for d in 0..VIEW_MAX as u64 + 10 {
