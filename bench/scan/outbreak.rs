@@ -1,9 +1,10 @@
 //! What fleet-wide outbreak detection costs a message (issue #18): two in-process engines on
 //! loopback, one scanning with the built-in scanners only and no `[shared]`, the other with the
-//! `outbreak` scanner (its default fingerprints: text digest, fuzzy shingle bands, attachment
-//! digests) and `[shared]` on a real `redis-server` (no read on the message path: the counts
-//! come from the store's answers and the spreading stream; sightings written in batches). The
-//! same messages go through both, rounds alternating, and the table prints:
+//! `outbreak` scanner (its default fingerprints: fuzzy shingle bands and attachment digests;
+//! until stop 24 also the text digest) and `[shared]` on a real `redis-server` (no read on the
+//! message path: the counts come from the store's answers and the spreading stream; sightings
+//! written in batches). The same messages go through both, rounds alternating, and the table
+//! prints:
 //!
 //! - CPU per message of the engine (this process's CPU less the client thread's: the SMTP
 //!   client and the tenants' sink run on a thread of their own), and of `redis-server`, from
@@ -362,7 +363,9 @@ pub async fn run(redis: &Redis) {
     );
     let keys = redis.query(&["DBSIZE"]);
     println!("redis keys after the run: {keys:?}");
-    // What the store was asked, per message of the timed rounds (warm-ups add a little).
+    // What the store was asked, per message of the timed rounds (warm-ups add a little), and
+    // the time redis-server says it spent in each command (a script's commands are counted
+    // in it and again on their own).
     let info = match redis.query(&["INFO", "commandstats"]) {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
         Some(redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text)) => text,
@@ -372,16 +375,24 @@ pub async fn run(redis: &Redis) {
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls: f64 = rest
-                .split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse()
-                .ok()?;
-            Some(format!("{name} {:.1}", calls / fleet_msgs.max(1) as f64))
+            let field = |k: &str| -> Option<f64> {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            let per = |x: f64| x / fleet_msgs.max(1) as f64;
+            Some(format!(
+                "{name} {:.1} ({:.1} us)",
+                per(field("calls")?),
+                per(field("usec")?)
+            ))
         })
         .collect();
-    println!("redis commands per fleet message: {}", per.join(", "));
+    println!(
+        "redis commands per fleet message (and redis-server's time in them): {}",
+        per.join(", ")
+    );
     local.stop().await;
     fleet.stop().await;
 }

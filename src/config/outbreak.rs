@@ -1,8 +1,8 @@
 //! `[policy.NAME.outbreak]` and `[policy.NAME.greylist]`: the two parts of a policy that live
 //! on what the whole fleet has seen (through `[shared]`, or this node alone without it).
 //!
-//! Outbreak detection counts each fingerprint of a scanned message (text digest, fuzzy
-//! shingles, attachment digests, URL domains) fleet-wide in a sliding window: distinct
+//! Outbreak detection counts each fingerprint of a scanned message (of the kinds named in
+//! `fingerprints`: fuzzy shingles, attachment digests, text digest, URL domains) fleet-wide in a sliding window: distinct
 //! recipients, distinct tenants, distinct sending networks (/24, /64). A fingerprint that
 //! reaches every threshold is an outbreak, and mail carrying it gets the section's `action`.
 //! Greylisting answers `451 4.7.1` at RCPT to a (client network, sender, recipient) triplet
@@ -87,7 +87,11 @@ pub struct OutbreakConfig {
     /// With `action = "delay"`: a fingerprint seen at this many tenants makes mail a suspect.
     /// Default 2.
     pub delay_tenants: u32,
-    /// Which fingerprints count. Default text, fuzzy and attachment.
+    /// Which fingerprints count. Default fuzzy and attachment: `text` (the digest of the
+    /// whole normalised text) counts only exact copies, and every exact copy also matches
+    /// each fuzzy band, so beside `fuzzy` it adds a sighting to write and nothing to find;
+    /// list it alone to count exact copies only. Every kind is still looked up in the
+    /// intelligence feed, counted or not.
     pub fingerprints: Vec<FingerprintKind>,
 }
 
@@ -102,11 +106,7 @@ impl Default for OutbreakConfig {
             score: 5.0,
             delay: Dur::secs(300),
             delay_tenants: 2,
-            fingerprints: vec![
-                FingerprintKind::Text,
-                FingerprintKind::Fuzzy,
-                FingerprintKind::Attachment,
-            ],
+            fingerprints: vec![FingerprintKind::Fuzzy, FingerprintKind::Attachment],
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct Keys {
 
 /// The keys of one fingerprint's sightings: one sorted set of who saw it (member: `r`, `t` or
 /// `n` and a hashed recipient, tenant or network; score: when last seen, ms) holding its counts
-/// too (members `#r`, `#t`, `#n`, `#f`, negative scores: `outbreak.rs`), plus the outbreak
+/// too (members `#r`, `#t`, `#n`, `#f`, `#x`, negative scores: `outbreak.rs`), plus the outbreak
 /// marker (set once, by the first node that finds the fingerprint over a policy's thresholds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SightingKeys {

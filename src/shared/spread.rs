@@ -9,7 +9,13 @@
 //! 2. **The spreading stream** (`P:{spread}`, one Redis stream). A node whose answer shows a
 //!    fingerprint seen at two tenants or from two networks or more — what may become an
 //!    outbreak; a newsletter of one tenant from one network never does — and changed since
-//!    what it knew, appends the new counts ([`STREAM_MAX`] entries kept). Every node reads the
+//!    what it knew *in a way a policy can notice*, appends the new counts ([`STREAM_MAX`]
+//!    entries kept): a count that moved below the highest threshold of the node's outbreak
+//!    policies (or out from under it) may have crossed one; moves above it cannot, and are
+//!    told only once a quarter of the policies' shortest window has passed since the
+//!    fingerprint was last told (so the other nodes keep it within their window while it is
+//!    seen; their counts of it are then as of that entry, and a verdict citing it says "seen
+//!    by" that many, which the thresholds are all under). Every node reads the
 //!    stream from its near store each `shared.flush_interval` (one `XREAD`, from where it left
 //!    off; from the start after a restart, so it catches up on what is spreading): a fingerprint
 //!    spreading elsewhere is known here before its first copy arrives.
@@ -38,6 +44,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use redis::Value;
 
@@ -96,9 +103,63 @@ impl Known {
 }
 
 /// What this node knows of the fleet's counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct View {
-    map: Mutex<HashMap<Fingerprint, Known>>,
+    map: Mutex<HashMap<Fingerprint, Entry>>,
+    care: Care,
+}
+
+impl Default for View {
+    fn default() -> View {
+        View {
+            map: Mutex::default(),
+            care: Care {
+                recipients: AtomicU32::new(0),
+                tenants: AtomicU32::new(0),
+                networks: AtomicU32::new(0),
+                window_ms: AtomicU64::new(u64::MAX),
+            },
+        }
+    }
+}
+
+/// A fingerprint in the view: the fleet's counts, and the last sighting the stream has told.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    known: Known,
+    told_ms: u64,
+}
+
+/// The highest thresholds of this node's outbreak policies (0: none registered, every change
+/// counts) and their shortest window: what makes a change worth telling.
+#[derive(Debug)]
+struct Care {
+    recipients: AtomicU32,
+    tenants: AtomicU32,
+    networks: AtomicU32,
+    window_ms: AtomicU64,
+}
+
+impl Care {
+    /// Whether going from `old` to `new` may cross a threshold: some count changed below the
+    /// highest threshold of its kind (before or after the change).
+    fn noticeable(&self, old: &Counts, new: &Counts) -> bool {
+        let moved = |limit: &AtomicU32, a: u32, b: u32| {
+            let limit = match limit.load(Ordering::Relaxed) {
+                0 => u32::MAX,
+                l => l,
+            };
+            a != b && a.min(b) < limit
+        };
+        moved(&self.recipients, old.recipients, new.recipients)
+            || moved(&self.tenants, old.tenants, new.tenants)
+            || moved(&self.networks, old.networks, new.networks)
+    }
+
+    /// How long a fingerprint still seen may go untold: a quarter of the shortest window.
+    fn retell_ms(&self) -> u64 {
+        self.window_ms.load(Ordering::Relaxed) / 4
+    }
 }
 
 impl View {
@@ -108,47 +169,79 @@ impl View {
         let from = now_ms.saturating_sub(window_ms);
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         fps.iter()
-            .map(|fp| m.get(fp).filter(|k| k.last_ms >= from).map(|k| k.counts))
+            .map(|fp| {
+                m.get(fp)
+                    .filter(|e| e.known.last_ms >= from)
+                    .map(|e| e.known.counts)
+            })
             .collect()
     }
 
     /// Every fingerprint known, with its counts (the `intel`-style listing and the tests).
     pub fn known(&self) -> Vec<(Fingerprint, Known)> {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter().map(|(f, k)| (*f, *k)).collect()
+        m.iter().map(|(f, e)| (*f, e.known)).collect()
     }
 
-    /// Takes `k` unless what is known is newer; true when the counts changed.
+    /// Registers an outbreak policy's thresholds and window: changes are told up to the
+    /// highest thresholds registered, and retold each quarter of the shortest window.
+    pub fn care(&self, thresholds: Counts, window_ms: u64) {
+        let c = &self.care;
+        c.recipients
+            .fetch_max(thresholds.recipients, Ordering::Relaxed);
+        c.tenants.fetch_max(thresholds.tenants, Ordering::Relaxed);
+        c.networks.fetch_max(thresholds.networks, Ordering::Relaxed);
+        c.window_ms.fetch_min(window_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Takes `k` (from the stream: it has been told) unless what is known is newer; true when
+    /// the counts changed.
     pub fn learn(&self, fp: Fingerprint, k: Known) -> bool {
+        self.take(fp, k, true).0
+    }
+
+    /// Takes `k` (the store's answer to this node's sighting) unless what is known is newer;
+    /// answers whether the counts changed and whether to tell the fleet (see the module doc).
+    pub fn answered(&self, fp: Fingerprint, k: Known) -> (bool, bool) {
+        self.take(fp, k, false)
+    }
+
+    fn take(&self, fp: Fingerprint, k: Known, told: bool) -> (bool, bool) {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = m.get(&fp) {
-            if old.last_ms > k.last_ms {
-                return false;
+        let (old, told_ms) = match m.get(&fp) {
+            Some(e) if e.known.last_ms > k.last_ms => return (false, false),
+            Some(e) => (e.known.counts, e.told_ms),
+            None => {
+                if m.len() >= VIEW_MAX {
+                    evict(&mut m);
+                }
+                (Counts::default(), 0)
             }
-            let changed = old.counts.recipients != k.counts.recipients
-                || old.counts.tenants != k.counts.tenants
-                || old.counts.networks != k.counts.networks;
-            m.insert(fp, k);
-            return changed;
-        }
-        if m.len() >= VIEW_MAX {
-            evict(&mut m);
-        }
-        m.insert(fp, k);
-        true
+        };
+        let new = &k.counts;
+        let changed = old.recipients != new.recipients
+            || old.tenants != new.tenants
+            || old.networks != new.networks;
+        let tell = !told
+            && k.spreading()
+            && (self.care.noticeable(&old, new)
+                || k.last_ms >= told_ms.saturating_add(self.care.retell_ms()));
+        let told_ms = if told || tell { k.last_ms } else { told_ms };
+        m.insert(fp, Entry { known: k, told_ms });
+        (changed, tell)
     }
 }
 
 /// Forgets the least recently seen eighth.
-fn evict(m: &mut HashMap<Fingerprint, Known>) {
-    let mut lasts: Vec<u64> = m.values().map(|k| k.last_ms).collect();
+fn evict(m: &mut HashMap<Fingerprint, Entry>) {
+    let mut lasts: Vec<u64> = m.values().map(|e| e.known.last_ms).collect();
     let n = VIEW_MAX / 8;
     if lasts.len() <= n {
         return;
     }
     lasts.select_nth_unstable(n);
     let cut = lasts[n];
-    m.retain(|_, k| k.last_ms > cut);
+    m.retain(|_, e| e.known.last_ms > cut);
 }
 
 /// The sighting script's answer for one call: `r, t, n, first, last` per fingerprint.
@@ -186,11 +279,12 @@ impl Fleet {
     pub(crate) fn answered(&self, fps: &[Fingerprint], answer: &Value) -> Vec<Call> {
         let mut tell = Vec::new();
         for (fp, k) in fps.iter().zip(parse_answer(answer)) {
-            if self.spread.learn(*fp, k) {
+            let (changed, told) = self.spread.answered(*fp, k);
+            if changed {
                 self.metrics.updates.with_label_values(&["answer"]).inc();
-                if k.spreading() {
-                    tell.push((*fp, k));
-                }
+            }
+            if told {
+                tell.push((*fp, k));
             }
         }
         tell.into_iter()
@@ -343,6 +437,72 @@ mod tests {
             v.learn(f, k(1, 1, 1, 5000 + d));
         }
         assert!(v.known().len() <= VIEW_MAX, "bounded");
+    }
+
+    #[test]
+    fn only_changes_a_policy_can_notice_are_told() {
+        let v = View::default();
+        // Highest thresholds 10 recipients, 3 tenants, 2 networks; shortest window 4 s.
+        let care = |r, t, n| Counts {
+            recipients: r,
+            tenants: t,
+            networks: n,
+            first_ms: None,
+        };
+        v.care(care(10, 2, 2), 8000);
+        v.care(care(5, 3, 1), 4000);
+        let fp = Fingerprint {
+            kind: FingerprintKind::Fuzzy,
+            digest: 9,
+        };
+        assert_eq!(
+            v.answered(fp, k(1, 1, 1, 1000)),
+            (true, false),
+            "not spreading"
+        );
+        assert_eq!(v.answered(fp, k(2, 1, 2, 1100)), (true, true), "spreading");
+        assert_eq!(
+            v.answered(fp, k(2, 1, 2, 1200)),
+            (false, false),
+            "unchanged"
+        );
+        assert_eq!(
+            v.answered(fp, k(2, 1, 3, 1300)),
+            (true, false),
+            "only networks moved, past their highest threshold"
+        );
+        assert_eq!(
+            v.answered(fp, k(10, 3, 4, 1500)),
+            (true, true),
+            "recipients and tenants reach theirs"
+        );
+        assert_eq!(
+            v.answered(fp, k(11, 4, 5, 1600)),
+            (true, false),
+            "past every threshold"
+        );
+        assert_eq!(v.answered(fp, k(12, 4, 5, 2400)), (true, false));
+        assert_eq!(
+            v.answered(fp, k(12, 4, 5, 2500)),
+            (false, true),
+            "a quarter of the shortest window since it was last told (1500)"
+        );
+        assert_eq!(
+            v.answered(fp, k(9, 4, 5, 2600)),
+            (true, true),
+            "back under a threshold"
+        );
+        // What the stream said counts as told.
+        let other = Fingerprint {
+            kind: FingerprintKind::Fuzzy,
+            digest: 10,
+        };
+        assert!(v.learn(other, k(5, 2, 2, 100)));
+        assert_eq!(v.answered(other, k(5, 2, 2, 150)), (false, false));
+        // No policy registered: every change is told.
+        let all = View::default();
+        assert_eq!(all.answered(fp, k(150, 1, 150, 1)), (true, true));
+        assert_eq!(all.answered(fp, k(151, 1, 150, 2)), (true, true));
     }
 
     #[test]

@@ -342,13 +342,14 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
     let from_fleet =
         |e: &TestEngine| metric(e, "maildistiller_outbreak_updates_total{source=\"fleet\"");
     assert!(from_fleet(&e1) > 0 && from_fleet(&e2) > 0);
-    // Sightings live for the policy's window (10 minutes), not the default hour.
+    // Sightings live for the policy's window (10 minutes; up to 1.5 times it for a
+    // fingerprint seen again), not the default hour.
     let sightings = redis.keys("camp:o:*:z").pop().unwrap();
     let ttl = match redis.query(&["PTTL", &sightings]) {
         Some(redis::Value::Int(ms)) => ms,
         other => panic!("{other:?}"),
     };
-    assert!(ttl > 0 && ttl <= 600_000, "outbreak.window: {ttl} ms");
+    assert!(ttl > 0 && ttl <= 900_000, "outbreak.window: {ttl} ms");
     // Everything written lives under the prefix and carries a hash tag.
     let keys = redis.keys("*");
     assert!(!keys.is_empty());
@@ -362,6 +363,79 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
         metrics.contains("maildistiller_outbreak_matched_total{action=\"quarantine\""),
         "{metrics}"
     );
+}
+
+/// `outbreak.fingerprints` chooses what counts. On one engine without `[shared]` (its own
+/// sightings are the counts), the varied copies of a campaign cross the thresholds by their
+/// fuzzy bands (the default); counting the text digest alone, each copy is a text of its own,
+/// and only exact copies add up.
+#[tokio::test]
+async fn the_fingerprints_key_chooses_what_counts() {
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    // Four copies from two networks to two tenants; the thresholds (3 recipients, 2 tenants, 2
+    // networks) are crossed with the third copy's own sighting when the copies count as one.
+    let copies = [
+        ("198.51.100.7", "Alice", [0, 1, 2, 3], "bob@acme.example"),
+        (
+            "203.0.113.9",
+            "Mr Known",
+            [1, 0, 2, 3],
+            "known@globex.example",
+        ),
+        (
+            "198.51.100.8",
+            "Carol Jones",
+            [0, 1, 3, 2],
+            "carol@acme.example",
+        ),
+        ("203.0.113.10", "Boss", [0, 2, 1, 3], "boss@globex.example"),
+    ];
+    let run = |kinds: &'static str, exact: bool| {
+        let (acme, globex) = (acme.addr, globex.addr);
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = format!(
+                "proxy_listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+                 {OUTBREAK}fingerprints = {kinds}\n"
+            );
+            let e = TestEngine::start(&dir.path().join("spool"), acme, globex, &cfg).await;
+            let mut states = Vec::new();
+            for (client, name, order, rcpt) in copies {
+                let (name, order) = if exact {
+                    ("Alice", [0, 1, 2, 3])
+                } else {
+                    (name, order)
+                };
+                let mut c = via(&e, client).await;
+                let reply = c
+                    .mail(
+                        "admin@notices.example",
+                        &[rcpt],
+                        &campaign_copy(name, order, rcpt),
+                    )
+                    .await;
+                assert!(reply.starts_with("250"), "{kinds} {rcpt}: {reply}");
+                let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
+                let listed = e
+                    .store
+                    .list()
+                    .into_iter()
+                    .find(|l| l.env.id.as_str() == id)
+                    .expect("the message is in the engine's store");
+                states.push(format!("{} {}", listed.state.as_str(), listed.env.verdict));
+            }
+            states
+        }
+    };
+    let quarantined = |s: &[String]| s.iter().filter(|v| v.starts_with("quarantined")).count();
+    let fuzzy = run(r#"["fuzzy"]"#, false).await;
+    assert_eq!(quarantined(&fuzzy), 2, "{fuzzy:#?}");
+    assert!(fuzzy[2].contains("outbreak.fuzzy="), "{}", fuzzy[2]);
+    let text = run(r#"["text"]"#, false).await;
+    assert_eq!(quarantined(&text), 0, "{text:#?}");
+    let exact = run(r#"["text"]"#, true).await;
+    assert_eq!(quarantined(&exact), 2, "{exact:#?}");
+    assert!(exact[2].contains("outbreak.text="), "{}", exact[2]);
 }
 
 #[tokio::test]
@@ -412,7 +486,7 @@ fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
     let mut con = redis.con().unwrap();
     let keys = ["w:o:{a}:z", "w:o:{b}:z"];
     // Each fingerprint's counts after the sighting: recipients, tenants, networks, first, last.
-    let mut sight = |now: u64, cap: u32, members: &[&str]| -> Vec<u64> {
+    let sight = |con: &mut redis::Connection, now: u64, cap: u32, members: &[&str]| -> Vec<u64> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SIGHTING)
             .arg(keys.len())
@@ -420,30 +494,36 @@ fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
             .arg(now)
             .arg(100_000)
             .arg(cap);
-        cmd.arg(members).query(&mut con).unwrap()
+        cmd.arg(members).query(con).unwrap()
     };
     // A window of 100 s (the keys expire 100 s after their last sighting).
     let t0 = 1_000_000;
     assert_eq!(
-        sight(t0, 200, &["t1", "n1", "r1", "r2", "r1"]),
+        sight(&mut con, t0, 200, &["t1", "n1", "r1", "r2", "r1"]),
         [2, 1, 1, t0, t0, 2, 1, 1, t0, t0],
         "both fingerprints, r1 once"
     );
     let t1 = t0 + 50_000;
-    assert_eq!(sight(t1, 200, &["t2", "n1", "r3"])[..5], [3, 2, 1, t0, t1]);
+    assert_eq!(
+        sight(&mut con, t1, 200, &["t2", "n1", "r3"])[..5],
+        [3, 2, 1, t0, t1]
+    );
     // At t0 + 120 s the first sighting (t0) is out of the window: r1, r2 and t1 go.
     let t2 = t0 + 120_000;
-    assert_eq!(sight(t2, 200, &["t2", "n2", "r3"])[..5], [1, 1, 2, t0, t2]);
+    assert_eq!(
+        sight(&mut con, t2, 200, &["t2", "n2", "r3"])[..5],
+        [1, 1, 2, t0, t2]
+    );
     // A cap of 2: a kind at it keeps its members fresh but takes no new one.
     let t3 = t0 + 130_000;
     assert_eq!(
-        sight(t3, 2, &["t3", "n3", "r4", "r5"])[..5],
+        sight(&mut con, t3, 2, &["t3", "n3", "r4", "r5"])[..5],
         [2, 2, 2, t0, t3],
         "r4 fits under the cap, r5 does not"
     );
     let t4 = t0 + 140_000;
     assert_eq!(
-        sight(t4, 2, &["t4", "n4", "r3"])[..5],
+        sight(&mut con, t4, 2, &["t4", "n4", "r3"])[..5],
         [2, 2, 2, t0, t4],
         "no new member past the cap"
     );
@@ -454,13 +534,39 @@ fn sighting_counts_slide_with_the_window_and_stop_at_the_cap() {
         .arg(-1)
         .query(&mut con)
         .unwrap();
-    for m in ["#r", "#t", "#n", "#f", "r3", "r4", "t2", "t3", "n1", "n2"] {
+    for m in [
+        "#r", "#t", "#n", "#f", "#x", "r3", "r4", "t2", "t3", "n1", "n2",
+    ] {
         assert!(members.iter().any(|x| x == m), "{m} in {members:?}");
     }
     for m in ["r1", "r2", "r5", "t1", "t4", "n3", "n4"] {
         assert!(!members.iter().any(|x| x == m), "{m} in {members:?}");
     }
     assert_eq!(redis.max_count("w", "r"), 2);
+    // The expiry: set with the first sighting to the window, renewed to 1.5 windows when
+    // less than a window is left, and not touched while more is left: renewed at t1 and t2,
+    // not at t3 and t4.
+    let mut con2 = redis.con().unwrap();
+    let mut expires = || -> (f64, i64) {
+        let x: f64 = redis::cmd("ZSCORE")
+            .arg(keys[0])
+            .arg("#x")
+            .query(&mut con2)
+            .unwrap();
+        let pttl: i64 = redis::cmd("PTTL").arg(keys[0]).query(&mut con2).unwrap();
+        (-x, pttl)
+    };
+    let (x, pttl) = expires();
+    assert_eq!(x, (t2 + 150_000) as f64, "renewed at t2 to 1.5 windows");
+    assert!(pttl > 100_000 && pttl <= 150_000, "{pttl}");
+    let t5 = t4 + 20_000;
+    sight(&mut con, t5, 2, &["t3", "n3", "r3"]);
+    let (x5, pttl5) = expires();
+    assert_eq!(x5, x, "more than a window was left at t5: no renewal");
+    assert!(pttl5 <= pttl, "{pttl5} > {pttl}");
+    let t6 = t4 + 40_000;
+    sight(&mut con, t6, 2, &["t3", "n3", "r3"]);
+    assert_eq!(expires().0, (t6 + 150_000) as f64, "renewed at t6");
 }
 
 #[tokio::test]

@@ -19,8 +19,9 @@ stop_pidfile() {
     kill -9 "$pid" 2>/dev/null || true
 }
 # rspamd's fuzzy storage answers an add before it writes it to Redis, and drops what Redis
-# refused 4 times: say so, since a learnt hash that never shows is otherwise a mystery.
-if grep -iE "fuzzy.*(cannot|discard)" "$DIR/log/rspamd.log" 2>/dev/null | tail -5 | sed 's/^/rspamd: log: /' >&2; then :; fi
+# refused 4 times; a check that timed out adds no symbol: say so, since a learnt hash that
+# does not show is otherwise a mystery.
+if grep -iE "fuzzy.*(cannot|discard|timeout)" "$DIR/log/rspamd.log" 2>/dev/null | tail -5 | sed 's/^/rspamd: log: /' >&2; then :; fi
 stop_pidfile "$DIR/run/rspamd.pid"
 stop_pidfile "$DIR/redis/redis.pid"
 stop_pidfile "$DIR/run/nxdomain.pid"

@@ -75,7 +75,20 @@ pub fn parse_delay(reason: &str) -> Option<(Vec<Fingerprint>, u64)> {
 
 impl OutbreakCheck {
     pub fn new(cfg: &OutbreakConfig, blocklist: PolicyAction, fleet: Arc<Fleet>) -> OutbreakCheck {
-        fleet.follow_spread();
+        // The suspects of `delay` are judged on tenants alone, at their own threshold.
+        let tenants = match cfg.action {
+            OutbreakAction::Delay => cfg.tenants.max(cfg.delay_tenants),
+            _ => cfg.tenants,
+        };
+        fleet.follow_spread(
+            Counts {
+                recipients: cfg.recipients,
+                tenants,
+                networks: cfg.networks,
+                first_ms: None,
+            },
+            cfg.window.get().as_millis() as u64,
+        );
         OutbreakCheck {
             cfg: cfg.clone(),
             blocklist,
