@@ -64,7 +64,7 @@
 //!
 //! | family | per entry | expires |
 //! |---|---|---|
-//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`) its counts (`#r`, `#t`, `#n`, `#f`) and when it expires (`#x`), ≤ [`outbreak::MEMBERS_CAP`] members per kind (≤ 604 members): 208 B for a fingerprint seen once (listpack), 3.6 KB with 124 members, 60 KB at the cap (a skiplist past 128; `MEMORY USAGE`, Redis 7.0.15) | 1 to 1.5 times the policy's window after the last sighting (set with the first sighting, renewed when less than a window is left) |
+//! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`) its counts (`#r`, `#t`, `#n`, `#f`) and when it expires (`#x`), ≤ [`outbreak::MEMBERS_CAP`] members per kind (≤ 604 members): 232 B for a fingerprint seen once (listpack), 4.2 KB with 123 members (128 entries with the counts), 14 KB with 127 (a skiplist past 128 entries), ~60 KB at the cap (`MEMORY USAGE`, Redis 7.0.15) | 1 to 1.5 times the policy's window after the last sighting (set with the first sighting, renewed when less than a window is left) |
 //! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL_MS`] (1 d) |
 //! | spreading stream `P:{spread}` | one stream, ~80 B an entry, ≤ [`spread::STREAM_MAX`] entries (~0.8 MB) | trimmed to its length as it is appended to |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
