@@ -240,6 +240,34 @@ fn campaign_copy(name: &str, order: [usize; 4], rcpt: &str) -> String {
     )
 }
 
+/// Sends one copy of the campaign through `engine` from `client`; answers its state and verdict
+/// in the engine's store.
+async fn send_copy(
+    engine: &TestEngine,
+    client: &str,
+    name: &str,
+    order: [usize; 4],
+    rcpt: &str,
+) -> (String, String) {
+    let mut c = via(engine, client).await;
+    let reply = c
+        .mail(
+            "admin@notices.example",
+            &[rcpt],
+            &campaign_copy(name, order, rcpt),
+        )
+        .await;
+    assert!(reply.starts_with("250"), "{rcpt}: {reply}");
+    let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
+    let listed = engine
+        .store
+        .list()
+        .into_iter()
+        .find(|l| l.env.id.as_str() == id)
+        .expect("the message is in its engine's store");
+    (listed.state.as_str().to_owned(), listed.env.verdict.clone())
+}
+
 #[tokio::test]
 async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
     let Some(redis) = Redis::start() else { return };
@@ -302,31 +330,15 @@ async fn a_varied_campaign_through_two_engines_is_acted_on_at_both() {
         ),
     ];
     for (i, (engine, client, name, order, rcpt, want)) in copies.into_iter().enumerate() {
-        let mut c = via(engine, client).await;
-        let reply = c
-            .mail(
-                "admin@notices.example",
-                &[rcpt],
-                &campaign_copy(name, order, rcpt),
-            )
-            .await;
-        assert!(reply.starts_with("250"), "copy {i}: {reply}");
-        let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
-        let listed = engine
-            .store
-            .list()
-            .into_iter()
-            .find(|l| l.env.id.as_str() == id)
-            .expect("the message is in its engine's store");
-        let verdict = listed.env.verdict.clone();
+        let (state, verdict) = send_copy(engine, client, name, order, rcpt).await;
         if want == "quarantined" {
-            assert_eq!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
+            assert_eq!(state, "quarantined", "copy {i}: {verdict}");
             assert!(
                 verdict.contains("outbreak.fuzzy=+7.5"),
                 "outbreak.score: {verdict}"
             );
         } else {
-            assert_ne!(listed.state.as_str(), "quarantined", "copy {i}: {verdict}");
+            assert_ne!(state, "quarantined", "copy {i}: {verdict}");
         }
         // The sighting reaches the store (the writer's next batch) before the next copy.
         let k = i as u64 + 1;
@@ -406,23 +418,8 @@ async fn the_fingerprints_key_chooses_what_counts() {
                 } else {
                     (name, order)
                 };
-                let mut c = via(&e, client).await;
-                let reply = c
-                    .mail(
-                        "admin@notices.example",
-                        &[rcpt],
-                        &campaign_copy(name, order, rcpt),
-                    )
-                    .await;
-                assert!(reply.starts_with("250"), "{kinds} {rcpt}: {reply}");
-                let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
-                let listed = e
-                    .store
-                    .list()
-                    .into_iter()
-                    .find(|l| l.env.id.as_str() == id)
-                    .expect("the message is in the engine's store");
-                states.push(format!("{} {}", listed.state.as_str(), listed.env.verdict));
+                let (state, verdict) = send_copy(&e, client, name, order, rcpt).await;
+                states.push(format!("{state} {verdict}"));
             }
             states
         }

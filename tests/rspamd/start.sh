@@ -19,6 +19,7 @@
 # Installs rspamd and redis-server when missing (one apt-get update, then install; their Debian
 # services are kept from starting). Progress goes to stderr; stdout carries only the export
 # lines. Environment: MAILDISTILLER_RSPAMD_WAIT (seconds to wait, default 120);
+# MAILDISTILLER_RSPAMD_LOG=debug (the fuzzy modules' debug lines in its log);
 # MAILDISTILLER_RSPAMD_MILTER=1 also runs rspamd_proxy in milter mode, scanning itself (the way
 # operators put rspamd behind Postfix), and prints MAILDISTILLER_RSPAMD_MILTER=HOST:PORT.
 set -euo pipefail
@@ -177,9 +178,18 @@ cat > "$L/phishing.conf" <<CONF
 phishtank_enabled = false;
 openphish_enabled = false;
 CONF
-cat > "$L/logging.inc" <<CONF
+# MAILDISTILLER_RSPAMD_LOG=debug logs the fuzzy modules' debug lines too (what was hashed,
+# asked and stored), for a learnt hash that does not show.
+if [ "${MAILDISTILLER_RSPAMD_LOG:-}" = debug ]; then
+    cat > "$L/logging.inc" <<CONF
+level = "info";
+debug_modules = ["fuzzy_check", "fuzzy_storage", "fuzzy_redis"];
+CONF
+else
+    cat > "$L/logging.inc" <<CONF
 level = "notice";
 CONF
+fi
 
 if [ "$(id -u)" = 0 ] && id _rspamd >/dev/null 2>&1; then
     chown -R _rspamd:_rspamd "$DIR/db" "$DIR/run" "$DIR/log"
