@@ -18,11 +18,29 @@ use crate::mail::{Sink, until};
 use crate::support::{OPS_TOKEN, http_with};
 use harness::{Cluster, Opts, Proxy, delivered, wait_links};
 
+/// Ports [`down_addr`] handed out, each held by a socket bound but not listening: a connection
+/// there is refused, and the kernel gives the port to no other test of the suite until
+/// [`up_at`] brings the server up. (A port released by `bind(0)` could be given to another
+/// test meanwhile — suspected in two failures under the full suite: a message meant to wait
+/// for a server that is down was not there to be re-shadowed.)
+static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+
+/// A tenant's server that is down: nothing listens there until [`up_at`].
 fn down_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(s);
+    addr
+}
+
+/// The tenant's server back up at `addr` (from [`down_addr`]).
+async fn up_at(addr: std::net::SocketAddr) -> Sink {
+    HELD.lock()
         .unwrap()
-        .local_addr()
-        .unwrap()
+        .retain(|s| s.local_addr().ok().and_then(|a| a.as_socket()) != Some(addr));
+    Sink::start_on(addr).await
 }
 
 const LONG: Duration = Duration::from_secs(30);
@@ -75,7 +93,7 @@ async fn a_250_means_a_copy_on_another_engine_and_outcomes_follow() {
     assert!(released, "the shadow's copy knows the message was released");
 
     // The server comes back: as each message is delivered, its copy is discarded.
-    let sink = Sink::start_on(acme).await;
+    let sink = up_at(acme).await;
     let done = until(LONG, || delivered(&sink).len() == 3).await;
     assert!(done, "delivered: {:?}", delivered(&sink));
     let gone = until(LONG, || b.holds_for(a).is_empty() && a.store.is_empty()).await;
@@ -205,7 +223,7 @@ async fn a_lost_primary_s_mail_is_delivered_by_its_shadow() {
     assert!(adopted, "B adopted A's copies: {}", b.store.len());
     assert_eq!(b.store.len(), 3);
     assert_eq!(b.store.get(&q).map(|l| l.state), Some(State::Quarantined));
-    let sink = Sink::start_on(acme).await;
+    let sink = up_at(acme).await;
     let two = until(LONG, || delivered(&sink).len() == 2).await;
     assert!(two, "{:?}", delivered(&sink));
     // The quarantined copy is releasable where it now lives (webmail's release is this call).
@@ -242,7 +260,7 @@ async fn a_returning_primary_drops_what_was_taken_over() {
         a.metric("maildistiller_engine_shadow_duplicates_avoided_total"),
         2.0
     );
-    let sink = Sink::start_on(acme).await;
+    let sink = up_at(acme).await;
     let ok = until(LONG, || delivered(&sink).len() == 2 && b.store.is_empty()).await;
     assert!(ok);
     assert!(
@@ -389,7 +407,7 @@ async fn a_partition_is_at_least_once_and_the_duplicates_are_counted() {
     pb.cut();
     let taken = until(LONG, || b.store.len() == 2).await;
     assert!(taken, "B took over on its own view");
-    let sink = Sink::start_on(acme).await;
+    let sink = up_at(acme).await;
     let both = until(LONG, || {
         delivered(&sink).values().sum::<usize>() == 4 && a.store.is_empty() && b.store.is_empty()
     })
