@@ -307,7 +307,7 @@ async fn controller_learns_spam_and_ham_once_each() {
 /// fuzzy modules (at notice level its complaints; with `MAILDISTILLER_RSPAMD_LOG=debug`, as
 /// `.ci/run` starts it, also what was added, stored and found): what to read when a learnt
 /// hash does not show.
-fn rspamd_fuzzy_complaints() -> String {
+fn rspamd_fuzzy_lines() -> String {
     let Ok(dir) = std::env::var("MAILDISTILLER_RSPAMD_DIR") else {
         return "(MAILDISTILLER_RSPAMD_DIR not set)".into();
     };
@@ -427,7 +427,7 @@ async fn a_fuzzy_added_message_catches_its_near_copies() {
             taught_again = true;
             eprintln!(
                 "the fuzzy hash is not visible 15 s after the add; rspamd's log says:\n{}",
-                rspamd_fuzzy_complaints()
+                rspamd_fuzzy_lines()
             );
             controller()
                 .fuzzy_add(&pitch(&n, "Dear customer"), 11, 10)
@@ -440,7 +440,7 @@ async fn a_fuzzy_added_message_catches_its_near_copies() {
     assert!(
         detail.contains("LOCAL_FUZZY_DENIED"),
         "{detail}\nrspamd's log:\n{}",
-        rspamd_fuzzy_complaints()
+        rspamd_fuzzy_lines()
     );
     let score = |v: &Verdict| v.report.as_ref().unwrap().decision.score;
     assert!(score(&after) > score(&before) + 5.0, "{detail}");
