@@ -312,8 +312,9 @@ def delivered_copy_verdict(fleet, seed):
     for p in glob.glob(os.path.join(fleet.sink_dir("hansa"), "*.eml")):
         text = open(p, errors="replace").read()
         if f"learn-{seed}" in text:
-            m = re.search(r"^X-Maildistiller-Verdict: (.*)$", text, re.M)
-            return m.group(1).strip() if m else ""
+            # The whole header, its folded lines too (the findings say why it was delivered).
+            m = re.search(r"^X-Maildistiller-Verdict: (.*(?:\r?\n[ \t].*)*)", text, re.M)
+            return " ".join(m.group(1).split()) if m else ""
     return None
 
 
