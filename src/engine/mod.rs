@@ -158,6 +158,19 @@ pub async fn bind_with(
     let tls = tls_config(&snap, ops, &hostname)?;
     let allow = Arc::new(AllowStore::new(&ecfg.spool_dir));
     let fleet = crate::shared::Fleet::for_process(ops).await;
+    // This engine's lessons go to the fleet, the fleet's come into its model. Its name on the
+    // lessons stream: the node's, and this run's own (two engines may share a name).
+    let node = snap
+        .config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| hostname.clone());
+    crate::engine::learn::share(
+        &ecfg.spool_dir,
+        &fleet,
+        &format!("{node}/{:08x}", fastrand::u32(..)),
+    );
     let scan_metrics = scan::ScanMetrics::new();
     ops.metrics.register(Box::new(scan_metrics.clone()));
     let scanner = scan::Scanner::new_in(&snap, fleet.clone())

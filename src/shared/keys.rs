@@ -97,6 +97,11 @@ impl Keys {
         ("spread".into(), format!("{}:{{spread}}", self.prefix))
     }
 
+    /// The fleet's lessons: one stream (`lessons.rs`). `(tag, key)`.
+    pub fn lessons(&self) -> (String, String) {
+        ("lessons".into(), format!("{}:{{lessons}}", self.prefix))
+    }
+
     /// The intelligence feed: one hash (field `kind:value`). `(tag, key)`.
     pub fn intel(&self) -> (String, String) {
         ("intel".into(), format!("{}:{{intel}}", self.prefix))

@@ -15,6 +15,7 @@
 //! | `greylist_total` | outcome | RCPTs of greylisted tenants: first, early, passed, allowed, unavailable |
 //! | `intel_entries` | | entries of the operator's feed in force here |
 //! | `intel_hits_total` | action | messages an intel entry decided (block, allow) |
+//! | `shared_lessons_total` | outcome | users' lessons: `published` (taught here), `learnt` / `known` (another node's, new to this model / already in it), `invalid`, `missed` (trimmed from the stream before this node read them) |
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -35,6 +36,7 @@ pub struct SharedMetrics {
     pub greylist: IntCounterVec,
     pub intel_entries: IntGauge,
     pub intel_hits: IntCounterVec,
+    pub lessons: IntCounterVec,
 }
 
 impl SharedMetrics {
@@ -116,6 +118,13 @@ impl SharedMetrics {
                 "Messages an intelligence feed entry decided, by action (block, allow).",
                 &["action"],
             ),
+            lessons: counter(
+                "shared_lessons_total",
+                "Users' lessons shared through the fleet, by outcome: published (taught here), \
+                 learnt or known (another node's: new to this model, or already in it), \
+                 invalid, missed (trimmed from the stream before this node read them).",
+                &["outcome"],
+            ),
         }
     }
 
@@ -132,10 +141,14 @@ impl SharedMetrics {
         m.register(Box::new(self.greylist.clone()));
         m.register(Box::new(self.intel_entries.clone()));
         m.register(Box::new(self.intel_hits.clone()));
+        m.register(Box::new(self.lessons.clone()));
+        for o in ["published", "learnt", "known", "invalid", "missed"] {
+            self.lessons.with_label_values(&[o]);
+        }
         for s in ["answer", "fleet"] {
             self.updates.with_label_values(&[s]);
         }
-        for op in ["read", "write", "spread", "sync"] {
+        for op in ["read", "write", "spread", "lessons", "sync"] {
             for r in ["ok", "error", "timeout", "skipped"] {
                 self.calls.with_label_values(&[op, r]);
             }

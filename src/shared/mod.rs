@@ -15,6 +15,7 @@
 //! | `greylist.rs` | greylisting triplets |
 //! | `limits.rs` | fleet-wide sender rates for the edges |
 //! | `intel.rs` | the operator's intelligence feed and its API |
+//! | `lessons.rs` | what users teach at one engine, learnt by every engine's own model |
 //! | `metrics.rs` | `maildistiller_shared_*`, `_outbreak_*`, `_greylist_*`, `_intel_*` |
 //!
 //! # Nothing waits on the store
@@ -66,6 +67,7 @@
 //! |---|---|---|
 //! | sightings `P:o:{fp}:z` | one sorted set of who saw it (members `r…`, `t…`, `n…`) its counts (`#r`, `#t`, `#n`, `#f`) and when it expires (`#x`), ≤ [`outbreak::MEMBERS_CAP`] members per kind (≤ 604 members): 232 B for a fingerprint seen once (listpack), 4.2 KB with 123 members (128 entries with the counts), 14 KB with 127 (a skiplist past 128 entries), ~60 KB at the cap (`MEMORY USAGE`, Redis 7.0.15) | 1 to 1.5 times the policy's window after the last sighting (set with the first sighting, renewed when less than a window is left) |
 //! | outbreak marker `P:o:{fp}:x` | a string, ~60 B | [`outbreak::MARKER_TTL_MS`] (1 d) |
+//! | lessons stream `P:{lessons}` | one stream, a lesson ~3 KB (its token hashes; ≤ 32 KB), ≤ [`lessons::STREAM_MAX`] entries (~30 MB) | trimmed to its length as it is appended to |
 //! | spreading stream `P:{spread}` | one stream, ~80 B an entry, ≤ [`spread::STREAM_MAX`] entries (~0.8 MB) | trimmed to its length as it is appended to |
 //! | greylisting `P:g:{t}` | a string, ~60 B | `retry_window` (2 d) before the retry passes, then `allow_for` (36 d) |
 //! | sender rates `P:r:{net}:c/m:MIN` | an integer, ~60 B | 2 min |
@@ -81,6 +83,7 @@ pub mod conn;
 pub mod greylist;
 pub mod intel;
 pub mod keys;
+pub mod lessons;
 pub mod limits;
 mod metrics;
 pub mod outbreak;
@@ -169,6 +172,7 @@ pub struct Fleet {
     pub greylist: greylist::Local,
     pub intel: ArcSwap<intel::Feed>,
     pub rates: limits::Rates,
+    lessons: std::sync::OnceLock<lessons::Following>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -203,6 +207,7 @@ impl Fleet {
             greylist: greylist::Local::default(),
             intel: ArcSwap::from_pointee(intel::Feed::default()),
             rates: limits::Rates::default(),
+            lessons: std::sync::OnceLock::new(),
         }
     }
 
@@ -439,6 +444,7 @@ async fn writer(
         if fleet.following.load(Ordering::Relaxed) {
             spread_from = fleet.read_spread(spread_from).await;
         }
+        fleet.read_lessons().await;
         if stopping {
             return;
         }

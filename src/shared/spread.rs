@@ -350,7 +350,7 @@ impl Fleet {
 
 /// `XREAD`'s answer for one stream: its entries, each an id and its field/value pairs (RESP2
 /// arrays or RESP3 maps alike; nil when nothing is new).
-fn stream_entries(v: &Value) -> Vec<(String, Vec<(String, String)>)> {
+pub(crate) fn stream_entries(v: &Value) -> Vec<(String, Vec<(String, String)>)> {
     fn text(v: &Value) -> Option<String> {
         match v {
             Value::BulkString(b) => String::from_utf8(b.clone()).ok(),

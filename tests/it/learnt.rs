@@ -13,7 +13,7 @@ use crate::learning::{Controller, learning, report};
 use crate::mail::{Client, Sink, until};
 use crate::support::{run, stderr, write};
 
-fn spam(id: &str, tail: &str) -> String {
+pub(crate) fn spam(id: &str, tail: &str) -> String {
     format!(
         "From: Offers <deals@offers.test>\r\nTo: bob@acme.example\r\nSubject: Your exclusive bonus {id}\r\n\
          Message-ID: <{id}@offers.test>\r\n\r\nClaim your exclusive casino bonus today: http://win.offers.test/claim \
@@ -47,7 +47,7 @@ fn verdict(s: &Sink, n: usize) -> String {
     out
 }
 
-async fn send(e: &TestEngine, sink: &Sink, from: &str, body: &str) -> String {
+pub(crate) async fn send(e: &TestEngine, sink: &Sink, from: &str, body: &str) -> String {
     let n = sink.messages().len();
     let mut c = Client::connect(e.smtp).await;
     let r = c.mail(from, &["bob@acme.example"], body).await;
@@ -57,7 +57,7 @@ async fn send(e: &TestEngine, sink: &Sink, from: &str, body: &str) -> String {
     verdict(sink, n)
 }
 
-const KEYS: &str =
+pub(crate) const KEYS: &str =
     "[policy.default.learnt]\nspam_cutoff = 0.85\nspam_score = 7.5\nham_score = -2.5\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

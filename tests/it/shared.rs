@@ -908,6 +908,95 @@ async fn writes_wait_for_the_batch_and_a_full_queue_drops_them() {
     assert!(dropped > 0.0, "shared.max_pending: {dropped}");
 }
 
+/// `maildistiller_shared_lessons_total{outcome}` of `e`.
+fn lessons(e: &TestEngine, outcome: &str) -> u64 {
+    e.ops
+        .metrics
+        .render()
+        .lines()
+        .find(|l| {
+            l.starts_with("maildistiller_shared_lessons_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A report at one engine teaches every engine's own model: the near-copy through the other
+/// engine scores `learnt.spam` (its own model was never taught there); a restart neither
+/// counts the lesson twice nor loses it; the same message reported at the second engine too
+/// changes nothing (once per message, fleet-wide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lesson_taught_at_one_engine_is_learnt_by_every_engines_model() {
+    use crate::learning::{Controller, learning, report};
+    use crate::learnt::{KEYS, send, spam};
+    use maildistiller::engine::learn::model;
+    let Some(redis) = Redis::start() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (acme, globex) = (Sink::start().await, Sink::start().await);
+    let ctl = Controller::start().await;
+    let policy = learning(d1.path(), &ctl.addr.to_string(), KEYS)
+        .replace("dnsbl = false\n", "dnsbl = false\nlearnt = true\n");
+    let cfg = config(&redis, "ls", &policy);
+    let (s1, s2) = (d1.path().join("spool"), d2.path().join("spool"));
+    let e1 = TestEngine::start(&s1, acme.addr, globex.addr, &cfg).await;
+    let e2 = TestEngine::start(&s2, acme.addr, globex.addr, &cfg).await;
+
+    // Untrained everywhere.
+    let v = send(&e2, &acme, "deals@offers.test", &spam("f0", ".")).await;
+    assert!(!v.contains("learnt"), "{v}");
+
+    // bob reports one at the first engine.
+    let mut c = Client::connect(e1.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["report-spam@acme.example"],
+            &report("bob@acme.example", &spam("f1", ".")),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
+    c.cmd("QUIT", "221").await;
+    assert_eq!(lessons(&e1, "published"), 1);
+    assert!(
+        until(Duration::from_secs(10), || lessons(&e2, "learnt") == 1).await,
+        "the second engine learnt the lesson: {}",
+        e2.ops.metrics.render()
+    );
+    // Its own lesson came back to the first engine as nothing new.
+    assert_eq!(lessons(&e1, "learnt"), 0);
+    let journal2 = s2.join("learning").join(model::FILE);
+    assert_eq!(model::load(&journal2).unwrap().nspam, 1);
+
+    // The near-copy through the second engine: its own model says spam.
+    let v = send(&e2, &acme, "deals@offers.test", &spam("f2", ", friend.")).await;
+    assert!(v.contains("learnt.spam(+7.5)"), "{v}");
+
+    // The same message reported at the second engine: rspamd hears it (its own dedup), our
+    // models do not count it twice, and nothing more is published.
+    let mut c = Client::connect(e2.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["report-spam@acme.example"],
+            &report("bob@acme.example", &spam("f1", ".")),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
+    c.cmd("QUIT", "221").await;
+    assert_eq!(lessons(&e2, "published"), 0);
+    assert_eq!(model::load(&journal2).unwrap().nspam, 1);
+
+    // A restart of the second engine reads from its journaled position: nothing twice.
+    e2.stop().await;
+    let e2 = TestEngine::start(&s2, acme.addr, globex.addr, &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lessons(&e2, "learnt"), 0);
+    assert_eq!(model::load(&journal2).unwrap().nspam, 1);
+    e2.stop().await;
+    e1.stop().await;
+}
+
 /// The benchmark (`bench/scan/outbreak.sh` runs it in release mode; never in CI).
 #[tokio::test]
 #[ignore]

@@ -37,7 +37,9 @@
 //! Every lesson rspamd took also trains our own classifier ([`model`]: the message's
 //! [`tokens`] counted per class, durable in `SPOOL/learning/model.journal`; a relearn moves
 //! the counts from one class to the other), read by the `learnt` scanner of every engine
-//! using this spool directory, from the next message on.
+//! using this spool directory, from the next message on. With `[shared]` ([`share`]), the
+//! lesson also goes to every other engine's model (`shared/lessons.rs`), once per message
+//! fleet-wide.
 //!
 //! # Bounds
 //!
@@ -142,6 +144,22 @@ struct State {
 pub struct Teacher {
     dir: PathBuf,
     state: Mutex<Option<State>>,
+    /// The engine's fleet client, when it shares lessons (see [`share`]).
+    fleet: Mutex<std::sync::Weak<crate::shared::Fleet>>,
+}
+
+/// With `[shared]`: the lessons taught on this spool go to the fleet, and the fleet's lessons
+/// come into this spool's model (`shared/lessons.rs`); `node` names this engine's own on the
+/// stream. Called by the engine at start.
+pub fn share(spool_dir: &Path, fleet: &Arc<crate::shared::Fleet>, node: &str) {
+    if !fleet.enabled() {
+        return;
+    }
+    *teacher(spool_dir)
+        .fleet
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(fleet);
+    fleet.follow_lessons(spool_dir, node);
 }
 
 /// One teacher per spool directory in this process, so the engine's report address and its
@@ -151,6 +169,7 @@ pub fn teacher(spool_dir: &Path) -> Arc<Teacher> {
     per_spool(&ALL, spool_dir, || Teacher {
         dir: spool_dir.join("learning"),
         state: Mutex::new(None),
+        fleet: Mutex::new(std::sync::Weak::new()),
     })
 }
 
@@ -175,6 +194,13 @@ pub(crate) fn per_spool<T>(
 impl Teacher {
     fn spool(&self) -> &Path {
         self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    fn fleet(&self) -> Option<Arc<crate::shared::Fleet>> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()
     }
 
     /// The audit log's path.
@@ -235,10 +261,14 @@ impl Teacher {
             Learned::Already | Learned::NotNeeded => Taught::AlreadyKnown,
         };
         // Our own model learns every lesson rspamd took (also those its Bayes already got
-        // right): its counts are the evidence, not its mistakes.
-        model::store(self.spool())
-            .teach(class, previous, &tokens_of(message))
+        // right): its counts are the evidence, not its mistakes. With `[shared]`, so does
+        // every other engine's (`shared/lessons.rs`).
+        let taught_here = model::store(self.spool())
+            .teach(key, class, previous, &tokens_of(message))
             .map_err(LearnError::Audit)?;
+        if let (Some(hashes), Some(fleet)) = (taught_here, self.fleet()) {
+            fleet.publish_lesson(&key, class, &hashes);
+        }
         self.record(who, class, &digest, taught, message)?;
         let mut g = self.load()?;
         if let Some(st) = g.as_mut()

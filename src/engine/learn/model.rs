@@ -13,9 +13,25 @@
 //! process of this spool counts for the next message. A relearn appends "minus one in the old
 //! class" and "plus one in the new" in one record.
 //!
-//! Records: `L` class(`s`/`h`) sign(`+`/`-`) n(u32 LE) n×hash(u64 LE), or, after compaction,
-//! one `B` nspam nham n(u32 LE each) n×(hash u64, spam u32, ham u32). A partly written last
-//! record is not read until it is complete.
+//! Records (integers little-endian):
+//!
+//! | record | fields | what |
+//! |---|---|---|
+//! | `G` | digest(16) class(`s`/`h`) previous(`s`/`h`/`-`) stream id(u64 ms, u64 seq) n(u32) n×hash(u64) | one lesson: the message's digest ([`super::original::digest`]), its class, the class it is taken out of (a relearn), and for a lesson of another node its id on the fleet's stream (0 for our own) |
+//! | `L` | class sign(`+`/`-`) n(u32) n×hash(u64) | a lesson as journals before `G` wrote it (still read) |
+//! | `B` | nspam nham n(u32 each) n×(hash u64, spam u32, ham u32) | the counts, first record after a compaction |
+//! | `K` | stream id(u64, u64) n(u32) n×(digest(16), class) | after `B`: the fleet stream's position and the digests taught |
+//!
+//! A partly written last record is not read until it is complete.
+//!
+//! # Once per message, fleet-wide
+//!
+//! The model remembers each taught message's digest with its class ([`MAX_TAUGHT`]): a lesson
+//! of a message already taught as that class changes nothing, whether it came from this
+//! spool's teacher or from the fleet (`shared/lessons.rs`: with `[shared]`, every engine
+//! publishes its lessons and applies the others'); a relearn takes the message out of the
+//! class this model has it in. The fleet stream's position is journaled with the lessons it
+//! brought, so a restart neither applies one twice nor skips one.
 //!
 //! # Bounds
 //!
@@ -38,6 +54,9 @@ use crate::engine::scan::check::LearnAs;
 
 /// Distinct tokens the model keeps.
 pub const MAX_TOKENS: usize = 1_000_000;
+/// Digests of taught messages remembered (17 bytes each in the journal's `K` record, ~40 in
+/// memory); past it, lessons still count, once more if one of them is taught again.
+pub const MAX_TAUGHT: usize = 1_000_000;
 /// Journal size past which it is compacted.
 pub const MAX_JOURNAL: u64 = 64 << 20;
 /// The journal's name under `SPOOL/learning/`.
@@ -71,12 +90,22 @@ impl Hasher for Fnv {
     }
 }
 
+/// A message's digest as the model keeps it: the first 16 bytes of [`super::original::digest`].
+pub type Digest = [u8; 16];
+
+/// An entry id of the fleet's lessons stream (`ms-seq`); `(0, 0)`: none.
+pub type StreamId = (u64, u64);
+
 /// The counts.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Model {
     pub nspam: u32,
     pub nham: u32,
     counts: HashMap<u64, (u32, u32)>,
+    /// Messages taught, by digest, with the class they are in now.
+    taught: HashMap<Digest, LearnAs>,
+    /// The last fleet lesson applied.
+    cursor: StreamId,
 }
 
 /// A message's score.
@@ -96,6 +125,35 @@ impl Model {
     /// Spam and ham lessons containing `token`.
     pub fn count(&self, token: &str) -> (u32, u32) {
         self.counts.get(&hash(token)).copied().unwrap_or_default()
+    }
+
+    /// The class `digest` was taught as, if this model remembers it.
+    pub fn taught(&self, digest: &Digest) -> Option<LearnAs> {
+        self.taught.get(digest).copied()
+    }
+
+    /// The last fleet lesson applied (`(0, 0)`: none yet).
+    pub fn cursor(&self) -> StreamId {
+        self.cursor
+    }
+
+    /// One lesson of message `digest`: out of `previous` (a relearn), into `class`.
+    fn take(
+        &mut self,
+        digest: Digest,
+        class: LearnAs,
+        previous: Option<LearnAs>,
+        id: StreamId,
+        hashes: &[u64],
+    ) {
+        if let Some(p) = previous.filter(|p| *p != class) {
+            self.apply(p, false, hashes);
+        }
+        self.apply(class, true, hashes);
+        if self.taught.len() < MAX_TAUGHT || self.taught.contains_key(&digest) {
+            self.taught.insert(digest, class);
+        }
+        self.cursor = self.cursor.max(id);
     }
 
     /// One lesson (`plus`) or its reversal.
@@ -259,33 +317,105 @@ impl Store {
             .clone()
     }
 
-    /// Teaches `tokens` as `class` (taking them out of `previous` first, for a relearn):
-    /// appended and fsynced, then applied.
+    /// The last fleet lesson applied (after [`Store::refresh`]).
+    pub fn cursor(&self) -> StreamId {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .model
+            .cursor
+    }
+
+    /// Teaches message `digest`'s `tokens` as `class`, taking them out of the class it was
+    /// taught before (this model's memory, else `previous`): appended and fsynced, then
+    /// applied. Returns the token hashes taught, or `None` when the model already has the
+    /// message in `class` (taught here, or by another node of the fleet).
     pub fn teach(
         &self,
+        digest: Digest,
         class: LearnAs,
         previous: Option<LearnAs>,
         tokens: &[String],
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<Vec<u64>>> {
         let hashes: Vec<u64> = tokens.iter().map(|t| hash(t)).collect();
-        let mut rec = Vec::with_capacity(16 + hashes.len() * 16);
-        if let Some(p) = previous.filter(|p| *p != class) {
-            lesson(&mut rec, p, false, &hashes);
+        let taken = self.append(|m, rec| {
+            let previous = m.taught(&digest).or(previous);
+            if previous == Some(class) {
+                return 0;
+            }
+            lesson(rec, digest, class, previous, (0, 0), &hashes);
+            1
+        })?;
+        Ok((taken > 0).then_some(hashes))
+    }
+
+    /// Applies lessons of other nodes, `(stream id, digest, class, hashes)` in stream order:
+    /// those past the journaled position, of a message not already in that class here, in one
+    /// append and one fsync. Returns how many changed the model.
+    pub fn apply_fleet(
+        &self,
+        lessons: &[(StreamId, Digest, LearnAs, Vec<u64>)],
+    ) -> std::io::Result<usize> {
+        let Some(last) = lessons.iter().map(|l| l.0).max() else {
+            return Ok(0);
+        };
+        if last <= self.cursor() {
+            return Ok(0);
         }
-        lesson(&mut rec, class, true, &hashes);
+        self.append(|m, rec| {
+            let mut taken = 0;
+            let mut now: HashMap<Digest, LearnAs> = HashMap::new();
+            for (id, digest, class, hashes) in lessons {
+                if *id <= m.cursor {
+                    continue;
+                }
+                let previous = now.get(digest).copied().or_else(|| m.taught(digest));
+                if previous == Some(*class) {
+                    continue;
+                }
+                lesson(rec, *digest, *class, previous, *id, hashes);
+                now.insert(*digest, *class);
+                taken += 1;
+            }
+            if taken == 0 {
+                // Nothing new to say: the position moves on in memory (a restart reads these
+                // entries again and again finds nothing to do).
+                return 0;
+            }
+            taken
+        })
+        .inspect(|_| {
+            let mut g = self.state.write().unwrap_or_else(|e| e.into_inner());
+            g.model.cursor = g.model.cursor.max(last);
+        })
+    }
+
+    /// Under the journal's lock, with the model refreshed: `write` fills a record (returning
+    /// how many lessons it holds); a non-empty one is appended and fsynced, the journal
+    /// compacted past [`MAX_JOURNAL`], and the model refreshed.
+    fn append(&self, write: impl FnOnce(&Model, &mut Vec<u8>) -> usize) -> std::io::Result<usize> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let f = self.locked()?;
+        self.refresh()?;
+        let mut rec = Vec::new();
+        let taken = {
+            let g = self.state.read().unwrap_or_else(|e| e.into_inner());
+            write(&g.model, &mut rec)
+        };
+        if rec.is_empty() {
+            return Ok(taken);
+        }
         (&f).write_all(&rec)?;
         f.sync_data()?;
-        let len = f.metadata()?.len();
-        if len > MAX_JOURNAL {
+        if f.metadata()?.len() > MAX_JOURNAL {
             self.refresh()?;
             self.compact()?;
         }
         drop(f);
-        self.refresh()
+        self.refresh()?;
+        Ok(taken)
     }
 
     /// The journal, opened for appending and locked exclusively (the file at the path now,
@@ -304,11 +434,12 @@ impl Store {
         }
     }
 
-    /// Writes the model as one `B` record into a new journal (under the writer's lock).
+    /// Writes the model as one `B` and one `K` record into a new journal (under the writer's
+    /// lock).
     fn compact(&self) -> std::io::Result<()> {
         let g = self.state.read().unwrap_or_else(|e| e.into_inner());
         let m = &g.model;
-        let mut rec = Vec::with_capacity(13 + m.counts.len() * 16);
+        let mut rec = Vec::with_capacity(33 + m.counts.len() * 16 + m.taught.len() * 17);
         rec.push(b'B');
         for n in [m.nspam, m.nham, m.counts.len() as u32] {
             rec.extend_from_slice(&n.to_le_bytes());
@@ -317,6 +448,14 @@ impl Store {
             rec.extend_from_slice(&h.to_le_bytes());
             rec.extend_from_slice(&s.to_le_bytes());
             rec.extend_from_slice(&hm.to_le_bytes());
+        }
+        rec.push(b'K');
+        rec.extend_from_slice(&m.cursor.0.to_le_bytes());
+        rec.extend_from_slice(&m.cursor.1.to_le_bytes());
+        rec.extend_from_slice(&(m.taught.len() as u32).to_le_bytes());
+        for (d, c) in &m.taught {
+            rec.extend_from_slice(d);
+            rec.push(class_byte(Some(*c)));
         }
         let tmp = self.path.with_extension("compact");
         let mut f = File::create(&tmp)?;
@@ -330,14 +469,53 @@ impl Store {
     }
 }
 
-fn lesson(rec: &mut Vec<u8>, class: LearnAs, plus: bool, hashes: &[u64]) {
-    rec.push(b'L');
-    rec.push(if class == LearnAs::Spam { b's' } else { b'h' });
-    rec.push(if plus { b'+' } else { b'-' });
+/// A `G` record.
+fn lesson(
+    rec: &mut Vec<u8>,
+    digest: Digest,
+    class: LearnAs,
+    previous: Option<LearnAs>,
+    id: StreamId,
+    hashes: &[u64],
+) {
+    rec.push(b'G');
+    rec.extend_from_slice(&digest);
+    rec.push(class_byte(Some(class)));
+    rec.push(class_byte(previous));
+    rec.extend_from_slice(&id.0.to_le_bytes());
+    rec.extend_from_slice(&id.1.to_le_bytes());
     rec.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
     for h in hashes {
         rec.extend_from_slice(&h.to_le_bytes());
     }
+}
+
+fn class_byte(c: Option<LearnAs>) -> u8 {
+    match c {
+        Some(LearnAs::Spam) => b's',
+        Some(LearnAs::Ham) => b'h',
+        None => b'-',
+    }
+}
+
+fn class_of(b: u8) -> Option<LearnAs> {
+    match b {
+        b's' => Some(LearnAs::Spam),
+        b'h' => Some(LearnAs::Ham),
+        _ => None,
+    }
+}
+
+/// The model a journal holds (`maildistiller learn --audit`, tests: what a restart reads).
+pub fn load(path: &Path) -> std::io::Result<Model> {
+    let buf = std::fs::read(path)?;
+    let mut m = Model::default();
+    replay(&mut m, &buf);
+    Ok(m)
+}
+
+fn digest_at(b: &[u8], at: usize) -> Option<Digest> {
+    b.get(at..at + 16)?.try_into().ok()
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -354,6 +532,47 @@ fn replay(m: &mut Model, buf: &[u8]) -> usize {
     let mut at = 0;
     loop {
         match buf.get(at) {
+            Some(b'G') => {
+                let Some(n) = u32_at(buf, at + 35) else { break };
+                let end = at + 39 + n as usize * 8;
+                if end > buf.len() {
+                    break;
+                }
+                let (Some(digest), Some(class), Some(ms), Some(seq)) = (
+                    digest_at(buf, at + 1),
+                    class_of(buf[at + 17]),
+                    u64_at(buf, at + 19),
+                    u64_at(buf, at + 27),
+                ) else {
+                    break;
+                };
+                let hashes: Vec<u64> = (0..n as usize)
+                    .filter_map(|i| u64_at(buf, at + 39 + i * 8))
+                    .collect();
+                m.take(digest, class, class_of(buf[at + 18]), (ms, seq), &hashes);
+                at = end;
+            }
+            Some(b'K') => {
+                let (Some(ms), Some(seq), Some(n)) = (
+                    u64_at(buf, at + 1),
+                    u64_at(buf, at + 9),
+                    u32_at(buf, at + 17),
+                ) else {
+                    break;
+                };
+                let end = at + 21 + n as usize * 17;
+                if end > buf.len() {
+                    break;
+                }
+                m.cursor = (ms, seq);
+                for i in 0..n as usize {
+                    let p = at + 21 + i * 17;
+                    if let (Some(d), Some(c)) = (digest_at(buf, p), class_of(buf[p + 16])) {
+                        m.taught.insert(d, c);
+                    }
+                }
+                at = end;
+            }
             Some(b'L') => {
                 let Some(n) = u32_at(buf, at + 3) else { break };
                 let end = at + 7 + n as usize * 8;
@@ -387,6 +606,7 @@ fn replay(m: &mut Model, buf: &[u8]) -> usize {
                     nspam: s,
                     nham: h,
                     counts: HashMap::with_capacity(n as usize),
+                    ..Model::default()
                 };
                 for i in 0..n as usize {
                     let p = at + 13 + i * 16;
@@ -436,36 +656,114 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = store(dir.path());
         let t = toks("cheap pills offer");
-        st.teach(LearnAs::Spam, None, &t).unwrap();
+        assert!(
+            st.teach([1; 16], LearnAs::Spam, None, &t)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(st.model().count("pills"), (1, 0));
-        st.teach(LearnAs::Ham, Some(LearnAs::Spam), &t).unwrap();
+        // The same message again as spam: once is enough.
+        assert_eq!(st.teach([1; 16], LearnAs::Spam, None, &t).unwrap(), None);
+        assert_eq!(st.model().nspam, 1);
+        // Relearnt as ham: out of spam (the model remembers it, whatever the caller says).
+        st.teach([1; 16], LearnAs::Ham, None, &t).unwrap();
         let m = st.model();
         assert_eq!((m.nspam, m.nham, m.count("pills")), (0, 1, (0, 1)));
+        assert_eq!(m.taught(&[1; 16]), Some(LearnAs::Ham));
         // Another reader of the same journal (a restart, another process) sees the same.
-        let mut fresh = Model::default();
-        let buf = std::fs::read(dir.path().join("learning").join(FILE)).unwrap();
-        assert_eq!(replay(&mut fresh, &buf), buf.len());
-        assert_eq!(fresh, m);
+        let path = dir.path().join("learning").join(FILE);
+        assert_eq!(load(&path).unwrap(), m);
         // A partly written record is left for later.
+        let buf = std::fs::read(&path).unwrap();
         assert_eq!(
             replay(&mut Model::default(), &buf[..buf.len() - 3]),
-            7 + 3 * 8 * 2 + 7
+            39 + 3 * 8
         );
+    }
+
+    #[test]
+    fn fleet_lessons_count_once_and_their_position_survives_a_restart_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = store(dir.path());
+        let path = dir.path().join("learning").join(FILE);
+        let spam = hashes("casino bonus claim");
+        // Taught here first, then the same message arrives from the fleet: no second count.
+        st.teach([1; 16], LearnAs::Spam, None, &toks("casino bonus claim"))
+            .unwrap();
+        let fleet = vec![
+            ((100, 0), [1; 16], LearnAs::Spam, spam.clone()),
+            (
+                (101, 0),
+                [2; 16],
+                LearnAs::Spam,
+                hashes("jackpot credits casino"),
+            ),
+            (
+                (102, 0),
+                [2; 16],
+                LearnAs::Spam,
+                hashes("jackpot credits casino"),
+            ),
+        ];
+        assert_eq!(st.apply_fleet(&fleet).unwrap(), 1);
+        let m = st.model();
+        assert_eq!(
+            (m.nspam, m.count("casino"), m.cursor()),
+            (2, (2, 0), (102, 0))
+        );
+        // Read again (a restart reads from the journaled position): nothing changes.
+        assert_eq!(st.apply_fleet(&fleet).unwrap(), 0);
+        let restarted = load(&path).unwrap();
+        assert_eq!(restarted.nspam, 2);
+        assert!(restarted.cursor() >= (101, 0), "{:?}", restarted.cursor());
+        // A relearn from the fleet moves the message out of the class this model has it in.
+        let relearn = vec![(
+            (200, 5),
+            [2; 16],
+            LearnAs::Ham,
+            hashes("jackpot credits casino"),
+        )];
+        assert_eq!(st.apply_fleet(&relearn).unwrap(), 1);
+        assert_eq!(st.model().count("jackpot"), (0, 1));
+        // Compaction keeps the position and the digests taught.
+        let before = st.model();
+        let f = st.locked().unwrap();
+        st.compact().unwrap();
+        drop(f);
+        let compacted = load(&path).unwrap();
+        assert_eq!(compacted, before);
+        assert_eq!(compacted.cursor(), (200, 5));
+        assert_eq!(compacted.taught(&[2; 16]), Some(LearnAs::Ham));
+        assert_eq!(st.apply_fleet(&relearn).unwrap(), 0);
+    }
+
+    #[test]
+    fn journals_of_the_older_format_still_replay() {
+        let mut buf = Vec::new();
+        for (class, sign) in [(b's', b'+'), (b's', b'-'), (b'h', b'+')] {
+            buf.extend_from_slice(&[b'L', class, sign]);
+            buf.extend_from_slice(&1u32.to_le_bytes());
+            buf.extend_from_slice(&hash("pills").to_le_bytes());
+        }
+        let mut m = Model::default();
+        assert_eq!(replay(&mut m, &buf), buf.len());
+        assert_eq!((m.nspam, m.nham, m.count("pills")), (0, 1, (0, 1)));
     }
 
     #[test]
     fn compaction_keeps_the_model() {
         let dir = tempfile::tempdir().unwrap();
         let st = store(dir.path());
-        st.teach(LearnAs::Spam, None, &toks("a b c")).unwrap();
-        st.teach(LearnAs::Ham, None, &toks("c d")).unwrap();
+        st.teach([1; 16], LearnAs::Spam, None, &toks("a b c"))
+            .unwrap();
+        st.teach([2; 16], LearnAs::Ham, None, &toks("c d")).unwrap();
         let before = st.model();
         let f = st.locked().unwrap();
         st.compact().unwrap();
         drop(f);
         st.refresh().unwrap();
         assert_eq!(st.model(), before);
-        st.teach(LearnAs::Ham, None, &toks("d")).unwrap();
+        st.teach([3; 16], LearnAs::Ham, None, &toks("d")).unwrap();
         assert_eq!(st.model().count("d"), (0, 2));
     }
 
