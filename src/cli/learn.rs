@@ -8,6 +8,9 @@
 //! directory (every file under it, recursively, in name order: a Maildir's `cur/` and `new/`,
 //! a corpus). The controller and its password come from the policy's `[learning]` section
 //! (`--policy`, default `default`, as overridden for `--tenant` when given).
+//!
+//! With `[shared]`, the lessons that changed this spool's own model are published to the
+//! fleet when the run is done (`shared/lessons.rs`): every engine's model learns them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,6 +97,21 @@ pub fn command(snap: Arc<Snapshot>, args: &LearnArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let spool = &snap.config.engine.spool_dir;
+    let publisher = crate::shared::lessons::Publisher::new(&snap.config.shared, messages.len());
+    if let Some(p) = &publisher {
+        let node = snap
+            .config
+            .node
+            .name
+            .clone()
+            .unwrap_or_else(|| "operator".into());
+        learn::share(
+            spool,
+            &p.fleet,
+            &format!("{node}/learn-{}", std::process::id()),
+        );
+    }
     let start = Instant::now();
     let total = messages.len();
     let (counts, first_error) = rt.block_on(async {
@@ -138,6 +156,17 @@ pub fn command(snap: Arc<Snapshot>, args: &LearnArgs) -> Result<(), Failure> {
         counts[2],
         counts[3]
     );
+    if let Some(p) = publisher {
+        match rt.block_on(p.send()) {
+            Ok(n) => println!("{n} lessons published to the fleet"),
+            Err(e) => {
+                return Err(Failure::Runtime(format!(
+                    "taught, but not published to the fleet (only this spool's model and \
+                     rspamd have them): {e}"
+                )));
+            }
+        }
+    }
     match first_error {
         Some(e) => Err(Failure::Runtime(format!("first failure: {e}"))),
         None => Ok(()),

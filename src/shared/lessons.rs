@@ -17,15 +17,20 @@
 //!   `shared_lessons_total{outcome="missed"}`, when the stream's first entry is past its
 //!   position). rspamd's Bayes and fuzzy hashes, in the same Redis, are fleet-wide already.
 //!
-//! `maildistiller learn` (an operator's bulk training) trains the spool it is given and
-//! rspamd; it does not publish (a corpus is taught to each spool, or once to rspamd).
+//! `maildistiller learn` (an operator's bulk training) publishes the same way, through a
+//! [`Publisher`]: its lessons are queued while it teaches and sent in batches when it is done
+//! (it fails, saying so, when the store does not take them: they are then learnt by this
+//! spool's model and rspamd only).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redis::Value;
+use tokio::sync::mpsc;
 
 use super::spread::stream_entries;
-use super::{Call, Fleet, Then, Write};
+use super::{Call, Conn, Fleet, MAX_BATCH, StoreError, Then, WRITE_DEADLINE, Write};
+use crate::config::SharedConfig;
 use crate::engine::learn::model::{self, Digest, StreamId};
 use crate::engine::scan::check::LearnAs;
 
@@ -177,6 +182,50 @@ impl Fleet {
             }
             Err(e) => tracing::warn!(error = %e, "cannot write fleet lessons to the model journal"),
         }
+    }
+}
+
+/// A fleet client for a command that teaches (`maildistiller learn`): lessons queue in memory
+/// (room for `capacity`) and go to the store in [`Publisher::send`].
+pub struct Publisher {
+    pub fleet: Arc<Fleet>,
+    rx: mpsc::Receiver<Write>,
+}
+
+impl Publisher {
+    /// `None` when `[shared]` is not configured.
+    pub fn new(cfg: &SharedConfig, capacity: usize) -> Option<Publisher> {
+        if !cfg.enabled() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        Some(Publisher {
+            fleet: Arc::new(Fleet::new(cfg.clone(), Some(tx))),
+            rx,
+        })
+    }
+
+    /// Sends the queued lessons to `shared.redis`, [`MAX_BATCH`] at a time; returns how many.
+    pub async fn send(mut self) -> Result<usize, StoreError> {
+        let mut writes = Vec::new();
+        while let Ok(w) = self.rx.try_recv() {
+            writes.push(w.call);
+        }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let cfg = &self.fleet.cfg;
+        let conn = Conn::open(cfg, &cfg.redis, false).await?;
+        for chunk in writes.chunks(MAX_BATCH) {
+            for answer in conn.batch(chunk, WRITE_DEADLINE).await? {
+                if let Value::ServerError(e) = answer {
+                    return Err(StoreError::Connecting(format!(
+                        "the store refused a lesson: {e:?}"
+                    )));
+                }
+            }
+        }
+        Ok(writes.len())
     }
 }
 

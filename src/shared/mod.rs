@@ -190,7 +190,7 @@ impl Fleet {
         Arc::new(Fleet::new(SharedConfig::default(), None))
     }
 
-    fn new(cfg: SharedConfig, queue: Option<mpsc::Sender<Write>>) -> Fleet {
+    pub(crate) fn new(cfg: SharedConfig, queue: Option<mpsc::Sender<Write>>) -> Fleet {
         let enabled = cfg.enabled();
         Fleet {
             keys: Keys::new(&cfg.prefix),

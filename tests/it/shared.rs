@@ -993,6 +993,38 @@ async fn a_lesson_taught_at_one_engine_is_learnt_by_every_engines_model() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lessons(&e2, "learnt"), 0);
     assert_eq!(model::load(&journal2).unwrap().nspam, 1);
+
+    // An operator's bulk lesson on the first engine's spool (another process) reaches the
+    // second engine's model too.
+    let file = crate::support::write(
+        d1.path(),
+        "engine.toml",
+        &crate::support::fleet_config(&format!(
+            "[engine]\nspool_dir = \"{}\"\n{cfg}",
+            s1.display()
+        )),
+    );
+    let ham = crate::support::write(
+        d1.path(),
+        "ham.eml",
+        "From: Alice <alice@partner.test>\r\nSubject: Minutes\r\nMessage-ID: <h1@partner.test>\r\n\r\n\
+         Here are the minutes of our project meeting.\r\n",
+    );
+    let o = crate::support::run(&[
+        "learn",
+        "--config",
+        file.to_str().unwrap(),
+        "--ham",
+        ham.to_str().unwrap(),
+    ]);
+    let out = crate::support::stdout(&o);
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    assert!(out.contains("1 lessons published to the fleet"), "{out}");
+    assert!(
+        until(Duration::from_secs(10), || lessons(&e2, "learnt") == 1).await,
+        "the operator's lesson reached the second engine"
+    );
+    assert_eq!(model::load(&journal2).unwrap().nham, 1);
     e2.stop().await;
     e1.stop().await;
 }
