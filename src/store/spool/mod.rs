@@ -264,16 +264,25 @@ impl Spool {
 
     /// Stores a message durably; returns when it is safe to say 250.
     pub async fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        let buf = crate::store::encode_record(envelope, message);
-        if !self.inner.files_only && (buf.len() as u64) < SLOT_BYTES {
+        // The record after room for a slot's header: written from this one buffer either way.
+        let mut framed = Vec::with_capacity(slots::HEADER + message.len() + 512);
+        framed.resize(slots::HEADER, 0);
+        envelope.encode(&mut framed);
+        framed.extend_from_slice(message);
+        if !self.inner.files_only && (framed.len() as u64) <= SLOT_BYTES {
             // A slot needs no new space, but the rest of the spool does: keep the reserve.
-            if crate::sys::free_bytes(&self.inner.tmp)? < buf.len() as u64 + SPOOL_RESERVE {
+            if crate::sys::free_bytes(&self.inner.tmp)? < framed.len() as u64 + SPOOL_RESERVE {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     "spool file system below its reserve",
                 ));
             }
-            if let Some(r) = self.inner.slots.store(&envelope.id, &buf).await {
+            if let Some(r) = self
+                .inner
+                .slots
+                .store_framed(&envelope.id, &mut framed)
+                .await
+            {
                 return r;
             }
         }
@@ -284,6 +293,7 @@ impl Spool {
         tokio::task::spawn_blocking(move || {
             // A recycled file needs no new space, but the rest of the spool does (state
             // files, DSNs of mail already acknowledged): keep a reserve.
+            let buf = &framed[slots::HEADER..];
             if crate::sys::free_bytes(&room_at)? < buf.len() as u64 + SPOOL_RESERVE {
                 if let Some((path, _)) = &reuse {
                     let _ = std::fs::remove_file(path);
@@ -294,13 +304,13 @@ impl Spool {
                 ));
             }
             match reuse {
-                Some((path, len)) => match overwrite_synced(&path, len, &dst, &buf) {
+                Some((path, len)) => match overwrite_synced(&path, len, &dst, buf) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        write_synced(&fresh, &dst, &buf)
+                        write_synced(&fresh, &dst, buf)
                     }
                     r => r,
                 },
-                None => write_synced(&fresh, &dst, &buf),
+                None => write_synced(&fresh, &dst, buf),
             }
         })
         .await
@@ -323,10 +333,14 @@ impl Spool {
 
     /// The message bytes (after the envelope header).
     pub async fn read_message(&self, id: &QueueId) -> io::Result<Vec<u8>> {
-        let mut data = match self.inner.slots.read(id, record_id) {
-            Some(r) => r?,
-            None => tokio::fs::read(&self.msg_path(id)).await?,
-        };
+        if let Some(r) = self
+            .inner
+            .slots
+            .read_message(id, record_id, record::body_offset)
+        {
+            return r;
+        }
+        let mut data = tokio::fs::read(&self.msg_path(id)).await?;
         let start = record::body_offset(&data).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

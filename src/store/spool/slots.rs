@@ -61,7 +61,10 @@ pub const SLOT_BYTES: u64 = 128 * 1024;
 pub const SLOTS: u32 = 512;
 
 const MAGIC: &[u8; 8] = b"MDSLOT01";
-const HEADER: usize = 16;
+/// Bytes before the record in its slot (magic, length, CRC).
+pub const HEADER: usize = 16;
+/// Bytes read first when only the message is wanted: its envelope is in them, usually.
+const ENVELOPE_READ: usize = 8 * 1024;
 
 /// The slot file and which slot holds which message.
 #[derive(Debug)]
@@ -141,21 +144,22 @@ impl Slots {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `record` for message `id` into a free slot and waits until it is synced. `None`:
-    /// no slot fits (too large, or every slot taken), nothing written: use a file. On error the
-    /// slot is free again.
-    pub async fn store(&self, id: &QueueId, record: &[u8]) -> Option<io::Result<()>> {
-        if (record.len() + HEADER) as u64 > SLOT_BYTES {
+    /// Writes the record in `framed[HEADER..]` for message `id` into a free slot and waits
+    /// until it is synced; the first [`HEADER`] bytes are left for the slot's header (filled
+    /// here), so the record is not copied again before it is written. `None`: no slot fits
+    /// (too large, or every slot taken), nothing written: use a file. On error the slot is
+    /// free again.
+    pub async fn store_framed(&self, id: &QueueId, framed: &mut [u8]) -> Option<io::Result<()>> {
+        if framed.len() < HEADER || framed.len() as u64 > SLOT_BYTES {
             return None;
         }
         let slot = self.table().free.pop()?;
         let at = u64::from(slot) * SLOT_BYTES;
-        let mut buf = Vec::with_capacity(HEADER + record.len());
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
-        buf.extend_from_slice(record);
-        let written = match self.file.write_all_at(&buf, at) {
+        let (head, record) = framed.split_at_mut(HEADER);
+        head[..8].copy_from_slice(MAGIC);
+        head[8..12].copy_from_slice(&(record.len() as u32).to_le_bytes());
+        head[12..16].copy_from_slice(&crc32fast::hash(record).to_le_bytes());
+        let written = match self.file.write_all_at(framed, at) {
             Ok(()) => self.sync.sync(0).await,
             Err(e) => Err(e),
         };
@@ -193,6 +197,49 @@ impl Slots {
                 return Err(gone());
             }
             Ok(record)
+        })();
+        Some(read)
+    }
+
+    /// The message of `id` (its record after the envelope, which ends at `body_offset`), if it
+    /// is in a slot: the envelope is read first, then the message into a buffer of its own,
+    /// so that nothing is moved to strip the envelope (`Some(Err(NotFound))` if the slot was
+    /// freed meanwhile).
+    pub fn read_message(
+        &self,
+        id: &QueueId,
+        decode_id: impl Fn(&[u8]) -> Option<QueueId>,
+        body_offset: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Option<io::Result<Vec<u8>>> {
+        let slot = *self.table().by_id.get(id)?;
+        let at = u64::from(slot) * SLOT_BYTES + HEADER as u64;
+        let gone = || io::Error::new(io::ErrorKind::NotFound, "message no longer in its slot");
+        let read = (|| {
+            let mut head = [0u8; HEADER];
+            self.file.read_exact_at(&mut head, at - HEADER as u64)?;
+            let (len, crc) = parse_header(&head).ok_or_else(gone)?;
+            let mut envelope = vec![0u8; len.min(ENVELOPE_READ)];
+            self.file.read_exact_at(&mut envelope, at)?;
+            let Some(start) = body_offset(&envelope) else {
+                // A longer envelope (thousands of recipients): the whole record, then cut.
+                let mut record = vec![0u8; len];
+                self.file.read_exact_at(&mut record, at)?;
+                if crc32fast::hash(&record) != crc || decode_id(&record).as_ref() != Some(id) {
+                    return Err(gone());
+                }
+                let start = body_offset(&record).ok_or_else(gone)?;
+                record.drain(..start);
+                return Ok(record);
+            };
+            let mut message = vec![0u8; len - start];
+            self.file.read_exact_at(&mut message, at + start as u64)?;
+            let mut h = crc32fast::Hasher::new();
+            h.update(&envelope[..start]);
+            h.update(&message);
+            if h.finalize() != crc || decode_id(&envelope).as_ref() != Some(id) {
+                return Err(gone());
+            }
+            Ok(message)
         })();
         Some(read)
     }
@@ -267,6 +314,29 @@ mod tests {
         let (found, problems) = Spool::open(dir).unwrap().recover().unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         found.into_iter().map(|r| r.envelope.id).collect()
+    }
+
+    /// The message reads back whether its envelope is in the first read (a few recipients) or
+    /// not (500 recipients: ~10 KB of envelope), and a damaged record does not read at all.
+    #[tokio::test]
+    async fn a_message_reads_back_after_a_short_or_a_long_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let body: Vec<u8> = (0..50_000u32)
+            .map(|i| b"abcdefgh\r\n"[i as usize % 10])
+            .collect();
+        let (short, long) = (test_envelope(2), test_envelope(500));
+        spool.store(&short, &body).await.unwrap();
+        spool.store(&long, &body).await.unwrap();
+        assert_eq!(spool.inner.slots.used(), 2);
+        assert_eq!(spool.read_message(&short.id).await.unwrap(), body);
+        assert_eq!(spool.read_message(&long.id).await.unwrap(), body);
+        // A byte of the message changed on disk: the CRC says so, nothing is read.
+        let slot = spool.inner.slots.table().by_id[&short.id];
+        let at = u64::from(slot) * SLOT_BYTES + HEADER as u64 + 1000;
+        spool.inner.slots.file.write_all_at(b"X", at).unwrap();
+        let err = spool.read_message(&short.id).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     /// A small message lives in a slot (no file in q/), reads back, is found by a restart with
