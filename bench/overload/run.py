@@ -40,6 +40,11 @@ OVERLOAD_FACTOR = float(ENV("OVERLOAD_FACTOR", "2"))
 OVERLOAD_SECONDS = float(ENV("OVERLOAD_SECONDS", "60"))
 DRAIN_MAX = float(ENV("DRAIN_MAX", "300"))
 CLIENT_PROCS = int(ENV("CLIENT_PROCS", "2"))   # load generator processes (asyncio each)
+# The load generator: "rust" (bench/overload/load.rs, one thread: the default, built when
+# missing) or "python" (the asyncio one below, CLIENT_PROCS processes; it fell seconds behind
+# its schedule at 2x capacity and counted its own event loop's lag in the 250's latency).
+LOADGEN = ENV("LOADGEN", "rust")
+LOADGEN_BIN = None  # set by main()
 REPLY_TIMEOUT = float(ENV("REPLY_TIMEOUT", "60"))  # a client waits this long for any reply
 BODY_BYTES = int(ENV("BODY_BYTES", "4096"))
 BASE_PORT = int(ENV("BASE_PORT", "28900"))
@@ -161,8 +166,25 @@ def client_proc(kind, args, q):
     q.put((res, out))
 
 
+def load_rust(kind, run, port, rate_or_workers, seconds, base):
+    """Runs the load in one `overload-load` process (bench/overload/load.rs)."""
+    out = subprocess.run([LOADGEN_BIN, kind, str(port), str(rate_or_workers), str(seconds),
+                          str(base), "1", run, str(BODY_BYTES), str(REPLY_TIMEOUT)],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    results, late = [], 0.0
+    for line in out.splitlines():
+        f = line.split("\t")
+        if f[0] == "late":
+            late = float(f[1])
+        elif len(f) == 4:
+            results.append((f[0], f[1], None if f[2] == "-" else float(f[2]), int(f[3])))
+    return results, late
+
+
 def load(kind, run, port, rate_or_workers, seconds, base):
     """Runs the load in CLIENT_PROCS processes; session ids base, base+1, ... interleaved."""
+    if LOADGEN_BIN:
+        return load_rust(kind, run, port, rate_or_workers, seconds, base)
     q, procs = mp.Queue(), []
     for p in range(CLIENT_PROCS):
         if kind == "open":
@@ -356,6 +378,15 @@ def main():
             log("cargo build --release")
             subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.abspath(binary)
+    global LOADGEN_BIN
+    if LOADGEN == "rust":
+        target = ENV("CARGO_TARGET_DIR", f"{ROOT}/target")
+        LOADGEN_BIN = f"{target}/release/examples/overload-load"
+        if not os.path.exists(LOADGEN_BIN):
+            log("cargo build --release --example overload-load")
+            subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "overload-load"],
+                           cwd=ROOT, check=True)
+    log(f"load generator: {LOADGEN_BIN or f'python, {CLIENT_PROCS} processes'}")
     sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not os.path.exists(sink_bin):
         sys.exit("smtp-sink not found (apt-get install postfix)")

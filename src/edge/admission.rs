@@ -7,10 +7,12 @@
 //! to be scanned as are being scanned: `src/engine/smtp/processing.rs`) make the edge refuse
 //! the next [`REFUSALS_PER_BUSY`] new connections at once with `421 4.3.2`: the excess of an
 //! overload is turned away at the cheapest moment (one write on a fresh socket), before it
-//! costs a session on the edge and another on an engine. Each busy answer buys that many
-//! refusals and nothing else does, so the edge sheds in proportion to what the engines cannot
-//! take; refusals still owed [`BUSY_MEMORY`] after the last busy answer are forgotten, so a
-//! quiet period after an overload admits everyone.
+//! costs a session on the edge and another on an engine. A recipient that finds every engine
+//! of its route at its connection limit (the topology's `max_connections`: the edge itself is
+//! then the bottleneck, `front.rs`) counts as a busy answer too. Each busy answer buys that
+//! many refusals and nothing else does, so the edge sheds in proportion to what the engines
+//! cannot take; refusals still owed [`BUSY_MEMORY`] after the last busy answer are forgotten,
+//! so a quiet period after an overload admits everyone.
 //!
 //! Bounds: the tracking map holds at most `max_tracked_addresses` entries; when full, idle
 //! entries (no live connection) are forgotten, least recently used first, so a flood from many

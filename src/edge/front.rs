@@ -418,6 +418,13 @@ impl Front<'_> {
             Err(e) => {
                 self.shared.metrics.routed(&tenant.id.0, "", "no_engine");
                 tracing::warn!(session = self.sid(), tenant = %tenant.id, tried = e.tried, "no engine of the tenant's regions could take the connection");
+                // Not one tried although some are up: every one is at its connection limit.
+                // The edge is the bottleneck now; the next new connections are turned away at
+                // their banner, as after an engine's busy answer, instead of costing a session
+                // up to this recipient to get the same 451.
+                if e.tried == 0 && route.usable().next().is_some() {
+                    self.shared.admission.engine_busy();
+                }
                 self.session.unavailable();
             }
         }

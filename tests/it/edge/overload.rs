@@ -52,3 +52,34 @@ async fn a_busy_engine_makes_the_edge_refuse_new_connections_at_once() {
         "both received messages were scanned"
     );
 }
+
+/// Every engine of acme's route at its connection limit (`max_connections = 1`, A holds e0's
+/// one session): B's recipient finds no engine it may try (`451 4.4.0`), and for that the edge
+/// turns away the next new connections at once with `421 4.3.2`, as after a busy answer,
+/// instead of giving each a session up to its recipient for the same `451`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_at_their_connection_limit_make_the_edge_refuse_new_connections_at_once() {
+    let mut f = Fleet::start("", 1).await;
+    f.kill(1).await;
+    f.kill(2).await;
+    // The edge's health checks (every 100 ms, down after 2 failures) see them gone: a
+    // recipient then finds e0 alone, not two dead engines to try first.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let mut a = client_from("127.0.0.21", f.smtp).await;
+    a.cmd("EHLO client.example", "250").await;
+    a.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    a.cmd("RCPT TO:<bob@acme.example>", "250").await;
+    let mut b = client_from("127.0.0.22", f.smtp).await;
+    b.cmd("EHLO client.example", "250").await;
+    b.cmd("MAIL FROM:<b@sender.example>", "250").await;
+    b.cmd("RCPT TO:<bob@acme.example>", "451 4.4.0").await;
+    for i in 0..8 {
+        let mut refused = raw_from(&format!("127.0.0.{}", 30 + i), f.smtp).await;
+        refused.expect("421 4.3.2 Service busy").await;
+        assert!(refused.closed().await);
+    }
+    // A's message still goes through its engine.
+    a.cmd("DATA", "354").await;
+    a.send(msg("a").as_bytes()).await;
+    a.cmd(".", "250").await;
+}
