@@ -51,6 +51,9 @@ BASE_PORT = int(ENV("BASE_PORT", "28900"))
 KEEP = ENV("KEEP", "0") == "1"
 EDGE_EXTRA = ENV("EDGE_EXTRA", "")      # extra lines for [edge] (A/B runs of a setting)
 ENGINE_EXTRA = ENV("ENGINE_EXTRA", "")  # extra lines for [engine]
+# The engine's max_connections in the topology: sessions the edge sends it at once (500 by
+# default); past it a recipient finds no engine and the edge sheds at the banner.
+ENGINE_MAX_CONNECTIONS = ENV("ENGINE_MAX_CONNECTIONS", "")
 
 EDGE, EDGE_OPS, ENGINE, ENGINE_OPS, SINK, DIRECT = (BASE_PORT + i for i in range(1, 7))
 STAGES = ("connect", "banner", "ehlo", "mail", "rcpt", "data", "dot")
@@ -230,6 +233,7 @@ edge_port = {EDGE}
     [[silo.cluster.engine]]
     address = "127.0.0.1:{ENGINE}"
     ops = "127.0.0.1:{ENGINE_OPS}"
+    {f"max_connections = {ENGINE_MAX_CONNECTIONS}" if ENGINE_MAX_CONNECTIONS else ""}
 [[tenant]]
 id = "bench"
 domains = ["tenant.example"]
