@@ -8,9 +8,10 @@
 //!   the token hashes (16 hex digits each, at most `learn::tokens::MAX_PER_MESSAGE`: ≤ 32 KB
 //!   an entry, ~3 KB for a typical message), capped at [`STREAM_MAX`] entries.
 //! - **Applied**: each `shared.flush_interval` the writer reads the stream from the near store
-//!   (`shared.read`), past the position journaled in the model, and appends the other nodes'
-//!   lessons to its spool's model journal in one fsync (`model::Store::apply_fleet`): each
-//!   message once per class, a relearn moving it from the class this model has it in.
+//!   (`shared.read`), past the position its [`Learner`] journaled, and hands it the other
+//!   nodes' lessons (the engine's learner appends them to its spool's model journal in one
+//!   fsync, `model::Store::apply_fleet`: each message once per class, a relearn moving it from
+//!   the class that model has it in).
 //! - **Down or cut off**: lessons are published when the store answers (a failed batch is
 //!   counted in `shared_writes_dropped_total`) and read when it is back; an engine away for
 //!   longer than the stream holds ([`STREAM_MAX`] lessons) misses the oldest ones (counted:
@@ -22,7 +23,6 @@
 //! (it fails, saying so, when the store does not take them: they are then learnt by this
 //! spool's model and rspamd only).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::Value;
@@ -31,33 +31,56 @@ use tokio::sync::mpsc;
 use super::spread::stream_entries;
 use super::{Call, Conn, Fleet, MAX_BATCH, StoreError, Then, WRITE_DEADLINE, Write};
 use crate::config::SharedConfig;
-use crate::engine::learn::model::{self, Digest, StreamId};
-use crate::engine::scan::check::LearnAs;
 
 /// Entries the lessons stream keeps (`MAXLEN ~`): with ~3 KB a lesson, ~30 MB in the store.
 pub const STREAM_MAX: usize = 10_000;
 /// Entries read at most per turn.
 pub const READ_COUNT: usize = 200;
 
-/// Whose lessons this node learns, and into which spool.
-#[derive(Debug)]
+/// An entry id of the lessons stream (`ms-seq`); `(0, 0)`: none.
+pub type StreamId = (u64, u64);
+
+/// One lesson: the message's digest (16 bytes), its class, its token hashes; with its id on
+/// the stream when it came from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lesson {
+    pub id: StreamId,
+    pub digest: [u8; 16],
+    pub spam: bool,
+    pub hashes: Vec<u64>,
+}
+
+/// What takes the fleet's lessons on this node (the engine's own model).
+pub trait Learner: Send + Sync {
+    /// The last stream entry it took (durably).
+    fn position(&self) -> std::io::Result<StreamId>;
+    /// Takes these lessons of other nodes, in stream order; returns how many were new to it.
+    fn learn(&self, lessons: &[Lesson]) -> std::io::Result<usize>;
+}
+
+/// Whose lessons this node learns, and what it calls itself on the stream.
 pub struct Following {
-    spool: PathBuf,
+    learner: Arc<dyn Learner>,
     node: String,
 }
 
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Following({})", self.node)
+    }
+}
+
 impl Fleet {
-    /// This node's engine learns the fleet's lessons into `spool`'s model; its own lessons go
-    /// out under `node`.
-    pub fn follow_lessons(&self, spool: &Path, node: &str) {
+    /// `learner` takes the fleet's lessons; this node's own go out under `node`.
+    pub fn follow_lessons(&self, learner: Arc<dyn Learner>, node: &str) {
         let _ = self.lessons.set(Following {
-            spool: spool.to_path_buf(),
+            learner,
             node: node.to_owned(),
         });
     }
 
     /// Queues a lesson taught here for every other node.
-    pub fn publish_lesson(&self, digest: &Digest, class: LearnAs, hashes: &[u64]) {
+    pub fn publish_lesson(&self, digest: &[u8; 16], spam: bool, hashes: &[u64]) {
         let Some(f) = self.lessons.get() else {
             return;
         };
@@ -66,18 +89,13 @@ impl Fleet {
         for h in hashes {
             blob.extend_from_slice(&h.to_le_bytes());
         }
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_MAX)
-            .arg("*")
-            .arg("n")
+        let mut cmd = super::xadd_capped(&key, STREAM_MAX);
+        cmd.arg("n")
             .arg(&f.node)
             .arg("d")
             .arg(hex(digest))
             .arg("c")
-            .arg(class_name(class))
+            .arg(class_name(spam))
             .arg("h")
             .arg(hex(&blob));
         self.write(Write {
@@ -99,12 +117,13 @@ impl Fleet {
         if !self.is_up() {
             return;
         }
-        let store = model::store(&f.spool);
-        if let Err(e) = store.refresh() {
-            tracing::warn!(error = %e, "cannot read the model journal: fleet lessons wait");
-            return;
-        }
-        let from = store.cursor();
+        let from = match f.learner.position() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the model journal: fleet lessons wait");
+                return;
+            }
+        };
         let (tag, key) = self.keys.lessons();
         let mut read = redis::cmd("XREAD");
         read.arg("COUNT")
@@ -148,10 +167,10 @@ impl Fleet {
             if get("n") == Some(f.node.as_str()) {
                 continue;
             }
-            let (Some(digest), Some(class), Some(hashes)) = (
+            let (Some(digest), Some(spam), Some(hashes)) = (
                 get("d")
                     .and_then(unhex)
-                    .and_then(|d| Digest::try_from(d).ok()),
+                    .and_then(|d| <[u8; 16]>::try_from(d).ok()),
                 get("c").and_then(class_of),
                 get("h").and_then(unhex),
             ) else {
@@ -162,13 +181,18 @@ impl Fleet {
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
                 .collect();
-            lessons.push((id, digest, class, hashes));
+            lessons.push(Lesson {
+                id,
+                digest,
+                spam,
+                hashes,
+            });
         }
         if lessons.is_empty() {
             return;
         }
         let n = lessons.len();
-        match store.apply_fleet(&lessons) {
+        match f.learner.learn(&lessons) {
             Ok(learnt) => {
                 self.metrics
                     .lessons
@@ -229,17 +253,15 @@ impl Publisher {
     }
 }
 
-fn class_name(c: LearnAs) -> &'static str {
-    match c {
-        LearnAs::Spam => "spam",
-        LearnAs::Ham => "ham",
-    }
+fn class_name(spam: bool) -> &'static str {
+    if spam { "spam" } else { "ham" }
 }
 
-fn class_of(s: &str) -> Option<LearnAs> {
+/// `Some(true)` for spam.
+fn class_of(s: &str) -> Option<bool> {
     match s {
-        "spam" => Some(LearnAs::Spam),
-        "ham" => Some(LearnAs::Ham),
+        "spam" => Some(true),
+        "ham" => Some(false),
         _ => None,
     }
 }
@@ -296,7 +318,8 @@ mod tests {
         assert_eq!(unhex(&hex(&d)).as_deref(), Some(&d[..]));
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
-        assert_eq!(class_of(class_name(LearnAs::Ham)), Some(LearnAs::Ham));
+        assert_eq!(class_of(class_name(false)), Some(false));
+        assert_eq!(class_of("junk"), None);
         let v = Value::Array(vec![Value::Array(vec![
             Value::BulkString(b"5-1".to_vec()),
             Value::Array(vec![]),

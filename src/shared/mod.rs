@@ -136,6 +136,14 @@ pub fn check(c: &crate::config::Config) -> Vec<ConfigError> {
     errors
 }
 
+/// `XADD key MAXLEN ~ max *`, for the fields to follow: a stream appended to and trimmed to
+/// about its length in the same command.
+pub(crate) fn xadd_capped(key: &str, max: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("MAXLEN").arg("~").arg(max).arg("*");
+    cmd
+}
+
 /// A write, and what its answer means.
 #[derive(Debug)]
 pub(crate) struct Write {

@@ -294,14 +294,8 @@ impl Fleet {
 
     fn append(&self, fp: &Fingerprint, k: &Known) -> Call {
         let (tag, key) = self.keys.spread();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_MAX)
-            .arg("*")
-            .arg(fp.id())
-            .arg(k.encode());
+        let mut cmd = super::xadd_capped(&key, STREAM_MAX);
+        cmd.arg(fp.id()).arg(k.encode());
         Call { tag, cmd }
     }
 

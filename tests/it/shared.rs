@@ -922,13 +922,29 @@ fn lessons(e: &TestEngine, outcome: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// bob reports `spam(id)` to acme's report address at `e`.
+async fn report_spam(e: &TestEngine, id: &str) {
+    use crate::learning::report;
+    use crate::learnt::spam;
+    let mut c = Client::connect(e.smtp).await;
+    let r = c
+        .mail(
+            "bob@acme.example",
+            &["report-spam@acme.example"],
+            &report("bob@acme.example", &spam(id, ".")),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
+    c.cmd("QUIT", "221").await;
+}
+
 /// A report at one engine teaches every engine's own model: the near-copy through the other
 /// engine scores `learnt.spam` (its own model was never taught there); a restart neither
 /// counts the lesson twice nor loses it; the same message reported at the second engine too
 /// changes nothing (once per message, fleet-wide).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lesson_taught_at_one_engine_is_learnt_by_every_engines_model() {
-    use crate::learning::{Controller, learning, report};
+    use crate::learning::{Controller, learning};
     use crate::learnt::{KEYS, send, spam};
     use maildistiller::engine::learn::model;
     let Some(redis) = Redis::start() else { return };
@@ -947,16 +963,7 @@ async fn a_lesson_taught_at_one_engine_is_learnt_by_every_engines_model() {
     assert!(!v.contains("learnt"), "{v}");
 
     // bob reports one at the first engine.
-    let mut c = Client::connect(e1.smtp).await;
-    let r = c
-        .mail(
-            "bob@acme.example",
-            &["report-spam@acme.example"],
-            &report("bob@acme.example", &spam("f1", ".")),
-        )
-        .await;
-    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
-    c.cmd("QUIT", "221").await;
+    report_spam(&e1, "f1").await;
     assert_eq!(lessons(&e1, "published"), 1);
     assert!(
         until(Duration::from_secs(10), || lessons(&e2, "learnt") == 1).await,
@@ -974,16 +981,7 @@ async fn a_lesson_taught_at_one_engine_is_learnt_by_every_engines_model() {
 
     // The same message reported at the second engine: rspamd hears it (its own dedup), our
     // models do not count it twice, and nothing more is published.
-    let mut c = Client::connect(e2.smtp).await;
-    let r = c
-        .mail(
-            "bob@acme.example",
-            &["report-spam@acme.example"],
-            &report("bob@acme.example", &spam("f1", ".")),
-        )
-        .await;
-    assert!(r.starts_with("250 2.0.0 Report taken"), "{r}");
-    c.cmd("QUIT", "221").await;
+    report_spam(&e2, "f1").await;
     assert_eq!(lessons(&e2, "published"), 0);
     assert_eq!(model::load(&journal2).unwrap().nspam, 1);
 

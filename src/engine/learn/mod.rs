@@ -159,7 +159,7 @@ pub fn share(spool_dir: &Path, fleet: &Arc<crate::shared::Fleet>, node: &str) {
         .fleet
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(fleet);
-    fleet.follow_lessons(spool_dir, node);
+    fleet.follow_lessons(model::store(spool_dir), node);
 }
 
 /// One teacher per spool directory in this process, so the engine's report address and its
@@ -267,7 +267,7 @@ impl Teacher {
             .teach(key, class, previous, &tokens_of(message))
             .map_err(LearnError::Audit)?;
         if let (Some(hashes), Some(fleet)) = (taught_here, self.fleet()) {
-            fleet.publish_lesson(&key, class, &hashes);
+            fleet.publish_lesson(&key, class == LearnAs::Spam, &hashes);
         }
         self.record(who, class, &digest, taught, message)?;
         let mut g = self.load()?;

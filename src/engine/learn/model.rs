@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::engine::scan::check::LearnAs;
+use crate::shared::lessons::{Learner, Lesson};
 
 /// Distinct tokens the model keeps.
 pub const MAX_TOKENS: usize = 1_000_000;
@@ -93,8 +94,7 @@ impl Hasher for Fnv {
 /// A message's digest as the model keeps it: the first 16 bytes of [`super::original::digest`].
 pub type Digest = [u8; 16];
 
-/// An entry id of the fleet's lessons stream (`ms-seq`); `(0, 0)`: none.
-pub type StreamId = (u64, u64);
+pub use crate::shared::lessons::StreamId;
 
 /// The counts.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -352,11 +352,8 @@ impl Store {
     /// Applies lessons of other nodes, `(stream id, digest, class, hashes)` in stream order:
     /// those past the journaled position, of a message not already in that class here, in one
     /// append and one fsync. Returns how many changed the model.
-    pub fn apply_fleet(
-        &self,
-        lessons: &[(StreamId, Digest, LearnAs, Vec<u64>)],
-    ) -> std::io::Result<usize> {
-        let Some(last) = lessons.iter().map(|l| l.0).max() else {
+    pub fn apply_fleet(&self, lessons: &[Lesson]) -> std::io::Result<usize> {
+        let Some(last) = lessons.iter().map(|l| l.id).max() else {
             return Ok(0);
         };
         if last <= self.cursor() {
@@ -365,16 +362,17 @@ impl Store {
         self.append(|m, rec| {
             let mut taken = 0;
             let mut now: HashMap<Digest, LearnAs> = HashMap::new();
-            for (id, digest, class, hashes) in lessons {
-                if *id <= m.cursor {
+            for l in lessons {
+                if l.id <= m.cursor {
                     continue;
                 }
-                let previous = now.get(digest).copied().or_else(|| m.taught(digest));
-                if previous == Some(*class) {
+                let class = if l.spam { LearnAs::Spam } else { LearnAs::Ham };
+                let previous = now.get(&l.digest).copied().or_else(|| m.taught(&l.digest));
+                if previous == Some(class) {
                     continue;
                 }
-                lesson(rec, *digest, *class, previous, *id, hashes);
-                now.insert(*digest, *class);
+                lesson(rec, l.digest, class, previous, l.id, &l.hashes);
+                now.insert(l.digest, class);
                 taken += 1;
             }
             if taken == 0 {
@@ -466,6 +464,18 @@ impl Store {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// The fleet's lessons go into this spool's model (`shared/lessons.rs`).
+impl Learner for Store {
+    fn position(&self) -> std::io::Result<StreamId> {
+        self.refresh()?;
+        Ok(self.cursor())
+    }
+
+    fn learn(&self, lessons: &[Lesson]) -> std::io::Result<usize> {
+        self.apply_fleet(lessons)
     }
 }
 
@@ -690,20 +700,16 @@ mod tests {
         // Taught here first, then the same message arrives from the fleet: no second count.
         st.teach([1; 16], LearnAs::Spam, None, &toks("casino bonus claim"))
             .unwrap();
+        let l = |id: StreamId, d: u8, spam: bool, hashes: Vec<u64>| Lesson {
+            id,
+            digest: [d; 16],
+            spam,
+            hashes,
+        };
         let fleet = vec![
-            ((100, 0), [1; 16], LearnAs::Spam, spam.clone()),
-            (
-                (101, 0),
-                [2; 16],
-                LearnAs::Spam,
-                hashes("jackpot credits casino"),
-            ),
-            (
-                (102, 0),
-                [2; 16],
-                LearnAs::Spam,
-                hashes("jackpot credits casino"),
-            ),
+            l((100, 0), 1, true, spam.clone()),
+            l((101, 0), 2, true, hashes("jackpot credits casino")),
+            l((102, 0), 2, true, hashes("jackpot credits casino")),
         ];
         assert_eq!(st.apply_fleet(&fleet).unwrap(), 1);
         let m = st.model();
@@ -717,12 +723,7 @@ mod tests {
         assert_eq!(restarted.nspam, 2);
         assert!(restarted.cursor() >= (101, 0), "{:?}", restarted.cursor());
         // A relearn from the fleet moves the message out of the class this model has it in.
-        let relearn = vec![(
-            (200, 5),
-            [2; 16],
-            LearnAs::Ham,
-            hashes("jackpot credits casino"),
-        )];
+        let relearn = vec![l((200, 5), 2, false, hashes("jackpot credits casino"))];
         assert_eq!(st.apply_fleet(&relearn).unwrap(), 1);
         assert_eq!(st.model().count("jackpot"), (0, 1));
         // Compaction keeps the position and the digests taught.
