@@ -189,7 +189,10 @@ pub struct EngineRef {
     /// Relative share of new sessions. Default 1.
     #[serde(default = "one")]
     pub weight: u32,
-    /// Most concurrent sessions an edge sends it. Default 500.
+    /// Most concurrent sessions an edge sends it. Default 500. When every engine of a
+    /// recipient's route is at its limit, the edge also turns away its next new connections
+    /// at the banner (`421 4.3.2`, `edge/admission.rs`): under overload, the lower this is
+    /// (down to the sessions the engine serves at full speed), the faster the admitted ones.
     #[serde(default = "default_engine_max")]
     pub max_connections: u32,
     #[serde(default)]
