@@ -54,8 +54,9 @@ pub struct Lesson {
 pub trait Learner: Send + Sync {
     /// The last stream entry it took (durably).
     fn position(&self) -> std::io::Result<StreamId>;
-    /// Takes these lessons of other nodes, in stream order; returns how many were new to it.
-    fn learn(&self, lessons: &[Lesson]) -> std::io::Result<usize>;
+    /// Takes these lessons of other nodes, in stream order, and moves its position to
+    /// `read_up_to` (the last entry read, its own included); returns how many were new to it.
+    fn learn(&self, lessons: &[Lesson], read_up_to: StreamId) -> std::io::Result<usize>;
 }
 
 /// Whose lessons this node learns, and what it calls itself on the stream.
@@ -188,11 +189,11 @@ impl Fleet {
                 hashes,
             });
         }
-        if lessons.is_empty() {
+        if last == from {
             return;
         }
         let n = lessons.len();
-        match f.learner.learn(&lessons) {
+        match f.learner.learn(&lessons, last) {
             Ok(learnt) => {
                 self.metrics
                     .lessons

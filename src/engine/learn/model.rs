@@ -349,14 +349,19 @@ impl Store {
         Ok((taken > 0).then_some(hashes))
     }
 
-    /// Applies lessons of other nodes, `(stream id, digest, class, hashes)` in stream order:
-    /// those past the journaled position, of a message not already in that class here, in one
-    /// append and one fsync. Returns how many changed the model.
-    pub fn apply_fleet(&self, lessons: &[Lesson]) -> std::io::Result<usize> {
-        let Some(last) = lessons.iter().map(|l| l.id).max() else {
-            return Ok(0);
+    /// Applies lessons of other nodes, in stream order: those past the position, of a message
+    /// not already in that class here, in one append and one fsync; then the position moves to
+    /// `read_up_to`, the last entry read (this node's own lessons and invalid entries included,
+    /// so that a read of nothing but those is not read again). Returns how many changed the
+    /// model. The journal holds the position of the last lesson written; a restart reads the
+    /// entries after it again and finds nothing new in them.
+    pub fn apply_fleet(&self, lessons: &[Lesson], read_up_to: StreamId) -> std::io::Result<usize> {
+        let advance = || {
+            let mut g = self.state.write().unwrap_or_else(|e| e.into_inner());
+            g.model.cursor = g.model.cursor.max(read_up_to);
         };
-        if last <= self.cursor() {
+        if lessons.iter().all(|l| l.id <= self.cursor()) {
+            advance();
             return Ok(0);
         }
         self.append(|m, rec| {
@@ -375,17 +380,9 @@ impl Store {
                 now.insert(l.digest, class);
                 taken += 1;
             }
-            if taken == 0 {
-                // Nothing new to say: the position moves on in memory (a restart reads these
-                // entries again and again finds nothing to do).
-                return 0;
-            }
             taken
         })
-        .inspect(|_| {
-            let mut g = self.state.write().unwrap_or_else(|e| e.into_inner());
-            g.model.cursor = g.model.cursor.max(last);
-        })
+        .inspect(|_| advance())
     }
 
     /// Under the journal's lock, with the model refreshed: `write` fills a record (returning
@@ -474,8 +471,8 @@ impl Learner for Store {
         Ok(self.cursor())
     }
 
-    fn learn(&self, lessons: &[Lesson]) -> std::io::Result<usize> {
-        self.apply_fleet(lessons)
+    fn learn(&self, lessons: &[Lesson], read_up_to: StreamId) -> std::io::Result<usize> {
+        self.apply_fleet(lessons, read_up_to)
     }
 }
 
@@ -711,20 +708,20 @@ mod tests {
             l((101, 0), 2, true, hashes("jackpot credits casino")),
             l((102, 0), 2, true, hashes("jackpot credits casino")),
         ];
-        assert_eq!(st.apply_fleet(&fleet).unwrap(), 1);
+        assert_eq!(st.apply_fleet(&fleet, (102, 0)).unwrap(), 1);
         let m = st.model();
         assert_eq!(
             (m.nspam, m.count("casino"), m.cursor()),
             (2, (2, 0), (102, 0))
         );
         // Read again (a restart reads from the journaled position): nothing changes.
-        assert_eq!(st.apply_fleet(&fleet).unwrap(), 0);
+        assert_eq!(st.apply_fleet(&fleet, (102, 0)).unwrap(), 0);
         let restarted = load(&path).unwrap();
         assert_eq!(restarted.nspam, 2);
         assert!(restarted.cursor() >= (101, 0), "{:?}", restarted.cursor());
         // A relearn from the fleet moves the message out of the class this model has it in.
         let relearn = vec![l((200, 5), 2, false, hashes("jackpot credits casino"))];
-        assert_eq!(st.apply_fleet(&relearn).unwrap(), 1);
+        assert_eq!(st.apply_fleet(&relearn, (200, 5)).unwrap(), 1);
         assert_eq!(st.model().count("jackpot"), (0, 1));
         // Compaction keeps the position and the digests taught.
         let before = st.model();
@@ -735,7 +732,11 @@ mod tests {
         assert_eq!(compacted, before);
         assert_eq!(compacted.cursor(), (200, 5));
         assert_eq!(compacted.taught(&[2; 16]), Some(LearnAs::Ham));
-        assert_eq!(st.apply_fleet(&relearn).unwrap(), 0);
+        assert_eq!(st.apply_fleet(&relearn, (200, 5)).unwrap(), 0);
+        // A read of nothing but this node's own lessons still moves the position on: the
+        // next read starts after them, not at them again.
+        assert_eq!(st.apply_fleet(&[], (250, 0)).unwrap(), 0);
+        assert_eq!(st.cursor(), (250, 0));
     }
 
     #[test]
